@@ -14,7 +14,7 @@ Callers learn what to catch here, without reading the code that raises::
     │   ├── TransientBackendError     worth retrying: 408/429/5xx, transport errors, timeouts
     │   ├── TrainingFailedError       the job reached a terminal failure state (failed, cancelled, timed out)
     │   └── NotFittedError            predict/save before fit (also a ``sklearn.exceptions.NotFittedError``)
-    ├── PromotionError                promotion failed after the candidate was stored; it was rolled back (exit 1)
+    ├── PromotionError                promotion failed after the candidate was stored; rolled back (exit 1)
     └── AuditError                    the audit log cannot be written or read (exit 1)
 
 Messages are one paragraph: where (file:line), what was found, what was expected, and what happens next.
@@ -98,7 +98,7 @@ class TrainingFailedError(BackendError):
     """The training job reached a terminal failure state."""
 
 
-class NotFittedError(BackendError, _SklearnNotFittedError):
+class NotFittedError(BackendError, _SklearnNotFittedError):  # type: ignore[misc]
     """An estimator was used before ``fit``."""
 
 

@@ -27,10 +27,22 @@ class LocalModelOptions(BaseModel):
     word_ngram_max: int = Field(default=2, ge=1, le=4, description="Largest word n-gram for TF-IDF.")
     char_ngram_min: int = Field(default=2, ge=1, le=6, description="Smallest char_wb n-gram.")
     char_ngram_max: int = Field(default=5, ge=1, le=8, description="Largest char_wb n-gram.")
-    C: float = Field(default=10.0, gt=0.0, le=1e4, description="Inverse regularisation of the intent classifier.")
+    word_pair_window: int = Field(
+        default=20, ge=0, le=64, description="Pair words up to this far apart as features; 0 or 1: off."
+    )
+    C: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1e4,
+        description="Inverse regularisation of the intent classifier (LinearSVC).",
+    )
+    calibration_folds: int = Field(
+        default=3, ge=0, le=10, description="Folds to fit the probability temperature; 0 or 1: off."
+    )
     crf_c1: float = Field(default=0.05, ge=0.0, le=10.0, description="L1 penalty of the entity CRF.")
     crf_c2: float = Field(default=0.01, ge=0.0, le=10.0, description="L2 penalty of the entity CRF.")
-    crf_max_iterations: int = Field(default=100, ge=10, le=2000, description="L-BFGS iterations of the CRF.")
+    crf_max_iterations: int = Field(default=50, ge=10, le=2000, description="L-BFGS iterations of the CRF.")
+    crf_intent_features: bool = Field(default=True, description="Give the entity CRF the (predicted) intent.")
 
     @model_validator(mode="after")
     def _ngram_order(self) -> LocalModelOptions:
@@ -51,7 +63,9 @@ class TrainingConfig(BaseModel):
     validation_split: float = Field(default=0.1, ge=0.1, le=0.5, description="Share held out for validation.")
     epochs: int = Field(default=100, ge=10, le=500, description="Training epochs (neural backends).")
     batch_size: int = Field(default=32, ge=8, le=128, description="Batch size (neural backends).")
-    learning_rate: float = Field(default=0.001, gt=0.0, le=0.1, description="Learning rate (neural backends).")
+    learning_rate: float = Field(
+        default=0.001, gt=0.0, le=0.1, description="Learning rate (neural backends)."
+    )
     dropout: float = Field(default=0.1, ge=0.0, le=0.8, description="Dropout rate (neural backends).")
     early_stopping_patience: int = Field(default=5, ge=1, le=20, description="Epochs without improvement.")
     cv_folds: int = Field(default=0, description="Cross-validation folds on training data: 0 (off) or 2-10.")

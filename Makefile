@@ -1,0 +1,54 @@
+# Two commands on a fresh machine: `make run` (the demo) and `make test` (the whole suite).
+# Both create .venv from pyproject.toml and install the project into it first.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO   ?= snips-demo
+PREFECT_PORT ?= 4200
+
+# A cold ephemeral Prefect server needs more than the default 20 s on 2 cores.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export PREFECT_LOGGING_EXTRA_LOGGERS ?= nluflow
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# Use a running `make server` when there is one, else Prefect starts an ephemeral server.
+ifeq ($(PREFECT_API_URL),)
+  ifneq ($(shell curl -sf -m 2 http://127.0.0.1:$(PREFECT_PORT)/api/health 2>/dev/null),)
+    export PREFECT_API_URL := http://127.0.0.1:$(PREFECT_PORT)/api
+  endif
+endif
+
+.PHONY: install run test lint typecheck unit server clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/nluflow demo
+	$(BIN)/nluflow models show --project $(DEMO)
+	$(BIN)/nluflow audit verify --project $(DEMO)
+
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+server: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+clean:
+	rm -rf .nluflow .mypy_cache .ruff_cache .pytest_cache

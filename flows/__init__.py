@@ -1,0 +1,1 @@
+"""Parent flows (deployment entrypoints) and the CLI that launches them."""

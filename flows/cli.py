@@ -1,0 +1,395 @@
+"""The ``nluflow`` command line: validate data, run retrains, manage models, verify the audit log.
+
+Exit codes: 0 the command did its job (a retrain that the gates rejected included), 2 bad input,
+1 other failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nluflow.errors import ConfigError, NluflowError
+
+app = typer.Typer(help="Safe, audited retrains of NLU models.", no_args_is_help=True, add_completion=False)
+models_app = typer.Typer(help="List, inspect and roll back stored models.", no_args_is_help=True)
+audit_app = typer.Typer(help="Check the tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(audit_app, name="audit")
+
+# Piped output keeps full lines (ids, paths) instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+T = TypeVar("T")
+
+ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project (bot) name.")]
+StoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="Model store folder [default: $NLUFLOW_HOME/store].")
+]
+
+
+def _home() -> Path:
+    return Path(os.environ.get("NLUFLOW_HOME", ".nluflow")).resolve()
+
+
+def _store_path(store: Path | None) -> Path:
+    return (store or _home() / "store").resolve()
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; a known error becomes one clear paragraph and its exit code, never a traceback."""
+    try:
+        return fn()
+    except NluflowError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="Data files or folders (JSONL, CSV, Rasa YAML).")],
+    test: Annotated[
+        list[Path] | None, typer.Option("--test", help="Test set, for the leakage check.")
+    ] = None,
+) -> None:
+    """Check training data against the validation rules and print the report."""
+    from nluflow.data.loaders import load_paths
+    from nluflow.data.validation import validate as run_validation
+
+    def run() -> bool:
+        train = load_paths(paths)
+        test_set = load_paths(test) if test else None
+        report = run_validation(train, test_set)
+        table = Table(title=f"Validation of {len(train)} examples, {len(report.intent_counts)} intents")
+        for col in ("severity", "rule", "count", "message"):
+            table.add_column(col)
+        for f in report.findings:
+            colour = "red" if f.severity == "block" else "yellow"
+            table.add_row(f"[{colour}]{f.severity}[/]", f.rule, str(f.count), f.message)
+        console.print(table if report.findings else "[green]no findings[/]")
+        return report.ok
+
+    if not _guard(run):
+        err_console.print("[bold red]blocking findings:[/] a retrain would stop before training.")
+        raise typer.Exit(2)
+    console.print("[green]ok:[/] the data can be used for a retrain.")
+
+
+@app.command()
+def retrain(
+    data: Annotated[list[Path], typer.Option("--data", help="Training data file or folder (repeatable).")],
+    test: Annotated[list[Path] | None, typer.Option("--test", help="Frozen test set (repeatable).")] = None,
+    project: ProjectOpt = "default",
+    store: StoreOpt = None,
+    must_pass: Annotated[Path | None, typer.Option("--must-pass", help="Utterances that must pass.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Training config (JSON or YAML).")] = None,
+    min_macro_f1: Annotated[float | None, typer.Option(help="Gate: minimum macro F1.")] = None,
+    min_precision: Annotated[float | None, typer.Option(help="Gate: minimum macro precision.")] = None,
+    min_delta: Annotated[float | None, typer.Option(help="Gate: margin over the active model.")] = None,
+    tolerance: Annotated[float | None, typer.Option(help="Gate: allowed drop of other metrics.")] = None,
+    require_significance: Annotated[
+        bool | None,
+        typer.Option("--require-significance/--no-require-significance", help="Gate: bootstrap CI."),
+    ] = None,
+) -> None:
+    """Run the retrain flow: validate, train, evaluate against the active model, gate, promote, audit."""
+    gate_overrides = {
+        k: v
+        for k, v in dict(
+            min_macro_f1=min_macro_f1,
+            min_precision=min_precision,
+            min_delta=min_delta,
+            tolerance=tolerance,
+            require_significance=require_significance,
+        ).items()
+        if v is not None
+    }
+
+    def run() -> Any:
+        from flows.retrain import RetrainParams
+        from flows.retrain import retrain as retrain_flow
+
+        params = _params(RetrainParams, data, test, project, store, must_pass, config, gate_overrides)
+        _preflight(data, test, must_pass)
+        return retrain_flow(params)
+
+    result = _guard(run)
+    print_summary(result)
+
+
+def _params(
+    model: Any,
+    data: list[Path],
+    test: list[Path] | None,
+    project: str,
+    store: Path | None,
+    must_pass: Path | None,
+    config: Path | None,
+    gates: dict[str, Any],
+) -> Any:
+    from pydantic import ValidationError
+
+    from nluflow.backends.base import TrainingConfig
+    from nluflow.evaluation.gates import GatePolicy
+
+    raw: dict[str, Any] = {
+        "project": project,
+        "data": [str(p.resolve()) for p in data],
+        "test": [str(p.resolve()) for p in test] if test else None,
+        "store": str(_store_path(store)),
+        "must_pass": str(must_pass.resolve()) if must_pass else None,
+    }
+    if config is not None:
+        raw["config"] = TrainingConfig.parse(_read_mapping(config))
+    if gates:
+        try:
+            raw["gates"] = GatePolicy(**gates)
+        except ValidationError as exc:
+            raise ConfigError(f"gate options refused: {_pydantic_problems(exc)}") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"retrain parameters refused: {_pydantic_problems(exc)}") from None
+
+
+def _preflight(data: list[Path], test: list[Path] | None, must_pass: Path | None) -> None:
+    """Read the input files before starting Prefect, so a malformed file fails in a second, not after
+    a server start, and with nothing written anywhere."""
+    from nluflow.data.loaders import load_must_pass, load_paths
+
+    load_paths(data)
+    if test:
+        load_paths(test)
+    if must_pass:
+        load_must_pass(must_pass)
+
+
+def _pydantic_problems(exc: Any) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from nluflow.errors import DataError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read config: {exc.strerror}", path=path) from None
+    try:
+        value = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        line = getattr(exc, "lineno", None) or getattr(getattr(exc, "problem_mark", None), "line", -1) + 1
+        raise DataError(
+            f"config is not valid {path.suffix[1:].upper() or 'YAML'}: {exc}", path, line
+        ) from None
+    if not isinstance(value, dict):
+        raise DataError("config must be a mapping of option names to values", path=path, line=1)
+    return value
+
+
+def print_summary(result: Any) -> None:
+    """The end-of-run summary: metrics with deltas, gates with reasons, the decision, where things are."""
+    decision = result.decision
+    metrics = Table(title=f"Candidate {result.candidate_id} vs active {result.previous_active or '(none)'}")
+    for col in ("metric", "candidate", "active", "delta"):
+        metrics.add_column(col, justify="right" if col != "metric" else "left")
+    active = result.active_metrics or {}
+    for name, value in result.candidate_metrics.items():
+        metrics.add_row(name, _fmt(value), _fmt(active.get(name)), _fmt(result.deltas.get(name), signed=True))
+    console.print(metrics)
+    gates = Table(title="Gates")
+    for col in ("gate", "result", "value", "threshold", "reason"):
+        gates.add_column(col)
+    for g in decision.gates:
+        gates.add_row(
+            g.name,
+            "[green]pass[/]" if g.passed else "[red]fail[/]",
+            _fmt(g.value),
+            _fmt(g.threshold),
+            g.reason,
+        )
+    console.print(gates)
+    verdict = "[bold green]PROMOTED[/]" if result.promoted else "[bold yellow]NOT PROMOTED[/]"
+    console.print(f"{verdict} {decision.summary()}", highlight=False)
+    console.print(f"active model: {result.active or '(none)'}  ·  store: {result.store}")
+    console.print(f"report: {result.report_path}")
+    console.print(f"audit: {result.audit_path} (line {result.audit_seq})  ·  {result.duration_seconds:.1f} s")
+
+
+@models_app.command("list")
+def models_list(project: ProjectOpt = "default", store: StoreOpt = None) -> None:
+    """List the stored models of a project, newest first; the active one is marked."""
+    from nluflow.registry import ModelStore
+
+    def run() -> None:
+        ms = ModelStore.local(_store_path(store))
+        pointer = ms.active(project)
+        table = Table(title=f"Models of {project} in {ms.describe()}")
+        table.add_column("")
+        table.add_column("model", no_wrap=True, min_width=14)
+        for col in ("created", "backend", "accuracy", "macro F1", "entity F1"):
+            table.add_column(col, overflow="fold")
+        for m in ms.list_models(project):
+            mark = "*" if pointer and pointer.model_id == m.model_id else ""
+            table.add_row(
+                mark,
+                m.model_id,
+                m.created_at[:19],
+                m.backend,
+                _fmt(m.metrics.get("intent_accuracy")),
+                _fmt(m.metrics.get("macro_f1")),
+                _fmt(m.metrics.get("entity_f1")),
+            )
+        console.print(table)
+
+    _guard(run)
+
+
+@models_app.command("show")
+def models_show(
+    model_id: Annotated[str | None, typer.Argument(help="Model id [default: the active model].")] = None,
+    project: ProjectOpt = "default",
+    store: StoreOpt = None,
+) -> None:
+    """Show a model's manifest (metrics, data hashes, config) after verifying its files."""
+    from nluflow.errors import ModelNotFoundError
+    from nluflow.registry import ModelStore
+
+    def run() -> None:
+        ms = ModelStore.local(_store_path(store))
+        target = model_id
+        if target is None:
+            pointer = ms.active(project)
+            if pointer is None:
+                raise ModelNotFoundError(f"project {project!r} has no active model in {ms.describe()}")
+            target = pointer.model_id
+        manifest = ms.verify(project, target)
+        table = Table(title=f"{project}/{target} (files verified)", show_header=False)
+        table.add_column("field")
+        table.add_column("value")
+        for name, value in manifest.metrics.items():
+            table.add_row(name, _fmt(value))
+        for name in ("created_at", "backend", "dataset_sha256", "test_sha256", "run_id"):
+            table.add_row(name, str(getattr(manifest, name)))
+        table.add_row("files", ", ".join(sorted(manifest.files)))
+        table.add_row("manifest sha256", manifest.sha256())
+        console.print(table)
+
+    _guard(run)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    project: ProjectOpt = "default",
+    store: StoreOpt = None,
+    to: Annotated[str | None, typer.Option("--to", help="Model id [default: the previous active].")] = None,
+) -> None:
+    """Point the project back at the previous active model (or at --to), after verifying it."""
+    from nluflow.registry import ModelStore
+
+    def run() -> None:
+        pointer = ModelStore.local(_store_path(store)).rollback(project, to=to)
+        console.print(f"active model of {project} is now [bold]{pointer.model_id}[/]")
+
+    _guard(run)
+
+
+@models_app.command("activate")
+def models_activate(
+    model_id: Annotated[str, typer.Argument(help="Stored model to make active.")],
+    project: ProjectOpt = "default",
+    store: StoreOpt = None,
+) -> None:
+    """Make a stored model the active one (verified first), e.g. after a bad rollback."""
+    from nluflow.registry import ModelStore
+
+    def run() -> None:
+        pointer = ModelStore.local(_store_path(store)).activate(
+            project, model_id, reason="activated from CLI"
+        )
+        console.print(f"active model of {project} is now [bold]{pointer.model_id}[/]")
+
+    _guard(run)
+
+
+@audit_app.command("verify")
+def audit_verify(project: ProjectOpt = "default", store: StoreOpt = None) -> None:
+    """Check the audit log's hash chain and name the first broken line."""
+    from nluflow.audit import AuditLog
+    from nluflow.errors import StoreError
+
+    def run() -> Any:
+        from nluflow.registry import check_id
+
+        path = _store_path(store) / check_id(project, "project") / "audit.jsonl"
+        if not path.exists():
+            raise StoreError(f"no audit log at {path}; has project {project!r} run a retrain in this store?")
+        return path, AuditLog(path).verify()
+
+    path, result = _guard(run)
+    if result.ok:
+        console.print(f"[green]intact:[/] {result.lines} lines in {path}")
+        return
+    err_console.print(f"[bold red]broken:[/] {path}:{result.first_bad_line}: {result.reason}")
+    raise typer.Exit(1)
+
+
+@app.command("notify-annotated")
+def notify_annotated_cmd(
+    data: Annotated[str, typer.Option("--data", help="Annotated data, as the retrain will read it.")],
+    project: ProjectOpt = "default",
+    new_examples: Annotated[int, typer.Option("--new-examples", min=0, help="How many new examples.")] = 0,
+) -> None:
+    """Emit nlu.dataset.annotated so the 'retrain on annotation' deployment trigger starts a retrain."""
+    from flows.events import notify_annotated
+
+    event = _guard(lambda: notify_annotated(project, data, new_examples))
+    console.print(f"emitted {event['event']} {event['id']} for {project} (data {event['payload']['data']})")
+
+
+@app.command("relay")
+def relay_cmd(
+    config: Annotated[
+        Path, typer.Option("--config", help="Relay config (YAML/JSON); the secret in $NLUFLOW_RELAY_SECRET.")
+    ],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8787,
+) -> None:
+    """Serve the webhook relay: annotation-tool webhooks in, Prefect events out."""
+    from flows.events import serve_relay
+
+    _guard(lambda: serve_relay(host, port, config))
+
+
+@app.command()
+def demo(
+    home: Annotated[Path | None, typer.Option("--home", help="Folder for store and runs.")] = None,
+) -> None:
+    """The demo of `make run`: three retrains of a SNIPS-based bot as new annotations arrive."""
+    from flows.demo import run_demo
+
+    _guard(lambda: run_demo(home or _home(), print_summary=print_summary, console=console))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

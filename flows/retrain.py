@@ -1,0 +1,306 @@
+"""The retrain flow: validate → train → evaluate → gate → promote → publish → audit.
+
+Deployment entrypoint: ``flows/retrain.py:retrain``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
+from prefect.transactions import transaction
+from pydantic import BaseModel, ConfigDict, Field
+
+from nluflow.audit import audit_record
+from nluflow.backends.base import ModelRef, TrainingConfig
+from nluflow.data.validation import ValidationPolicy, ValidationReport
+from nluflow.evaluation.gates import Decision, GatePolicy, decide
+from nluflow.evaluation.metrics import EvaluationResult
+from nluflow.notify import DecisionNotice
+from nluflow.pipeline import DatasetSnapshot, files_sha256, headline_delta, model_id_for, training_key
+from nluflow.registry import ID_PATTERN
+from tasks.audit import notify, write_audit
+from tasks.common import BackendSpec, StoreSpec
+from tasks.data import freeze_test_set, load_dataset, validate_dataset
+from tasks.evaluation import check_must_pass_utterances, evaluate_model, fetch_active_model
+from tasks.promotion import (
+    activate_on_backend,
+    ensure_promotion_limit,
+    store_candidate,
+    switch_active_pointer,
+)
+from tasks.publish import publish_report, publish_validation, render_run_figures
+from tasks.training import candidate_ready, submit_training, wait_for_training
+
+
+def nluflow_home() -> Path:
+    """Where runs keep their store and working files unless told otherwise (``$NLUFLOW_HOME``)."""
+    return Path(os.environ.get("NLUFLOW_HOME", ".nluflow")).resolve()
+
+
+class RetrainParams(BaseModel):
+    """What to retrain, where to keep it, and when to promote it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = Field(default="default", pattern=ID_PATTERN, description="Project (bot) name.")
+    data: list[str] = Field(
+        min_length=1, description="Training data: files or folders (JSONL, CSV, Rasa YAML)."
+    )
+    test: list[str] | None = Field(
+        default=None,
+        description="Frozen test set. Without it the project's frozen test set is used, or split off once.",
+    )
+    test_fraction: float = Field(default=0.2, ge=0.05, le=0.5, description="Share split off as test set.")
+    must_pass: str | None = Field(
+        default=None, description="File of utterances the candidate must get right."
+    )
+    store: str | None = Field(default=None, description="Model store folder (default $NLUFLOW_HOME/store).")
+    store_block: str | None = Field(default=None, description="Name of a LocalModelStore block (wins).")
+    workspace: str | None = Field(default=None, description="Local working folder ($NLUFLOW_HOME/work).")
+    backend: str = Field(default="local", description="Training backend: 'local' or a backend block name.")
+    config: TrainingConfig = Field(default_factory=TrainingConfig, description="Training configuration.")
+    gates: GatePolicy = Field(default_factory=GatePolicy, description="Promotion gates.")
+    gates_block: str | None = Field(default=None, description="Name of a GatePolicyBlock (wins over gates).")
+    validation: ValidationPolicy = Field(
+        default_factory=ValidationPolicy, description="Data validation rules."
+    )
+    target_precision: float = Field(default=0.95, gt=0.0, le=1.0, description="Precision for the threshold.")
+    max_wait_seconds: float = Field(default=6 * 3600, gt=0, description="Longest wait for a training job.")
+    notify: list[str] = Field(
+        default_factory=list, description="Names of WebhookNotification blocks told about the decision."
+    )
+
+
+class RetrainResult(BaseModel):
+    """What a run did, for the CLI summary and for callers."""
+
+    project: str
+    flow_run_id: str | None
+    candidate_id: str
+    previous_active: str | None
+    active: str | None
+    promoted: bool
+    decision: Decision
+    candidate_metrics: dict[str, float]
+    active_metrics: dict[str, float] | None
+    deltas: dict[str, float]
+    data_info: dict[str, Any]
+    artifacts: dict[str, str]
+    report_path: str
+    store: str
+    audit_path: str
+    audit_seq: int
+    duration_seconds: float
+
+
+def _resolve(params: RetrainParams) -> tuple[StoreSpec, BackendSpec, GatePolicy, Path]:
+    home = nluflow_home()
+    store = StoreSpec(path=str(Path(params.store or home / "store").resolve()), block=params.store_block)
+    work = Path(params.workspace or home / "work").resolve()
+    gates = params.gates
+    if params.gates_block:
+        from blocks.gates import GatePolicyBlock
+
+        gates = cast(GatePolicyBlock, GatePolicyBlock.load(params.gates_block)).get_policy()
+    return store, BackendSpec(name=params.backend, workspace=str(work)), gates, work
+
+
+@flow(name="nluflow-retrain", flow_run_name="retrain-{params.project}", log_prints=False)
+def retrain(params: RetrainParams) -> RetrainResult:
+    """Retrain a project's NLU model and promote it only if it passes the gates and beats the active one."""
+    started = time.monotonic()
+    logger = get_run_logger()
+    run_id = str(flow_run.get_id() or "local")
+    store, backend, gates, work = _resolve(params)
+    project = params.project
+
+    # 1. Data: load, fix the frozen test set, validate.
+    data = load_dataset(params.data, str(work))
+    given_test = load_dataset(params.test, str(work)) if params.test else None
+    train, test, data_info = freeze_test_set(
+        project, data, given_test, store, str(work), params.test_fraction, params.config.seed
+    )
+    report, train = validate_dataset(train, test, params.validation, str(work))
+    publish_validation(project, report)
+    if not report.ok:
+        blocked = _blocked_record(params, run_id, train, test, report, started)
+        write_audit(str(store.audit_path(project)), blocked)
+        notice = DecisionNotice(
+            project=project,
+            decision="blocked",
+            promoted=False,
+            summary="blocked: the data failed validation; nothing was trained",
+            reasons=blocked["reasons"],
+            run_url=flow_run.get_flow_run_ui_url(),
+            flow_run_id=run_id,
+        )
+        notify(notice, params.notify)
+        report.raise_for_blocking()
+
+    # 2. Train the candidate (cached on data + config + code: an unchanged rerun does not retrain).
+    key = training_key(train.sha256, params.config, backend.name)
+    model_id = model_id_for(key)
+    refresh = not candidate_ready(backend, project, model_id)  # cached results need the files on disk
+    job = submit_training.with_options(refresh_cache=refresh)(
+        backend, project, model_id, train, params.config, key
+    )
+    candidate = wait_for_training.with_options(refresh_cache=refresh)(
+        backend, project, model_id, job, key, params.max_wait_seconds
+    )
+
+    # 3. Evaluate candidate and active model on the same frozen test set.
+    cand_eval = evaluate_model(backend, candidate, test, params.target_precision)
+    active = fetch_active_model(store, project, backend)
+    active_ref: ModelRef | None = active[0] if active else None
+    active_eval: EvaluationResult | None = (
+        evaluate_model(backend, active_ref, test, params.target_precision) if active_ref else None
+    )
+    must_pass = (
+        check_must_pass_utterances(backend, candidate, params.must_pass, sorted(report.intent_counts))
+        if params.must_pass
+        else None
+    )
+
+    # 4. Decide (a pure function: every gate with its reason).
+    decision = decide(cand_eval, active_eval, gates, must_pass)
+    logger.info(decision.summary())
+
+    # 5. Publish the report, tables and figures.
+    outdir = work / "runs" / project / run_id
+    figures = render_run_figures(cand_eval, str(outdir))
+    artifacts = publish_report(
+        project,
+        model_id,
+        active_ref.model_id if active_ref else None,
+        decision,
+        cand_eval,
+        active_eval,
+        report,
+        data_info,
+        figures,
+        str(outdir),
+    )
+
+    # 6. Promote: one promotion per project at a time; all-or-nothing.
+    active_now = active_ref.model_id if active_ref else None
+    if decision.promote and active_now != model_id:
+        limit = ensure_promotion_limit(project)
+        # Keyed by run: a retried flow run that already committed its promotion does not promote again.
+        # No try/except in here: a failure must propagate so the transaction rolls back every step.
+        with (
+            concurrency(limit, occupy=1, strict=True),
+            transaction(key=f"promote-{project}-{model_id}-{run_id}") as txn,
+        ):
+            if not txn.is_committed():
+                store_candidate(
+                    store,
+                    project,
+                    candidate,
+                    train.sha256,
+                    test.sha256,
+                    params.config.model_dump(mode="json"),
+                    cand_eval.headline(),
+                    run_id,
+                )
+                activate_on_backend(backend, candidate, active_ref)
+                switch_active_pointer(store, project, model_id, run_id, decision.summary())
+        pointer = store.build().active(project)
+        active_now = pointer.model_id if pointer else None
+
+    # 7. Audit and notify.
+    promoted = decision.promote and active_now == model_id
+    model_store = store.build()
+    stored = model_store.has_model(project, model_id)
+    manifest_sha = model_store.manifest(project, model_id).sha256() if stored else None
+    line = write_audit(
+        str(store.audit_path(project)),
+        audit_record(
+            run_id=run_id,
+            flow_run_id=run_id,
+            project=project,
+            dataset_sha256=train.sha256,
+            test_sha256=test.sha256,
+            backend=backend.name,
+            job_id=job.job_id,
+            model_id=model_id,
+            config=params.config.model_dump(mode="json"),
+            duration_seconds=round(time.monotonic() - started, 3),
+            metrics=cand_eval.headline(),
+            decision="promote" if decision.promote else "reject",
+            promoted=promoted,
+            reasons=decision.reasons,
+            previous_model_id=active_ref.model_id if active_ref else None,
+            manifest_sha256=manifest_sha,
+            validation_loss=candidate.metrics.get("val_loss"),
+            model_files_sha256=files_sha256(candidate.path) if candidate.path else None,
+            training_metrics=dict(candidate.metrics),
+        ),
+    )
+    notify(
+        DecisionNotice.from_decision(
+            project,
+            decision,
+            promoted=promoted,
+            candidate_id=model_id,
+            previous_active=active_ref.model_id if active_ref else None,
+            active=active_now,
+            metrics=cand_eval.headline(),
+            run_url=flow_run.get_flow_run_ui_url(),
+            flow_run_id=run_id,
+        ),
+        params.notify,
+    )
+    return RetrainResult(
+        project=project,
+        flow_run_id=run_id,
+        candidate_id=model_id,
+        previous_active=active_ref.model_id if active_ref else None,
+        active=active_now,
+        promoted=promoted,
+        decision=decision,
+        candidate_metrics=cand_eval.headline(),
+        active_metrics=active_eval.headline() if active_eval else None,
+        deltas=headline_delta(cand_eval.headline(), active_eval.headline() if active_eval else None),
+        data_info={**data_info, "train_examples": train.n_examples, "test_examples": test.n_examples},
+        artifacts={k: v for k, v in artifacts.items() if k != "report_path"},
+        report_path=artifacts["report_path"],
+        store=model_store.describe(),
+        audit_path=str(store.audit_path(project)),
+        audit_seq=int(line["seq"]),
+        duration_seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def _blocked_record(
+    params: RetrainParams,
+    run_id: str,
+    train: DatasetSnapshot,
+    test: DatasetSnapshot,
+    report: ValidationReport,
+    started: float,
+) -> dict[str, Any]:
+    """The audit line of a run that validation stopped before training."""
+    return audit_record(
+        run_id=run_id,
+        flow_run_id=run_id,
+        project=params.project,
+        dataset_sha256=train.sha256,
+        test_sha256=test.sha256,
+        backend=params.backend,
+        job_id=None,
+        model_id=None,
+        config=params.config.model_dump(mode="json"),
+        duration_seconds=round(time.monotonic() - started, 3),
+        metrics={},
+        decision="blocked",
+        promoted=False,
+        reasons=[f"{f.rule}: {f.message}" for f in report.blocking],
+        previous_model_id=None,
+        manifest_sha256=None,
+    )

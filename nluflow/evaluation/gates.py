@@ -1,0 +1,463 @@
+"""Promotion gates and the decision: promote the candidate only if it passes every gate.
+
+``decide(candidate, active, policy, must_pass)`` is a pure function of evaluation results. Each gate yields
+pass/fail, the value it looked at, the threshold it compared with, and a reason a person can act on.
+
+Gates, in the order they are listed:
+
+* ``min_macro_f1``, ``min_precision`` (macro precision), ``min_entity_f1`` (only when the policy sets it):
+  absolute quality floors; they apply to every candidate.
+* With an active model only -- the first model of a project (``active is None``) has nothing to be compared
+  with, so these gates are **omitted** (not listed as passed) and ``Decision.first_model`` is true:
+
+  - ``beats_active``: the primary metric must exceed the active model's by more than ``min_delta``;
+  - ``no_regression_<metric>``: the other headline metrics (accuracy, macro F1, entity F1) may not drop by
+    more than ``tolerance``;
+  - ``significance`` (only when ``require_significance``): the lower end of the paired bootstrap interval of
+    the primary delta must be above 0. The interval is computed and shown whenever an active model exists;
+  - ``intent_regression``: no intent with at least ``min_intent_support`` test utterances may lose more than
+    ``max_intent_f1_drop`` F1; the intents that did are named.
+* ``must_pass``: when must-pass cases are given, every one must get its expected intent; failures are named.
+
+Differences smaller than 1e-9 are ties: summing the same counts in another order cannot make a model "better".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nluflow.backends.base import Parse
+from nluflow.data.schema import Example
+from nluflow.errors import ConfigError
+from nluflow.evaluation.compare import BootstrapResult, paired_bootstrap, per_intent_deltas
+from nluflow.evaluation.metrics import EvaluationResult
+
+__all__ = ["Decision", "GatePolicy", "GateResult", "MustPassResult", "check_must_pass", "decide"]
+
+_TIE = 1e-9
+_MAX_NAMED = 10  # failing utterances / regressed intents named in a reason
+
+_METRIC_NAMES: dict[str, str] = {
+    "intent_accuracy": "accuracy",
+    "macro_f1": "macro F1",
+    "macro_precision": "macro precision",
+    "weighted_f1": "weighted F1",
+    "pr_auc": "PR-AUC",
+    "coverage_at_target": "coverage at target precision",
+    "entity_f1": "entity F1",
+    "entity_precision": "entity precision",
+    "entity_recall": "entity recall",
+}
+_PRIMARY_KEY: dict[str, str] = {"macro_f1": "macro_f1", "accuracy": "intent_accuracy"}
+_REGRESSION_KEYS = ("intent_accuracy", "macro_f1", "entity_f1")
+
+
+class GatePolicy(BaseModel):
+    """What a candidate must achieve to replace the active model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_macro_f1: float = Field(
+        default=0.85, ge=0.0, le=1.0, description="Lowest macro F1 on the test set any model may have."
+    )
+    min_precision: float = Field(
+        default=0.80, ge=0.0, le=1.0, description="Lowest macro precision on the test set any model may have."
+    )
+    primary_metric: Literal["macro_f1", "accuracy"] = Field(
+        default="macro_f1", description="The metric the candidate must beat the active model on."
+    )
+    min_delta: float = Field(
+        default=0.0,
+        ge=-1.0,
+        le=1.0,
+        description="The candidate must beat the active model on the primary metric by more than this.",
+    )
+    tolerance: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="How much the other headline metrics (accuracy, macro F1, entity F1) may drop.",
+    )
+    require_significance: bool = Field(
+        default=False,
+        description="Require the lower end of the bootstrap interval of the primary delta to be above 0.",
+    )
+    bootstrap_resamples: int = Field(
+        default=1000, ge=100, le=100_000, description="Resamples of the paired bootstrap."
+    )
+    bootstrap_confidence: float = Field(
+        default=0.95, ge=0.5, le=0.999, description="Coverage of the bootstrap confidence interval."
+    )
+    max_intent_f1_drop: float = Field(
+        default=0.10, ge=0.0, le=1.0, description="Largest F1 drop any single well-supported intent may have."
+    )
+    min_intent_support: int = Field(
+        default=10,
+        ge=1,
+        le=1_000_000,
+        description="Test utterances an intent needs for the per-intent regression guard.",
+    )
+    min_entity_f1: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Lowest exact-span entity F1; None disables the gate."
+    )
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> GatePolicy:
+        """Validate a user-supplied policy, raising ConfigError with every problem listed."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'policy'}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"gate policy refused before any decision was made: {problems}") from None
+
+
+class GateResult(BaseModel):
+    """One gate's verdict."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    passed: bool
+    value: float | None = Field(description="What the gate measured (e.g. a metric or a delta).")
+    threshold: float | None = Field(description="What the value was compared with.")
+    reason: str
+
+
+class MustPassResult(BaseModel):
+    """Utterances that must always get their expected intent, and the ones that did not."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    total: int
+    failures: list[dict[str, Any]] = Field(description="{text, expected, predicted, confidence} per failure.")
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def check_must_pass(cases: Sequence[Example], parses: Sequence[Parse]) -> MustPassResult:
+    """Compare the predicted intent of each must-pass utterance with its expected intent (entities are not
+    checked). ``parses`` must be the predictions for ``cases``, in the same order."""
+    if len(cases) != len(parses):
+        raise ConfigError(
+            f"{len(cases)} must-pass cases but {len(parses)} predictions; expected one prediction per case, "
+            "in the same order; the must-pass check was not run"
+        )
+    failures: list[dict[str, Any]] = []
+    for i, (case, parse) in enumerate(zip(cases, parses, strict=True)):
+        if " ".join(case.text.split()) != " ".join(parse.text.split()):
+            raise ConfigError(
+                f"{case.where()}: must-pass case {i} is {case.text!r} but prediction {i} is for "
+                f"{parse.text!r}; expected predictions in case order; the must-pass check was not run"
+            )
+        if parse.intent.name != case.intent:
+            failures.append(
+                {
+                    "text": case.text,
+                    "expected": case.intent,
+                    "predicted": parse.intent.name,
+                    "confidence": float(parse.intent.confidence),
+                }
+            )
+    return MustPassResult(total=len(cases), failures=failures)
+
+
+class Decision(BaseModel):
+    """Whether to promote the candidate, and every gate with its reason."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    promote: bool
+    first_model: bool = Field(description="No active model existed; only absolute gates and must-pass apply.")
+    gates: list[GateResult]
+    reasons: list[str] = Field(description="Every failing gate's reason; when promoting, why.")
+    deltas: dict[str, float] = Field(description="Candidate minus active, per headline metric.")
+    bootstrap: BootstrapResult | None = Field(description="Paired bootstrap of the primary delta.")
+
+    def summary(self) -> str:
+        """One line, e.g. ``promote: beats active by +0.031 macro F1 (95% CI +0.012..+0.050)``."""
+        verdict = "promote" if self.promote else "reject"
+        if not self.reasons:
+            return verdict
+        if self.promote:
+            return f"{verdict}: {self.reasons[0]}"
+        more = f" (+{len(self.reasons) - 2} more)" if len(self.reasons) > 2 else ""
+        return f"{verdict}: {'; '.join(self.reasons[:2])}{more}"
+
+    def to_markdown(self) -> str:
+        """The gate table (gate | result | value | threshold | reason), under the one-line summary."""
+        lines = [
+            f"**{_md(self.summary())}**",
+            "",
+            "| gate | result | value | threshold | reason |",
+            "|---|:---:|---:|---:|---|",
+        ]
+        for gate in self.gates:
+            mark = "✅" if gate.passed else "❌"
+            lines.append(
+                f"| {gate.name} | {mark} | {_num(gate.value)} | {_num(gate.threshold)} | {_md(gate.reason)} |"
+            )
+        if self.first_model:
+            lines += ["", "First model of the project: there is no active model to compare with."]
+        if self.bootstrap is not None:
+            b = self.bootstrap
+            lines += [
+                "",
+                f"Paired bootstrap ({b.n_resamples} resamples): {_METRIC_LABEL[b.metric]} delta "
+                f"{_signed(b.delta)}, {_ci(b)}.",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+_METRIC_LABEL: dict[str, str] = {"macro_f1": "macro F1", "accuracy": "accuracy"}
+
+
+def decide(
+    candidate: EvaluationResult,
+    active: EvaluationResult | None,
+    policy: GatePolicy,
+    must_pass: MustPassResult | None = None,
+) -> Decision:
+    """Run every gate of ``policy`` on the candidate (against ``active`` when there is one)."""
+    if active is not None:
+        _check_same_test_set(candidate, active)
+
+    gates = _absolute_gates(candidate, policy)
+    bootstrap: BootstrapResult | None = None
+    deltas: dict[str, float] = {}
+    headline_reason: str | None = None
+    if active is not None:
+        cand_h, act_h = candidate.headline(), active.headline()
+        deltas = {key: cand_h[key] - act_h[key] for key in cand_h if key in act_h and key != "threshold"}
+        bootstrap = paired_bootstrap(
+            candidate.y_true,
+            candidate.y_pred,
+            active.y_pred,
+            metric=policy.primary_metric,
+            n_resamples=policy.bootstrap_resamples,
+            confidence=policy.bootstrap_confidence,
+        )
+        gates += _comparison_gates(candidate, active, policy, bootstrap, cand_h, act_h)
+        headline_reason = (
+            f"beats active by {_signed(bootstrap.delta)} {_METRIC_LABEL[bootstrap.metric]} ({_ci(bootstrap)})"
+        )
+    if must_pass is not None:
+        gates.append(_must_pass_gate(must_pass))
+
+    promote = all(g.passed for g in gates)
+    if not promote:
+        reasons = [g.reason for g in gates if not g.passed]
+    else:
+        if headline_reason is None:
+            headline_reason = (
+                f"first model of the project; macro F1 {candidate.macro_f1:.3f} and macro precision "
+                f"{candidate.macro_precision:.3f} pass the absolute gates"
+            )
+        reasons = [headline_reason, *(g.reason for g in gates)]
+    return Decision(
+        promote=promote,
+        first_model=active is None,
+        gates=gates,
+        reasons=reasons,
+        deltas=deltas,
+        bootstrap=bootstrap,
+    )
+
+
+def _check_same_test_set(candidate: EvaluationResult, active: EvaluationResult) -> None:
+    if candidate.test_sha256 != active.test_sha256 or candidate.y_true != active.y_true:
+        raise ConfigError(
+            f"the candidate was evaluated on test set sha256 {candidate.test_sha256[:12]} ({candidate.n} "
+            f"utterances) but the active model on {active.test_sha256[:12]} ({active.n} utterances); "
+            "expected both on the same frozen test set; no decision was made — evaluate the active model on "
+            "the candidate's test set"
+        )
+
+
+def _absolute_gates(candidate: EvaluationResult, policy: GatePolicy) -> list[GateResult]:
+    gates = [
+        _floor_gate("min_macro_f1", "macro F1", candidate.macro_f1, policy.min_macro_f1),
+        _floor_gate("min_precision", "macro precision", candidate.macro_precision, policy.min_precision),
+    ]
+    if policy.min_entity_f1 is not None:
+        if candidate.entity is None:
+            # Fail closed: the policy asks for an entity guarantee nobody can check on this test set.
+            gates.append(
+                GateResult(
+                    name="min_entity_f1",
+                    passed=False,
+                    value=None,
+                    threshold=policy.min_entity_f1,
+                    reason="entity F1 cannot be checked: the test set has no entity annotations; "
+                    "add entities to the test set or unset min_entity_f1 in the gate policy",
+                )
+            )
+        else:
+            gates.append(_floor_gate("min_entity_f1", "entity F1", candidate.entity.f1, policy.min_entity_f1))
+    return gates
+
+
+def _floor_gate(name: str, label: str, value: float, floor: float) -> GateResult:
+    passed = value >= floor - _TIE
+    reason = (
+        f"{label} {value:.3f} ≥ {floor:.3f}"
+        if passed
+        else f"{label} {value:.3f} < {floor:.3f}: below the absolute minimum"
+    )
+    return GateResult(name=name, passed=passed, value=value, threshold=floor, reason=reason)
+
+
+def _comparison_gates(
+    candidate: EvaluationResult,
+    active: EvaluationResult,
+    policy: GatePolicy,
+    bootstrap: BootstrapResult,
+    cand_h: dict[str, float],
+    act_h: dict[str, float],
+) -> list[GateResult]:
+    primary = _PRIMARY_KEY[policy.primary_metric]
+    label = _METRIC_NAMES[primary]
+    delta = cand_h[primary] - act_h[primary]
+    beats = delta > policy.min_delta + _TIE
+    head = f"{label} {_signed(delta)} vs active {act_h[primary]:.3f}"
+    gates = [
+        GateResult(
+            name="beats_active",
+            passed=beats,
+            value=delta,
+            threshold=policy.min_delta,
+            reason=f"{head}: above min delta {policy.min_delta:.3f}"
+            if beats
+            else f"{head}: not above min delta {policy.min_delta:.3f} — "
+            "the candidate does not beat the active model",
+        )
+    ]
+    for key in _REGRESSION_KEYS:
+        if key == primary or key not in cand_h or key not in act_h:
+            continue
+        drop = act_h[key] - cand_h[key]
+        ok = drop <= policy.tolerance + _TIE
+        name = _METRIC_NAMES[key]
+        change = f"{name} {cand_h[key]:.3f} vs active {act_h[key]:.3f} ({_signed(-drop)})"
+        gates.append(
+            GateResult(
+                name=f"no_regression_{key}",
+                passed=ok,
+                value=-drop,
+                threshold=-policy.tolerance,
+                reason=f"{change}: within tolerance {policy.tolerance:.3f}"
+                if ok
+                else f"{change}: drops more than the tolerance {policy.tolerance:.3f}",
+            )
+        )
+    if policy.require_significance:
+        significant = bootstrap.low > _TIE
+        gates.append(
+            GateResult(
+                name="significance",
+                passed=significant,
+                value=bootstrap.low,
+                threshold=0.0,
+                reason=f"{label} delta {_signed(bootstrap.delta)}, {_ci(bootstrap)} lies above 0"
+                if significant
+                else f"{label} delta {_signed(bootstrap.delta)}, {_ci(bootstrap)} does not lie above 0: "
+                "the improvement is not significant on this test set",
+            )
+        )
+    gates.append(_intent_regression_gate(candidate, active, policy))
+    return gates
+
+
+def _intent_regression_gate(
+    candidate: EvaluationResult, active: EvaluationResult, policy: GatePolicy
+) -> GateResult:
+    deltas = per_intent_deltas(candidate, active)
+    support = {label: int(candidate.intent_report[label]["support"]) for label in deltas}
+    guarded = [label for label in deltas if support[label] >= policy.min_intent_support]
+    regressed = sorted(
+        (label for label in guarded if -deltas[label] > policy.max_intent_f1_drop + _TIE),
+        key=lambda label: (deltas[label], label),
+    )
+    worst = min((deltas[label] for label in guarded), default=0.0)
+    scope = f"intents with support ≥ {policy.min_intent_support}"
+    if not regressed:
+        reason = (
+            f"no intent lost more than {policy.max_intent_f1_drop:.3f} F1 ({len(guarded)} {scope}; "
+            f"largest change {_signed(worst)})"
+        )
+        return GateResult(
+            name="intent_regression",
+            passed=True,
+            value=worst,
+            threshold=-policy.max_intent_f1_drop,
+            reason=reason,
+        )
+    cand_f1, act_f1 = candidate.intent_f1(), active.intent_f1()
+    named = ", ".join(
+        f"{label} {act_f1[label]:.3f}→{cand_f1[label]:.3f} ({_signed(deltas[label])})"
+        for label in regressed[:_MAX_NAMED]
+    )
+    more = f" and {len(regressed) - _MAX_NAMED} more" if len(regressed) > _MAX_NAMED else ""
+    noun = "intent" if len(regressed) == 1 else "intents"
+    reason = (
+        f"{len(regressed)} {noun} lost more than {policy.max_intent_f1_drop:.3f} F1 ({scope}): {named}{more}"
+    )
+    return GateResult(
+        name="intent_regression",
+        passed=False,
+        value=worst,
+        threshold=-policy.max_intent_f1_drop,
+        reason=reason,
+    )
+
+
+def _must_pass_gate(must_pass: MustPassResult) -> GateResult:
+    failed = len(must_pass.failures)
+    if not failed:
+        return GateResult(
+            name="must_pass",
+            passed=True,
+            value=float(must_pass.total),
+            threshold=float(must_pass.total),
+            reason=f"all {must_pass.total} must-pass utterances get their expected intent",
+        )
+    named = "; ".join(
+        f"{f['text']!r} expected {f['expected']}, got {f['predicted']} ({float(f['confidence']):.2f})"
+        for f in must_pass.failures[:_MAX_NAMED]
+    )
+    more = f"; and {failed - _MAX_NAMED} more" if failed > _MAX_NAMED else ""
+    return GateResult(
+        name="must_pass",
+        passed=False,
+        value=float(must_pass.total - failed),
+        threshold=float(must_pass.total),
+        reason=f"{failed} of {must_pass.total} must-pass utterances fail: {named}{more}",
+    )
+
+
+def _signed(x: float, digits: int = 3) -> str:
+    r = round(x, digits)
+    return f"{r + 0.0:+.{digits}f}"  # + 0.0 turns -0.0 into 0.0, so ties read "+0.000"
+
+
+def _ci(b: BootstrapResult) -> str:
+    return f"{_pct(b.confidence)} CI {_signed(b.low)}..{_signed(b.high)}"
+
+
+def _pct(share: float) -> str:
+    pct = share * 100.0
+    return f"{pct:.0f}%" if abs(pct - round(pct)) < 1e-9 else f"{pct:.1f}%"
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

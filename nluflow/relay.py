@@ -1,0 +1,519 @@
+"""A small webhook relay: annotation-tool webhooks in, ``nlu.dataset.annotated`` Prefect events out.
+
+Self-hosted Prefect has no incoming webhooks, but ``POST /api/events`` with a JSON list of events fires
+deployment triggers. The relay sits between an annotation tool and that endpoint::
+
+    Label Studio ──POST /hooks/label-studio──┐
+                                             ├─► verify secret ─► map ─► emitter(event) ─► POST {api}/events
+    a script/CI  ──POST /hooks/generic───────┘      (+ HMAC for generic senders)
+
+Routes:
+
+* ``POST /hooks/label-studio`` — Label Studio webhooks. ``ANNOTATION_CREATED``, ``ANNOTATIONS_CREATED`` and
+  ``ANNOTATION_UPDATED`` become one event each; every other action is acknowledged (200) and counted, nothing
+  is emitted. Label Studio (1.23) signs nothing: the only authenticity is a custom header configured on the
+  webhook (``X-Relay-Secret`` by default), compared in constant time.
+* ``POST /hooks/generic`` — ``{"project": ..., "data": ..., "new_examples": ...}`` from scripts; needs the
+  same header **and** ``X-Nluflow-Signature: sha256=<hex HMAC-SHA256 of the raw body>``.
+* ``GET /healthz`` — liveness and the outcome counters (no secrets).
+
+Answers: 202 emitted; 200 acknowledged and ignored; 400 malformed JSON; 401 secret or signature missing;
+403 secret or signature wrong; 404 Label Studio project not mapped; 413 body too large; 422 JSON of the
+wrong shape; 503 the emitter failed. On every 4xx/5xx nothing was emitted. The secret never appears in an
+answer or a log line: answers name the header, never its value.
+
+The Label Studio project id is mapped to an nluflow project and a data location by :class:`RelayConfig`;
+the data itself is not read here (the retrain flow loads it, e.g. a Label Studio JSON export).
+
+This module never imports Prefect: :class:`PrefectApiEmitter` speaks plain HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from nluflow.errors import ConfigError
+from nluflow.registry import ID_PATTERN
+
+logger = logging.getLogger(__name__)
+
+EVENT_NAME = "nlu.dataset.annotated"
+RESOURCE_PREFIX = "nluflow.dataset."
+DEFAULT_SECRET_HEADER = "X-Relay-Secret"
+DEFAULT_SIGNATURE_HEADER = "X-Nluflow-Signature"
+DEFAULT_SECRET_ENV = "NLUFLOW_RELAY_SECRET"
+# Label Studio bodies are 3-8 KB per task; a bulk ANNOTATIONS_CREATED over thousands of tasks is megabytes.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+MIN_SECRET_CHARS = 16
+EMIT_TIMEOUT_SECONDS = 5.0
+EMIT_CONNECT_TIMEOUT_SECONDS = 2.0
+BODY_EXCERPT_CHARS = 200
+
+# Label Studio actions that change the annotated data and start a retrain.
+RETRAIN_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED"})
+
+Emitter = Callable[[dict[str, Any]], object]
+"""Receives one event (Prefect's event shape, JSON-ready); raises if it could not hand it on."""
+
+
+# ------------------------------------------------------------------------------------------------ events
+
+
+def resource_id(project: str) -> str:
+    """The event resource of a project's dataset: ``nluflow.dataset.<project>``."""
+    return f"{RESOURCE_PREFIX}{project}"
+
+
+def annotated_event(
+    project: str,
+    data: str,
+    new_examples: int,
+    *,
+    event_id: uuid.UUID | None = None,
+    occurred: datetime | None = None,
+) -> dict[str, Any]:
+    """One ``nlu.dataset.annotated`` event in Prefect's event shape, ready for ``POST /api/events``."""
+    return {
+        "id": str(event_id or uuid.uuid4()),
+        "occurred": (occurred or datetime.now(UTC)).isoformat(),
+        "event": EVENT_NAME,
+        "resource": {"prefect.resource.id": resource_id(project)},
+        "related": [],
+        "payload": {"project": project, "data": data, "new_examples": new_examples},
+    }
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The ``X-Nluflow-Signature`` value of ``body``: ``sha256=`` + hex HMAC-SHA256 with the shared secret."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+class LabelStudioRoute(BaseModel):
+    """Where the annotations of one Label Studio project go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project: str = Field(pattern=ID_PATTERN, description="The nluflow project to retrain.")
+    data: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Data location handed to the retrain (e.g. where this project's JSON export lands).",
+    )
+
+
+class RelayConfig(BaseModel):
+    """The relay's shared secret, header names, size limit and Label Studio project routes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secret: SecretStr = Field(description="Shared secret: the header value, and the HMAC key.")
+    header: str = Field(
+        default=DEFAULT_SECRET_HEADER,
+        pattern=r"^[A-Za-z0-9_-]+$",  # the names Label Studio accepts for custom webhook headers
+        description="Header carrying the shared secret.",
+    )
+    signature_header: str = Field(
+        default=DEFAULT_SIGNATURE_HEADER,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Header carrying the HMAC-SHA256 signature of generic payloads.",
+    )
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0, description="Largest accepted body.")
+    label_studio: dict[str, LabelStudioRoute] = Field(
+        default_factory=dict, description="Label Studio project id → nluflow project and data location."
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(f"the shared secret must have at least {MIN_SECRET_CHARS} characters")
+        return value
+
+    @field_validator("label_studio", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value: object) -> object:
+        # YAML reads `1:` as an int key; Label Studio ids arrive as ints in JSON too. Compare as text.
+        if isinstance(value, Mapping):
+            return {str(k): v for k, v in value.items()}
+        return value
+
+    @classmethod
+    def from_file(cls, path: str | Path, environ: Mapping[str, str] | None = None) -> RelayConfig:
+        """Read a YAML/JSON config; the secret comes from the environment variable named by ``secret_env``.
+
+        The file never holds the secret (so it can live in the repo)::
+
+            secret_env: NLUFLOW_RELAY_SECRET      # default
+            header: X-Relay-Secret                # default
+            label_studio:
+              1: {project: bookings, data: /srv/exports/bookings.json}
+        """
+        env = os.environ if environ is None else environ
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot read the relay config ({exc.strerror}); relay not started"
+            ) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML/JSON ({exc}); relay not started") from exc
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"{path}: found a {type(raw).__name__}, expected a mapping (label_studio, header, ...); "
+                "relay not started"
+            )
+        if "secret" in raw:
+            raise ConfigError(
+                f"{path}: found a 'secret' key; the secret must not be written in a file: put it in "
+                f"the environment variable named by 'secret_env' (default {DEFAULT_SECRET_ENV}); "
+                "relay not started"
+            )
+        secret_env = str(raw.pop("secret_env", DEFAULT_SECRET_ENV))
+        secret = env.get(secret_env)
+        if not secret:
+            raise ConfigError(
+                f"{path}: environment variable {secret_env} is not set; expected the shared secret "
+                f"(at least {MIN_SECRET_CHARS} characters) also configured on the webhook; relay not started"
+            )
+        try:
+            return cls.model_validate({**raw, "secret": secret})
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: {_problems(exc)}; relay not started") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    """Validation errors as ``field: message`` without the input values (they may hold secrets)."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "payload"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ emitter
+
+
+class PrefectApiEmitter:
+    """Posts events as a JSON list to ``{api_url}/events`` (Prefect's ``POST /api/events``), plain httpx.
+
+    ``api_url`` is what ``PREFECT_API_URL`` holds (``http://127.0.0.1:4200/api``, or a Cloud workspace URL).
+    ``api_key`` is sent as a bearer token (Prefect Cloud); ``auth_string`` (``user:password``, the server's
+    ``PREFECT_SERVER_API_AUTH_STRING``) as basic auth and wins over the key, as in Prefect's own client.
+    Raises ``httpx.HTTPError`` (transport error, or a non-2xx answer with a body excerpt).
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        auth_string: str | None = None,
+        timeout: float = EMIT_TIMEOUT_SECONDS,
+    ) -> None:
+        self.url = api_url.rstrip("/") + "/events"
+        self._api_key = api_key
+        self._auth_string = auth_string
+        self._transport = transport
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, EMIT_CONNECT_TIMEOUT_SECONDS))
+
+    def __repr__(self) -> str:  # never the key
+        return f"PrefectApiEmitter({self.url!r})"
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.emit([event])
+
+    def emit(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Send ``events`` in one request; the server answers 204 when it has accepted them."""
+        headers = {"Content-Type": "application/json"}
+        auth: httpx.Auth | None = None
+        if self._auth_string:
+            user, _, password = self._auth_string.partition(":")
+            auth = httpx.BasicAuth(user, password)
+        elif self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        with httpx.Client(transport=self._transport, timeout=self._timeout, auth=auth) as client:
+            response = client.post(self.url, content=json.dumps(list(events)), headers=headers)
+        if response.status_code >= 300:
+            excerpt = " ".join(response.text.split())[:BODY_EXCERPT_CHARS]
+            raise httpx.HTTPStatusError(
+                f"POST {self.url} answered HTTP {response.status_code}: {excerpt}; "
+                "the events were not accepted",
+                request=response.request,
+                response=response,
+            )
+
+
+# ------------------------------------------------------------------------------------------------ the app
+
+
+class RelayStats:
+    """Outcome counters: ``emitted``, ``ignored:<ACTION>``, ``rejected:<status>``."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def add(self, key: str) -> None:
+        self.counts[key] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+
+class _Reject(Exception):
+    """An answer other than 'emitted'; ``status`` < 300 means acknowledged and ignored."""
+
+    def __init__(self, status: int, message: str, counter: str | None = None) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.counter = counter
+
+
+@dataclass(frozen=True)
+class _LabelStudioHook:
+    action: str
+    project_id: str
+    new_examples: int
+
+
+class _GenericPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = Field(pattern=ID_PATTERN)
+    data: str = Field(min_length=1, max_length=4096)
+    new_examples: int = Field(default=0, ge=0)
+
+
+def _label_studio_project_id(body: Mapping[str, Any], annotation: object) -> str | None:
+    project = body.get("project")
+    if isinstance(project, Mapping):
+        project = project.get("id")
+    if project is None and isinstance(annotation, Mapping):
+        project = annotation.get("project")
+    if isinstance(project, bool) or not isinstance(project, int | str) or str(project) == "":
+        return None
+    return str(project)
+
+
+def _parse_label_studio(body: object) -> _LabelStudioHook:
+    """What a Label Studio webhook body means for retraining (raises ``_Reject`` otherwise).
+
+    ``new_examples`` counts annotations created and not cancelled (a skipped task adds no example);
+    an ``ANNOTATION_UPDATED`` re-labels an existing example: 0 new, but the data changed, so it is emitted.
+    """
+    if not isinstance(body, Mapping):
+        raise _Reject(422, f"found a JSON {type(body).__name__}, expected a Label Studio webhook object")
+    action = body.get("action")
+    if not isinstance(action, str) or not action:
+        raise _Reject(422, "found no 'action', expected a Label Studio webhook (e.g. ANNOTATION_CREATED)")
+    if action not in RETRAIN_ACTIONS:
+        raise _Reject(
+            200,
+            f"action {action} does not start a retrain (only {', '.join(sorted(RETRAIN_ACTIONS))}); ignored",
+            f"ignored:{action}",
+        )
+    # ANNOTATIONS_CREATED carries a list under the singular key 'annotation' (Label Studio 1.23).
+    annotation = body.get("annotation", body.get("annotations"))
+    items = annotation if isinstance(annotation, list) else [annotation]
+    if not items or not all(isinstance(item, Mapping) for item in items):
+        raise _Reject(422, f"{action}: found no annotation object(s) under 'annotation'; nothing emitted")
+    project_id = _label_studio_project_id(body, items[0])
+    if project_id is None:
+        raise _Reject(422, f"{action}: found no project id ('project.id'); nothing emitted")
+    created = sum(1 for item in items if not item.get("was_cancelled"))
+    if action == "ANNOTATION_UPDATED":
+        return _LabelStudioHook(action, project_id, 0)
+    if created == 0:
+        raise _Reject(
+            200,
+            f"{action}: only skipped (cancelled) annotations, no new example; ignored",
+            f"ignored:{action}",
+        )
+    return _LabelStudioHook(action, project_id, created)
+
+
+class _Relay:
+    def __init__(self, config: RelayConfig, emitter: Emitter, stats: RelayStats) -> None:
+        self.config = config
+        self.emitter = emitter
+        self.stats = stats
+        self._secret = config.secret.get_secret_value().encode()
+
+    # -- checks, cheapest first: the secret header needs no body
+    def check_secret(self, request: Request) -> None:
+        given = request.headers.get(self.config.header)
+        if given is None:
+            raise _Reject(401, f"missing header {self.config.header}: expected the relay's shared secret")
+        if not hmac.compare_digest(given.encode(), self._secret):
+            raise _Reject(403, f"header {self.config.header} does not match the relay's shared secret")
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise _Reject(400, "Content-Length is not a number")
+            if int(declared) > limit:
+                raise _Reject(413, f"body of {int(declared)} bytes, expected at most {limit}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:  # a sender without (or lying about) Content-Length
+                raise _Reject(413, f"body larger than {limit} bytes")
+        return bytes(body)
+
+    def check_signature(self, request: Request, body: bytes) -> None:
+        name = self.config.signature_header
+        given = request.headers.get(name)
+        if given is None:
+            raise _Reject(401, f"missing header {name}: expected sha256=<hex HMAC-SHA256 of the body>")
+        expected = sign(body, self.config.secret.get_secret_value())
+        if not hmac.compare_digest(given.strip().lower().encode(), expected.encode()):
+            raise _Reject(403, f"header {name} does not match the HMAC-SHA256 of the body")
+
+    @staticmethod
+    def parse_json(body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            where = (
+                f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            )
+            raise _Reject(400, f"malformed JSON{where}: expected a JSON object") from None
+
+    async def emit(self, project: str, data: str, new_examples: int, source: str) -> JSONResponse:
+        event = annotated_event(project, data, new_examples)
+        try:
+            await run_in_threadpool(self.emitter, event)
+        except Exception as exc:
+            logger.error(
+                "%s: could not emit %s for project %r (%s: %s); nothing was emitted, the sender may retry",
+                source,
+                EVENT_NAME,
+                project,
+                type(exc).__name__,
+                self.redact(str(exc)),
+            )
+            raise _Reject(
+                503, f"could not hand the event to Prefect ({type(exc).__name__}); retry later"
+            ) from None
+        self.stats.add("emitted")
+        logger.info(
+            "%s → %s for project %r (%d new example%s, data %s)",
+            source,
+            EVENT_NAME,
+            project,
+            new_examples,
+            "" if new_examples == 1 else "s",
+            data,
+        )
+        return JSONResponse(
+            {
+                "status": "emitted",
+                "event": EVENT_NAME,
+                "id": event["id"],
+                "project": project,
+                "new_examples": new_examples,
+            },
+            status_code=202,
+        )
+
+    def redact(self, text: str) -> str:
+        return text.replace(self.config.secret.get_secret_value(), "[REDACTED]")
+
+    # -- routes
+    async def label_studio(self, request: Request) -> JSONResponse:
+        async def handle() -> JSONResponse:
+            self.check_secret(request)
+            hook = _parse_label_studio(self.parse_json(await self.read_body(request)))
+            route = self.config.label_studio.get(hook.project_id)
+            if route is None:
+                raise _Reject(
+                    404,
+                    f"{hook.action}: Label Studio project {hook.project_id} is not mapped; "
+                    "add it under 'label_studio' in the relay config",
+                )
+            source = f"label-studio {hook.action} (project {hook.project_id})"
+            return await self.emit(route.project, route.data, hook.new_examples, source)
+
+        return await self.answer(request, handle)
+
+    async def generic(self, request: Request) -> JSONResponse:
+        async def handle() -> JSONResponse:
+            self.check_secret(request)
+            body = await self.read_body(request)
+            self.check_signature(request, body)
+            raw = self.parse_json(body)
+            if not isinstance(raw, dict):
+                raise _Reject(
+                    422, f"found a JSON {type(raw).__name__}, expected {{project, data, new_examples}}"
+                )
+            try:
+                payload = _GenericPayload.model_validate(raw)
+            except ValidationError as exc:
+                raise _Reject(422, _problems(exc)) from None
+            return await self.emit(payload.project, payload.data, payload.new_examples, "generic")
+
+        return await self.answer(request, handle)
+
+    async def answer(self, request: Request, handle: Callable[[], Awaitable[JSONResponse]]) -> JSONResponse:
+        try:
+            return await handle()
+        except _Reject as reject:
+            message = self.redact(reject.message)
+            if reject.status < 300:
+                self.stats.add(reject.counter or "ignored")
+                logger.debug("%s: %s", request.url.path, message)
+                return JSONResponse({"status": "ignored", "detail": message}, status_code=reject.status)
+            self.stats.add(f"rejected:{reject.status}")
+            client = request.client.host if request.client else "?"
+            logger.warning(
+                "%s from %s: HTTP %d, %s; nothing emitted", request.url.path, client, reject.status, message
+            )
+            return JSONResponse(
+                {"status": "rejected", "detail": f"{message}; nothing was emitted"}, status_code=reject.status
+            )
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "counts": self.stats.snapshot()})
+
+
+def create_app(config: RelayConfig, emitter: Emitter, stats: RelayStats | None = None) -> Starlette:
+    """The relay as an ASGI app; ``app.state.stats`` holds the outcome counters."""
+    relay = _Relay(config, emitter, stats if stats is not None else RelayStats())
+    app = Starlette(
+        routes=[
+            Route("/hooks/label-studio", relay.label_studio, methods=["POST"]),
+            Route("/hooks/generic", relay.generic, methods=["POST"]),
+            Route("/healthz", relay.healthz, methods=["GET"]),
+        ]
+    )
+    app.state.stats = relay.stats
+    return app

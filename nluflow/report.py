@@ -1,0 +1,78 @@
+"""The run report: one markdown document a reviewer can read top to bottom (decision first)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nluflow.data.validation import ValidationReport
+from nluflow.evaluation.gates import Decision
+from nluflow.evaluation.metrics import EvaluationResult
+from nluflow.evaluation.plots import png_data_uri
+from nluflow.evaluation.report import metrics_table_markdown
+
+FIGURE_TITLES = {
+    "confusion_matrix": "Confusion matrix (candidate, row-normalised)",
+    "pr_curve": "Precision–recall of the top intent against its confidence",
+    "intent_f1": "Per-intent F1 (candidate), worst first",
+    "confidence_hist": "Confidence of correct and wrong predictions",
+}
+
+
+def render_run_report(
+    *,
+    project: str,
+    candidate_id: str,
+    active_id: str | None,
+    decision: Decision,
+    candidate: EvaluationResult,
+    active: EvaluationResult | None,
+    validation: ValidationReport,
+    data_info: Mapping[str, Any],
+    figures: Mapping[str, Path],
+    embed_figures: bool = True,
+) -> str:
+    verdict = "✅ promoted" if decision.promote else "❌ not promoted"
+    lines = [
+        f"# Retrain of `{project}`: candidate `{candidate_id}` {verdict}",
+        "",
+        f"**{decision.summary()}**",
+        "",
+        f"Active model before this run: `{active_id}`" if active_id else "No active model before this run.",
+        "",
+        "## Gates",
+        "",
+        decision.to_markdown(),
+        "",
+        "## Metrics on the frozen test set",
+        "",
+        f"Test set sha256 `{candidate.test_sha256[:16]}…`, {candidate.n} utterances; both models were scored "
+        "on these same utterances.",
+        "",
+        metrics_table_markdown(candidate, active),
+        "",
+    ]
+    if candidate.threshold is not None:
+        lines += [
+            f"At a confidence threshold of **{candidate.threshold:.3f}** the candidate's top intent is right "
+            f"{(candidate.precision_at_threshold or 0):.1%} of the time "
+            f"(target {candidate.target_precision:.0%}) "
+            f"and {candidate.coverage:.1%} of utterances are accepted; the rest would go to a fallback.",
+            "",
+        ]
+    else:
+        lines += [
+            f"No confidence threshold reaches {candidate.target_precision:.0%} precision on this test set.",
+            "",
+        ]
+    lines += ["## Data", ""]
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in data_info.items()]
+    lines += ["", validation.to_markdown(), ""]
+    if figures:
+        lines += ["## Figures", ""]
+        for name, path in figures.items():
+            title = FIGURE_TITLES.get(name, name)
+            src = png_data_uri(path) if embed_figures else Path(path).name
+            lines += [f"### {title}", "", f"![{title}]({src})", ""]
+    return "\n".join(lines)

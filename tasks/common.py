@@ -1,0 +1,127 @@
+"""What every task shares: the retry condition, versioned cache keys, backend and store construction."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+from prefect.cache_policies import CachePolicy
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
+from pydantic import BaseModel, ConfigDict, Field
+
+from nluflow.backends.base import TrainingBackend
+from nluflow.backends.local import LocalBackend
+from nluflow.errors import ConfigError, TransientBackendError
+from nluflow.hashing import sha256_json
+from nluflow.pipeline import CODE_VERSION, Workspace
+from nluflow.registry import ModelStore
+
+# Retry delays (seconds) for stages that talk to a backend: transient errors only.
+BACKEND_RETRY_DELAYS: list[float] = [2.0, 10.0, 30.0]
+
+
+def is_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry rate limits, server and transport errors; fail fast on bugs and bad data."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # a result that cannot be read is no reason to retry
+        return False
+    return isinstance(exc, TransientBackendError | httpx.TransportError | httpx.TimeoutException)
+
+
+def cache_key(task_name: str, *parts: Any) -> str:
+    """A cache key that is unique to the task, the code version and the given parts."""
+    return f"{task_name}-{sha256_json({'code': CODE_VERSION, 'parts': list(parts)})[:40]}"
+
+
+def cache_policy(fn: Callable[[TaskRunContext, dict[str, Any]], str | None]) -> CachePolicy:
+    return CachePolicy.from_cache_key_fn(fn)
+
+
+class BackendSpec(BaseModel):
+    """Which backend to use, as plain data a task can take: ``local`` or the name of a backend block."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(default="local", description="'local', or the name of a backend block.")
+    workspace: str = Field(description="Local working folder for jobs and fetched models.")
+
+    def build(self, on_progress: Callable[[float, str], None] | None = None) -> TrainingBackend:
+        if self.name == "local":
+            return LocalBackend(Path(self.workspace) / "backends" / "local", on_progress=on_progress)
+        raise ConfigError(
+            f"backend {self.name!r} is not available in this version; use 'local' "
+            "(remote backends are configured as blocks)"
+        )
+
+
+class StoreSpec(BaseModel):
+    """Which model store to use: a local folder, or the name of a store block."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str | None = Field(default=None, description="Local store folder.")
+    block: str | None = Field(default=None, description="Name of a LocalModelStore block.")
+
+    def build(self, create: bool = False) -> ModelStore:
+        if self.block:
+            from blocks.store import LocalModelStore
+
+            block = cast(LocalModelStore, LocalModelStore.load(self.block))
+            return block.get_store(create=create)
+        if not self.path:
+            raise ConfigError("no model store given: pass a store folder or the name of a store block")
+        return ModelStore.local(self.path, create=create)
+
+    def audit_path(self, project: str) -> Path:
+        """The project's audit log: beside the project's folder in a local store."""
+        if self.block:
+            from blocks.store import LocalModelStore
+
+            block = cast(LocalModelStore, LocalModelStore.load(self.block))
+            return Path(block.path) / project / "audit.jsonl"
+        assert self.path is not None
+        return Path(self.path) / project / "audit.jsonl"
+
+
+def workspace(path: str) -> Workspace:
+    return Workspace(Path(path))
+
+
+_KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def artifact_key(project: str, name: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only; runs of one key form a series."""
+    return _KEY_UNSAFE.sub("-", f"{project}-{name}".lower()).strip("-")
+
+
+class ProgressReporter:
+    """Reports training progress to one Prefect progress artifact (created on the first report)."""
+
+    def __init__(self, key: str, logger: Any) -> None:
+        self.key = key
+        self.logger = logger
+        self._artifact_id: uuid.UUID | None = None
+        self._last = -1.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        percent = round(max(0.0, min(1.0, fraction)) * 100, 1)
+        if percent == self._last:
+            return
+        self._last = percent
+        self.logger.info("training %5.1f%% %s", percent, message)
+        if self._artifact_id is None:
+            self._artifact_id = cast(
+                uuid.UUID,
+                create_progress_artifact(progress=percent, key=self.key, description=f"Training: {message}"),
+            )
+        else:
+            update_progress_artifact(self._artifact_id, progress=percent, description=f"Training: {message}")

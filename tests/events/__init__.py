@@ -1,0 +1,1 @@
+"""Event-triggered retrains, the webhook relay and notifications."""

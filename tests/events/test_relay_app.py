@@ -1,0 +1,593 @@
+"""The webhook relay with real Label Studio 1.23.2 payloads, generic signed payloads, and the HTTP emitter."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from nluflow.errors import ConfigError
+from nluflow.relay import (
+    EVENT_NAME,
+    LabelStudioRoute,
+    PrefectApiEmitter,
+    RelayConfig,
+    annotated_event,
+    create_app,
+    sign,
+)
+
+from .conftest import Receiver, free_port, serve
+
+SECRET = "relay-secret-4f1c9a7e2b6d8035"  # a test value, not a credential
+LS_PROJECT = "1"  # the project id in the captured payloads
+DATA = "/srv/exports/bookings.json"
+
+
+def ls_body(label_studio: Path, action: str, wire: bool = False) -> bytes:
+    suffix = ".wire.json" if wire else ".json"
+    return (label_studio / f"webhook-{action}{suffix}").read_bytes()
+
+
+class Emitted(list[dict[str, Any]]):
+    """An emitter that keeps what it was handed."""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.append(event)
+
+
+class AppClient:
+    """Calls the ASGI app in-process through httpx (starlette's TestClient warns about httpx)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __enter__(self) -> AppClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async def call() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as client:
+                return await client.request(method, url, **kwargs)
+
+        return anyio.run(call)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+
+def make_client(emitter: Any, **config: Any) -> AppClient:
+    settings: dict[str, Any] = {
+        "secret": SECRET,
+        "label_studio": {LS_PROJECT: LabelStudioRoute(project="bookings", data=DATA)},
+        **config,
+    }
+    return AppClient(create_app(RelayConfig(**settings), emitter))
+
+
+@pytest.fixture
+def emitted() -> Emitted:
+    return Emitted()
+
+
+@pytest.fixture
+def client(emitted: Emitted) -> Iterator[AppClient]:
+    with make_client(emitted) as c:
+        yield c
+
+
+def post_ls(client: AppClient, body: bytes, secret: str | None = SECRET) -> httpx.Response:
+    headers = {"Content-Type": "application/json", "User-Agent": "python-requests/2.34.2"}
+    if secret is not None:
+        headers["X-Relay-Secret"] = secret
+    return client.post("/hooks/label-studio", content=body, headers=headers)
+
+
+def post_generic(
+    client: AppClient, payload: Any, *, secret: str | None = SECRET, signature: str | None = "auto"
+) -> httpx.Response:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers["X-Relay-Secret"] = secret
+    if signature == "auto":
+        headers["X-Nluflow-Signature"] = sign(body, SECRET)
+    elif signature is not None:
+        headers["X-Nluflow-Signature"] = signature
+    return client.post("/hooks/generic", content=body, headers=headers)
+
+
+# ------------------------------------------------------------------------------------------ Label Studio
+
+
+@pytest.mark.parametrize(
+    ("action", "new_examples"),
+    [("ANNOTATION_CREATED", 1), ("ANNOTATIONS_CREATED", 1), ("ANNOTATION_UPDATED", 0)],
+)
+def test_label_studio_annotation_becomes_one_event(
+    label_studio: Path, client: AppClient, emitted: Emitted, action: str, new_examples: int
+) -> None:
+    response = post_ls(client, ls_body(label_studio, action))
+
+    assert response.status_code == 202, response.text
+    assert len(emitted) == 1
+    event = emitted[0]
+    assert event["event"] == EVENT_NAME == "nlu.dataset.annotated"
+    assert event["resource"] == {"prefect.resource.id": "nluflow.dataset.bookings"}
+    assert event["payload"] == {"project": "bookings", "data": DATA, "new_examples": new_examples}
+    assert response.json() == {
+        "status": "emitted",
+        "event": EVENT_NAME,
+        "id": event["id"],
+        "project": "bookings",
+        "new_examples": new_examples,
+    }
+
+
+def test_emitted_event_has_prefects_event_shape(
+    label_studio: Path, client: AppClient, emitted: Emitted
+) -> None:
+    from prefect.events import Event
+
+    post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED"))
+
+    event = Event.model_validate(emitted[0])
+    assert event.resource.id == "nluflow.dataset.bookings"
+    assert str(event.id) == emitted[0]["id"]
+
+
+def test_bulk_annotations_count_created_ones_and_skip_cancelled(
+    label_studio: Path, client: AppClient, emitted: Emitted
+) -> None:
+    body = json.loads(ls_body(label_studio, "ANNOTATIONS_CREATED"))
+    first = body["annotation"][0]
+    body["annotation"] = [first, {**first, "id": 6}, {**first, "id": 7, "was_cancelled": True}]
+
+    response = post_ls(client, json.dumps(body).encode())
+
+    assert response.status_code == 202
+    assert emitted[0]["payload"]["new_examples"] == 2
+
+
+def test_a_skipped_task_adds_no_example_and_emits_nothing(
+    label_studio: Path, client: AppClient, emitted: Emitted
+) -> None:
+    body = json.loads(ls_body(label_studio, "ANNOTATION_CREATED"))
+    body["annotation"]["was_cancelled"] = True
+
+    response = post_ls(client, json.dumps(body).encode())
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "ignored"
+    assert emitted == []
+
+
+@pytest.mark.parametrize(
+    ("action", "wire"),
+    [
+        ("TASKS_CREATED", True),  # the byte-exact body, \\u escapes and a surrogate pair included
+        ("TASKS_CREATED", False),
+        ("ANNOTATIONS_DELETED", False),
+        ("PROJECT_UPDATED", False),
+        ("TASKS_DELETED", False),
+    ],
+)
+def test_other_actions_are_acknowledged_counted_and_ignored(
+    label_studio: Path, client: AppClient, emitted: Emitted, action: str, wire: bool
+) -> None:
+    response = post_ls(client, ls_body(label_studio, action, wire))
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "ignored"
+    assert emitted == []
+    assert client.get("/healthz").json()["counts"] == {f"ignored:{action}": 1}
+
+
+def test_the_captured_sequence_emits_for_annotation_actions_only(
+    label_studio: Path, client: AppClient, emitted: Emitted
+) -> None:
+    # The order Label Studio sent them in (webhook-headers.txt), one capture per action.
+    sequence = [
+        "TASKS_CREATED",
+        "ANNOTATION_CREATED", "ANNOTATION_CREATED", "ANNOTATION_CREATED", "ANNOTATION_CREATED",
+        "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_CREATED", "ANNOTATIONS_DELETED",
+        "PROJECT_UPDATED", "TASKS_CREATED", "ANNOTATION_CREATED", "TASKS_DELETED",
+    ]  # fmt: skip
+    codes = [post_ls(client, ls_body(label_studio, action)).status_code for action in sequence]
+
+    assert codes == [200, 202, 202, 202, 202, 202, 202, 202, 200, 200, 200, 202, 200]
+    assert [e["payload"]["new_examples"] for e in emitted] == [1, 1, 1, 1, 1, 0, 1, 1]
+    assert client.get("/healthz").json()["counts"] == {
+        "emitted": 8,
+        "ignored:ANNOTATIONS_DELETED": 1,
+        "ignored:PROJECT_UPDATED": 1,
+        "ignored:TASKS_CREATED": 2,
+        "ignored:TASKS_DELETED": 1,
+    }
+
+
+def test_unmapped_label_studio_project_is_refused(label_studio: Path, emitted: Emitted) -> None:
+    with make_client(emitted, label_studio={"7": LabelStudioRoute(project="other", data=DATA)}) as client:
+        response = post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED"))
+
+    assert response.status_code == 404
+    assert "Label Studio project 1 is not mapped" in response.json()["detail"]
+    assert emitted == []
+
+
+@pytest.mark.parametrize(
+    ("secret", "status"),
+    [
+        (None, 401),
+        ("", 403),
+        ("wrong-secret-of-the-same-size!", 403),
+        (SECRET[:-1], 403),
+        (SECRET + "x", 403),
+    ],
+)
+def test_missing_or_wrong_secret_is_refused_and_never_echoed(
+    label_studio: Path,
+    client: AppClient,
+    emitted: Emitted,
+    caplog: pytest.LogCaptureFixture,
+    secret: str | None,
+    status: int,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    response = post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED"), secret=secret)
+
+    assert response.status_code == status
+    assert "X-Relay-Secret" in response.json()["detail"]
+    assert "nothing was emitted" in response.json()["detail"]
+    assert emitted == []
+    assert SECRET not in response.text
+    assert SECRET[:-1] not in caplog.text
+    assert client.get("/healthz").json()["counts"] == {f"rejected:{status}": 1}
+
+
+def test_secret_header_name_is_configurable(label_studio: Path, emitted: Emitted) -> None:
+    with make_client(emitted, header="X-Webhook-Token") as client:
+        wrong_header = post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED"))
+        right_header = client.post(
+            "/hooks/label-studio",
+            content=ls_body(label_studio, "ANNOTATION_CREATED"),
+            headers={"X-Webhook-Token": SECRET},
+        )
+
+    assert (wrong_header.status_code, right_header.status_code) == (401, 202)
+    assert len(emitted) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"action": "ANNOTATION_CREATED", ', b"not json", b"", b"\xff\xfe{}", b"[" * 100_000],
+)
+def test_malformed_json_is_a_400(client: AppClient, emitted: Emitted, body: bytes) -> None:
+    response = post_ls(client, body)
+
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("malformed JSON")
+    assert emitted == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [],
+        "ANNOTATION_CREATED",
+        {"annotation": {}},
+        {"action": "ANNOTATION_CREATED", "project": {"id": 1}},
+        {"action": "ANNOTATION_CREATED", "annotation": [1, 2], "project": {"id": 1}},
+        {"action": "ANNOTATION_CREATED", "annotation": {"id": 1}, "project": {"title": "no id"}},
+    ],
+)
+def test_json_of_the_wrong_shape_is_a_422(client: AppClient, emitted: Emitted, payload: Any) -> None:
+    response = post_ls(client, json.dumps(payload).encode())
+
+    assert response.status_code == 422
+    assert emitted == []
+
+
+def test_oversized_body_is_refused_before_parsing(label_studio: Path, emitted: Emitted) -> None:
+    body = ls_body(label_studio, "ANNOTATION_CREATED")
+    with make_client(emitted, max_body_bytes=len(body) - 1) as client:
+        declared = post_ls(client, body)
+
+        # No Content-Length (chunked): the relay counts while it reads.
+        async def chunks() -> AsyncIterator[bytes]:
+            yield body[:1000]
+            yield body[1000:]
+
+        chunked = client.post("/hooks/label-studio", content=chunks(), headers={"X-Relay-Secret": SECRET})
+        fits = post_ls(client, b"{}")
+
+    assert declared.status_code == 413
+    assert chunked.status_code == 413
+    assert fits.status_code == 422  # under the limit, read and parsed
+    assert emitted == []
+
+
+def test_an_unauthenticated_body_is_never_read(emitted: Emitted) -> None:
+    with make_client(emitted, max_body_bytes=10) as client:
+        response = client.post("/hooks/label-studio", content=b"x" * 100)
+
+    assert response.status_code == 401  # not 413: the secret is checked first, without the body
+
+
+def test_emitter_failure_is_a_503_and_nothing_counts_as_emitted(
+    label_studio: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: dict[str, Any]) -> None:
+        raise httpx.ConnectError(f"connection refused (secret was {SECRET})")
+
+    caplog.set_level(logging.DEBUG)
+    with make_client(broken) as client:
+        response = post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED"))
+        counts = client.get("/healthz").json()["counts"]
+
+    assert response.status_code == 503
+    assert "retry later" in response.json()["detail"]
+    assert counts == {"rejected:503": 1}
+    assert SECRET not in response.text
+    assert SECRET not in caplog.text
+    assert "could not emit nlu.dataset.annotated" in caplog.text
+
+
+def test_only_post_is_accepted(client: AppClient) -> None:
+    assert client.get("/hooks/label-studio").status_code == 405
+
+
+# ------------------------------------------------------------------------------------------ generic
+
+
+def test_signed_generic_payload_becomes_one_event(client: AppClient, emitted: Emitted) -> None:
+    response = post_generic(client, {"project": "faq-bot", "data": "data/faq.jsonl", "new_examples": 12})
+
+    assert response.status_code == 202, response.text
+    assert emitted[0]["resource"] == {"prefect.resource.id": "nluflow.dataset.faq-bot"}
+    assert emitted[0]["payload"] == {"project": "faq-bot", "data": "data/faq.jsonl", "new_examples": 12}
+
+
+def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
+    # Reference value from the standard library, computed independently of nluflow.relay.sign.
+    import hashlib
+    import hmac
+
+    body = b'{"project": "x", "data": "d"}'
+    assert sign(body, SECRET) == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("secret", "signature", "status"),
+    [
+        (SECRET, None, 401),  # header secret alone is not enough for generic senders
+        (None, "auto", 401),  # a valid signature alone is not enough either
+        (SECRET, "sha256=" + "0" * 64, 403),
+        (SECRET, "sha1=abc", 403),
+        ("wrong-secret-of-the-same-size!", "auto", 403),
+    ],
+)
+def test_generic_payload_needs_secret_and_signature(
+    client: AppClient, emitted: Emitted, secret: str | None, signature: str | None, status: int
+) -> None:
+    response = post_generic(
+        client, {"project": "faq-bot", "data": "d.jsonl"}, secret=secret, signature=signature
+    )
+
+    assert response.status_code == status
+    assert emitted == []
+    assert SECRET not in response.text
+
+
+def test_a_tampered_body_fails_the_signature(client: AppClient, emitted: Emitted) -> None:
+    signed = json.dumps({"project": "faq-bot", "data": "d.jsonl"}).encode()
+    tampered = signed.replace(b"faq-bot", b"evil-bot")
+
+    response = post_generic(client, tampered, signature=sign(signed, SECRET))
+
+    assert response.status_code == 403
+    assert emitted == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (b"{not json", 400),
+        ([{"project": "x", "data": "d"}], 422),
+        ({"project": "../etc", "data": "d"}, 422),
+        ({"project": "faq-bot"}, 422),
+        ({"project": "faq-bot", "data": "d", "new_examples": -1}, 422),
+        ({"project": "faq-bot", "data": "d", "extra": 1}, 422),
+    ],
+)
+def test_bad_generic_payloads_are_refused(
+    client: AppClient, emitted: Emitted, payload: Any, status: int
+) -> None:
+    response = post_generic(client, payload)
+
+    assert response.status_code == status
+    assert emitted == []
+
+
+def test_generic_default_new_examples_is_zero(client: AppClient, emitted: Emitted) -> None:
+    assert post_generic(client, {"project": "faq-bot", "data": "d.jsonl"}).status_code == 202
+    assert emitted[0]["payload"]["new_examples"] == 0
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_config_file_takes_the_secret_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "relay.yml"
+    path.write_text("label_studio:\n  1: {project: bookings, data: /srv/b.json}\nheader: X-Relay-Secret\n")
+
+    config = RelayConfig.from_file(path, environ={"NLUFLOW_RELAY_SECRET": SECRET})
+
+    assert config.secret.get_secret_value() == SECRET
+    assert config.label_studio == {"1": LabelStudioRoute(project="bookings", data="/srv/b.json")}
+    assert SECRET not in repr(config)
+
+
+def test_config_file_names_its_own_secret_variable(tmp_path: Path) -> None:
+    path = tmp_path / "relay.json"
+    path.write_text(json.dumps({"secret_env": "MY_SECRET", "label_studio": {}}))
+
+    assert RelayConfig.from_file(path, environ={"MY_SECRET": SECRET}).secret.get_secret_value() == SECRET
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        ("secret: abcdefabcdefabcdef\n", {"NLUFLOW_RELAY_SECRET": SECRET}, "must not be written in a file"),
+        ("label_studio: {}\n", {}, "NLUFLOW_RELAY_SECRET is not set"),
+        ("label_studio: {}\n", {"NLUFLOW_RELAY_SECRET": "short"}, "at least 16 characters"),
+        (
+            "label_studio:\n  1: {project: ../x, data: d}\n",
+            {"NLUFLOW_RELAY_SECRET": SECRET},
+            "label_studio.1.project",
+        ),
+        ("header: 'X Bad Header'\n", {"NLUFLOW_RELAY_SECRET": SECRET}, "header"),
+        ("- a list\n", {"NLUFLOW_RELAY_SECRET": SECRET}, "expected a mapping"),
+        ("key: [unclosed\n", {"NLUFLOW_RELAY_SECRET": SECRET}, "not valid YAML"),
+    ],
+)
+def test_bad_config_files_are_clear_errors(
+    tmp_path: Path, text: str, environ: dict[str, str], expected: str
+) -> None:
+    path = tmp_path / "relay.yml"
+    path.write_text(text)
+
+    with pytest.raises(ConfigError) as err:
+        RelayConfig.from_file(path, environ=environ)
+
+    assert expected in str(err.value)
+    assert str(path) in str(err.value)
+    assert "relay not started" in str(err.value)
+    assert SECRET not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------ emitter
+
+
+def test_emitter_posts_a_json_list_of_prefect_events(receiver: tuple[Receiver, str]) -> None:
+    from prefect.events import Event
+
+    recv, url = receiver
+    recv.status = 204  # what Prefect's POST /api/events answers
+    event = annotated_event("bookings", DATA, 3)
+
+    PrefectApiEmitter(f"{url}/api/", api_key="pnu_key_1234567890")(event)
+
+    [request] = recv.requests
+    assert (request.method, request.path) == ("POST", "/api/events")
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["authorization"] == "Bearer pnu_key_1234567890"
+    body = json.loads(request.body)
+    assert isinstance(body, list) and len(body) == 1
+    parsed = Event.model_validate(body[0])
+    assert parsed.event == "nlu.dataset.annotated"
+    assert parsed.resource.id == "nluflow.dataset.bookings"
+    assert parsed.payload == {"project": "bookings", "data": DATA, "new_examples": 3}
+    assert str(parsed.id) == event["id"]
+
+
+def test_emitter_uses_basic_auth_for_a_self_hosted_auth_string(receiver: tuple[Receiver, str]) -> None:
+    recv, url = receiver
+
+    PrefectApiEmitter(f"{url}/api", api_key="ignored", auth_string="admin:pa:ss").emit(
+        [annotated_event("a", "d", 0), annotated_event("b", "d", 1)]
+    )
+
+    [request] = recv.requests
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(b"admin:pa:ss").decode()
+    assert [e["resource"]["prefect.resource.id"] for e in json.loads(request.body)] == [
+        "nluflow.dataset.a",
+        "nluflow.dataset.b",
+    ]
+
+
+def test_emitter_raises_on_refusal_with_the_evidence_and_without_the_key(
+    receiver: tuple[Receiver, str],
+) -> None:
+    recv, url = receiver
+    recv.status = 422
+    emitter = PrefectApiEmitter(f"{url}/api", api_key="pnu_secret_key_0987654321")
+
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        emitter(annotated_event("bookings", DATA, 1))
+
+    assert "HTTP 422" in str(err.value)
+    assert "pnu_secret_key_0987654321" not in str(err.value)
+    assert "pnu_secret_key_0987654321" not in repr(emitter)
+
+
+def test_emitter_raises_when_nobody_listens() -> None:
+    with pytest.raises(httpx.ConnectError):
+        PrefectApiEmitter(f"http://127.0.0.1:{free_port()}/api")(annotated_event("bookings", DATA, 1))
+
+
+def test_relay_over_real_http_to_the_emitter(label_studio: Path, receiver: tuple[Receiver, str]) -> None:
+    """Label Studio's request as sent (headers and body) → relay → Prefect-shaped POST."""
+    recv, prefect_url = receiver
+    recv.status = 204
+    config = RelayConfig(secret=SECRET, label_studio={"1": LabelStudioRoute(project="bookings", data=DATA)})
+    app = create_app(config, PrefectApiEmitter(f"{prefect_url}/api"))
+    with serve(app) as relay_url:
+        response = httpx.post(
+            f"{relay_url}/hooks/label-studio",
+            content=ls_body(label_studio, "ANNOTATION_CREATED"),
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "python-requests/2.34.2",
+                "sentry-trace": "2c34adc58b444474b458722492491b05-8fe0b3ebc6f7478b-0",
+                "X-Relay-Secret": SECRET,
+            },
+        )
+
+    assert response.status_code == 202
+    [request] = recv.requests
+    assert request.path == "/api/events"
+    assert json.loads(request.body)[0]["payload"] == {"project": "bookings", "data": DATA, "new_examples": 1}
+
+
+def test_build_relay_from_a_config_file(
+    label_studio: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emitted: Emitted
+) -> None:
+    from flows.events import build_relay
+
+    path = tmp_path / "relay.yml"
+    path.write_text("label_studio:\n  1: {project: bookings, data: /srv/b.json}\n")
+    monkeypatch.setenv("NLUFLOW_RELAY_SECRET", SECRET)
+
+    client = AppClient(build_relay(path, emitter=emitted))
+
+    assert post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED")).status_code == 202
+    assert emitted[0]["payload"]["data"] == "/srv/b.json"
+
+
+def test_build_relay_without_a_prefect_api_is_a_config_error() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.events import build_relay
+
+    # The harness of this folder may be up (it sets the API URL): take it away for this test.
+    with (
+        temporary_settings(restore_defaults={PREFECT_API_URL}),
+        pytest.raises(ConfigError, match="PREFECT_API_URL"),
+    ):
+        build_relay(RelayConfig(secret=SECRET))

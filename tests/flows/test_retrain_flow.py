@@ -1,0 +1,212 @@
+"""The retrain flow under prefect_test_harness: promote, reject, cached rerun, failed promotion, artifacts.
+
+The tests share one project history (they run in file order, each building on the last), as a bot's
+retrains do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+)
+from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
+
+from flows.retrain import RetrainParams, RetrainResult, retrain
+from nluflow.audit import AuditLog
+from nluflow.errors import DataError
+from nluflow.registry import ModelStore
+
+PROJECT = "flowtest"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("retrain-home")
+
+
+def params(home: Path, demo_data: Path, files: list[str], project: str = PROJECT, **kw: Any) -> RetrainParams:
+    return RetrainParams(
+        project=project,
+        data=[str(demo_data / f) for f in files],
+        test=[str(demo_data / "test.jsonl")],
+        must_pass=str(demo_data / "must-pass.jsonl"),
+        store=str(home / "store"),
+        workspace=str(home / "work"),
+        **kw,
+    )
+
+
+def store(home: Path) -> ModelStore:
+    return ModelStore.local(home / "store")
+
+
+def audit_lines(home: Path, project: str = PROJECT) -> list[dict[str, Any]]:
+    return AuditLog(home / "store" / project / "audit.jsonl").records()
+
+
+async def _read_task_runs(flow_run_id: str) -> list[Any]:
+    async with get_client() as client:
+        # prefect 3.8.8's server refuses null limit/sort, so every field is given.
+        return await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=200,
+        )
+
+
+async def _read_artifacts(flow_run_id: str) -> list[Any]:
+    async with get_client() as client:
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])),
+            flow_run_filter=FlowRunFilter(),
+            task_run_filter=TaskRunFilter(),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=200,
+        )
+
+
+def task_states(flow_run_id: str) -> dict[str, list[str]]:
+    runs = asyncio.run(_read_task_runs(flow_run_id))
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        name = run.name.rsplit("-", 1)[0]
+        states.setdefault(name, []).append(run.state.name if run.state else "?")
+    return states
+
+
+def artifacts_of(flow_run_id: str) -> dict[str, Any]:
+    found = asyncio.run(_read_artifacts(flow_run_id))
+    return {a.key: a for a in found if a.key}
+
+
+def test_first_run_promotes_the_first_model(home: Path, demo_data: Path) -> None:
+    result = retrain(params(home, demo_data, ["batch-1.jsonl"]))
+    assert isinstance(result, RetrainResult)
+    assert result.promoted and result.decision.first_model
+    assert result.previous_active is None and result.active == result.candidate_id
+    pointer = store(home).active(PROJECT)
+    assert pointer is not None and pointer.model_id == result.candidate_id
+    manifest = store(home).verify(PROJECT, result.candidate_id)
+    for metric in ("intent_accuracy", "macro_f1", "entity_f1"):
+        assert 0.0 < manifest.metrics[metric] <= 1.0
+    [line] = audit_lines(home)
+    assert line["promoted"] is True and line["model_id"] == result.candidate_id
+    assert line["manifest_sha256"] == manifest.sha256()
+
+
+def test_larger_batch_beats_the_active_model_and_is_promoted(home: Path, demo_data: Path) -> None:
+    first = store(home).active(PROJECT)
+    assert first is not None
+    result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]))
+    assert result.previous_active == first.model_id
+    assert result.promoted, result.decision.reasons
+    assert result.deltas["macro_f1"] > 0
+    pointer = store(home).active(PROJECT)
+    assert pointer is not None and pointer.model_id == result.candidate_id
+    assert pointer.history[0].model_id == first.model_id
+    assert len(audit_lines(home)) == 2
+
+
+def test_artifacts_are_published_with_stable_keys(home: Path) -> None:
+    line = audit_lines(home)[-1]
+    found = artifacts_of(line["flow_run_id"])
+    for key in (
+        f"{PROJECT}-validation",
+        f"{PROJECT}-retrain-report",
+        f"{PROJECT}-per-intent-metrics",
+        f"{PROJECT}-errors",
+        f"{PROJECT}-confusion-matrix",
+        f"{PROJECT}-pr-curve",
+        f"{PROJECT}-intent-f1",
+        f"{PROJECT}-confidence-hist",
+        f"{PROJECT}-training-progress",
+    ):
+        assert key in found, sorted(found)
+    report = found[f"{PROJECT}-retrain-report"]
+    assert report.type == "markdown"
+    assert "data:image/png;base64," in str(report.data)
+    assert "Gates" in str(report.data)
+    assert found[f"{PROJECT}-per-intent-metrics"].type == "table"
+    assert found[f"{PROJECT}-confusion-matrix"].type == "image"
+    assert found[f"{PROJECT}-training-progress"].type == "progress"
+
+
+def test_unchanged_rerun_is_served_from_cache_and_adds_no_model(home: Path, demo_data: Path) -> None:
+    before = [m.model_id for m in store(home).list_models(PROJECT)]
+    active_before = store(home).active(PROJECT)
+    result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]))
+    states = task_states(str(result.flow_run_id))
+    assert states["submit-training"] == ["Cached"], sorted(states.items())
+    assert states["wait-for-training"] == ["Cached"], states
+    assert set(states["evaluate-model"]) == {"Cached"}, states
+    assert not result.promoted  # the same model is already active
+    assert [m.model_id for m in store(home).list_models(PROJECT)] == before
+    assert store(home).active(PROJECT) == active_before
+
+
+def test_mislabelled_batch_is_rejected_and_active_model_stays(home: Path, demo_data: Path) -> None:
+    active_before = store(home).active(PROJECT)
+    assert active_before is not None
+    result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl", "batch-3-mislabelled.jsonl"]))
+    assert not result.promoted
+    assert result.decision.reasons
+    assert store(home).active(PROJECT) == active_before
+    assert not store(home).has_model(PROJECT, result.candidate_id)
+    line = audit_lines(home)[-1]
+    assert line["decision"] == "reject" and line["promoted"] is False
+    assert line["reasons"] == result.decision.reasons
+    assert line["previous_model_id"] == active_before.model_id
+
+
+def test_failure_during_promotion_rolls_back(
+    home: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = "flowtest-rollback"
+    first = retrain(params(home, demo_data, ["batch-1.jsonl"], project=project))
+    assert first.promoted
+
+    def broken_activate(self: ModelStore, *args: Any, **kwargs: Any) -> Any:
+        raise OSError("disk full while writing active.json")
+
+    monkeypatch.setattr(ModelStore, "activate", broken_activate)
+    with pytest.raises(OSError, match="disk full"):
+        retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"], project=project))
+    monkeypatch.undo()
+    pointer = store(home).active(project)
+    assert pointer is not None and pointer.model_id == first.candidate_id
+    assert [m.model_id for m in store(home).list_models(project)] == [first.candidate_id]
+    assert AuditLog(home / "store" / project / "audit.jsonl").verify().ok
+
+
+def test_blocking_validation_stops_before_training(home: Path, tmp_path: Path) -> None:
+    data = tmp_path / "one-intent.jsonl"
+    data.write_text(
+        "".join(json.dumps({"text": f"hello number {i}", "intent": "greet"}) + "\n" for i in range(12))
+    )
+    project = "flowtest-blocked"
+    with pytest.raises(DataError, match="intent"):
+        retrain(
+            RetrainParams(
+                project=project, data=[str(data)], store=str(home / "store"), workspace=str(home / "work")
+            )
+        )
+    [line] = audit_lines(home, project)
+    assert line["decision"] == "blocked" and line["promoted"] is False
+    assert store(home).active(project) is None
+
+
+def test_audit_chain_of_the_whole_history_verifies(home: Path) -> None:
+    result = AuditLog(home / "store" / PROJECT / "audit.jsonl").verify()
+    assert result.ok and result.lines == 4

@@ -1,0 +1,229 @@
+"""The hash-chained audit log: appends chain, tampering is located, concurrent appenders keep the chain."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nluflow.audit import GENESIS, AuditLog, audit_record
+from nluflow.errors import AuditError
+from nluflow.hashing import canonical_json, sha256_text
+
+
+def _record(i: int, **extra: Any) -> dict[str, Any]:
+    return audit_record(
+        run_id=f"run-{i}",
+        flow_run_id=f"flow-{i}",
+        project="banking",
+        dataset_sha256="d" * 64,
+        test_sha256="t" * 64,
+        backend="local",
+        job_id=f"job-{i}",
+        model_id=f"m-{i}",
+        config={"seed": 42, "local": {"C": 10.0}},
+        duration_seconds=1.5 * i,
+        metrics={"candidate": {"intent_accuracy": 0.9}, "active": {"intent_accuracy": 0.8}},
+        decision="promote" if i % 2 else "keep",
+        promoted=bool(i % 2),
+        reasons=[f"reason {i}"],
+        previous_model_id=f"m-{i - 1}" if i > 1 else None,
+        manifest_sha256="a" * 64,
+        **extra,
+    )
+
+
+def _write_chain(path: Path, n: int) -> AuditLog:
+    log = AuditLog(path)
+    for i in range(1, n + 1):
+        log.append(_record(i))
+    return log
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+
+def test_append_chains_lines_and_verifies(tmp_path: Path) -> None:
+    log = _write_chain(tmp_path / "logs" / "audit.jsonl", 5)  # folder created on first append
+    records = log.records()
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[0]["prev_hash"] == GENESIS
+    for prev, cur in itertools.pairwise(records):
+        assert cur["prev_hash"] == prev["hash"]
+    for rec in records:
+        body = {k: v for k, v in rec.items() if k != "hash"}
+        assert rec["hash"] == sha256_text(canonical_json(body))
+    assert records[2]["run_id"] == "run-3" and records[2]["metrics"]["candidate"]["intent_accuracy"] == 0.9
+    result = log.verify()
+    assert result.ok and result.lines == 5
+    assert result.first_bad_line is None and result.reason is None
+
+
+def test_append_returns_the_line_as_written(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    written = log.append({"run_id": "r1", "when": datetime(2025, 1, 2), "values": (1, 2)})
+    assert written == log.records()[0]
+    assert written["values"] == [1, 2] and written["when"] == "2025-01-02 00:00:00"
+    assert log.verify().ok
+
+
+def test_missing_log_is_empty_and_ok(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "nothing.jsonl")
+    assert log.records() == []
+    result = log.verify()
+    assert result.ok and result.lines == 0
+
+
+def test_edited_field_in_line_3_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_chain(path, 5)
+    lines = _lines(path)
+    line = json.loads(lines[2])
+    line["promoted"] = not line["promoted"]
+    lines[2] = json.dumps(line) + "\n"
+    path.write_text("".join(lines), encoding="utf-8")
+    result = AuditLog(path).verify()
+    assert not result.ok
+    assert result.first_bad_line == 3
+    assert result.reason is not None and f"{path}:3:" in result.reason and "hash" in result.reason
+
+
+def test_edited_line_with_recomputed_hash_breaks_the_next_link(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_chain(path, 5)
+    lines = _lines(path)
+    line = json.loads(lines[2])
+    line["decision"] = "promote-forged"
+    line["hash"] = sha256_text(canonical_json({k: v for k, v in line.items() if k != "hash"}))
+    lines[2] = canonical_json(line) + "\n"
+    path.write_text("".join(lines), encoding="utf-8")
+    result = AuditLog(path).verify()
+    assert result.first_bad_line == 4
+    assert result.reason is not None and "prev_hash" in result.reason
+
+
+def test_deleted_line_2_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_chain(path, 5)
+    lines = _lines(path)
+    del lines[1]
+    path.write_text("".join(lines), encoding="utf-8")
+    result = AuditLog(path).verify()
+    assert not result.ok and result.first_bad_line == 2
+    assert result.reason is not None and "seq" in result.reason
+
+
+def test_reordered_lines_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_chain(path, 5)
+    lines = _lines(path)
+    lines[2], lines[3] = lines[3], lines[2]
+    path.write_text("".join(lines), encoding="utf-8")
+    result = AuditLog(path).verify()
+    assert not result.ok and result.first_bad_line == 3
+
+
+def test_truncated_last_line_is_named_and_blocks_appends(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = _write_chain(path, 5)
+    data = path.read_bytes()
+    path.write_bytes(data[:-40])
+    result = log.verify()
+    assert not result.ok and result.first_bad_line == 5 and result.lines == 5
+    with pytest.raises(AuditError, match="cut off"):
+        log.append(_record(6))
+    assert path.read_bytes() == data[:-40]  # nothing appended onto the broken chain
+    with pytest.raises(AuditError, match=r"audit\.jsonl:5:"):
+        log.records()
+
+
+def test_last_line_without_its_line_end_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = _write_chain(path, 3)
+    path.write_bytes(path.read_bytes()[:-1])  # only the final "\n" is gone
+    result = log.verify()
+    assert not result.ok and result.first_bad_line == 3
+
+
+def test_broken_json_in_the_middle_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write_chain(path, 4)
+    lines = _lines(path)
+    lines[1] = lines[1][:30] + "\n"
+    path.write_text("".join(lines), encoding="utf-8")
+    result = AuditLog(path).verify()
+    assert result.first_bad_line == 2 and result.reason is not None and "JSON" in result.reason
+
+
+def test_append_refuses_chain_fields_and_unserialisable_records(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    with pytest.raises(AuditError, match="seq"):
+        log.append({"seq": 7, "run_id": "r"})
+    with pytest.raises(AuditError, match="JSON"):
+        log.append({"bad": {1, 2}, "mixed": {1: "a", "b": 2}})
+    assert not (tmp_path / "audit.jsonl").exists()
+
+
+def test_audit_record_has_every_field_and_a_utc_timestamp() -> None:
+    rec = _record(2, error=None)
+    for field in (
+        "run_id",
+        "flow_run_id",
+        "project",
+        "dataset_sha256",
+        "test_sha256",
+        "backend",
+        "job_id",
+        "model_id",
+        "config",
+        "duration_seconds",
+        "metrics",
+        "validation_loss",
+        "decision",
+        "promoted",
+        "reasons",
+        "previous_model_id",
+        "manifest_sha256",
+        "error",
+    ):
+        assert field in rec, field
+    stamp = datetime.fromisoformat(rec["timestamp"])
+    assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert rec["validation_loss"] is None and rec["reasons"] == ["reason 2"]
+    with pytest.raises(AuditError, match="hash"):
+        _record(3, hash="x")
+
+
+def _append_many(path: str, worker: int, count: int, start: Any) -> None:
+    log = AuditLog(path)
+    start.wait()  # all workers append at the same moment, not one after another as they finish importing
+    for i in range(count):
+        log.append({"worker": worker, "i": i, "payload": "x" * 200})
+
+
+def test_concurrent_appends_from_several_processes_keep_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    workers, per_worker = 4, 25
+    # spawn, not fork: forking a pytest process that may hold other threads' locks can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(workers)
+    procs = [ctx.Process(target=_append_many, args=(str(path), w, per_worker, start)) for w in range(workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    log = AuditLog(path)
+    result = log.verify()
+    assert result.ok, result.reason
+    assert result.lines == workers * per_worker
+    records = log.records()
+    assert sorted((r["worker"], r["i"]) for r in records) == [
+        (w, i) for w in range(workers) for i in range(per_worker)
+    ]
