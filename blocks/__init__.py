@@ -1,8 +1,21 @@
 """Prefect blocks of nluflow: configuration and credentials that build plain clients from ``nluflow``."""
 
+from blocks.cognigy import CognigyBackendBlock
 from blocks.gates import GatePolicyBlock
+from blocks.neuralspace import NeuralSpaceBackendBlock
 from blocks.notify import WebhookNotification
+from blocks.rasa import RasaBackendBlock
 from blocks.s3_store import S3ModelStore
+from blocks.service import TrainingServiceBlock
 from blocks.store import LocalModelStore
 
-__all__ = ["GatePolicyBlock", "LocalModelStore", "S3ModelStore", "WebhookNotification"]
+__all__ = [
+    "CognigyBackendBlock",
+    "GatePolicyBlock",
+    "LocalModelStore",
+    "NeuralSpaceBackendBlock",
+    "RasaBackendBlock",
+    "S3ModelStore",
+    "TrainingServiceBlock",
+    "WebhookNotification",
+]

@@ -34,7 +34,7 @@ from tasks.promotion import (
     store_candidate,
     switch_active_pointer,
 )
-from tasks.publish import publish_report, publish_validation, render_run_figures
+from tasks.publish import publish_report, publish_validation, render_run_figures, sync_run_to_store
 from tasks.training import candidate_ready, submit_training, wait_for_training
 
 
@@ -61,9 +61,15 @@ class RetrainParams(BaseModel):
         default=None, description="File of utterances the candidate must get right."
     )
     store: str | None = Field(default=None, description="Model store folder (default $NLUFLOW_HOME/store).")
-    store_block: str | None = Field(default=None, description="Name of a LocalModelStore block (wins).")
+    store_block: str | None = Field(
+        default=None,
+        description="Store block as '<block-type-slug>/<name>' (local folder or S3); wins over store.",
+    )
     workspace: str | None = Field(default=None, description="Local working folder ($NLUFLOW_HOME/work).")
-    backend: str = Field(default="local", description="Training backend: 'local' or a backend block name.")
+    backend: str = Field(
+        default="local",
+        description="'local', or a backend block as '<block-type-slug>/<name>'.",
+    )
     config: TrainingConfig = Field(default_factory=TrainingConfig, description="Training configuration.")
     gates: GatePolicy = Field(default_factory=GatePolicy, description="Promotion gates.")
     gates_block: str | None = Field(default=None, description="Name of a GatePolicyBlock (wins over gates).")
@@ -101,8 +107,12 @@ class RetrainResult(BaseModel):
 
 def _resolve(params: RetrainParams) -> tuple[StoreSpec, BackendSpec, GatePolicy, Path]:
     home = nluflow_home()
-    store = StoreSpec(path=str(Path(params.store or home / "store").resolve()), block=params.store_block)
     work = Path(params.workspace or home / "work").resolve()
+    store = StoreSpec(
+        path=str(Path(params.store or home / "store").resolve()),
+        block=params.store_block,
+        workspace=str(work),
+    )
     gates = params.gates
     if params.gates_block:
         from blocks.gates import GatePolicyBlock
@@ -242,6 +252,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
             training_metrics=dict(candidate.metrics),
         ),
     )
+    sync_run_to_store(store, project, run_id, str(outdir), str(store.audit_path(project)))
     notify(
         DecisionNotice.from_decision(
             project,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import nluflow
 from nluflow.backends.base import TrainingConfig
-from nluflow.data.schema import Dataset
+from nluflow.data.schema import Dataset, Origin
 from nluflow.data.validation import normalize_text
 from nluflow.errors import DataError
 from nluflow.hashing import sha256_file, sha256_json
@@ -77,6 +77,9 @@ class Workspace:
     def snapshot_path(self, sha256: str) -> Path:
         return self.datasets / f"{sha256}.jsonl"
 
+    def origins_path(self, sha256: str) -> Path:
+        return self.datasets / f"{sha256}.origins.json"
+
 
 class DatasetSnapshot(BaseModel):
     """A dataset frozen to a content-addressed JSONL file: what tasks pass instead of the data itself."""
@@ -85,6 +88,7 @@ class DatasetSnapshot(BaseModel):
 
     path: str
     sha256: str
+    origins_path: str | None = Field(default=None, description="Where each example came from (file, line).")
     n_examples: int
     n_intents: int
     source: str
@@ -94,7 +98,16 @@ class DatasetSnapshot(BaseModel):
         from nluflow.data.loaders import load_jsonl
 
         data = load_jsonl(self.path)
-        return Dataset(examples=data.examples, source=self.source, skipped=self.skipped)
+        examples = data.examples
+        if self.origins_path and Path(self.origins_path).exists():
+            # Messages should name the user's files and lines, not this snapshot's.
+            origins = json.loads(Path(self.origins_path).read_text(encoding="utf-8"))
+            if len(origins) == len(examples):
+                examples = tuple(
+                    e.model_copy(update={"origin": Origin(path=o[0], line=o[1])}) if o else e
+                    for e, o in zip(examples, origins, strict=True)
+                )
+        return Dataset(examples=examples, source=self.source, skipped=self.skipped)
 
 
 def snapshot(dataset: Dataset, workspace: Workspace) -> DatasetSnapshot:
@@ -103,9 +116,17 @@ def snapshot(dataset: Dataset, workspace: Workspace) -> DatasetSnapshot:
     path = workspace.snapshot_path(sha)
     if not path.exists():
         dataset.write_jsonl(path)
+    origins = workspace.origins_path(sha)
+    tmp = origins.with_name(origins.name + ".tmp")
+    tmp.write_text(
+        json.dumps([[e.origin.path, e.origin.line] if e.origin else None for e in dataset.examples]),
+        encoding="utf-8",
+    )
+    tmp.replace(origins)
     return DatasetSnapshot(
         path=str(path),
         sha256=sha,
+        origins_path=str(origins),
         n_examples=len(dataset),
         n_intents=len(dataset.intent_counts()),
         source=dataset.source,

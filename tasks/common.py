@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import uuid
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field
 
+from blocks.store import LocalModelStore
 from nluflow.backends.base import TrainingBackend
 from nluflow.backends.local import LocalBackend
 from nluflow.errors import ConfigError, TransientBackendError
@@ -43,50 +45,77 @@ def cache_policy(fn: Callable[[TaskRunContext, dict[str, Any]], str | None]) -> 
     return CachePolicy.from_cache_key_fn(fn)
 
 
+def load_block(ref: str, what: str) -> Any:
+    """Load a block by ``<block-type-slug>/<block-name>``, e.g. ``nluflow-rasa-backend/prod``."""
+    from prefect.blocks.core import Block
+
+    if "/" not in ref:
+        raise ConfigError(
+            f"{what} {ref!r} is not a block reference; expected '<block-type-slug>/<block-name>', "
+            "e.g. 'nluflow-rasa-backend/prod' (`prefect block ls` lists them)"
+        )
+    try:
+        return Block.load(ref)
+    except ValueError as exc:  # Prefect raises ValueError for an unknown block document
+        raise ConfigError(f"{what} {ref!r} could not be loaded: {exc}") from None
+
+
 class BackendSpec(BaseModel):
-    """Which backend to use, as plain data a task can take: ``local`` or the name of a backend block."""
+    """Which backend to use, as plain data a task can take: ``local`` or a backend block reference."""
 
     model_config = ConfigDict(frozen=True)
 
-    name: str = Field(default="local", description="'local', or the name of a backend block.")
+    name: str = Field(default="local", description="'local', or '<block-type-slug>/<block-name>'.")
     workspace: str = Field(description="Local working folder for jobs and fetched models.")
 
     def build(self, on_progress: Callable[[float, str], None] | None = None) -> TrainingBackend:
+        """A fresh client: the local backend, or the one a backend block builds (secrets unwrapped there)."""
         if self.name == "local":
             return LocalBackend(Path(self.workspace) / "backends" / "local", on_progress=on_progress)
-        raise ConfigError(
-            f"backend {self.name!r} is not available in this version; use 'local' "
-            "(remote backends are configured as blocks)"
-        )
+        block = load_block(self.name, "backend")
+        kwargs: dict[str, Any] = {"on_progress": on_progress}
+        if "workdir" in inspect.signature(block.get_client).parameters:
+            kwargs["workdir"] = str(
+                Path(self.workspace) / "backends" / re.sub(r"[^A-Za-z0-9._-]", "-", self.name)
+            )
+        return cast(TrainingBackend, block.get_client(**kwargs))
 
 
 class StoreSpec(BaseModel):
-    """Which model store to use: a local folder, or the name of a store block."""
+    """Which model store to use: a local folder, or a store block reference (local folder or S3)."""
 
     model_config = ConfigDict(frozen=True)
 
     path: str | None = Field(default=None, description="Local store folder.")
-    block: str | None = Field(default=None, description="Name of a LocalModelStore block.")
+    block: str | None = Field(default=None, description="'<block-type-slug>/<block-name>' of a store block.")
+    workspace: str | None = Field(
+        default=None, description="Local working folder (audit copy of remote stores)."
+    )
 
     def build(self, create: bool = False) -> ModelStore:
         if self.block:
-            from blocks.store import LocalModelStore
-
-            block = cast(LocalModelStore, LocalModelStore.load(self.block))
-            return block.get_store(create=create)
+            block = load_block(self.block, "model store")
+            if isinstance(block, LocalModelStore):
+                return block.get_store(create=create)
+            return cast(ModelStore, block.get_store())
         if not self.path:
-            raise ConfigError("no model store given: pass a store folder or the name of a store block")
+            raise ConfigError("no model store given: pass a store folder or a store block reference")
         return ModelStore.local(self.path, create=create)
 
     def audit_path(self, project: str) -> Path:
-        """The project's audit log: beside the project's folder in a local store."""
+        """The project's audit log, a local file: inside a local store, or in the workspace for a remote
+        store (where ``sync_audit`` uploads a copy after each line)."""
         if self.block:
-            from blocks.store import LocalModelStore
-
-            block = cast(LocalModelStore, LocalModelStore.load(self.block))
-            return Path(block.path) / project / "audit.jsonl"
+            block = load_block(self.block, "model store")
+            if isinstance(block, LocalModelStore):
+                return Path(block.path) / project / "audit.jsonl"
+            assert self.workspace is not None
+            return Path(self.workspace) / "audit" / project / "audit.jsonl"
         assert self.path is not None
         return Path(self.path) / project / "audit.jsonl"
+
+    def is_local(self) -> bool:
+        return not self.block or isinstance(load_block(self.block, "model store"), LocalModelStore)
 
 
 def workspace(path: str) -> Workspace:

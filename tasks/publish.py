@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from nluflow.data.validation import ValidationReport
 from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from nluflow.data.validation import ValidationReport
 from nluflow.evaluation.gates import Decision
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.evaluation.plots import png_data_uri, render_figures
 from nluflow.evaluation.report import error_rows, per_intent_rows
 from nluflow.report import FIGURE_TITLES, render_run_report
-from tasks.common import artifact_key
+from nluflow.s3 import sync_folder
+from tasks.common import StoreSpec, artifact_key
 
 
 @task(name="publish-validation", cache_policy=NO_CACHE)
@@ -62,6 +64,13 @@ def publish_report(
     report_path.parent.mkdir(parents=True, exist_ok=True)
     # The file links its PNGs; the artifact embeds them, so the Prefect UI shows them without file access.
     report_path.write_text(render_run_report(**common, embed_figures=False), encoding="utf-8")
+    metrics = {
+        "candidate": {"model_id": candidate_id, **candidate.headline()},
+        "active": {"model_id": active_id, **active.headline()} if active else None,
+        "decision": decision.model_dump(mode="json"),
+        "test_sha256": candidate.test_sha256,
+    }
+    (report_path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     keys = {"report": artifact_key(project, "retrain-report")}
     create_markdown_artifact(
         markdown=render_run_report(**common, embed_figures=True),
@@ -83,3 +92,15 @@ def publish_report(
         )
         keys[name] = key
     return {**keys, "report_path": str(report_path)}
+
+
+@task(name="sync-run-to-store", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def sync_run_to_store(store: StoreSpec, project: str, run_id: str, outdir: str, audit_path: str) -> list[str]:
+    """Copy the run's report, figures and metrics under ``<project>/runs/<run id>/`` in the store, and for a
+    remote store also the audit log (kept as a local file, uploaded after each line)."""
+    model_store = store.build(create=True)
+    keys = sync_folder(model_store.fs, Path(outdir), f"{project}/runs/{run_id}")
+    if not store.is_local():
+        model_store.fs.put_file(Path(audit_path), f"{project}/audit.jsonl")
+        keys.append(f"{project}/audit.jsonl")
+    return keys

@@ -96,17 +96,17 @@ def bio_tags(
     tags = [OUTSIDE] * len(tokens)
     for ent in sorted(entities, key=lambda e: (e.start, -e.end, e.entity)):
         if not 0 <= ent.start < ent.end <= len(text):
-            problems["span outside the text or empty"] += 1
+            problems["span outside the text or empty; skipped"] += 1
             continue
         idx = [k for k, t in enumerate(tokens) if t.start < ent.end and t.end > ent.start]
         if not idx:
-            problems["span covers no token"] += 1
+            problems["span covers no token; skipped"] += 1
             continue
         if any(tags[k] != OUTSIDE for k in idx):
-            problems["span overlaps another entity"] += 1
+            problems["span overlaps an earlier entity; skipped"] += 1
             continue
         if tokens[idx[0]].start != ent.start or tokens[idx[-1]].end != ent.end:
-            problems["span not on token boundaries (tagged on the tokens it overlaps)"] += 1
+            problems["span not on token boundaries; tagged on the tokens it overlaps"] += 1
         tags[idx[0]] = f"B-{ent.entity}"
         for k in idx[1:]:
             tags[k] = f"I-{ent.entity}"

@@ -1,0 +1,107 @@
+"""The Rasa Open Source training backend as a block: server URL, credentials, evaluation server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import httpx
+from prefect.blocks.core import Block
+from pydantic import Field, HttpUrl, SecretStr
+
+from nluflow.backends.rasa import IDLE_WAIT, TRAIN_READ_TIMEOUT, RasaBackend
+
+
+class RasaBackendBlock(Block):
+    """A Rasa Open Source server (``rasa run --enable-api``) that trains, evaluates and serves NLU models.
+
+    Training is synchronous over ``POST /model/train``; candidates are evaluated without replacing the
+    served model; promotion is ``PUT /model``. Give either a token (``--auth-token``) or a JWT.
+
+    Example:
+        Load the block and build the backend client:
+        ```python
+        from blocks.rasa import RasaBackendBlock
+
+        rasa_block = RasaBackendBlock.load("BLOCK_NAME")
+        backend = rasa_block.get_client()
+        print(backend.name)
+        ```
+    """
+
+    _block_type_name: ClassVar[str] = "nluflow Rasa Backend"
+    _block_type_slug: ClassVar[str] = "nluflow-rasa-backend"
+    _description: ClassVar[str] = "Train, evaluate and serve nluflow models on a Rasa Open Source server."
+    _documentation_url: ClassVar[HttpUrl | None] = HttpUrl("https://github.com/nluflow/nluflow#rasa")
+
+    url: str = Field(
+        default=...,
+        title="Server URL",
+        description="Base URL of the Rasa server started with `rasa run --enable-api`, e.g. http://rasa:5005.",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        title="Auth token",
+        description="The server's `--auth-token`, sent as the `token` query parameter.",
+    )
+    jwt: SecretStr | None = Field(
+        default=None,
+        title="JWT",
+        description="A JWT with role admin, sent as `Authorization: Bearer`; use it instead of the token.",
+    )
+    evaluation_url: str | None = Field(
+        default=None,
+        title="Evaluation server URL",
+        description=(
+            "A second Rasa server sharing the model folder, used to parse test utterances with full "
+            "predictions (intents, ranking, entities); without it, evaluation uses /model/test/intents, "
+            "which gives top intents only."
+        ),
+    )
+    models_dir: str = Field(
+        default="models",
+        title="Models folder on the server",
+        description="Where the server saves trained archives, relative to its working folder.",
+    )
+    language: str = Field(
+        default="en", title="Language", description="The `language` key of the Rasa config."
+    )
+    pipeline: list[dict[str, Any]] | None = Field(
+        default=None,
+        title="Pipeline",
+        description="A Rasa NLU pipeline (list of components); empty means nluflow's DIET default.",
+    )
+    train_timeout_seconds: float = Field(
+        default=TRAIN_READ_TIMEOUT,
+        gt=0,
+        title="Training timeout (s)",
+        description="How long one synchronous training request may take before it counts as lost.",
+    )
+    idle_wait_seconds: float = Field(
+        default=IDLE_WAIT,
+        gt=0,
+        title="Wait for a running training (s)",
+        description="How long to wait for a running training to end before resending a lost request.",
+    )
+
+    def get_client(
+        self,
+        on_progress: Callable[[float, str], None] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        workdir: str | None = None,
+    ) -> RasaBackend:
+        """Build the backend client (secrets are unwrapped here only; a fresh client for each call)."""
+        return RasaBackend(
+            self.url,
+            token=self.token.get_secret_value() if self.token else None,
+            jwt=self.jwt.get_secret_value() if self.jwt else None,
+            evaluation_url=self.evaluation_url,
+            models_dir=self.models_dir,
+            language=self.language,
+            pipeline=self.pipeline,
+            workdir=workdir,
+            train_timeout=self.train_timeout_seconds,
+            idle_wait=self.idle_wait_seconds,
+            transport=transport,
+            on_progress=on_progress,
+        )

@@ -1,0 +1,442 @@
+"""Rasa Open Source over its HTTP API (``rasa run --enable-api``), Rasa 3.x shapes.
+
+- train: ``POST /model/train`` with one YAML document (config + NLU data); the answer is the model archive,
+  its name in the ``filename`` header. Training is synchronous, so the read timeout is long
+  (``TRAIN_READ_TIMEOUT``) and ``submit`` returns a job that has already succeeded.
+- Rasa has no idempotency key. A train request whose answer was lost is never blindly resent: the client
+  first waits until ``GET /status`` shows no active training, then resends the same document with
+  ``force_training=false``, which Rasa answers from its fingerprint cache ("Nothing changed") without
+  training again.
+- predict: with ``evaluation_url`` (a second Rasa server used for evaluation) the model is loaded there and
+  each text is parsed with ``POST /model/parse`` (intents, ranking and entities). Without it,
+  ``POST /model/test/intents?model=<path>`` evaluates the model without replacing the served one; Rasa
+  returns only the top intent and its confidence per text there, so entity predictions are empty.
+- activate: ``PUT /model {"model_file": path}`` (204), checked with ``GET /status``; rollback is the same
+  call with the previous model's path.
+- auth: ``?token=`` or ``Authorization: Bearer <jwt>``. Errors have Rasa's body
+  ``{"status": "failure", "reason", "message", "code"}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import tarfile
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from nluflow.backends._http import (
+    MAX_RETRIES,
+    Auth,
+    HttpSession,
+    QueryTokenAuth,
+    bearer_auth,
+    default_timeout,
+    make_client,
+    require,
+    wait_for_job,
+)
+from nluflow.backends.base import IntentScore, JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
+from nluflow.backends.errors import ContractError, HTTPStatusError, MalformedResponseError, TransientHTTPError
+from nluflow.backends.service import parse_from_json
+from nluflow.data.schema import Dataset, Example
+from nluflow.errors import BackendError, ConfigError, TrainingFailedError
+from nluflow.hashing import sha256_text
+
+# Training runs inside the request: allow hours before the read gives up.
+TRAIN_READ_TIMEOUT = 3 * 3600.0
+# How long to wait for a running training to end before resending a train request whose answer was lost.
+IDLE_WAIT = 3 * 3600.0
+# Resends after a lost train answer (each one after the server showed no active training).
+MAX_RESUBMITS = 2
+YAML_CONTENT_TYPE = "application/x-yaml"
+# Intent given to unlabelled texts sent to /model/test/intents (Rasa needs one; its value is ignored).
+PLACEHOLDER_INTENT = "nluflow_unlabelled"
+FORMAT_VERSION = "3.1"
+
+
+def default_pipeline(config: TrainingConfig) -> list[dict[str, Any]]:
+    """A standard Rasa 3 NLU pipeline with the shared training options mapped onto DIET."""
+    return [
+        {"name": "WhitespaceTokenizer"},
+        {"name": "RegexFeaturizer"},
+        {"name": "LexicalSyntacticFeaturizer"},
+        {"name": "CountVectorsFeaturizer"},
+        {"name": "CountVectorsFeaturizer", "analyzer": "char_wb", "min_ngram": 1, "max_ngram": 4},
+        {
+            "name": "DIETClassifier",
+            "epochs": config.epochs,
+            "batch_size": [config.batch_size, config.batch_size],
+            "learning_rate": config.learning_rate,
+            "drop_rate": config.dropout,
+            "random_seed": config.seed,
+        },
+        {"name": "EntitySynonymMapper"},
+    ]
+
+
+def _annotate(example: Example) -> str:
+    """The example in Rasa's inline entity syntax: ``[Paris](city)`` or ``[NYC]{"entity": "city", ...}``."""
+    text = example.text
+    out: list[str] = []
+    cursor = 0
+    for ent in sorted(example.entities, key=lambda e: e.start):
+        if ent.start < cursor or ent.end > len(text):
+            continue  # overlapping or out-of-range spans cannot be written inline; the validator reports them
+        span = text[ent.start : ent.end]
+        out.append(text[cursor : ent.start])
+        if ent.value == span:
+            out.append(f"[{span}]({ent.entity})")
+        else:
+            out.append(
+                f"[{span}]" + json.dumps({"entity": ent.entity, "value": ent.value}, ensure_ascii=False)
+            )
+        cursor = ent.end
+    out.append(text[cursor:])
+    return "".join(out).replace("\n", " ")
+
+
+def nlu_yaml(examples: Sequence[Example]) -> str:
+    """The ``nlu:`` section in Rasa 3 YAML: one block per intent, examples as a literal block string."""
+    by_intent: dict[str, list[str]] = {}
+    for example in examples:
+        by_intent.setdefault(example.intent, []).append(_annotate(example))
+    lines = ["nlu:"]
+    for intent, items in by_intent.items():
+        lines.append(f"- intent: {json.dumps(intent, ensure_ascii=False)}")
+        lines.append("  examples: |")
+        lines.extend(f"    - {item}" for item in items)
+    return "\n".join(lines) + "\n"
+
+
+def training_document(
+    train: Dataset, config: TrainingConfig, language: str, pipeline: list[dict[str, Any]] | None
+) -> str:
+    """The one YAML document ``POST /model/train`` takes: config keys, then the NLU data."""
+    head = {
+        "version": FORMAT_VERSION,
+        "recipe": "default.v1",
+        "language": language,
+        "assistant_id": "nluflow",
+        "pipeline": pipeline if pipeline is not None else default_pipeline(config),
+        "policies": [],
+    }
+    return yaml.safe_dump(head, sort_keys=False, allow_unicode=True) + nlu_yaml(train.examples)
+
+
+def _rasa_error(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+_FILENAME = re.compile(r"^[\w.-]+\.tar\.gz$")
+
+
+def _check_archive(response: httpx.Response) -> None:
+    """A truncated or garbled archive is a lost answer, not a model: the caller resends (Rasa's cache)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+            for _ in tar:  # reading every member checks the gzip stream to its end
+                pass
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise MalformedResponseError(
+            f"POST /model/train answered {response.status_code} with a model archive that cannot be read "
+            f"({type(exc).__name__}: {exc}); it is asked for again",
+            "POST",
+            "/model/train",
+            response.status_code,
+        ) from None
+
+
+def _same_model(served: object, path: str) -> bool:
+    """``GET /status`` reports the loaded archive's file name; compare it with a path by file name."""
+    return isinstance(served, str) and Path(served).name == Path(path).name
+
+
+class RasaBackend:
+    """A Rasa Open Source server (``rasa run --enable-api``) as a training backend."""
+
+    name = "rasa"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        jwt: str | None = None,
+        evaluation_url: str | None = None,
+        models_dir: str = "models",
+        language: str = "en",
+        pipeline: list[dict[str, Any]] | None = None,
+        workdir: str | Path | None = None,
+        train_timeout: float = TRAIN_READ_TIMEOUT,
+        idle_wait: float = IDLE_WAIT,
+        timeout: httpx.Timeout | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        max_retries: int = MAX_RETRIES,
+        on_progress: Callable[[float, str], None] | None = None,
+    ) -> None:
+        if token and jwt:
+            raise ConfigError("give the Rasa server either a token or a JWT, not both")
+        self.models_dir = models_dir.rstrip("/")
+        self.language = language
+        self.pipeline = pipeline
+        self.train_timeout = train_timeout
+        self.idle_wait = idle_wait
+        self.on_progress = on_progress
+        self.workdir = (
+            Path(workdir) if workdir else Path(tempfile.gettempdir()) / "nluflow-rasa" / sha256_text(url)[:12]
+        )
+        self._timeout = timeout or default_timeout()
+        auth: Auth | None = QueryTokenAuth(token) if token else bearer_auth(jwt) if jwt else None
+        common: dict[str, Any] = {
+            "sleep": sleep,
+            "clock": clock,
+            "wall_clock": wall_clock,
+            "rng": rng or random.Random(),
+            "max_retries": max_retries,
+            "auth": auth,
+        }
+        self._session = HttpSession(make_client(url, transport=transport, timeout=self._timeout), **common)
+        self._eval: HttpSession | None = None
+        if evaluation_url:
+            self._eval = HttpSession(
+                make_client(evaluation_url, transport=transport, timeout=self._timeout), **common
+            )
+        self._sleep, self._clock = sleep, clock
+
+    def __repr__(self) -> str:
+        return f"RasaBackend({self._session!r}, evaluation={self._eval!r})"
+
+    def close(self) -> None:
+        self._session.close()
+        if self._eval is not None:
+            self._eval.close()
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def _classify_train(self, response: httpx.Response) -> BaseException | None:
+        """Rasa's 500 ``TrainingError`` is a failed training (not retried); a 400 is bad data or config."""
+        redact = self._session.redactor
+        body = _rasa_error(response)
+        message = redact(str(body.get("message") or "no message"))[:300]
+        if response.status_code == 500 and body.get("reason") == "TrainingError":
+            return TrainingFailedError(
+                f"Rasa training failed ({message}); the data or pipeline needs fixing; no model was produced"
+            )
+        if response.status_code == 400:
+            return HTTPStatusError(
+                f"Rasa refused the training document ({body.get('reason')}: {message}); "
+                "fix the data or the pipeline; nothing was trained",
+                "POST",
+                "/model/train",
+                400,
+                None,
+                message,
+            )
+        return None
+
+    def _status(self, session: HttpSession) -> dict[str, Any] | None:
+        """``GET /status``, or None when the server has no model loaded (it answers 409 then)."""
+        try:
+            body = session.json("GET", "/status")
+        except HTTPStatusError as exc:
+            if exc.status == 409:
+                return None
+            raise
+        if not isinstance(body, dict):
+            raise ContractError(f"GET /status: expected a JSON object, found {type(body).__name__}")
+        return body
+
+    def _await_idle(self, must_know: bool) -> None:
+        """Wait until the server runs no training; refuse to guess when it cannot tell (no model loaded)."""
+
+        def probe() -> JobStatus:
+            body = self._status(self._session)
+            if body is None:
+                if must_know:
+                    raise TransientHTTPError(
+                        "the Rasa server has no model loaded, so GET /status answers 409 and its running "
+                        "trainings cannot be counted; the lost train request was not resent, to avoid a "
+                        "second training; retry the step later (Rasa then answers the same data from its "
+                        "fingerprint cache)"
+                    )
+                return JobStatus(state=JobState.SUCCEEDED)
+            active = body.get("num_active_training_jobs", 0)
+            if not isinstance(active, int):
+                raise ContractError(
+                    f"GET /status: num_active_training_jobs is {active!r}, expected an integer"
+                )
+            if active > 0:
+                return JobStatus(
+                    state=JobState.RUNNING, progress=0.5, message=f"{active} training(s) running"
+                )
+            return JobStatus(state=JobState.SUCCEEDED)
+
+        wait_for_job(
+            probe,
+            max_wait=self.idle_wait,
+            what="the training already running on the Rasa server",
+            sleep=self._sleep,
+            clock=self._clock,
+            on_progress=None,
+        )
+
+    def submit(self, train: Dataset, config: TrainingConfig, idempotency_key: str) -> JobRef:
+        """Train synchronously; the archive is kept in ``workdir`` until ``fetch`` copies it."""
+        if len(train) == 0:
+            raise ConfigError("the training set is empty; nothing was sent to Rasa")
+        document = training_document(train, config, self.language, self.pipeline)
+        self._await_idle(must_know=False)
+        if self.on_progress is not None:
+            self.on_progress(0.0, "training on the Rasa server")
+        resubmits = 0
+        while True:
+            try:
+                response = self._session.request(
+                    "POST",
+                    "/model/train",
+                    content=document.encode("utf-8"),
+                    headers={"Content-Type": YAML_CONTENT_TYPE},
+                    params={"save_to_default_model_directory": "true", "force_training": "false"},
+                    timeout=default_timeout(read=self.train_timeout),
+                    retry_safe=False,
+                    classify=self._classify_train,
+                )
+                _check_archive(response)
+                break
+            except (TransientHTTPError, MalformedResponseError):
+                if resubmits >= MAX_RESUBMITS:
+                    raise
+                resubmits += 1
+                # The answer was lost; the training may have run. Resend only once none is running: Rasa's
+                # fingerprint check then returns the model it just trained instead of training again.
+                self._await_idle(must_know=True)
+        filename = response.headers.get("filename", "")
+        if not _FILENAME.match(filename):
+            raise ContractError(
+                f"POST /model/train answered without a model file name (filename header {filename!r}); "
+                "expected e.g. 'nlu-20240101-120000-brave-owl.tar.gz'"
+            )
+        archive = self._archive_path(idempotency_key, filename)
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        tmp = archive.with_name(archive.name + ".part")
+        tmp.write_bytes(response.content)
+        tmp.replace(archive)
+        if self.on_progress is not None:
+            self.on_progress(1.0, f"trained {filename}")
+        return JobRef(
+            backend=self.name,
+            job_id=filename,
+            idempotency_key=idempotency_key,
+            data={"model_path": f"{self.models_dir}/{filename}", "archive": str(archive)},
+        )
+
+    def _archive_path(self, key: str, filename: str) -> Path:
+        return self.workdir / sha256_text(key)[:16] / filename
+
+    def status(self, job: JobRef) -> JobStatus:
+        """Training is synchronous: a submitted job has already succeeded (a failed one raised in submit)."""
+        return JobStatus(state=JobState.SUCCEEDED, progress=1.0, message=f"trained {job.job_id}")
+
+    def fetch(self, job: JobRef, dest: Path) -> ModelRef:
+        archive = Path(str(job.data.get("archive", "")))
+        if not archive.is_file():
+            raise BackendError(
+                f"the archive of Rasa model {job.job_id} is not in {archive.parent} any more (it is kept "
+                "where the job was submitted); submit again: Rasa answers unchanged data from its cache"
+            )
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / job.job_id).write_bytes(archive.read_bytes())
+        model_path = str(job.data["model_path"])
+        record = {"rasa_model_file": model_path, "filename": job.job_id}
+        (dest / "rasa-model.json").write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+        return ModelRef(backend=self.name, model_id=job.job_id, path=str(dest), backend_model_id=model_path)
+
+    # ----------------------------------------------------------------------------------------- predicting
+
+    def _model_path(self, model: ModelRef) -> str:
+        if model.backend_model_id:
+            return model.backend_model_id
+        return f"{self.models_dir}/{model.model_id}"
+
+    def predict(self, model: ModelRef, texts: Sequence[str]) -> list[Parse]:
+        path = self._model_path(model)
+        if not texts:
+            return []
+        if self._eval is not None:
+            return self._parse_on(self._eval, path, texts)
+        return self._test_intents(path, texts)
+
+    def _parse_on(self, session: HttpSession, path: str, texts: Sequence[str]) -> list[Parse]:
+        status = self._status(session)
+        if status is None or not _same_model(status.get("model_file"), path):
+            session.request("PUT", "/model", json_body={"model_file": path})
+        out = []
+        for text in texts:
+            body = session.json("POST", "/model/parse", json_body={"text": text}, retry_safe=True)
+            out.append(parse_from_json(body, text, f"Rasa model {path}"))
+        return out
+
+    def _test_intents(self, path: str, texts: Sequence[str]) -> list[Parse]:
+        unlabelled = [Example(text=t.replace("\n", " "), intent=PLACEHOLDER_INTENT) for t in texts]
+        body = self._session.json(
+            "POST",
+            "/model/test/intents",
+            params={"model": path},
+            content=("version: " + json.dumps(FORMAT_VERSION) + "\n" + nlu_yaml(unlabelled)).encode("utf-8"),
+            headers={"Content-Type": YAML_CONTENT_TYPE},
+            retry_safe=True,
+        )
+        evaluation = require(body, "intent_evaluation", dict, f"POST /model/test/intents?model={path}")
+        predictions = require(evaluation, "predictions", list, "intent_evaluation")
+        by_text: dict[str, list[dict[str, Any]]] = {}
+        for item in predictions:
+            if isinstance(item, dict) and isinstance(item.get("text"), str):
+                by_text.setdefault(item["text"].strip(), []).append(item)
+        out = []
+        for text in texts:
+            found = by_text.get(text.replace("\n", " ").strip())
+            if not found:
+                raise ContractError(f"POST /model/test/intents returned no prediction for {text!r}")
+            item = found.pop(0) if len(found) > 1 else found[0]
+            name = item.get("predicted") or ""
+            confidence = float(item.get("confidence") or 0.0)
+            score = IntentScore(name=str(name), confidence=confidence)
+            out.append(Parse(text=text, intent=score, intent_ranking=(score,)))
+        return out
+
+    # ----------------------------------------------------------------------------------------- activating
+
+    def activate(self, model: ModelRef) -> None:
+        path = self._model_path(model)
+        self._session.request("PUT", "/model", json_body={"model_file": path})
+        status = self._status(self._session)
+        served = status.get("model_file") if status else None
+        if not _same_model(served, path):
+            raise BackendError(
+                f"Rasa accepted PUT /model for {path} but GET /status reports {served!r}; the served model "
+                "did not change as expected"
+            )
+
+    def served_model(self) -> str | None:
+        """The model file the Rasa server serves now, or None when it has none loaded."""
+        status = self._status(self._session)
+        value = status.get("model_file") if status else None
+        return str(value) if value is not None else None

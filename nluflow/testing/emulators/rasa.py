@@ -1,0 +1,388 @@
+"""Emulator of the Rasa Open Source HTTP API (3.x server code shapes; see the specs' rasa/README.md).
+
+Implemented: ``GET /``, ``GET /version``, ``GET /status`` (409 with no model loaded), ``POST /model/train``
+(YAML body, fingerprint cache unless ``force_training``, the archive in the body and its name in the
+``filename`` header, 400 ``BadRequest`` on bad YAML, 500 ``TrainingError``), ``PUT /model`` (204, 400 when the
+file cannot be loaded), ``POST /model/parse`` and ``POST /model/test/intents`` (YAML only when the
+Content-Type is exactly ``application/x-yaml``; ``entity_evaluation`` is null here). Auth: ``?token=`` or an
+HS256 JWT with role ``admin``. Every error has Rasa's ``ErrorResponse`` body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import itertools
+import json
+import shutil
+import tarfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from nluflow.data.loaders import load_rasa_yaml
+from nluflow.data.schema import Dataset, Entity, Example
+from nluflow.errors import DataError
+from nluflow.testing.emulators._base import ASGIApp, Emulator, JobPhase, routes
+from nluflow.testing.emulators._model import Predictor
+
+RASA_VERSION = "3.6.20"
+_ADJECTIVES = ["brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lucky", "proud"]
+_NOUNS = ["owl", "fox", "yak", "emu", "elk", "cod", "ant", "bee", "cat", "dog"]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(secret: str, payload: dict[str, Any]) -> str:
+    """An HS256 JWT, as Rasa's ``--jwt-secret`` expects (tests sign their own)."""
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = _b64(json.dumps(payload).encode())
+    signature = hmac.new(secret.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{_b64(signature)}"
+
+
+def _verify_jwt(token: str, secret: str) -> dict[str, Any] | None:
+    try:
+        header, body, signature = token.split(".")
+        expected = hmac.new(secret.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(_b64(expected), signature):
+            return None
+        payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    if isinstance(payload.get("exp"), int | float) and payload["exp"] < time.time():
+        return None
+    return payload
+
+
+def rasa_error(status: int, reason: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {
+            "version": RASA_VERSION,
+            "status": "failure",
+            "message": message,
+            "reason": reason,
+            "details": {},
+            "help": None,
+            "code": status,
+        },
+        status_code=status,
+    )
+
+
+class RasaEmulator(Emulator):
+    """``rasa run --enable-api`` with the local model behind it."""
+
+    name = "rasa"
+    table = routes(
+        ("GET", r"/status", "status"),
+        ("POST", r"/model/train", "train"),
+        ("PUT", r"/model", "activate"),
+        ("POST", r"/model/parse", "parse"),
+        ("POST", r"/model/test/intents", "predict"),
+    )
+
+    def __init__(self, token: str | None = None, jwt_secret: str | None = None, **kw: Any) -> None:
+        self.token = token
+        self.jwt_secret = jwt_secret
+        self.fingerprints: dict[str, str] = {}  # archive file name -> fingerprint
+        self.latest: str | None = None
+        self.loaded: tuple[str, Predictor] | None = None
+        self.active_trainings = 0
+        self.cache_hits = 0
+        self._names = itertools.count()
+        super().__init__(**kw)
+        (self.workdir / "models").mkdir(parents=True, exist_ok=True)
+
+    def error_body(self, status: int, title: str, detail: str) -> tuple[bytes, str]:
+        response = rasa_error(status, title.replace(" ", ""), detail)
+        return bytes(response.body), "application/json"
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def _auth(self, request: Request) -> Response | None:
+        if self.token is None and self.jwt_secret is None:
+            return None
+        if self.token is not None and request.query_params.get("token") == self.token:
+            return None
+        header = request.headers.get("authorization", "")
+        if self.jwt_secret is not None and header.startswith("Bearer "):
+            payload = _verify_jwt(header.removeprefix("Bearer "), self.jwt_secret)
+            if payload is not None:
+                user = payload.get("user")
+                if isinstance(user, dict) and user.get("role") == "admin":
+                    return None
+                return rasa_error(403, "NotAuthorized", "User has insufficient permissions.")
+        return rasa_error(401, "NotAuthenticated", "User is not authenticated.")
+
+    def _new_filename(self) -> str:
+        n = next(self._names)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return f"nlu-{stamp}-{_ADJECTIVES[n % 10]}-{_NOUNS[(n // 10) % 10]}{n // 100 or ''}.tar.gz"
+
+    def _write_archive(self, model_dir: Path, fingerprint: str) -> str:
+        filename = self._new_filename()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for path in sorted(model_dir.rglob("*")):
+                tar.add(path, arcname=f"nlu/{path.relative_to(model_dir)}", recursive=False)
+            data = json.dumps({"fingerprint": fingerprint, "version": RASA_VERSION}).encode()
+            info = tarfile.TarInfo("fingerprint.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        (self.workdir / "models" / filename).write_bytes(buffer.getvalue())
+        self.fingerprints[filename] = fingerprint
+        self.latest = filename
+        return filename
+
+    def _load(self, model_file: str) -> tuple[str, Predictor] | None:
+        path = (self.workdir / model_file).resolve()
+        if self.workdir.resolve() not in path.parents or not path.is_file():
+            return None
+        target = self.workdir / "loaded" / path.name
+        if not target.exists():
+            tmp = target.with_name(target.name + f".{uuid.uuid4().hex}")
+            with tarfile.open(path, mode="r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+            try:
+                tmp.rename(target)
+            except OSError:  # a concurrent load won
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path.name, self.loader(target / "nlu")
+
+    def preload(self, dataset: Dataset, seed: int = 0) -> str:
+        """Train and load a model at start-up (like a server that already serves a bot); not a counted job."""
+        model = self.trainer(dataset, seed)
+        model_dir = self.workdir / "preload"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        model.save(model_dir)
+        filename = self._write_archive(model_dir, "preloaded")
+        self.loaded = self._load(f"models/{filename}")
+        return f"models/{filename}"
+
+    def _dataset(self, text: str) -> Dataset:
+        path = self.workdir / "requests" / f"{uuid.uuid4().hex}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        try:
+            return load_rasa_yaml(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _parse_dict(parse: Any) -> dict[str, Any]:
+        data: dict[str, Any] = parse.model_dump(mode="json")
+        data["entities"] = [
+            {**e, "confidence_entity": 0.99, "extractor": "DIETClassifier"} for e in data.get("entities", [])
+        ]
+        data["text_tokens"] = []
+        data["intent_ranking"] = list(data.get("intent_ranking") or [])
+        return data
+
+    # ---------------------------------------------------------------------------------------------- app
+
+    def build_app(self) -> ASGIApp:
+        app = FastAPI(title="rasa emulator", openapi_url=None)
+
+        @app.get("/")
+        async def health() -> Response:
+            return PlainTextResponse(f"Hello from Rasa: {RASA_VERSION}")
+
+        @app.get("/version")
+        async def version() -> Response:
+            return JSONResponse({"version": RASA_VERSION, "minimum_compatible_version": "3.5.0"})
+
+        @app.get("/status")
+        async def status(request: Request) -> Response:
+            if (denied := self._auth(request)) is not None:
+                return denied
+            if self.loaded is None:
+                return rasa_error(
+                    409,
+                    "Conflict",
+                    "No agent loaded. To continue processing, a model of a trained agent needs to be loaded.",
+                )
+            return JSONResponse(
+                {
+                    "model_file": self.loaded[0],
+                    "model_id": hashlib.sha256(self.loaded[0].encode()).hexdigest()[:32],
+                    "num_active_training_jobs": self.active_trainings,
+                }
+            )
+
+        @app.post("/model/train")
+        async def train(request: Request) -> Response:
+            if (denied := self._auth(request)) is not None:
+                return denied
+            raw = await request.body()
+            try:
+                text = raw.decode("utf-8")
+                document = yaml.safe_load(text)
+            except (UnicodeDecodeError, yaml.YAMLError) as exc:
+                return rasa_error(
+                    400, "BadRequest", f"The request body does not contain valid YAML. Error: {exc}"
+                )
+            if not isinstance(document, dict) or "nlu" not in document:
+                return rasa_error(400, "BadRequest", "The training data does not contain NLU data.")
+            try:
+                dataset = self._dataset(text)
+            except DataError as exc:
+                return rasa_error(400, "BadRequest", f"Invalid training data: {exc}")
+            fingerprint = hashlib.sha256(raw).hexdigest()
+            force = request.query_params.get("force_training", "false").lower() == "true"
+            latest = self.latest
+            if not force and latest is not None and self.fingerprints.get(latest) == fingerprint:
+                self.cache_hits += 1  # "Nothing changed. You can use the old model stored at ..."
+                return self._file(latest)
+            seed = 0
+            for component in document.get("pipeline") or []:
+                if isinstance(component, dict) and isinstance(component.get("random_seed"), int):
+                    seed = component["random_seed"]
+            with self.lock:
+                self.active_trainings += 1
+            job = self.start_job(dataset, seed)
+            try:
+                while not job.done.is_set():
+                    await asyncio.sleep(0.01)
+            finally:
+                if job.done.is_set():
+                    with self.lock:
+                        self.active_trainings -= 1
+            if job.phase is not JobPhase.SUCCEEDED or job.model_dir is None:
+                return rasa_error(
+                    500, "TrainingError", f"An unexpected error occurred during training. Error: {job.error}"
+                )
+            filename = self._write_archive(job.model_dir, fingerprint)
+            return self._file(filename)
+
+        @app.put("/model")
+        async def replace(request: Request) -> Response:
+            if (denied := self._auth(request)) is not None:
+                return denied
+            try:
+                body = json.loads(await request.body())
+                model_file = body["model_file"]
+                assert isinstance(model_file, str)
+            except (ValueError, KeyError, TypeError, AssertionError):
+                return rasa_error(400, "BadRequest", "No path to model file defined in request_body.")
+            loaded = await asyncio.to_thread(self._load, model_file)
+            if loaded is None:
+                return rasa_error(400, "BadRequest", f"Agent with name '{model_file}' could not be loaded.")
+            self.loaded = loaded
+            return Response(status_code=204)
+
+        @app.post("/model/parse")
+        async def parse(request: Request) -> Response:
+            if (denied := self._auth(request)) is not None:
+                return denied
+            try:
+                body = json.loads(await request.body())
+                text = body["text"]
+                assert isinstance(text, str)
+            except (ValueError, KeyError, TypeError, AssertionError):
+                return rasa_error(
+                    400,
+                    "BadRequest",
+                    "No text message defined in request_body. Add text message to request body in order to "
+                    "obtain the intent and extracted entities.",
+                )
+            if self.loaded is None:
+                return rasa_error(409, "Conflict", "No agent loaded.")
+            result = self.loaded[1].parse([text])[0]
+            return JSONResponse(self._parse_dict(result))
+
+        @app.post("/model/test/intents")
+        async def test_intents(request: Request) -> Response:
+            if (denied := self._auth(request)) is not None:
+                return denied
+            raw = (await request.body()).decode("utf-8", errors="replace")
+            try:
+                if request.headers.get("content-type") == "application/x-yaml":
+                    data = self._dataset(raw)
+                else:
+                    data = _from_rasa_json(json.loads(raw))
+            except (DataError, ValueError, KeyError, TypeError) as exc:
+                return rasa_error(400, "BadRequest", f"Invalid test data: {exc}")
+            model_param = request.query_params.get("model")
+            if model_param:
+                agent = await asyncio.to_thread(self._load, model_param)
+                if agent is None:
+                    return rasa_error(
+                        400, "BadRequest", f"Agent with name '{model_param}' could not be loaded."
+                    )
+            elif self.loaded is not None:
+                agent = self.loaded
+            else:
+                return rasa_error(409, "Conflict", "Loaded model file not found.")
+            parses = agent[1].parse(data.texts)
+            return JSONResponse(
+                {
+                    "intent_evaluation": _intent_evaluation(data, parses),
+                    "entity_evaluation": None,
+                    "response_selection_evaluation": None,
+                }
+            )
+
+        return app
+
+    def _file(self, filename: str) -> Response:
+        data = (self.workdir / "models" / filename).read_bytes()
+        return Response(data, media_type="application/octet-stream", headers={"filename": filename})
+
+
+def _from_rasa_json(body: Any) -> Dataset:
+    items = body["rasa_nlu_data"]["common_examples"]
+    examples = [
+        Example(
+            text=i["text"],
+            intent=i["intent"],
+            entities=tuple(
+                Entity(**{k: e[k] for k in ("start", "end", "entity", "value")})
+                for e in i.get("entities", [])
+            ),
+        )
+        for i in items
+    ]
+    return Dataset.of(examples)
+
+
+def _intent_evaluation(data: Dataset, parses: list[Any]) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, classification_report, f1_score, precision_score
+
+    targets = data.intents
+    predicted = [p.intent.name for p in parses]
+    labels = sorted(set(targets))
+    report = classification_report(targets, predicted, labels=labels, output_dict=True, zero_division=0)
+    return {
+        "predictions": [
+            {"text": p.text, "intent": t, "predicted": p.intent.name, "confidence": p.intent.confidence}
+            for t, p in zip(targets, parses, strict=True)
+        ],
+        "report": report,
+        "precision": float(
+            precision_score(targets, predicted, labels=labels, average="weighted", zero_division=0)
+        ),
+        "f1_score": float(f1_score(targets, predicted, labels=labels, average="weighted", zero_division=0)),
+        "accuracy": float(accuracy_score(targets, predicted)),
+        "errors": [
+            {
+                "text": p.text,
+                "intent": t,
+                "intent_prediction": {"name": p.intent.name, "confidence": p.intent.confidence},
+            }
+            for t, p in zip(targets, parses, strict=True)
+            if t != p.intent.name
+        ],
+    }

@@ -1,0 +1,135 @@
+"""The four backend blocks: Prefect's standard block suite, ``get_client()``, and the docstring examples."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prefect.blocks.core import Block
+from prefect.testing.standard_test_suites import BlockStandardTestSuite  # type: ignore[attr-defined]
+
+from blocks.cognigy import CognigyBackendBlock
+from blocks.neuralspace import NeuralSpaceBackendBlock
+from blocks.rasa import RasaBackendBlock
+from blocks.service import TrainingServiceBlock
+from nluflow.backends.base import JobState, TrainingBackend
+from nluflow.backends.cognigy import CognigyBackend
+from nluflow.backends.neuralspace import NeuralSpaceBackend
+from nluflow.backends.rasa import RasaBackend
+from nluflow.backends.service import TrainingServiceBackend
+
+BLOCKS: list[type[Block]] = [
+    RasaBackendBlock,
+    CognigyBackendBlock,
+    NeuralSpaceBackendBlock,
+    TrainingServiceBlock,
+]
+
+SECRET = "block-S3CRET-61d0"
+
+
+def configured(block: type[Block]) -> Block:
+    values: dict[type[Block], dict[str, Any]] = {
+        RasaBackendBlock: {"url": "http://rasa.test:5005", "token": SECRET},
+        CognigyBackendBlock: {
+            "project_id": "p" * 24,
+            "flow_id": "f" * 24,
+            "api_key": SECRET,
+            "endpoint_id": "e",
+        },
+        NeuralSpaceBackendBlock: {"token": SECRET, "project_id": "proj"},
+        TrainingServiceBlock: {"url": "http://svc.test", "client_id": "nluflow", "client_secret": SECRET},
+    }
+    return block(**values[block])
+
+
+@pytest.mark.parametrize("block", BLOCKS, indirect=True)
+class TestBackendBlocks(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self, request: pytest.FixtureRequest) -> type[Block]:
+        return request.param  # type: ignore[no-any-return]
+
+    def test_has_a_valid_image(self, block: type[Block]) -> None:
+        pytest.skip("logos are fetched over the network; tests stay on 127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("block", "client"),
+    [
+        (RasaBackendBlock, RasaBackend),
+        (CognigyBackendBlock, CognigyBackend),
+        (NeuralSpaceBackendBlock, NeuralSpaceBackend),
+        (TrainingServiceBlock, TrainingServiceBackend),
+    ],
+)
+def test_get_client_builds_a_fresh_plain_client(block: type[Block], client: type[Any]) -> None:
+    instance = configured(block)
+    built = instance.get_client()  # type: ignore[attr-defined]
+    assert isinstance(built, client) and isinstance(built, TrainingBackend)
+    assert built is not instance.get_client()  # type: ignore[attr-defined]  # no caching
+    for text in (repr(instance), str(instance), repr(built), instance.model_dump_json()):
+        assert SECRET not in text
+    secret_fields = [n for n, f in block.model_fields.items() if "SecretStr" in str(f.annotation)]
+    assert secret_fields, "secrets are SecretStr"
+
+
+def test_every_neuralspace_and_service_path_is_configurable() -> None:
+    ns = NeuralSpaceBackendBlock(
+        token=SECRET, project_id="p", parse_path="/v2/parse", models_path="/m?p={project_id}"
+    )
+    client = ns.get_client()
+    assert (client.paths.parse, client.paths.models) == ("/v2/parse", "/m?p={project_id}")
+    assert {f"{k}_path" for k in client.paths.model_dump()} <= set(NeuralSpaceBackendBlock.model_fields)
+    svc = TrainingServiceBlock(
+        url="http://svc.test",
+        client_id="c",
+        client_secret=SECRET,
+        job_path="/v9/runs/{job_id}",
+        status_field="state",
+        status_map={"DONE": "succeeded"},
+    )
+    built = svc.get_client()
+    assert built.paths.job == "/v9/runs/{job_id}" and built.fields.status == "state"
+    assert built.fields.states == {"DONE": JobState.SUCCEEDED}
+    names = {f"{k}_path" for k in built.paths.model_dump()} | {
+        f"{k}_field" for k in built.fields.model_dump()
+    }
+    assert names - {"states_field"} <= set(TrainingServiceBlock.model_fields)
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    """A Prefect API for saving and loading blocks (reuses one that is already configured)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _example_code(block: type[Block]) -> str:
+    text = block.get_code_example()
+    assert text is not None
+    match = re.search(r"```python\n(.*?)```", text, re.S)
+    assert match, text
+    return match.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", BLOCKS)
+def test_docstring_example_runs(
+    block: type[Block], prefect_api: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Block document names allow lowercase letters, digits and dashes only, so "BLOCK_NAME" is swapped out.
+    name = f"example-{block.get_block_type_slug()}"
+    block.register_type_and_schema()
+    configured(block).save(name, overwrite=True)
+    exec(_example_code(block).replace('"BLOCK_NAME"', f'"{name}"'), {})
+    loaded: Any = block.load(name)
+    assert capsys.readouterr().out.strip() == loaded.get_client().name

@@ -1,0 +1,313 @@
+"""Each backend against its emulator over real HTTP on 127.0.0.1: train, poll, fetch, predict, activate,
+roll back, plus what is particular to each platform."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from contract_kit import BACKENDS, SECRETS, TEST_TEXTS, rig, tiny_dataset
+
+from nluflow.backends._http import default_timeout, wait_for_job
+from nluflow.backends.base import JobState, TrainingBackend, TrainingConfig
+from nluflow.backends.cognigy import CognigyBackend
+from nluflow.backends.errors import AuthenticationError, ContractError, TransientHTTPError
+from nluflow.backends.neuralspace import NeuralSpaceBackend, check_minimum, state_of
+from nluflow.backends.rasa import RasaBackend
+from nluflow.backends.service import TrainingServiceBackend
+from nluflow.data.schema import Dataset
+from nluflow.errors import ConfigError, TrainingFailedError
+from nluflow.testing.emulators import Fault, JobOutcome
+from nluflow.testing.emulators.cognigy import CognigyEmulator
+from nluflow.testing.emulators.rasa import RasaEmulator, make_jwt
+
+INTENTS = {"greet", "goodbye", "book_flight"}
+
+
+def variant(n: int) -> Dataset:
+    """A slightly different training set each time (drop one example), so each one is a new model."""
+    data = tiny_dataset()
+    return data.subset([i for i in range(len(data)) if i != n])
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_full_cycle_then_rollback(kind: str, tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    with rig(kind, tmp_path, model_kw, preload=variant(32)) as r:
+        assert isinstance(r.backend, TrainingBackend)
+        first, parses = r.cycle(variant(0), "key-first", tmp_path / "first", TEST_TEXTS)
+        assert [p.text for p in parses] == TEST_TEXTS
+        assert {p.intent.name for p in parses} <= INTENTS and parses[0].intent.name == "greet"
+        assert all(0.0 <= p.intent.confidence <= 1.0 for p in parses)
+        assert first.path and any(Path(first.path).iterdir())
+        if kind in ("service", "neuralspace"):  # these platforms return entities from their parse call
+            assert [(e.entity, e.value) for e in parses[2].entities] == [("city", "Paris")]
+        served_first = r.served_model()
+        assert served_first
+
+        second, _ = r.cycle(variant(1), "key-second", tmp_path / "second", TEST_TEXTS)
+        assert second.backend_model_id != first.backend_model_id
+        assert r.served_model() != served_first
+        jobs = r.jobs_started
+        r.backend.activate(first)  # rollback: the platform serves the first model again
+        assert r.served_model() == served_first
+        assert r.jobs_started == jobs, "a rollback never trains"
+        assert r.jobs_started == 2
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_failed_job_is_a_typed_failure_and_nothing_is_served(
+    kind: str, tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    with rig(kind, tmp_path, model_kw, preload=variant(32)) as r:
+        before = r.served_model()
+        r.emulator.outcome = JobOutcome.FAIL
+        with pytest.raises(TrainingFailedError):
+            r.cycle(variant(0), "key-failing", tmp_path / "m", TEST_TEXTS)
+        assert r.jobs_started == 1 and r.served_model() == before
+
+
+# ------------------------------------------------------------------------------------------------- service
+
+
+def test_service_same_key_same_job_and_epoch_metrics(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    with rig("service", tmp_path, model_kw) as r:
+        data = variant(0)
+        a = r.backend.submit(data, TrainingConfig(), "key-1")
+        b = r.backend.submit(data, TrainingConfig(), "key-1")
+        assert a.job_id == b.job_id and r.jobs_started == 1
+        wait_for_job(lambda: r.backend.status(a), max_wait=5, what="job", sleep=r.sleep)
+        model = r.backend.fetch(a, tmp_path / "m")
+        assert {"loss", "val_loss", "accuracy"} <= set(model.metrics)
+        status = r.backend.status(a)
+        assert status.state is JobState.SUCCEEDED and status.progress == 1.0
+        body = r.emulator.recorded("train")[0].json()
+        assert body["config"]["gpu_tier"] == "none"
+        assert body["config"]["early_stopping"] == {"enabled": True, "patience": 5}
+
+
+def test_service_unknown_status_word_is_a_contract_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            return httpx.Response(200, json={"access_token": "t" * 20, "expires_in": 60})
+        return httpx.Response(200, json={"id": "j1", "status": "exploded"})
+
+    backend = TrainingServiceBackend(
+        "http://svc.test", "c", "secret-x", transport=httpx.MockTransport(handler)
+    )
+    from nluflow.backends.base import JobRef
+
+    with pytest.raises(ContractError, match="'exploded'"):
+        backend.status(JobRef(backend="service", job_id="j1", idempotency_key="k"))
+
+
+def test_service_field_names_and_paths_are_configurable() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/auth/token":
+            return httpx.Response(200, json={"access_token": "t" * 20, "expires_in": 60})
+        if request.url.path == "/v2/data":
+            return httpx.Response(201, json={"datasetId": "d1"})
+        if request.url.path == "/v2/trainings":
+            return httpx.Response(201, json={"trainingId": "t1"})
+        return httpx.Response(200, json={"trainingId": "t1", "state": "DONE", "pct": 1})
+
+    backend = TrainingServiceBackend(
+        "http://svc.test",
+        "c",
+        "secret-x",
+        paths={
+            "token": "/auth/token",
+            "datasets": "/v2/data",
+            "jobs": "/v2/trainings",
+            "job": "/v2/trainings/{job_id}",
+        },
+        fields={
+            "dataset_id": "datasetId",
+            "job_id": "trainingId",
+            "status": "state",
+            "progress": "pct",
+            "states": {"done": "succeeded"},
+        },
+        transport=httpx.MockTransport(handler),
+    )
+    job = backend.submit(tiny_dataset(), TrainingConfig(), "k")
+    assert job.job_id == "t1" and backend.status(job).state is JobState.SUCCEEDED
+    assert seen[-1] == "GET /v2/trainings/t1"
+
+
+# ---------------------------------------------------------------------------------------------------- rasa
+
+
+def test_rasa_unchanged_data_is_answered_from_the_fingerprint_cache(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+        assert isinstance(r.emulator, RasaEmulator)
+        one = r.backend.submit(variant(0), TrainingConfig(), "k1")
+        two = r.backend.submit(variant(0), TrainingConfig(), "k2")
+        assert one.job_id == two.job_id and r.jobs_started == 1 and r.emulator.cache_hits == 1
+        body = r.emulator.recorded("train")[0]
+        assert body.headers["content-type"] == "application/x-yaml"
+        assert "force_training=false" in body.query and "save_to_default_model_directory=true" in body.query
+
+
+def test_rasa_lost_answer_without_a_loaded_model_is_not_resent(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    """With no model loaded, GET /status answers 409: running trainings cannot be counted, so no resend."""
+    with rig("rasa", tmp_path, model_kw) as r:
+        r.emulator.faults.inject("train", Fault.DROP)
+        with pytest.raises(TransientHTTPError, match="no model loaded"):
+            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        assert r.jobs_started == 1 and len(r.emulator.recorded("train")) == 1
+
+
+def test_rasa_training_that_never_ends_is_a_typed_failure(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    with rig("rasa", tmp_path, model_kw, preload=variant(32), train_timeout=1.0, idle_wait=1.0) as r:
+        r.emulator.outcome = JobOutcome.NEVER_FINISH
+        with pytest.raises(TrainingFailedError, match="did not finish"):
+            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        assert r.jobs_started == 1 and len(r.emulator.recorded("train")) == 1
+
+
+def test_rasa_jwt_auth_and_role(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    em = RasaEmulator(jwt_secret="jwt-signing-secret", workdir=tmp_path / "server", **model_kw)
+    em.preload(variant(29))
+    with em.serve() as served:
+        admin = make_jwt("jwt-signing-secret", {"user": {"username": "ci", "role": "admin"}})
+        backend = RasaBackend(served.url, jwt=admin, workdir=tmp_path / "client")
+        assert backend.served_model() == em.loaded[0]  # type: ignore[index]
+        guest = make_jwt("jwt-signing-secret", {"user": {"username": "ci", "role": "guest"}})
+        with pytest.raises(AuthenticationError, match="403"):
+            RasaBackend(served.url, jwt=guest, workdir=tmp_path / "client").served_model()
+        forged = make_jwt("another-secret", {"user": {"username": "ci", "role": "admin"}})
+        with pytest.raises(AuthenticationError, match="401"):
+            RasaBackend(served.url, jwt=forged, workdir=tmp_path / "client").served_model()
+        assert em.recorded("status")[0].headers["authorization"].startswith("Bearer ")
+
+
+def test_rasa_evaluation_server_gives_full_parses(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    """With an evaluation server the candidate is parsed there; the production server keeps its model."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as prod:
+        assert isinstance(prod.emulator, RasaEmulator)
+        serving = prod.emulator.loaded[0]  # type: ignore[index]
+        # The evaluation server shares the production server's model folder.
+        evaluation = RasaEmulator(token=SECRETS["rasa"], workdir=prod.emulator.workdir, **model_kw)
+        with evaluation.serve() as ev:
+            backend = RasaBackend(
+                prod.served.url,
+                token=SECRETS["rasa"],
+                evaluation_url=ev.url,
+                workdir=tmp_path / "client",
+                timeout=default_timeout(read=5.0),
+            )
+            job = backend.submit(variant(0), TrainingConfig(), "k1")
+            model = backend.fetch(job, tmp_path / "m")
+            parses = backend.predict(model, TEST_TEXTS)
+            assert parses[0].intent.name == "greet" and len(parses[0].intent_ranking) >= 2
+            assert [(e.entity, e.value) for e in parses[2].entities] == [("city", "Paris")]
+            assert prod.emulator.loaded[0] == serving  # type: ignore[index]
+            assert evaluation.loaded is not None and evaluation.loaded[0] == job.job_id
+            assert [json.loads(r.body)["text"] for r in evaluation.recorded("parse")] == TEST_TEXTS
+
+
+def test_rasa_bad_training_data_fails_at_once(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+        backend = r.backend
+        assert isinstance(backend, RasaBackend)
+        backend.pipeline = [{"name": "WhitespaceTokenizer"}]
+        with pytest.raises(ConfigError):
+            backend.submit(Dataset(), TrainingConfig(), "k")
+        assert r.jobs_started == 0
+
+
+# ------------------------------------------------------------------------------------------------- cognigy
+
+
+def test_cognigy_scores_the_active_model_by_restoring_it(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    with rig("cognigy", tmp_path, model_kw) as r:
+        active, active_parses = r.cycle(variant(0), "k0", tmp_path / "a", TEST_TEXTS)
+        candidate = r.train(variant(1), "k1", tmp_path / "c")
+        assert r.jobs_started == 2
+        again = r.backend.predict(active, TEST_TEXTS)  # the flow holds the candidate: restore, retrain, score
+        assert [p.intent.name for p in again] == [p.intent.name for p in active_parses]
+        assert r.jobs_started == 3
+        r.backend.predict(active, TEST_TEXTS)  # now held: no training
+        assert r.jobs_started == 3
+        r.backend.activate(candidate)  # the flow holds the active model: restore the candidate first
+        assert r.jobs_started == 4
+        assert r.served_model() == f"nluflow-{(candidate.backend_model_id or '')[:16]}"
+
+
+def test_cognigy_same_data_again_does_not_train(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    with rig("cognigy", tmp_path, model_kw) as r:
+        one = r.backend.submit(variant(0), TrainingConfig(), "k1")
+        r.train(variant(0), "k1", tmp_path / "m")
+        two = r.backend.submit(variant(0), TrainingConfig(), "k2")
+        assert one.job_id == two.job_id and r.jobs_started == 1
+
+
+def test_cognigy_conventions(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    with rig("cognigy", tmp_path, model_kw) as r:
+        r.cycle(variant(0), "k0", tmp_path / "a", TEST_TEXTS)
+        em = r.emulator
+        assert isinstance(em, CognigyEmulator)
+        gets = [q for q in em.requests if q.method == "GET"]
+        assert gets and all(q.body == b"" for q in gets), "no body on GET requests"
+        assert all(q.path.startswith("/new/v2.0/") for q in em.requests)
+        assert all(q.headers.get("x-api-key") == SECRETS["cognigy"] for q in em.requests)
+        with httpx.Client() as client:  # the emulator refuses what trial environments refuse
+            refused = client.request(
+                "GET",
+                f"{r.served.url}/new/v2.0/tasks",
+                content=b"{}",
+                headers={"X-API-Key": SECRETS["cognigy"]},
+            )
+        assert refused.status_code == 403 and refused.json()["title"] == "Forbidden"
+
+
+def test_cognigy_locale_matrix_and_credentials_are_checked_up_front() -> None:
+    with pytest.raises(ConfigError, match="language matrix"):
+        CognigyBackend("http://c.test", project_id="p", flow_id="f", locale="it-IT", api_key="k" * 8)
+    with pytest.raises(ConfigError, match="exactly one"):
+        CognigyBackend(
+            "http://c.test", project_id="p", flow_id="f", api_key="k" * 8, client_id="c", client_secret="s"
+        )
+
+
+# --------------------------------------------------------------------------------------------- neuralspace
+
+
+def test_neuralspace_minimum_is_enforced_with_counts(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    short = tiny_dataset().subset(range(25))
+    with pytest.raises(ConfigError, match="book_flight: 3"):
+        check_minimum(short)
+    with rig("neuralspace", tmp_path, model_kw) as r:
+        with pytest.raises(ConfigError, match="examplesPerIntent"):
+            r.backend.submit(short, TrainingConfig(), "k")
+        assert r.emulator.requests == [] and r.jobs_started == 0
+        job = r.backend.submit(tiny_dataset(), TrainingConfig(), "k")
+        assert job.data["examplesPerIntent"] == {"book_flight": 11, "goodbye": 11, "greet": 11}
+
+
+def test_neuralspace_raw_token_and_lifecycle(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    with rig("neuralspace", tmp_path, model_kw) as r:
+        r.cycle(tiny_dataset(), "k", tmp_path / "m", TEST_TEXTS)
+        assert all(q.headers["authorization"] == SECRETS["neuralspace"] for q in r.emulator.requests)
+        queued = r.emulator.recorded("train")[0].json()
+        assert queued == {
+            "projectId": "project-1",
+            "language": "en",
+            "modelName": NeuralSpaceBackend.model_name("k"),
+            "noOfTrainingJob": 1,
+        }
+    assert state_of("Initiated") is JobState.QUEUED and state_of("Pipeline Built") is JobState.RUNNING
+    assert state_of("Completed") is JobState.SUCCEEDED
+    assert {state_of(w) for w in ("Failed", "Timed Out", "Dead")} == {JobState.FAILED}
+    with pytest.raises(ContractError):
+        state_of("Exploded")
