@@ -97,6 +97,15 @@ def retrain(
     store: StoreOpt = None,
     must_pass: Annotated[Path | None, typer.Option("--must-pass", help="Utterances that must pass.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Training config (JSON or YAML).")] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="'local' or a backend block '<block-type-slug>/<name>'.")
+    ] = "local",
+    store_block: Annotated[
+        str | None, typer.Option("--store-block", help="Store block '<block-type-slug>/<name>' (e.g. S3).")
+    ] = None,
+    notify: Annotated[
+        list[str] | None, typer.Option("--notify", help="WebhookNotification block name (repeatable).")
+    ] = None,
     min_macro_f1: Annotated[float | None, typer.Option(help="Gate: minimum macro F1.")] = None,
     min_precision: Annotated[float | None, typer.Option(help="Gate: minimum macro precision.")] = None,
     min_delta: Annotated[float | None, typer.Option(help="Gate: margin over the active model.")] = None,
@@ -123,7 +132,8 @@ def retrain(
         from flows.retrain import RetrainParams
         from flows.retrain import retrain as retrain_flow
 
-        params = _params(RetrainParams, data, test, project, store, must_pass, config, gate_overrides)
+        extra = {"backend": backend, "store_block": store_block, "notify": notify or []}
+        params = _params(RetrainParams, data, test, project, store, must_pass, config, gate_overrides, extra)
         _preflight(data, test, must_pass)
         return retrain_flow(params)
 
@@ -140,6 +150,7 @@ def _params(
     must_pass: Path | None,
     config: Path | None,
     gates: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> Any:
     from pydantic import ValidationError
 
@@ -152,6 +163,7 @@ def _params(
         "test": [str(p.resolve()) for p in test] if test else None,
         "store": str(_store_path(store)),
         "must_pass": str(must_pass.resolve()) if must_pass else None,
+        **(extra or {}),
     }
     if config is not None:
         raw["config"] = TrainingConfig.parse(_read_mapping(config))

@@ -183,7 +183,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
 
     # 5. Publish the report, tables and figures.
     outdir = work / "runs" / project / run_id
-    figures = render_run_figures(cand_eval, str(outdir))
+    figures = render_run_figures(cand_eval, str(work))
     artifacts = publish_report(
         project,
         model_id,

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from nluflow.data.validation import ValidationReport
 from nluflow.evaluation.gates import Decision
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.evaluation.plots import png_data_uri, render_figures
 from nluflow.evaluation.report import error_rows, per_intent_rows
+from nluflow.hashing import sha256_json
 from nluflow.report import FIGURE_TITLES, render_run_report
 from nluflow.s3 import sync_folder
-from tasks.common import StoreSpec, artifact_key
+from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy
 
 
 @task(name="publish-validation", cache_policy=NO_CACHE)
@@ -29,9 +32,22 @@ def publish_validation(project: str, report: ValidationReport) -> str:
     return key
 
 
-@task(name="render-figures", cache_policy=NO_CACHE)
-def render_run_figures(result: EvaluationResult, outdir: str) -> dict[str, str]:
-    return {k: str(v) for k, v in render_figures(result, Path(outdir)).items()}
+def _figures_id(result: EvaluationResult) -> str:
+    """Figures depend only on the per-utterance predictions on one test set."""
+    return sha256_json(
+        [result.test_sha256, result.target_precision, result.y_true, result.y_pred, result.confidences]
+    )[:24]
+
+
+def _figures_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
+    return cache_key("render-figures", _figures_id(inputs["result"]), inputs["workspace_path"])
+
+
+@task(name="render-figures", cache_policy=cache_policy(_figures_key), persist_result=True)
+def render_run_figures(result: EvaluationResult, workspace_path: str) -> dict[str, str]:
+    """Render the candidate's figures once per (predictions, test set); an unchanged rerun reuses them."""
+    folder = Path(workspace_path) / "figures" / _figures_id(result)
+    return {k: str(v) for k, v in render_figures(result, folder).items()}
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
@@ -48,7 +64,11 @@ def publish_report(
     outdir: str,
 ) -> dict[str, str]:
     """Write report.md next to the figures and publish report, tables and images as artifacts."""
-    fig_paths = {k: Path(v) for k, v in figures.items()}
+    report_dir = Path(outdir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    fig_paths = {}
+    for name, src in figures.items():  # the run folder is self-contained: the report links its own copies
+        fig_paths[name] = Path(shutil.copy2(src, report_dir / Path(src).name))
     common: dict[str, Any] = dict(
         project=project,
         candidate_id=candidate_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import unicodedata
 from collections import Counter
@@ -121,7 +122,22 @@ def test_overlapping_and_impossible_annotations_are_skipped_and_counted() -> Non
         Entity(start=20, end=25, entity="x", value=""),  # outside the text
     ]
     assert bio_tags(text, ents, tokens, problems) == ["O", "B-city", "I-city"]
-    assert problems == Counter({"span overlaps another entity": 1, "span outside the text or empty": 1})
+    assert problems == Counter(
+        {"span overlaps an earlier entity; skipped": 1, "span outside the text or empty; skipped": 1}
+    )
+
+
+def test_skipped_annotations_are_reported_once_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    text = "to New York"
+    city = Entity(start=3, end=11, entity="city", value="New York")
+    state = Entity(start=3, end=6, entity="state", value="New")
+    with caplog.at_level(logging.WARNING, logger="nluflow.models.entities"):
+        CRFEntityExtractor().fit(
+            [text, text, "hi"], [[city, state], [city, state], []], source="data/nlu.yml"
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "data/nlu.yml: 2 entity annotation(s): span overlaps an earlier entity; skipped"
+    ]
 
 
 def test_decoding_is_lenient_about_stray_inside_tags() -> None:
