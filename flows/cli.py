@@ -312,14 +312,42 @@ def models_rollback(
     store: StoreOpt = None,
     to: Annotated[str | None, typer.Option("--to", help="Model id [default: the previous active].")] = None,
 ) -> None:
-    """Point the project back at the previous active model (or at --to), after verifying it."""
+    """Point the project back at the previous active model (or at --to), after verifying it.
+
+    A model trained on a remote platform is made the served one there too; if the platform refuses, the
+    store's pointer is put back."""
     from nluflow.registry import ModelStore
 
     def run() -> None:
-        pointer = ModelStore.local(_store_path(store)).rollback(project, to=to)
+        ms = ModelStore.local(_store_path(store))
+        before = ms.active(project)
+        pointer = ms.rollback(project, to=to)
+        manifest = ms.manifest(project, pointer.model_id)
+        if manifest.backend != "local":
+            _activate_remote(ms, project, manifest, before.model_id if before else None)
         console.print(f"active model of {project} is now [bold]{pointer.model_id}[/]")
 
     _guard(run)
+
+
+def _activate_remote(ms: Any, project: str, manifest: Any, restore: str | None) -> None:
+    """Make the platform serve ``manifest``'s model; on failure put the store's pointer back."""
+    from nluflow.backends.base import ModelRef
+    from tasks.common import BackendSpec
+
+    try:
+        path = ms.materialize(project, manifest.model_id)
+        ref = ModelRef(
+            backend=manifest.backend,
+            model_id=manifest.model_id,
+            path=str(path),
+            backend_model_id=manifest.backend_model_id,
+        )
+        BackendSpec(name=manifest.backend, workspace=str(_home() / "work")).build().activate(ref)
+    except Exception:
+        if restore is not None:
+            ms.activate(project, restore, reason="restored: the platform refused the rollback")
+        raise
 
 
 @models_app.command("activate")

@@ -153,7 +153,15 @@ def retrain(params: RetrainParams) -> RetrainResult:
         notify(notice, params.notify)
         report.raise_for_blocking()
 
-    # 2. Train the candidate (cached on data + config + code: an unchanged rerun does not retrain).
+    # 2. Score the active model first: platforms that can only score what they hold (Cognigy) then keep
+    #    the candidate loaded from training through scoring and activation, with no extra training.
+    active = fetch_active_model(store, project, backend)
+    active_ref: ModelRef | None = active[0] if active else None
+    active_eval: EvaluationResult | None = (
+        evaluate_model(backend, active_ref, test, params.target_precision) if active_ref else None
+    )
+
+    # 3. Train the candidate (cached on data + config + code: an unchanged rerun does not retrain).
     key = training_key(train.sha256, params.config, backend.name)
     model_id = model_id_for(key)
     refresh = not candidate_ready(backend, project, model_id)  # cached results need the files on disk
@@ -164,24 +172,19 @@ def retrain(params: RetrainParams) -> RetrainResult:
         backend, project, model_id, job, key, params.max_wait_seconds
     )
 
-    # 3. Evaluate candidate and active model on the same frozen test set.
+    # 4. Score the candidate on the same frozen test set, and on the must-pass utterances.
     cand_eval = evaluate_model(backend, candidate, test, params.target_precision)
-    active = fetch_active_model(store, project, backend)
-    active_ref: ModelRef | None = active[0] if active else None
-    active_eval: EvaluationResult | None = (
-        evaluate_model(backend, active_ref, test, params.target_precision) if active_ref else None
-    )
     must_pass = (
         check_must_pass_utterances(backend, candidate, params.must_pass, sorted(report.intent_counts))
         if params.must_pass
         else None
     )
 
-    # 4. Decide (a pure function: every gate with its reason).
+    # 5. Decide (a pure function: every gate with its reason).
     decision = decide(cand_eval, active_eval, gates, must_pass)
     logger.info(decision.summary())
 
-    # 5. Publish the report, tables and figures.
+    # 6. Publish the report, tables and figures.
     outdir = work / "runs" / project / run_id
     figures = render_run_figures(cand_eval, str(work))
     artifacts = publish_report(
@@ -197,7 +200,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
         str(outdir),
     )
 
-    # 6. Promote: one promotion per project at a time; all-or-nothing.
+    # 7. Promote: one promotion per project at a time; all-or-nothing.
     active_now = active_ref.model_id if active_ref else None
     if decision.promote and active_now != model_id:
         limit = ensure_promotion_limit(project)
@@ -223,7 +226,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
         pointer = store.build().active(project)
         active_now = pointer.model_id if pointer else None
 
-    # 7. Audit and notify.
+    # 8. Audit and notify.
     promoted = decision.promote and active_now == model_id
     model_store = store.build()
     stored = model_store.has_model(project, model_id)
