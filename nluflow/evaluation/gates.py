@@ -199,7 +199,7 @@ class Decision(BaseModel):
             "|---|:---:|---:|---:|---|",
         ]
         for gate in self.gates:
-            mark = "✅" if gate.passed else "❌"
+            mark = "✅ pass" if gate.passed else "❌ fail"  # words too: not every viewer has emoji fonts
             lines.append(
                 f"| {gate.name} | {mark} | {_num(gate.value)} | {_num(gate.threshold)} | {_md(gate.reason)} |"
             )

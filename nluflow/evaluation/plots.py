@@ -242,7 +242,7 @@ def _intent_f1(result: EvaluationResult) -> Figure:
     ax.set_ylim(k - 0.5, -0.5)
     ax.set_xlabel("F1 on the test set (red < 0.70 ≤ amber < 0.90 ≤ green)")
     ax.set_title(
-        f"F1 per intent, worst first ({k} intents); dashed line: macro F1 {result.macro_f1:.3f}", fontsize=12
+        f"F1 per intent, worst first ({k} intents)\ndashed line: macro F1 {result.macro_f1:.3f}", fontsize=12
     )
     ax.grid(axis="x", color="#eeeeee")
     ax.set_axisbelow(True)
