@@ -418,6 +418,23 @@ def relay_cmd(
 
 
 @app.command()
+def serve(
+    project: ProjectOpt = "default",
+    store: StoreOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5005,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="NLUFLOW_SERVE_TOKEN", help="Require ?token= or a bearer token."),
+    ] = None,
+) -> None:
+    """Serve the project's active model with Rasa's /model/parse API; swaps to newly promoted models."""
+    from nluflow.serve import run as run_server
+
+    _guard(lambda: run_server(host, port, project, _store_path(store), token))
+
+
+@app.command()
 def demo(
     home: Annotated[Path | None, typer.Option("--home", help="Folder for store and runs.")] = None,
 ) -> None:
