@@ -19,7 +19,7 @@ ifeq ($(PREFECT_API_URL),)
   endif
 endif
 
-.PHONY: install run test lint typecheck unit server blocks clean
+.PHONY: install run test lint typecheck unit server blocks bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
 
 blocks: $(STAMP)
 	$(BIN)/prefect block register -m blocks
