@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,6 +43,24 @@ class LocalModelOptions(BaseModel):
     crf_c2: float = Field(default=0.01, ge=0.0, le=10.0, description="L2 penalty of the entity CRF.")
     crf_max_iterations: int = Field(default=50, ge=10, le=2000, description="L-BFGS iterations of the CRF.")
     crf_intent_features: bool = Field(default=True, description="Give the entity CRF the (predicted) intent.")
+    crf_features: Literal["basic", "rich"] = Field(
+        default="rich", description="CRF token features; 'rich' adds 2/4-letter affixes and word bigrams."
+    )
+    crf_gazetteer: bool = Field(
+        default=True, description="Gazetteer features from the entity values annotated in the training data."
+    )
+    embeddings: bool = Field(
+        default=False,
+        description="Join a sentence embedding with the TF-IDF intent features (needs nluflow[embeddings]).",
+    )
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        min_length=1,
+        description="Bundled embedding model name or local sentence-transformers folder; never downloaded.",
+    )
+    embedding_weight: float = Field(
+        default=2.0, gt=0.0, le=100.0, description="Weight of the embedding block against the TF-IDF blocks."
+    )
 
     @model_validator(mode="after")
     def _ngram_order(self) -> LocalModelOptions:

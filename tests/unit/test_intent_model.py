@@ -63,6 +63,10 @@ def test_init_only_stores_parameters_and_clone_works() -> None:
         "calibration_folds": 3,
         "char_ngram_max": 5,
         "char_ngram_min": 2,
+        "embedding_cache_dir": None,
+        "embedding_model": "all-MiniLM-L6-v2",
+        "embedding_weight": 2.0,
+        "embeddings": False,
         "random_state": 3,
         "word_ngram_max": 2,
         "word_pair_window": 7,
@@ -185,6 +189,11 @@ def test_from_options_takes_the_local_options() -> None:
     options = LocalModelOptions(C=0.3, word_pair_window=0, calibration_folds=2)
     clf = IntentClassifier.from_options(options, seed=9)
     assert (clf.C, clf.word_pair_window, clf.calibration_folds, clf.random_state) == (0.3, 0, 2, 9)
+    assert (clf.embeddings, clf.embedding_cache_dir) == (False, None)
+    with_emb = IntentClassifier.from_options(
+        LocalModelOptions(embeddings=True, embedding_weight=1.5), seed=1, embedding_cache_dir=Path("/c")
+    )
+    assert (with_emb.embeddings, with_emb.embedding_weight, with_emb.embedding_cache_dir) == (True, 1.5, "/c")
 
 
 @pytest.mark.slow

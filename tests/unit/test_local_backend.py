@@ -27,7 +27,14 @@ from nluflow.errors import (
     TrainingFailedError,
     UnsafePathError,
 )
-from nluflow.models.nlu import ENTITY_FILE, INTENT_FILE, META_FILE, NLUModel, cross_validate_intents
+from nluflow.models.nlu import (
+    ENTITY_FILE,
+    GAZETTEER_FILE,
+    INTENT_FILE,
+    META_FILE,
+    NLUModel,
+    cross_validate_intents,
+)
 
 CITIES = ["Paris", "Berlin", "München", "Besançon", "Cádiz", "Oslo", "Kraków", "Zürich"]
 GREET = ["hi", "hello there", "hey", "good morning", "hello friend", "hi bot", "greetings", "howdy"]
@@ -99,8 +106,9 @@ def test_parse_before_fit_raises_not_fitted() -> None:
 
 def test_save_load_round_trip_keeps_predictions_and_probabilities(model: NLUModel, tmp_path: Path) -> None:
     written = model.save(tmp_path)
-    assert sorted(p.name for p in written) == sorted([INTENT_FILE, ENTITY_FILE, META_FILE])
+    assert sorted(p.name for p in written) == sorted([INTENT_FILE, ENTITY_FILE, GAZETTEER_FILE, META_FILE])
     meta = json.loads((tmp_path / META_FILE).read_text())
+    assert json.loads((tmp_path / GAZETTEER_FILE).read_text())["cádiz"] == ["city"]
     assert meta["intents"] == ["book_flight", "goodbye", "greet"]
     assert meta["entity_types"] == ["city"]
     assert meta["options"] == LocalModelOptions().model_dump(mode="json")
@@ -115,7 +123,7 @@ def test_same_data_and_config_give_the_same_model(model: NLUModel, tmp_path: Pat
     assert again.parse(PROBES) == model.parse(PROBES)
     model.save(tmp_path / "a")
     again.save(tmp_path / "b")
-    for name in (ENTITY_FILE, META_FILE):
+    for name in (ENTITY_FILE, GAZETTEER_FILE, META_FILE):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
@@ -133,6 +141,12 @@ def test_load_refuses_missing_or_foreign_folders(model: NLUModel, tmp_path: Path
     with pytest.raises(ModelNotFoundError, match=r"no meta\.json"):
         NLUModel.load(tmp_path / "nothing")
     model.save(tmp_path / "m")
+    (tmp_path / "m" / GAZETTEER_FILE).unlink()
+    with pytest.raises(ModelNotFoundError, match=r"entities\.gazetteer\.json is missing"):
+        NLUModel.load(tmp_path / "m")
+    (tmp_path / "m" / GAZETTEER_FILE).write_text("{not json")
+    with pytest.raises(BackendError, match="unreadable"):
+        NLUModel.load(tmp_path / "m")
     (tmp_path / "m" / ENTITY_FILE).unlink()
     with pytest.raises(ModelNotFoundError, match=r"entities\.crfsuite is missing"):
         NLUModel.load(tmp_path / "m")
@@ -196,7 +210,7 @@ def test_submit_status_fetch_predict(tmp_path: Path) -> None:
     assert (ref.backend, ref.model_id, ref.path) == ("local", "job-1", str(tmp_path / "candidate"))
     assert ref.metrics == status.metrics
     assert sorted(p.name for p in (tmp_path / "candidate").iterdir()) == sorted(
-        [ENTITY_FILE, INTENT_FILE, META_FILE]
+        [ENTITY_FILE, GAZETTEER_FILE, INTENT_FILE, META_FILE]
     )
 
     parses = backend.predict(ref, PROBES)
