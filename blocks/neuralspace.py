@@ -76,6 +76,12 @@ class NeuralSpaceBackendBlock(Block):
     deploy_path: str = Field(
         default=_PATHS.deploy, title="Deploy path", description="Model deploy endpoint." + _GUESS
     )
+    undeploy_path: str | None = Field(
+        default=_PATHS.undeploy,
+        title="Undeploy path",
+        description="Model undeploy endpoint: a candidate deployed only to be scored is undeployed after. "
+        "Empty keeps scored candidates deployed." + _GUESS,
+    )
     parse_path: str = Field(
         default=_PATHS.parse, title="Parse path", description="Parse endpoint (documented)."
     )
@@ -93,6 +99,7 @@ class NeuralSpaceBackendBlock(Block):
             model=self.model_path,
             delete=self.delete_path,
             deploy=self.deploy_path,
+            undeploy=self.undeploy_path or None,
             parse=self.parse_path,
         )
         return NeuralSpaceBackend(

@@ -5,8 +5,8 @@ What is documented (REAL): base ``https://platform.neuralspace.ai/api/nlu/v1``, 
 noOfTrainingJob}`` → a model id, ``POST /model/parse {modelId, text}`` (the model must be deployed), the
 status lifecycle (Initiated … Completed, Failed, Timed Out after 6 h, Dead after 10 h without an update),
 and the training-example JSON ``{text, intent, entities: [{start, end, value, entity}], type}``. The paths
-of upload, model get/list/delete and deploy were not recovered: their defaults here are guesses, each one
-overridable in the block. Answers are read from NeuralSpace's envelope ``{success, message, data}``.
+of upload, model get/list/delete, deploy and undeploy were not recovered: their defaults here are guesses,
+each one overridable in the block. Answers are read from NeuralSpace's envelope ``{success, message, data}``.
 
 NeuralSpace has no idempotency key: the model name carries the key (``nluflow-<key>``), and before queueing
 (and after a queue request whose answer was lost) the client lists the project's models and reuses the one
@@ -17,6 +17,7 @@ reports the per-intent counts (``examplesPerIntent``).
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,8 @@ from nluflow.backends.errors import ContractError, MalformedResponseError, Trans
 from nluflow.backends.service import parse_from_json
 from nluflow.data.schema import Dataset
 from nluflow.errors import BackendError, ConfigError, TrainingFailedError
+
+logger = logging.getLogger(__name__)
 
 BASE_URL = "https://platform.neuralspace.ai/api/nlu/v1"
 MIN_INTENTS = 2
@@ -90,6 +93,8 @@ class NeuralSpacePaths(BaseModel):
     model: str = "/model/{model_id}"
     delete: str = "/model/{model_id}"
     deploy: str = "/model/deploy"
+    # Undeploy a model that was deployed only to be scored; None keeps scored candidates deployed.
+    undeploy: str | None = "/model/undeploy"
     parse: str = "/model/parse"
 
 
@@ -314,15 +319,15 @@ class NeuralSpaceBackend:
             },
         )
 
-    def _ensure_deployed(self, model_id: str, always: bool = False) -> None:
+    def _is_deployed(self, model_id: str) -> bool:
+        return self._model(model_id).get("deployed") is True
+
+    def _deploy(self, model_id: str) -> None:
         def probe() -> JobStatus:
-            model = self._model(model_id)
-            if model.get("deployed") is True:
+            if self._is_deployed(model_id):
                 return JobStatus(state=JobState.SUCCEEDED)
             return JobStatus(state=JobState.RUNNING, message="deploying")
 
-        if not always and self._model(model_id).get("deployed") is True:
-            return
         self._session.json(
             "POST",
             self.paths.deploy,
@@ -337,21 +342,49 @@ class NeuralSpaceBackend:
             clock=self._clock,
         )
 
+    def _undeploy(self, model_id: str) -> None:
+        if self.paths.undeploy is None:
+            logger.warning(
+                "NeuralSpace model %s was deployed to be scored and stays deployed (no undeploy path set)",
+                model_id,
+            )
+            return
+        self._session.json("POST", self.paths.undeploy, json_body={"modelId": model_id}, retry_safe=True)
+
     def predict(self, model: ModelRef, texts: Sequence[str]) -> list[Parse]:
+        """Parse ``texts`` with ``model``. NeuralSpace parses deployed models only: a model that is not
+        deployed (a candidate) is deployed for the scoring and undeployed after it, so scoring never
+        changes what the platform serves; only ``activate`` does."""
         model_id = model.backend_model_id or model.model_id
         if not texts:
             return []
-        self._ensure_deployed(model_id)
-        out = []
-        for text in texts:
-            body = self._session.json(
-                "POST", self.paths.parse, json_body={"modelId": model_id, "text": text}, retry_safe=True
-            )
-            data = _data(body, f"the parse of model {model_id}")
-            out.append(parse_from_json(data, text, f"NeuralSpace model {model_id}"))
+        was_deployed = self._is_deployed(model_id)
+        if not was_deployed:
+            self._deploy(model_id)
+        try:
+            out = []
+            for text in texts:
+                body = self._session.json(
+                    "POST", self.paths.parse, json_body={"modelId": model_id, "text": text}, retry_safe=True
+                )
+                data = _data(body, f"the parse of model {model_id}")
+                out.append(parse_from_json(data, text, f"NeuralSpace model {model_id}"))
+        except BaseException:
+            if not was_deployed:
+                try:
+                    self._undeploy(model_id)
+                except Exception as exc:  # the scoring error is the one to report
+                    logger.warning(
+                        "NeuralSpace model %s could not be undeployed after a failed scoring: %s",
+                        model_id,
+                        exc,
+                    )
+            raise
+        if not was_deployed:
+            self._undeploy(model_id)
         return out
 
     def activate(self, model: ModelRef) -> None:
         """NeuralSpace serves deployed models by id: activating (and rolling back) is deploying again, so
         the model is the one deployed last; the deploy call is idempotent."""
-        self._ensure_deployed(model.backend_model_id or model.model_id, always=True)
+        self._deploy(model.backend_model_id or model.model_id)

@@ -311,3 +311,35 @@ def test_neuralspace_raw_token_and_lifecycle(tmp_path: Path, model_kw: dict[str,
     assert {state_of(w) for w in ("Failed", "Timed Out", "Dead")} == {JobState.FAILED}
     with pytest.raises(ContractError):
         state_of("Exploded")
+
+
+def test_neuralspace_scoring_leaves_deployments_as_it_found_them(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    """NeuralSpace parses deployed models only. Scoring a candidate deploys it for the scoring and
+    undeploys it after, also when the scoring fails, so only ``activate`` changes what is served."""
+    with rig("neuralspace", tmp_path, model_kw, preload=variant(32)) as r:
+        active, _ = r.cycle(variant(0), "key-active", tmp_path / "active", TEST_TEXTS)
+        served = r.served_model()
+        candidate = r.train(variant(1), "key-candidate", tmp_path / "candidate")
+        assert candidate.backend_model_id != active.backend_model_id
+
+        seen = len(r.emulator.requests)
+        parses = r.backend.predict(candidate, TEST_TEXTS)
+        assert parses[0].intent.name == "greet"
+        assert r.served_model() == served
+        assert r.emulator.deployed() == [r.emulator.models[active.backend_model_id]["modelName"]]
+        new = r.emulator.requests[seen:]
+        undeploys = [q.json() for q in new if q.path.endswith("/model/undeploy")]
+        assert undeploys == [{"modelId": candidate.backend_model_id}]
+
+        r.backend.predict(active, TEST_TEXTS)  # the active model is deployed already: left deployed
+        assert r.served_model() == served and len(r.emulator.deployed()) == 1
+
+        r.emulator.faults.inject("predict", Fault.SERVER_ERROR, times=100)
+        with pytest.raises(TransientHTTPError):
+            r.backend.predict(candidate, TEST_TEXTS)
+        assert r.served_model() == served and len(r.emulator.deployed()) == 1
+
+        r.backend.activate(candidate)
+        assert r.served_model() == r.emulator.models[candidate.backend_model_id]["modelName"]

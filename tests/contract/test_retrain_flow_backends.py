@@ -159,7 +159,7 @@ class Platform:
         if isinstance(em, CognigyEmulator):
             return em.served_snapshot_name()
         if isinstance(em, NeuralSpaceEmulator):
-            live = [m for m in em.deploy_history if m in em.models]
+            live = [m for m in em.deploy_history if m in em.models and em.models[m]["deployed"]]
             return live[-1] if live else None
         assert isinstance(em, TrainingServiceEmulator)
         return em.deployed()
@@ -344,19 +344,9 @@ def _hook_add_model(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]) -
 
 
 def test_refused_activation_fails_the_run_and_changes_nothing(
-    platform: Platform, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = platform
-    if p.kind == "neuralspace":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "NeuralSpaceBackend.predict deploys the candidate to score it, and the platform serves "
-                    "the model deployed last: a candidate whose promotion failed is served anyway"
-                ),
-            )
-        )
     pointer_before, stored_before, served_before = p.pointer(), p.stored(), p.serving()
     audit_before = len(p.audit().records())
     assert pointer_before is not None and served_before == pointer_before.model_id

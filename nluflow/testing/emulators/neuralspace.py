@@ -69,6 +69,12 @@ class Deploy(BaseModel):
     noOfReplicas: int = Field(default=1, ge=1)
 
 
+class Undeploy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    modelId: str
+
+
 class ParseBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -99,6 +105,7 @@ class NeuralSpaceEmulator(Emulator):
         ("GET", rf"{PREFIX}/models", "models"),
         ("GET", rf"{PREFIX}/model/[^/]+", "status"),
         ("POST", rf"{PREFIX}/model/deploy", "activate"),
+        ("POST", rf"{PREFIX}/model/undeploy", "activate"),
         ("POST", rf"{PREFIX}/model/parse", "predict"),
     )
 
@@ -251,6 +258,19 @@ class NeuralSpaceEmulator(Emulator):
                 self.deploy_history.append(body.modelId)
             return self._ok("Model deployed successfully", {"modelId": body.modelId, "deployed": True})
 
+        @app.post(f"{PREFIX}/model/undeploy")
+        async def undeploy(request: Request) -> Response:
+            if (denied := self._auth(request)) is not None:
+                return denied
+            body = await body_of(request, Undeploy)
+            if isinstance(body, Response):
+                return body
+            model = self.models.get(body.modelId)
+            if model is None:
+                return self._fail(404, f"Model {body.modelId} not found")
+            model["deployed"] = False
+            return self._ok("Model undeployed successfully", {"modelId": body.modelId, "deployed": False})
+
         @app.post(f"{PREFIX}/model/parse")
         async def parse(request: Request) -> Response:
             if (denied := self._auth(request)) is not None:
@@ -273,8 +293,8 @@ class NeuralSpaceEmulator(Emulator):
         return [m["modelName"] for m in self.models.values() if m["deployed"]]
 
     def last_deployed(self) -> str | None:
-        """The name of the model deployed last (what an activation or rollback points at)."""
+        """The name of the deployed model deployed last (what an activation or rollback points at)."""
         for model_id in reversed(self.deploy_history):
-            if model_id in self.models:
+            if model_id in self.models and self.models[model_id]["deployed"]:
                 return str(self.models[model_id]["modelName"])
         return None
