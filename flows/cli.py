@@ -141,6 +141,82 @@ def retrain(
     print_summary(result)
 
 
+@app.command()
+def sweep(
+    data: Annotated[list[Path], typer.Option("--data", help="Training data file or folder (repeatable).")],
+    configs: Annotated[
+        Path, typer.Option("--configs", help="Sweep file (YAML/JSON): 'grid' or 'configs', optional 'base'.")
+    ],
+    test: Annotated[list[Path] | None, typer.Option("--test", help="Frozen test set (repeatable).")] = None,
+    project: ProjectOpt = "default",
+    store: StoreOpt = None,
+    must_pass: Annotated[Path | None, typer.Option("--must-pass", help="Utterances that must pass.")] = None,
+    cv_folds: Annotated[int, typer.Option("--cv-folds", min=2, max=10, help="Cross-validation folds.")] = 5,
+    metric: Annotated[
+        str, typer.Option("--metric", help="What the best maximises: mean_f1, macro_f1, accuracy, entity_f1.")
+    ] = "mean_f1",
+    dask: Annotated[
+        bool, typer.Option("--dask", help="Score on Dask (a LocalCluster unless --dask-address).")
+    ] = False,
+    dask_address: Annotated[
+        str | None, typer.Option("--dask-address", help="Scheduler address of an existing Dask cluster.")
+    ] = None,
+    n_workers: Annotated[int, typer.Option("--n-workers", min=1, help="Workers of the LocalCluster.")] = 2,
+    store_block: Annotated[
+        str | None, typer.Option("--store-block", help="Store block '<block-type-slug>/<name>' (e.g. S3).")
+    ] = None,
+    notify: Annotated[
+        list[str] | None, typer.Option("--notify", help="WebhookNotification block name (repeatable).")
+    ] = None,
+) -> None:
+    """Compare configurations by k-fold cross-validation on the training data; retrain the best one through
+    the normal evaluate → gates → promote path."""
+
+    def run() -> Any:
+        from flows.sweep import SweepParams
+        from flows.sweep import sweep as sweep_flow
+        from nluflow.sweep import load_sweep_file
+
+        listed = load_sweep_file(configs)  # problems name the file and line before Prefect starts
+        extra = {
+            "configs": [c.model_dump(mode="json") for c in listed],
+            "cv_folds": cv_folds,
+            "metric": metric,
+            "task_runner": "dask" if dask or dask_address else "default",
+            "dask_address": dask_address,
+            "n_workers": n_workers,
+            "store_block": store_block,
+            "notify": notify or [],
+        }
+        params = _params(SweepParams, data, test, project, store, must_pass, None, {}, extra)
+        _preflight(data, test, must_pass)
+        return sweep_flow(params)
+
+    result = _guard(run)
+    metric_col = f"cv_{result.metric}"
+    wanted = ["rank", "config", metric_col, f"{metric_col}_std", "cv_accuracy", "cv_macro_f1", "cv_entity_f1"]
+    shown = [*dict.fromkeys(wanted), "fit_seconds_per_fold"]
+    table = Table(
+        title=f"{len(result.configs)} configurations, {result.metric} by cross-validation, best first"
+    )
+    for col in shown:
+        table.add_column(col, justify="left" if col == "config" else "right")
+    for row in result.table:
+        table.add_row(*(_cell(row.get(col)) for col in shown))
+    console.print(table)
+    console.print(
+        f"chosen: configuration {result.best_position + 1} of the sweep file; "
+        f"table artifact {result.table_key}"
+    )
+    print_summary(result.retrain)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "—" if value is None else str(value)
+
+
 def _params(
     model: Any,
     data: list[Path],

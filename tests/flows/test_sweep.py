@@ -394,3 +394,51 @@ def test_what_is_scored_is_the_training_set_and_never_the_test_set(
         assert texts == everything - test_texts
         assert dataset.sha256() == line["dataset_sha256"] and line["test_sha256"] == frozen.sha256()
     assert result.retrain.promoted
+
+
+def test_sweep_command_prints_the_comparison_and_the_decision(
+    home: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("base:\n  seed: 3\ngrid:\n  local.C: [0.01, 1.0]\n", encoding="utf-8")
+    store = home / "store-cli"
+    args = [
+        "sweep",
+        *("--project", "sweepcli", "--store", str(store), "--configs", str(sweep_file), "--cv-folds", "3"),
+        *("--data", str(demo_data / "batch-1.jsonl"), "--test", str(demo_data / "test.jsonl")),
+    ]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert "2 configurations, mean_f1 by cross-validation, best first" in out.output
+    rows = [line for line in out.output.splitlines() if "C=" in line]
+    assert len(rows) == 2 and "C=1.0" in rows[0] and "C=0.01" in rows[1], out.output  # best first
+    assert "chosen: configuration 2 of the sweep file" in out.output
+    assert "PROMOTED" in out.output
+    pointer = ModelStore.local(store).active("sweepcli")
+    assert pointer is not None
+    manifest = ModelStore.local(store).manifest("sweepcli", pointer.model_id)
+    assert manifest.config["local"]["C"] == 1.0
+
+
+def test_sweep_command_refuses_a_bad_sweep_file_with_its_line_before_anything_runs(
+    home: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("grid:\n  local.C: [1.0]\n  local.ngram: [1, 2]\n", encoding="utf-8")
+    store = home / "store-cli-bad"
+    args = [
+        *("sweep", "--project", "sweepbad", "--store", str(store), "--configs", str(sweep_file)),
+        *("--data", str(demo_data / "batch-1.jsonl")),
+    ]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 2, out.output
+    assert f"{sweep_file}:3" in out.output and "not a local model option" in out.output
+    assert not store.exists(), "nothing was written"
