@@ -34,6 +34,13 @@ ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project (bot) 
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Model store folder [default: $NLUFLOW_HOME/store].")
 ]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Backend block '<block-type-slug>/<name>' of a remote model [default: the one in its manifest].",
+    ),
+]
 
 
 def _home() -> Path:
@@ -387,6 +394,7 @@ def models_rollback(
     project: ProjectOpt = "default",
     store: StoreOpt = None,
     to: Annotated[str | None, typer.Option("--to", help="Model id [default: the previous active].")] = None,
+    backend: BackendOpt = None,
 ) -> None:
     """Point the project back at the previous active model (or at --to), after verifying it.
 
@@ -400,18 +408,25 @@ def models_rollback(
         pointer = ms.rollback(project, to=to)
         manifest = ms.manifest(project, pointer.model_id)
         if manifest.backend != "local":
-            _activate_remote(ms, project, manifest, before.model_id if before else None)
+            _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
         console.print(f"active model of {project} is now [bold]{pointer.model_id}[/]")
 
     _guard(run)
 
 
-def _activate_remote(ms: Any, project: str, manifest: Any, restore: str | None) -> None:
+def _activate_remote(ms: Any, project: str, manifest: Any, restore: str | None, block: str | None) -> None:
     """Make the platform serve ``manifest``'s model; on failure put the store's pointer back."""
     from nluflow.backends.base import ModelRef
     from tasks.common import BackendSpec
 
     try:
+        block = block or manifest.backend_block
+        if not block:
+            raise ConfigError(
+                f"model {manifest.model_id} was trained on the {manifest.backend!r} backend, but its "
+                "manifest does not name the backend block (it was stored by an older nluflow); expected "
+                "--backend '<block-type-slug>/<block-name>' to tell which platform should serve it"
+            )
         path = ms.materialize(project, manifest.model_id)
         ref = ModelRef(
             backend=manifest.backend,
@@ -419,10 +434,10 @@ def _activate_remote(ms: Any, project: str, manifest: Any, restore: str | None) 
             path=str(path),
             backend_model_id=manifest.backend_model_id,
         )
-        BackendSpec(name=manifest.backend, workspace=str(_home() / "work")).build().activate(ref)
+        BackendSpec(name=block, workspace=str(_home() / "work")).build().activate(ref)
     except Exception:
         if restore is not None:
-            ms.activate(project, restore, reason="restored: the platform refused the rollback")
+            ms.activate(project, restore, reason="restored: the platform refused the activation")
         raise
 
 
@@ -431,14 +446,21 @@ def models_activate(
     model_id: Annotated[str, typer.Argument(help="Stored model to make active.")],
     project: ProjectOpt = "default",
     store: StoreOpt = None,
+    backend: BackendOpt = None,
 ) -> None:
-    """Make a stored model the active one (verified first), e.g. after a bad rollback."""
+    """Make a stored model the active one (verified first), e.g. after a bad rollback.
+
+    A model trained on a remote platform is made the served one there too; if the platform refuses, the
+    store's pointer is put back."""
     from nluflow.registry import ModelStore
 
     def run() -> None:
-        pointer = ModelStore.local(_store_path(store)).activate(
-            project, model_id, reason="activated from CLI"
-        )
+        ms = ModelStore.local(_store_path(store))
+        before = ms.active(project)
+        pointer = ms.activate(project, model_id, reason="activated from CLI")
+        manifest = ms.manifest(project, pointer.model_id)
+        if manifest.backend != "local":
+            _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
         console.print(f"active model of {project} is now [bold]{pointer.model_id}[/]")
 
     _guard(run)

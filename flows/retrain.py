@@ -220,6 +220,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
                     params.config.model_dump(mode="json"),
                     cand_eval.headline(),
                     run_id,
+                    None if backend.name == "local" else backend.name,
                 )
                 activate_on_backend(backend, candidate, active_ref)
                 switch_active_pointer(store, project, model_id, run_id, decision.summary())

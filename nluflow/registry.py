@@ -316,6 +316,11 @@ class Manifest(BaseModel):
     created_at: str = Field(description="When the model was stored (ISO 8601, UTC).")
     backend: str = Field(description="The training backend that produced it.")
     backend_model_id: str | None = Field(default=None, description="The platform's own id, if remote.")
+    backend_block: str | None = Field(
+        default=None,
+        description="The backend block ('<block-type-slug>/<name>') that trained it, if remote: what a "
+        "rollback uses to make the platform serve it again.",
+    )
     files: dict[str, str] = Field(description="Relative path -> sha256 of every model file.")
     dataset_sha256: str = Field(description="sha256 of the training dataset.")
     test_sha256: str | None = Field(default=None, description="sha256 of the frozen test set.")
@@ -473,6 +478,7 @@ class ModelStore:
         training_metrics: dict[str, float] | None = None,
         backend_model_id: str | None = None,
         run_id: str | None = None,
+        backend_block: str | None = None,
     ) -> Manifest:
         """Store the files of ``src_dir`` as a model and return its manifest.
 
@@ -510,6 +516,7 @@ class ModelStore:
                 created_at=_iso(self._clock()),
                 backend=backend,
                 backend_model_id=backend_model_id,
+                backend_block=backend_block,
                 files=files,
                 dataset_sha256=dataset_sha256,
                 test_sha256=test_sha256,

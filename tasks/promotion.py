@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 
-from nluflow.backends.base import ModelRef
+from nluflow.backends.base import ModelRef, TrainingBackend
 from nluflow.registry import ActivePointer, Manifest
 from tasks.common import BACKEND_RETRY_DELAYS, BackendSpec, StoreSpec, is_transient
 
@@ -40,8 +40,11 @@ def store_candidate(
     config: dict[str, Any],
     metrics: dict[str, float],
     run_id: str | None,
+    backend_block: str | None = None,
 ) -> Manifest:
-    """Copy the candidate's files into the store with a sha256 manifest, then verify what was written."""
+    """Copy the candidate's files into the store with a sha256 manifest, then verify what was written.
+
+    ``backend_block``: the block reference of a remote backend, kept in the manifest for rollbacks."""
     model_store = store.build(create=True)
     existed = model_store.has_model(project, model.model_id)
     txn = get_transaction()
@@ -65,6 +68,7 @@ def store_candidate(
         training_metrics=dict(model.metrics),
         backend_model_id=model.backend_model_id,
         run_id=run_id,
+        backend_block=backend_block,
     )
     model_store.verify(project, model.model_id)
     return manifest
@@ -93,12 +97,43 @@ def _remove_stored_candidate(txn: Transaction) -> None:
     retry_condition_fn=is_transient,
 )
 def activate_on_backend(backend: BackendSpec, model: ModelRef, previous: ModelRef | None) -> None:
-    """Make the platform serve the candidate (a no-op for the local backend)."""
+    """Make the platform serve the candidate (a no-op for the local backend).
+
+    The rollback hook below covers failures of later stages; this covers a failure of the activation itself,
+    which may come after the platform already switched (the answer was lost or an error arrived after the
+    work was done): the previous model is activated again before the error propagates.
+    """
     txn = get_transaction()
     if txn is not None:
         txn.set("backend", backend)
         txn.set("previous", previous)
-    backend.build().activate(model)
+    client = backend.build()
+    try:
+        client.activate(model)
+    except Exception:
+        if previous is not None:
+            _restore(client, previous)
+        raise
+
+
+def _restore(client: TrainingBackend, previous: ModelRef) -> None:
+    """Best effort: serve ``previous`` again after a failed activation (the activation error is the one
+    that propagates; a failure here is logged)."""
+    logger = get_run_logger()
+    try:
+        client.activate(previous)
+    except Exception as exc:
+        logger.error(
+            "the activation failed and the backend may still serve the candidate: re-activating %s failed "
+            "too (%s). The store still points at %s: make the platform serve it (`nluflow models activate "
+            "%s` does both)",
+            previous.model_id,
+            exc,
+            previous.model_id,
+            previous.model_id,
+        )
+    else:
+        logger.warning("the activation failed: the backend serves %s again", previous.model_id)
 
 
 @activate_on_backend.on_rollback

@@ -8,11 +8,13 @@ do:
 1. first run (batch-1) → promoted; the store's active pointer and the platform's served model name it;
 2. second run (batch-1 + batch-2) → candidate and active model evaluated on the same frozen test set and
    decided by the shared ``decide``; the store and the platform agree with the decision, whatever it is;
-3. the platform refuses the activation (HTTP 400, not retried) → the flow fails, nothing changes;
+3. the platform refuses the activation (HTTP 400, not retried) → the flow fails, nothing changes; the same
+   refusal after the platform already switched → the previous model is served again before the run fails;
 4. the pointer switch fails after the platform activated the candidate → the flow's transaction rolls the
    platform back;
 5. the same run once the faults are gone → promoted, without training again;
-6. a manual rollback (``ModelStore.rollback`` + the backend's ``activate``) → store and platform agree;
+6. a manual rollback (``ModelStore.rollback`` + the backend's ``activate``), then ``nluflow models activate``
+   forward again → store and platform agree;
 7. the emulator's job counter: one training per distinct training set, never two;
 8. a run whose evaluations are not cached (new target precision) still trains its new data set once only.
 
@@ -30,12 +32,15 @@ from typing import Any, cast
 import pytest
 from contract_kit import SECRETS, make_emulator
 from prefect.blocks.core import Block
+from typer.testing import CliRunner
 
 import flows.retrain
+import tasks.promotion
 from blocks.cognigy import CognigyBackendBlock
 from blocks.neuralspace import NeuralSpaceBackendBlock
 from blocks.rasa import RasaBackendBlock
 from blocks.service import TrainingServiceBlock
+from flows.cli import app as cli_app
 from flows.retrain import RetrainParams, RetrainResult, retrain
 from nluflow.audit import AuditLog
 from nluflow.backends.base import ModelRef
@@ -85,12 +90,16 @@ def prefect_api() -> Iterator[None]:
 
 class RefuseActivation:
     """ASGI middleware before an emulator: while armed, its activation endpoint answers 400 in the
-    platform's own error shape (a refusal, not a transient fault: no layer may retry it)."""
+    platform's own error shape (a refusal, not a transient fault: no layer may retry it); with ``after``,
+    the platform does the activation first."""
 
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self.armed = False
         self.refused = 0
+        # Let the platform do the activation, then answer the refusal (once): the switch happened, the answer
+        # says it did not.
+        self.after = False
 
     def _is_activation(self, method: str, path: str) -> bool:
         return any(
@@ -101,6 +110,13 @@ class RefuseActivation:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.armed and scope["type"] == "http" and self._is_activation(scope["method"], scope["path"]):
             self.refused += 1
+            if self.after:
+                self.armed = False
+
+                async def discard(message: Any) -> None:
+                    return None
+
+                await self.emulator.app(scope, receive, discard)
             body, ctype = self.emulator.error_body(
                 400, "Bad Request", "injected: this model cannot be activated"
             )
@@ -360,7 +376,9 @@ def test_refused_activation_fails_the_run_and_changes_nothing(
             retrain(p.params(THIRD, gates=PERMISSIVE))
     finally:
         p.refuse.armed = False
-    assert p.refuse.refused == 1, "the platform was asked once and the refusal was not retried"
+    # Once for the candidate (a refusal is not retried), once to serve the previous model again: the task
+    # cannot know whether the platform switched before it refused.
+    assert p.refuse.refused == 2, "a refusal was retried"
     assert len(added) == 1, "the candidate was stored before the activation was attempted"
     assert added[0] not in p.stored(), "the rollback removed the candidate from the store"
     assert p.pointer() == pointer_before
@@ -369,6 +387,41 @@ def test_refused_activation_fails_the_run_and_changes_nothing(
     assert p.audit().verify().ok
     assert p.emulator.jobs_started == 3
     assert p.serving() == served_before, f"{p.kind} serves {p.serving()} after a failed promotion"
+
+
+def test_activation_that_fails_after_the_platform_switched_is_undone(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform switched to the candidate, then the activation call failed: the task serves the previous
+    model again before the run fails, so the platform and the store's pointer still agree."""
+    p = platform
+    pointer_before, stored_before, served_before = p.pointer(), p.stored(), p.serving()
+    assert pointer_before is not None and served_before == pointer_before.model_id
+    switched: list[str | None] = []
+    refused_before = p.refuse.refused
+
+    def arm() -> None:
+        p.refuse.after = p.refuse.armed = True
+
+    added = _hook_add_model(monkeypatch, arm)
+    real_restore = tasks.promotion._restore
+
+    def restore(client: Any, previous: ModelRef) -> None:
+        switched.append(p.serving())  # what the platform served when the failed activation returned
+        real_restore(client, previous)
+
+    monkeypatch.setattr(tasks.promotion, "_restore", restore)
+    try:
+        with pytest.raises(BackendError, match="400"):
+            retrain(p.params(THIRD, gates=PERMISSIVE))
+    finally:
+        p.refuse.armed = p.refuse.after = False
+    assert p.refuse.refused == refused_before + 1
+    assert len(added) == 1 and switched == [added[0]], "the platform had switched to the candidate"
+    assert p.serving() == served_before, f"{p.kind} serves {p.serving()} after a failed activation"
+    assert p.pointer() == pointer_before and p.stored() == stored_before
+    assert p.audit().verify().ok
+    assert p.emulator.jobs_started == 3
 
 
 def test_failed_pointer_switch_rolls_the_platform_back(
@@ -420,6 +473,7 @@ def test_rollback_returns_store_and_platform_to_the_previous_model(platform: Pla
     pointer = p.store().rollback(p.project, run_id="manual-rollback")
     assert pointer.model_id == previous
     manifest = p.store().manifest(p.project, previous)
+    assert manifest.backend_block == p.block_ref, "the manifest names the block that trained it"
     ref = ModelRef(
         backend=manifest.backend,
         model_id=previous,
@@ -431,18 +485,14 @@ def test_rollback_returns_store_and_platform_to_the_previous_model(platform: Pla
     _assert_agree(p, previous)
     assert p.emulator.jobs_started == jobs, "a rollback never trains"
 
-    # Rolling forward again is the same call with the newer model: the two stay in step.
-    p.store().activate(p.project, current.model_id, reason="roll forward")
-    newer = p.store().manifest(p.project, current.model_id)
-    backend.activate(
-        ModelRef(
-            backend=newer.backend,
-            model_id=newer.model_id,
-            path=str(p.store().materialize(p.project, newer.model_id)),
-            backend_model_id=newer.backend_model_id,
-        )
+    # Rolling forward from the CLI: `nluflow models activate` moves the pointer and the platform together.
+    out = CliRunner().invoke(
+        cli_app,
+        ["models", "activate", current.model_id, "--project", p.project, "--store", str(p.home / "store")],
     )
+    assert out.exit_code == 0, out.output
     _assert_agree(p, current.model_id)
+    assert p.emulator.jobs_started == jobs
 
 
 def test_every_distinct_training_set_was_trained_exactly_once(platform: Platform) -> None:
