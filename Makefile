@@ -52,6 +52,7 @@ bench: $(STAMP)
 
 blocks: $(STAMP)
 	$(BIN)/prefect block register -m blocks
+	$(BIN)/nluflow blocks create $(BLOCKS_OPTS)
 
 server: $(STAMP)
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)

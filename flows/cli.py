@@ -15,8 +15,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from flows.cli_blocks import blocks_app
 from nluflow.errors import ConfigError, NluflowError
 
 app = typer.Typer(help="Safe, audited retrains of NLU models.", no_args_is_help=True, add_completion=False)
@@ -24,6 +26,7 @@ models_app = typer.Typer(help="List, inspect and roll back stored models.", no_a
 audit_app = typer.Typer(help="Check the tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")
+app.add_typer(blocks_app, name="blocks")
 
 # Piped output keeps full lines (ids, paths) instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -56,7 +59,7 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except NluflowError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
 
 
