@@ -37,6 +37,12 @@ ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project (bot) 
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Model store folder [default: $NLUFLOW_HOME/store].")
 ]
+StoreBlockOpt = Annotated[
+    str | None, typer.Option("--store-block", help="Store block '<block-type-slug>/<name>' (e.g. S3).")
+]
+NotifyOpt = Annotated[
+    list[str] | None, typer.Option("--notify", help="WebhookNotification block name (repeatable).")
+]
 BackendOpt = Annotated[
     str | None,
     typer.Option(
@@ -110,12 +116,8 @@ def retrain(
     backend: Annotated[
         str, typer.Option("--backend", help="'local' or a backend block '<block-type-slug>/<name>'.")
     ] = "local",
-    store_block: Annotated[
-        str | None, typer.Option("--store-block", help="Store block '<block-type-slug>/<name>' (e.g. S3).")
-    ] = None,
-    notify: Annotated[
-        list[str] | None, typer.Option("--notify", help="WebhookNotification block name (repeatable).")
-    ] = None,
+    store_block: StoreBlockOpt = None,
+    notify: NotifyOpt = None,
     min_macro_f1: Annotated[float | None, typer.Option(help="Gate: minimum macro F1.")] = None,
     min_precision: Annotated[float | None, typer.Option(help="Gate: minimum macro precision.")] = None,
     min_delta: Annotated[float | None, typer.Option(help="Gate: margin over the active model.")] = None,
@@ -172,12 +174,8 @@ def sweep(
         str | None, typer.Option("--dask-address", help="Scheduler address of an existing Dask cluster.")
     ] = None,
     n_workers: Annotated[int, typer.Option("--n-workers", min=1, help="Workers of the LocalCluster.")] = 2,
-    store_block: Annotated[
-        str | None, typer.Option("--store-block", help="Store block '<block-type-slug>/<name>' (e.g. S3).")
-    ] = None,
-    notify: Annotated[
-        list[str] | None, typer.Option("--notify", help="WebhookNotification block name (repeatable).")
-    ] = None,
+    store_block: StoreBlockOpt = None,
+    notify: NotifyOpt = None,
 ) -> None:
     """Compare configurations by k-fold cross-validation on the training data; retrain the best one through
     the normal evaluate → gates → promote path."""
