@@ -28,6 +28,7 @@ from typing import Any, Self
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import sparse
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -145,8 +146,24 @@ class TemperatureScaledSVC(ClassifierMixin, BaseEstimator):  # type: ignore[misc
             )
 
     def decision_function(self, X: Any) -> NDArray[np.float64]:
+        """``X @ coef.T + intercept``, with ``coef.T`` kept as one CSR matrix (built on first use, never
+        pickled). LinearSVC's own ``decision_function`` on its sparsified ``coef_`` transposes the whole
+        matrix on every call: 30 ms for one utterance on Banking77, against well under 1 ms here."""
         self._check_fitted()
-        return _as_2d(self.svc_.decision_function(X))
+        if not sparse.issparse(self.svc_.coef_):
+            return _as_2d(self.svc_.decision_function(X))
+        coef_t = self.__dict__.get("_coef_t")
+        if coef_t is None:
+            coef_t = self.__dict__["_coef_t"] = self.svc_.coef_.T.tocsr()
+        product = X @ coef_t
+        scores = np.asarray(product.toarray() if sparse.issparse(product) else product, dtype=np.float64)
+        scores = scores + self.svc_.intercept_
+        return _as_2d(scores.ravel() if scores.shape[1] == 1 else scores)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ may return __dict__ itself
+        state.pop("_coef_t", None)  # a cache: pickles stay the same bytes before and after predicting
+        return state
 
     def predict_proba(self, X: Any) -> NDArray[np.float64]:
         proba: NDArray[np.float64] = softmax(self.decision_function(X) / self.temperature_, axis=1)

@@ -206,3 +206,25 @@ def test_banking77_accuracy_with_default_options() -> None:
     clf = IntentClassifier.from_options(LocalModelOptions(), seed=42).fit(train_x, train_y)
     accuracy = clf.score(test_x, test_y)
     assert accuracy >= 0.90, f"Banking77 intent accuracy {accuracy:.4f} < 0.90"
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_decision_values_on_sparse_weights_equal_linearsvc_and_pickles_do_not_change(n_classes: int) -> None:
+    """The classifier scores with a cached CSR transpose of LinearSVC's sparsified weights: the same values
+    as LinearSVC's own decision_function, and the cache never reaches a pickle (model files keep their
+    sha256 whether or not the model has predicted)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = [t for examples in TRAIN.values() for t in examples] * 3
+    labels = np.array([k % n_classes for k in range(len(texts))])
+    X = TfidfVectorizer(ngram_range=(1, 2)).fit_transform(texts)
+    clf = TemperatureScaledSVC(calibration_folds=0).fit(X, labels)
+    clf.svc_.sparsify()
+    before = pickle.dumps(clf)
+    expected = clf.svc_.decision_function(X)
+    if expected.ndim == 1:
+        expected = np.column_stack([-expected, expected])
+    np.testing.assert_allclose(clf.decision_function(X), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(clf.decision_function(X[:1]), expected[:1], rtol=1e-12, atol=1e-12)
+    assert pickle.dumps(clf) == before
+    assert "_coef_t" in clf.__dict__ and "_coef_t" not in pickle.loads(before).__dict__
