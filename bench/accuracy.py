@@ -285,7 +285,8 @@ def _measure_in_child(
         ]
         for label, path in spec.test_paths(root).items():
             args += ["--test", f"{label}={path}"]
-        child = run_child(args, env=child_env(), timeout=timeout)
+        # A fresh NLUFLOW_HOME per child: the embedding cache starts empty, so fit seconds are cold-start.
+        child = run_child(args, env=child_env({"NLUFLOW_HOME": str(Path(tmp) / "home")}), timeout=timeout)
         if not child.ok or not out.is_file():
             why = "timed out" if child.timed_out else f"exit {child.returncode}"
             return _status_row(spec, config, f"failed ({why}): {child.tail()}")
