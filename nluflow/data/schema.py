@@ -31,6 +31,24 @@ class Entity(BaseModel):
     value: str = Field(description="The span's text as annotated; normally text[start:end].")
 
 
+class IntentScore(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    confidence: float
+
+
+class Parse(BaseModel):
+    """One prediction, in Rasa's ``/model/parse`` shape."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    intent: IntentScore
+    intent_ranking: tuple[IntentScore, ...] = ()
+    entities: tuple[Entity, ...] = ()
+
+
 class Origin(BaseModel):
     """Where an example was read from; used in messages, never in hashes."""
 

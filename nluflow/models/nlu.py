@@ -28,12 +28,12 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
-from nluflow.backends.base import IntentScore, LocalModelOptions, Parse
-from nluflow.data.schema import Dataset
+from nluflow.data.schema import Dataset, IntentScore, Parse
 from nluflow.errors import BackendError, ConfigError, DataError, ModelNotFoundError, NotFittedError
 from nluflow.models.embeddings import EXTRA_HINT, SentenceEmbedder, embeddings_available
 from nluflow.models.entities import CRFEntityExtractor
 from nluflow.models.intent import IntentClassifier
+from nluflow.models.options import LocalModelOptions
 from nluflow.models.tokenize import as_texts
 
 logger = logging.getLogger(__name__)
