@@ -139,6 +139,11 @@ class ProgressReporter:
         self._artifact_id: uuid.UUID | None = None
         self._last = -1.0
 
+    @property
+    def reported(self) -> bool:
+        """Whether anything was reported (the artifact exists)."""
+        return self._artifact_id is not None
+
     def __call__(self, fraction: float, message: str) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
 

@@ -25,6 +25,8 @@ from tasks.common import (
     workspace,
 )
 
+# JobRef.data flag: submit-training already reported the job's progress to its end (the local backend).
+PROGRESS_REPORTED = "nluflow_progress_reported"
 # Polling: first wait, growth factor, and the longest wait between two status calls (seconds).
 POLL_FIRST_SECONDS = 1.0
 POLL_FACTOR = 1.5
@@ -67,7 +69,10 @@ def submit_training(
     progress = ProgressReporter(artifact_key(project, "training-progress"), logger)
     client = backend.build(on_progress=progress)
     logger.info("submitting %s examples to the %s backend (key %s)", train.n_examples, backend.name, key[:12])
-    return client.submit(train.load(), config, idempotency_key=key)
+    job = client.submit(train.load(), config, idempotency_key=key)
+    if progress.reported:  # the backend trained while submitting (the local one): wait-for-training adds none
+        job = job.model_copy(update={"data": {**job.data, PROGRESS_REPORTED: True}})
+    return job
 
 
 @task(
@@ -92,9 +97,12 @@ def wait_for_training(
     client = backend.build()
     deadline = time.monotonic() + max_wait_seconds
     delay = POLL_FIRST_SECONDS
+    # One progress artifact per run: a job that submit-training already reported to its end adds none.
+    reported_by_submit = bool(job.data.get(PROGRESS_REPORTED))
     while True:
         status = client.status(job)
-        progress(status.progress, status.message or status.state.value)
+        if not (reported_by_submit and status.state.terminal):
+            progress(status.progress, status.message or status.state.value)
         if status.state.terminal:
             break
         if time.monotonic() + delay > deadline:
@@ -118,5 +126,6 @@ def wait_for_training(
     fetched = client.fetch(job, staging)
     staging.rename(dest)
     complete_marker(dest).touch()
-    progress(1.0, "model fetched")
+    if progress.reported or not reported_by_submit:
+        progress(1.0, "model fetched")
     return fetched.model_copy(update={"model_id": model_id, "path": str(dest)})

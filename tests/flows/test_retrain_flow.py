@@ -141,6 +141,13 @@ def test_artifacts_are_published_with_stable_keys(home: Path) -> None:
     assert found[f"{PROJECT}-per-intent-metrics"].type == "table"
     assert found[f"{PROJECT}-confusion-matrix"].type == "image"
     assert found[f"{PROJECT}-training-progress"].type == "progress"
+    progress = [
+        a
+        for a in asyncio.run(_read_artifacts(line["flow_run_id"]))
+        if a.key == f"{PROJECT}-training-progress"
+    ]
+    assert len(progress) == 1, [(a.description, a.task_run_id, a.data) for a in progress]  # one per run
+    assert progress[0].data == 100.0
 
 
 def test_unchanged_rerun_is_served_from_cache_and_adds_no_model(home: Path, demo_data: Path) -> None:
