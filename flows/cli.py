@@ -428,13 +428,7 @@ def _activate_remote(ms: Any, project: str, manifest: Any, restore: str | None, 
                 "manifest does not name the backend block (it was stored by an older nluflow); expected "
                 "--backend '<block-type-slug>/<block-name>' to tell which platform should serve it"
             )
-        path = ms.materialize(project, manifest.model_id)
-        ref = ModelRef(
-            backend=manifest.backend,
-            model_id=manifest.model_id,
-            path=str(path),
-            backend_model_id=manifest.backend_model_id,
-        )
+        ref = ModelRef.stored(manifest, ms.materialize(project, manifest.model_id))
         BackendSpec(name=block, workspace=str(_home() / "work")).build().activate(ref)
     except Exception:
         if restore is not None:

@@ -43,8 +43,8 @@ def nluflow_home() -> Path:
     return Path(os.environ.get("NLUFLOW_HOME", ".nluflow")).resolve()
 
 
-class RetrainParams(BaseModel):
-    """What to retrain, where to keep it, and when to promote it."""
+class RunSettings(BaseModel):
+    """The data, store, gates and notifications of a run: what a retrain and a sweep share."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -66,11 +66,6 @@ class RetrainParams(BaseModel):
         description="Store block as '<block-type-slug>/<name>' (local folder or S3); wins over store.",
     )
     workspace: str | None = Field(default=None, description="Local working folder ($NLUFLOW_HOME/work).")
-    backend: str = Field(
-        default="local",
-        description="'local', or a backend block as '<block-type-slug>/<name>'.",
-    )
-    config: TrainingConfig = Field(default_factory=TrainingConfig, description="Training configuration.")
     gates: GatePolicy = Field(default_factory=GatePolicy, description="Promotion gates.")
     gates_block: str | None = Field(default=None, description="Name of a GatePolicyBlock (wins over gates).")
     validation: ValidationPolicy = Field(
@@ -81,6 +76,16 @@ class RetrainParams(BaseModel):
     notify: list[str] = Field(
         default_factory=list, description="Names of WebhookNotification blocks told about the decision."
     )
+
+
+class RetrainParams(RunSettings):
+    """What to retrain, where to keep it, and when to promote it."""
+
+    backend: str = Field(
+        default="local",
+        description="'local', or a backend block as '<block-type-slug>/<name>'.",
+    )
+    config: TrainingConfig = Field(default_factory=TrainingConfig, description="Training configuration.")
 
 
 class RetrainResult(BaseModel):

@@ -34,15 +34,12 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from flows.retrain import RetrainParams, RetrainResult, nluflow_home, retrain
+from flows.retrain import RetrainParams, RetrainResult, RunSettings, nluflow_home, retrain
 from nluflow.backends.base import TrainingConfig
-from nluflow.data.validation import ValidationPolicy
 from nluflow.errors import ConfigError, DataError
-from nluflow.evaluation.gates import GatePolicy
 from nluflow.pipeline import DatasetSnapshot
-from nluflow.registry import ID_PATTERN
 from nluflow.sweep import (
     CV_VERSION,
     CVScore,
@@ -57,49 +54,10 @@ from nluflow.sweep import (
 from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy
 from tasks.data import freeze_test_set, load_dataset, validate_dataset
 
-# The retrain's fields a sweep passes through unchanged (the backend is always the local one: configurations
-# are cross-validated with the local model).
-_RETRAIN_FIELDS = (
-    "project",
-    "data",
-    "test",
-    "test_fraction",
-    "must_pass",
-    "store",
-    "store_block",
-    "workspace",
-    "gates",
-    "gates_block",
-    "validation",
-    "target_precision",
-    "max_wait_seconds",
-    "notify",
-)
 
-
-class SweepParams(BaseModel):
+class SweepParams(RunSettings):
     """Which configurations to compare, how to score them, where to run them, and the retrain's settings."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    project: str = Field(default="default", pattern=ID_PATTERN, description="Project (bot) name.")
-    data: list[str] = Field(
-        min_length=1, description="Training data: files or folders (JSONL, CSV, Rasa YAML)."
-    )
-    test: list[str] | None = Field(
-        default=None,
-        description="Frozen test set. Without it the project's frozen test set is used, or split off once.",
-    )
-    test_fraction: float = Field(default=0.2, ge=0.05, le=0.5, description="Share split off as test set.")
-    must_pass: str | None = Field(
-        default=None, description="File of utterances the candidate must get right."
-    )
-    store: str | None = Field(default=None, description="Model store folder (default $NLUFLOW_HOME/store).")
-    store_block: str | None = Field(
-        default=None,
-        description="Store block as '<block-type-slug>/<name>' (local folder or S3); wins over store.",
-    )
-    workspace: str | None = Field(default=None, description="Local working folder ($NLUFLOW_HOME/work).")
     configs: list[TrainingConfig] | None = Field(
         default=None, description="Configurations to compare, each complete; or give a grid."
     )
@@ -126,16 +84,6 @@ class SweepParams(BaseModel):
     n_workers: int = Field(
         default=2, ge=1, le=64, description="Worker processes (1 thread each) of the Dask LocalCluster."
     )
-    gates: GatePolicy = Field(default_factory=GatePolicy, description="Promotion gates.")
-    gates_block: str | None = Field(default=None, description="Name of a GatePolicyBlock (wins over gates).")
-    validation: ValidationPolicy = Field(
-        default_factory=ValidationPolicy, description="Data validation rules."
-    )
-    target_precision: float = Field(default=0.95, gt=0.0, le=1.0, description="Precision for the threshold.")
-    max_wait_seconds: float = Field(default=6 * 3600, gt=0, description="Longest wait for a training job.")
-    notify: list[str] = Field(
-        default_factory=list, description="Names of WebhookNotification blocks told about the decision."
-    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -155,7 +103,8 @@ class SweepParams(BaseModel):
 
     def retrain_params(self, config: TrainingConfig) -> RetrainParams:
         """The retrain of ``config`` with this sweep's data, store, gates and notifications."""
-        return RetrainParams(**{name: getattr(self, name) for name in _RETRAIN_FIELDS}, config=config)
+        shared = {name: getattr(self, name) for name in RunSettings.model_fields}
+        return RetrainParams(**shared, config=config)  # the backend is the local one: CV used the local model
 
 
 class SweepResult(BaseModel):

@@ -40,13 +40,7 @@ def fetch_active_model(
     dest = workspace(backend.workspace).champion(project, pointer.model_id)
     path = model_store.materialize(project, pointer.model_id, dest)
     manifest = model_store.manifest(project, pointer.model_id)
-    ref = ModelRef(
-        backend=manifest.backend,
-        model_id=manifest.model_id,
-        path=str(path),
-        backend_model_id=manifest.backend_model_id,
-    )
-    return ref, manifest
+    return ModelRef.stored(manifest, path), manifest
 
 
 def _evaluate_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:

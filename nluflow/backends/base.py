@@ -18,6 +18,7 @@ from nluflow.data.schema import Dataset, IntentScore, Parse
 from nluflow.errors import ConfigError
 from nluflow.hashing import sha256_json
 from nluflow.models.options import LocalModelOptions
+from nluflow.registry import Manifest
 
 # Re-exported: the values that cross the protocol, defined where the layers below can use them.
 __all__ = [
@@ -118,6 +119,16 @@ class ModelRef(BaseModel):
     path: str | None = Field(default=None, description="Local folder holding the model files.")
     backend_model_id: str | None = Field(default=None, description="The platform's own id, if remote.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Training metrics from the backend.")
+
+    @classmethod
+    def stored(cls, manifest: Manifest, path: str | Path) -> ModelRef:
+        """The model a store manifest describes, its files materialised at ``path``."""
+        return cls(
+            backend=manifest.backend,
+            model_id=manifest.model_id,
+            path=str(path),
+            backend_model_id=manifest.backend_model_id,
+        )
 
 
 @runtime_checkable

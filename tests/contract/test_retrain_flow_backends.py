@@ -474,12 +474,7 @@ def test_rollback_returns_store_and_platform_to_the_previous_model(platform: Pla
     assert pointer.model_id == previous
     manifest = p.store().manifest(p.project, previous)
     assert manifest.backend_block == p.block_ref, "the manifest names the block that trained it"
-    ref = ModelRef(
-        backend=manifest.backend,
-        model_id=previous,
-        path=str(p.store().materialize(p.project, previous)),
-        backend_model_id=manifest.backend_model_id,
-    )
+    ref = ModelRef.stored(manifest, p.store().materialize(p.project, previous))
     backend = BackendSpec(name=p.block_ref, workspace=str(p.home / "work")).build()
     backend.activate(ref)
     _assert_agree(p, previous)
