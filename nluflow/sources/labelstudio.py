@@ -221,16 +221,22 @@ class LabelStudioClient:
                 expect_json=True,
             )
         except AuthenticationError as exc:
+            refresh = TOKEN_REFRESH_PATH in exc.url
+            stage = (
+                f"the personal access token was refused at POST {TOKEN_REFRESH_PATH}"
+                if refresh
+                else "the export was refused"
+            )
             hint = (
-                "check the personal access token in the source block"
+                "check the personal access token in the source block (a new one is made under Account & "
+                "Settings → Personal Access Token)"
                 if self.token_kind is TokenKind.PAT
                 else "check the token in the source block; Label Studio 1.23 disables legacy tokens in new "
                 "organisations (use a personal access token with token_kind 'pat', or start Label Studio "
                 "with --enable-legacy-api-token)"
             )
             raise SourceError(
-                f"{where}: the export was refused (HTTP {exc.status}: {exc.body_excerpt or 'no body'}); "
-                f"{hint}; {_NEXT}"
+                f"{where}: {stage} (HTTP {exc.status}: {exc.body_excerpt or 'no body'}); {hint}; {_NEXT}"
             ) from None
         except HTTPStatusError as exc:
             what = (

@@ -21,9 +21,7 @@ def tasks() -> list[dict[str, Any]]:
     return json.loads(EXPORT.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
-def second(
-    task: dict[str, Any], *, intent: str, aid: int, updated: str, **flags: Any
-) -> dict[str, Any]:
+def second(task: dict[str, Any], *, intent: str, aid: int, updated: str, **flags: Any) -> dict[str, Any]:
     """Another annotation of ``task`` (a copy of its first one) with another intent."""
     other = copy.deepcopy(task["annotations"][0])
     other.update(id=aid, updated_at=updated, **flags)
