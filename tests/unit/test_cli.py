@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -249,3 +252,42 @@ def test_audit_verify_without_project_checks_and_lists_every_project(tmp_path: P
     assert "alpha: intact" in out.output and "broken: beta" in out.output
     out = runner.invoke(app, ["audit", "verify", "--store", str(tmp_path / "nowhere")])
     assert out.exit_code == 2 and "no model store" in out.output
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"true" if self.path == "/api/health" else b"{}"
+        self.send_response(200 if self.path == "/api/health" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_console_script_uses_a_running_local_server_like_the_makefile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.cli import _use_running_server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = str(server.server_address[1])
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        monkeypatch.setenv("PREFECT_PORT", port)
+        assert _use_running_server() == f"http://127.0.0.1:{port}/api"
+        assert os.environ["PREFECT_API_URL"] == f"http://127.0.0.1:{port}/api"
+        # An explicit PREFECT_API_URL wins: nothing is probed or changed.
+        monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere:4200/api")
+        assert _use_running_server() is None
+        assert os.environ["PREFECT_API_URL"] == "http://elsewhere:4200/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Nothing listening: Prefect is left to start its ephemeral server.
+    monkeypatch.delenv("PREFECT_API_URL")
+    assert _use_running_server() is None
+    assert "PREFECT_API_URL" not in os.environ
