@@ -5,15 +5,21 @@ The console script runs as a subprocess, as a user runs it, against the session'
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.sorting import LogSort
 from prefect.settings import PREFECT_API_URL
 
+from nluflow.audit import AuditLog
 from nluflow.registry import ModelStore
 
 pytestmark = pytest.mark.slow
@@ -46,6 +52,21 @@ def test_validation_failure_inside_a_retrain_shows_only_the_paragraph(tmp_path: 
     done = _nluflow("retrain", "--data", str(data), "--project", "tb-blocked", home=tmp_path / "home")
     assert done.returncode == 2, done.stderr
     _assert_one_paragraph(done, f"error: {data}: data validation found 1 blocking problem")
+    # The traceback is not lost: it is in the run's logs on the server (what the UI shows).
+    [line] = AuditLog(tmp_path / "home" / "store" / "tb-blocked" / "audit.jsonl").records()
+    logs = asyncio.run(_run_logs(line["flow_run_id"]))
+    assert any("Traceback" in message and "DataError" in message for message in logs), logs
+
+
+async def _run_logs(flow_run_id: str) -> list[str]:
+    async with get_client() as client:
+        found = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])),
+            limit=200,
+            offset=0,
+            sort=LogSort.TIMESTAMP_ASC,
+        )
+    return [log.message for log in found]
 
 
 def test_tampered_active_model_shows_only_the_paragraph(tmp_path: Path, demo_data: Path) -> None:
