@@ -363,7 +363,9 @@ def test_degenerate_confidences_warn_but_do_not_block() -> None:
     decision = decide(sure, None, GatePolicy())
     assert decision.promote
     [warning] = decision.warnings
-    assert warning.startswith("degenerate confidences: 105 of 105 test answers (100%) have confidence > 0.999")
+    assert warning.startswith(
+        "degenerate confidences: 105 of 105 test answers (100%) have confidence > 0.999"
+    )
     assert "**Warning:** degenerate confidences" in decision.to_markdown()
     # Ordinary confidences (0.6 wrong, 0.9 right) raise no warning.
     assert decide(_result({"e": 1}), ACTIVE, GatePolicy()).warnings == []
