@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from prefect.transactions import transaction
 from pydantic import BaseModel, ConfigDict, Field
 
-from nluflow.audit import audit_record
+from nluflow.audit import AuditLog, audit_record, error_summary
 from nluflow.backends.base import ModelRef, TrainingConfig
 from nluflow.data.validation import ValidationPolicy, ValidationReport
 from nluflow.evaluation.gates import Decision, GatePolicy, decide
@@ -32,6 +32,7 @@ from tasks.evaluation import check_must_pass_utterances, evaluate_model, fetch_a
 from tasks.promotion import (
     activate_on_backend,
     ensure_promotion_limit,
+    keep_rejected_candidate,
     store_candidate,
     switch_active_pointer,
 )
@@ -97,6 +98,13 @@ class RetrainParams(RunSettings):
         description="'local', or a backend block as '<block-type-slug>/<name>'.",
     )
     config: TrainingConfig = Field(default_factory=TrainingConfig, description="Training configuration.")
+    keep_rejected: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="Rejected candidates kept in the store per project (for `nluflow models promote`); "
+        "older ones are pruned, never the active model or a rollback target. 0 keeps none.",
+    )
 
 
 class RetrainResult(BaseModel):
@@ -137,7 +145,53 @@ def _resolve(params: RetrainParams) -> tuple[StoreSpec, BackendSpec, GatePolicy,
     return store, BackendSpec(name=params.backend, workspace=str(work)), gates, work
 
 
-@flow(name="nluflow-retrain", flow_run_name="retrain-{params.project}", log_prints=False)
+def _audit_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """``on_failure`` hook: a run that ended in an error writes a ``failed`` audit line (its error as one
+    line, credentials redacted), unless it already wrote its line (a blocked run raises after writing it)."""
+    logger = get_run_logger()
+    try:
+        params = RetrainParams.model_validate(flow_run.parameters["params"])
+        store, backend, _, _ = _resolve(params)
+        path = store.audit_path(params.project)
+        run_id = str(flow_run.id)
+        log = AuditLog(path)
+        if any(line.get("flow_run_id") == run_id for line in log.records()):
+            return
+        error = state.result(raise_on_failure=False)
+        message = error_summary(error) if isinstance(error, BaseException) else str(state.message or "failed")
+        start = flow_run.start_time
+        elapsed = (state.timestamp - start).total_seconds() if start and state.timestamp else 0.0
+        log.append(
+            audit_record(
+                run_id=run_id,
+                flow_run_id=run_id,
+                project=params.project,
+                dataset_sha256=None,
+                test_sha256=None,
+                backend=backend.name,
+                job_id=None,
+                model_id=None,
+                config=params.config.model_dump(mode="json"),
+                duration_seconds=round(elapsed, 3),
+                metrics={},
+                decision="failed",
+                promoted=False,
+                reasons=[message],
+                previous_model_id=None,
+                manifest_sha256=None,
+                error=message,
+            )
+        )
+    except Exception as exc:  # a hook must not hide the run's own error
+        logger.warning("could not write the audit line of the failed run: %s", error_summary(exc))
+
+
+@flow(
+    name="nluflow-retrain",
+    flow_run_name="retrain-{params.project}",
+    log_prints=False,
+    on_failure=[_audit_failed_run],
+)
 def retrain(params: RetrainParams) -> RetrainResult:
     """Retrain a project's NLU model and promote it only if it passes the gates and beats the active one."""
     started = time.monotonic()
@@ -212,6 +266,8 @@ def retrain(params: RetrainParams) -> RetrainResult:
     # 5. Decide (a pure function: every gate with its reason).
     decision = decide(cand_eval, active_eval, gates, must_pass)
     logger.info(decision.summary())
+    for warning in decision.warnings:
+        logger.warning(warning)
 
     # 6. Publish the report, tables and figures.
     outdir = work / "runs" / project / run_id
@@ -255,6 +311,20 @@ def retrain(params: RetrainParams) -> RetrainResult:
                 switch_active_pointer(store, project, model_id, run_id, decision.summary())
         pointer = store.build().active(project)
         active_now = pointer.model_id if pointer else None
+    elif not decision.promote:  # kept (not active) so a person can still force it: `nluflow models promote`
+        keep_rejected_candidate(
+            store,
+            project,
+            candidate,
+            train.sha256,
+            test.sha256,
+            params.config.model_dump(mode="json"),
+            cand_eval.headline(),
+            run_id,
+            None if backend.name == "local" else backend.name,
+            params.keep_rejected,
+            decision.summary(),
+        )
 
     # 8. Audit and notify.
     promoted = decision.promote and active_now == model_id

@@ -170,9 +170,12 @@ def test_mislabelled_batch_is_rejected_and_active_model_stays(home: Path, demo_d
     assert not result.promoted
     assert result.decision.reasons
     assert store(home).active(PROJECT) == active_before
-    assert not store(home).has_model(PROJECT, result.candidate_id)
+    # Kept in the store, not active, so a person can still force it (`nluflow models promote`).
+    assert store(home).has_model(PROJECT, result.candidate_id)
+    assert [e.model_id for e in store(home).rejected(PROJECT)] == [result.candidate_id]
     line = audit_lines(home)[-1]
     assert line["decision"] == "reject" and line["promoted"] is False
+    assert line["manifest_sha256"] == store(home).manifest(PROJECT, result.candidate_id).sha256()
     assert line["reasons"] == result.decision.reasons
     assert line["previous_model_id"] == active_before.model_id
 
@@ -194,7 +197,12 @@ def test_failure_during_promotion_rolls_back(
     pointer = store(home).active(project)
     assert pointer is not None and pointer.model_id == first.candidate_id
     assert [m.model_id for m in store(home).list_models(project)] == [first.candidate_id]
-    assert AuditLog(home / "store" / project / "audit.jsonl").verify().ok
+    log = AuditLog(home / "store" / project / "audit.jsonl")
+    assert log.verify().ok
+    promoted, failed = log.records()
+    assert promoted["decision"] == "promote"
+    assert failed["decision"] == "failed" and failed["promoted"] is False
+    assert failed["error"] == "OSError: disk full while writing active.json"
 
 
 def test_blocking_validation_stops_before_training(home: Path, tmp_path: Path) -> None:

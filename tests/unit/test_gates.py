@@ -78,7 +78,11 @@ def test_policy_parse_lists_every_problem() -> None:
 def test_first_model_needs_only_the_absolute_gates() -> None:
     decision = decide(ACTIVE, None, GatePolicy())
     assert decision.promote and decision.first_model
-    assert [g.name for g in decision.gates] == ["min_macro_f1", "min_precision"]
+    assert [(g.name, g.status) for g in decision.gates] == [
+        ("min_macro_f1", "pass"),
+        ("min_precision", "pass"),
+        ("must_pass", "skipped"),  # no must-pass file: listed as skipped, never as passed
+    ]
     assert decision.bootstrap is None and decision.deltas == {}
     assert decision.summary().startswith(
         f"promote: first model of the project; macro F1 {ACTIVE.macro_f1:.3f} and macro precision"
@@ -106,13 +110,15 @@ def test_better_candidate_is_promoted_with_its_interval() -> None:
         r"promote: beats active by \+0\.\d{3} macro F1 \(95% CI [+-]0\.\d{3}\.\.\+0\.\d{3}\)",
         decision.summary(),
     ), decision.summary()
-    names = [g.name for g in decision.gates]
+    names = [(g.name, g.status) for g in decision.gates]
     assert names == [
-        "min_macro_f1",
-        "min_precision",
-        "beats_active",
-        "no_regression_intent_accuracy",
-        "intent_regression",
+        ("min_macro_f1", "pass"),
+        ("min_precision", "pass"),
+        ("beats_active", "pass"),
+        ("no_regression_intent_accuracy", "pass"),
+        ("no_regression_entity_f1", "skipped"),  # the test set has no entities
+        ("intent_regression", "pass"),
+        ("must_pass", "skipped"),
     ]
     # promoting: the headline first, then every gate's (passing) reason
     assert len(decision.reasons) == 1 + len(decision.gates)
@@ -303,3 +309,63 @@ def test_entity_results_from_evaluate_feed_the_entity_gates() -> None:
     assert _gate(decision, "min_entity_f1")[0]
     assert not _gate(decision, "no_regression_entity_f1")[0]
     assert decision.deltas["entity_recall"] == pytest.approx(2 / 3 - 1)
+
+
+def _result_with_confidence(confidence: float, wrong: int = 0) -> EvaluationResult:
+    parses = [
+        Parse(text=t, intent=IntentScore(name="x" if n < wrong else i, confidence=confidence))
+        for n, (t, i) in enumerate(GOLD)
+    ]
+    return evaluate(TEST, parses)
+
+
+def test_gates_that_checked_nothing_are_skipped_with_the_reason_and_do_not_block() -> None:
+    decision = decide(_result({"e": 1}), ACTIVE, GatePolicy(min_intent_support=1000))
+    gates = {g.name: g for g in decision.gates}
+    guard = gates["intent_regression"]
+    assert guard.status == "skipped" and guard.skipped and guard.value is None
+    assert guard.reason.startswith("skipped: no intent has ≥ 1000 test utterances")
+    assert gates["no_regression_entity_f1"].reason.startswith("skipped: the test set has no entity")
+    assert gates["must_pass"].reason.startswith("skipped: no must-pass file")
+    assert decision.promote  # a skipped gate does not block
+    table = decision.to_markdown()
+    assert "| intent_regression | ➖ skipped |" in table
+    assert "| must_pass | ➖ skipped |" in table
+    # With supported intents and a must-pass file, the same gates really check something.
+    with_cases = decide(_result({"e": 1}), ACTIVE, GatePolicy(), MustPassResult(total=2, failures=[]))
+    statuses = {g.name: g.status for g in with_cases.gates}
+    assert statuses["intent_regression"] == "pass" and statuses["must_pass"] == "pass"
+
+
+def test_entity_regression_is_compared_when_the_test_set_has_entities() -> None:
+    city = Entity(start=0, end=5, entity="city", value="Paris")
+    test = Dataset.of(Example(text=f"Paris {t}", intent=i, entities=[city]) for t, i in GOLD)
+
+    def scored(found: int) -> EvaluationResult:
+        parses = [
+            Parse(
+                text=e.text,
+                intent=IntentScore(name=e.intent, confidence=0.9),
+                entities=(city,) if n < found else (),
+            )
+            for n, e in enumerate(test.examples)
+        ]
+        return evaluate(test, parses)
+
+    decision = decide(scored(50), scored(len(GOLD)), GatePolicy())
+    [gate] = [g for g in decision.gates if g.name == "no_regression_entity_f1"]
+    assert gate.status == "fail" and not gate.skipped
+    assert "entity F1" in gate.reason and "drops more than the tolerance" in gate.reason
+
+
+def test_degenerate_confidences_warn_but_do_not_block() -> None:
+    sure = _result_with_confidence(0.99999998, wrong=3)
+    decision = decide(sure, None, GatePolicy())
+    assert decision.promote
+    [warning] = decision.warnings
+    assert warning.startswith(
+        "degenerate confidences: 105 of 105 test answers (100%) have confidence > 0.999"
+    )
+    assert "**Warning:** degenerate confidences" in decision.to_markdown()
+    # Ordinary confidences (0.6 wrong, 0.9 right) raise no warning.
+    assert decide(_result({"e": 1}), ACTIVE, GatePolicy()).warnings == []

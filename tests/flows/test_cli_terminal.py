@@ -1,0 +1,101 @@
+"""What a user sees on the terminal when a retrain ends in a known error: the one-paragraph message, no
+Prefect task/flow tracebacks (those stay in the run's logs, through Prefect's API log handler).
+
+The console script runs as a subprocess, as a user runs it, against the session's test server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.sorting import LogSort
+from prefect.settings import PREFECT_API_URL
+
+from nluflow.audit import AuditLog
+from nluflow.registry import ModelStore
+
+pytestmark = pytest.mark.slow
+
+
+def _nluflow(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "NLUFLOW_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-c", "from flows.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def _assert_one_paragraph(done: subprocess.CompletedProcess[str], expected: str) -> None:
+    both = done.stdout + done.stderr
+    assert "Traceback" not in both, both
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert expected in " ".join(done.stderr.split()), done.stderr
+
+
+def test_validation_failure_inside_a_retrain_shows_only_the_paragraph(tmp_path: Path) -> None:
+    data = tmp_path / "one-intent.jsonl"
+    data.write_text(
+        "".join(json.dumps({"text": f"hello number {i}", "intent": "greet"}) + "\n" for i in range(12))
+    )
+    done = _nluflow("retrain", "--data", str(data), "--project", "tb-blocked", home=tmp_path / "home")
+    assert done.returncode == 2, done.stderr
+    _assert_one_paragraph(done, f"error: {data}: data validation found 1 blocking problem")
+    # The traceback is not lost: it is in the run's logs on the server (what the UI shows).
+    [line] = AuditLog(tmp_path / "home" / "store" / "tb-blocked" / "audit.jsonl").records()
+    logs = asyncio.run(_run_logs(line["flow_run_id"]))
+    assert any("Traceback" in message and "DataError" in message for message in logs), logs
+
+
+async def _run_logs(flow_run_id: str) -> list[str]:
+    async with get_client() as client:
+        found = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])),
+            limit=200,
+            offset=0,
+            sort=LogSort.TIMESTAMP_ASC,
+        )
+    return [log.message for log in found]
+
+
+def test_tampered_active_model_shows_only_the_paragraph(tmp_path: Path, demo_data: Path) -> None:
+    home = tmp_path / "home"
+    store = ModelStore.local(home / "store", create=True)
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "intent.pkl").write_bytes(b"a model")
+    store.add_model(
+        "tb-tampered",
+        "m-active",
+        src,
+        backend="local",
+        dataset_sha256="d" * 64,
+        test_sha256=None,
+        config={},
+        metrics={},
+    )
+    store.activate("tb-tampered", "m-active")
+    (home / "store" / "tb-tampered" / "models" / "m-active" / "intent.pkl").write_bytes(b"tampered")
+    done = _nluflow(
+        "retrain",
+        "--data",
+        str(demo_data / "batch-1.jsonl"),
+        "--test",
+        str(demo_data / "test.jsonl"),
+        "--project",
+        "tb-tampered",
+        home=home,
+    )
+    assert done.returncode == 1, done.stderr
+    _assert_one_paragraph(done, "intent.pkl")
