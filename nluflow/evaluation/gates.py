@@ -202,12 +202,17 @@ class Decision(BaseModel):
     def summary(self) -> str:
         """One line, e.g. ``promote: beats active by +0.031 macro F1 (95% CI +0.012..+0.050)``."""
         verdict = "promote" if self.promote else "reject"
+        reason = self.reason()
+        return f"{verdict}: {reason}" if reason else verdict
+
+    def reason(self) -> str:
+        """Why, in one line: the headline reason of a promotion, or the first two failing gates' reasons."""
         if not self.reasons:
-            return verdict
+            return ""
         if self.promote:
-            return f"{verdict}: {self.reasons[0]}"
+            return self.reasons[0]
         more = f" (+{len(self.reasons) - 2} more)" if len(self.reasons) > 2 else ""
-        return f"{verdict}: {'; '.join(self.reasons[:2])}{more}"
+        return f"{'; '.join(self.reasons[:2])}{more}"
 
     def to_markdown(self) -> str:
         """The gate table (gate | result | value | threshold | reason), under the one-line summary."""
@@ -218,7 +223,7 @@ class Decision(BaseModel):
             "|---|:---:|---:|---:|---|",
         ]
         for gate in self.gates:
-            mark = _MARKS[gate.status]  # words too: not every viewer has emoji fonts
+            mark = _MARKS[gate.status]  # plain text: renders without emoji fonts
             lines.append(
                 f"| {gate.name} | {mark} | {_num(gate.value)} | {_num(gate.threshold)} | {_md(gate.reason)} |"
             )
@@ -237,7 +242,7 @@ class Decision(BaseModel):
 
 
 _METRIC_LABEL: dict[str, str] = {"macro_f1": "macro F1", "accuracy": "accuracy"}
-_MARKS: dict[str, str] = {"pass": "✅ pass", "fail": "❌ fail", "skipped": "➖ skipped"}
+_MARKS: dict[str, str] = {"pass": "PASS", "fail": "FAIL", "skipped": "SKIP"}
 # Degenerate confidences: above this share of answers at confidence > _DEGENERATE_CONFIDENCE, the model's
 # confidences carry no information (a tiny model answers "what's the capital of France" with 0.99999998).
 _DEGENERATE_CONFIDENCE = 0.999
