@@ -3,9 +3,10 @@
 A test set that never changes stops measuring: once both models score 1.000 on it no later model can beat
 the active one, and new vocabulary never enters it. So the frozen test set grows with the data:
 
-- **New** examples are the ones neither in the current test set (by normalised text, the leakage rule) nor in
-  the active model's training data (by normalised text + intent). Only new examples are ever routed into the
-  test set, so no model is scored on an utterance it trained on.
+- **New** examples are the ones neither in the current test set nor in the active model's training data.
+  "+N new" compares normalised text + intent (a relabelled example is new); routing compares normalised
+  text only (the leakage rule), so no example the active model trained on, under any label, is ever routed
+  into the test set.
 - **Routing is stratified and deterministic.** Per intent, the test set's share of the intent's distinct
   texts is kept at ``fraction``: ``quota = round(fraction * total) - already in the test set`` (at least 0, at
   most the intent's new texts, leaving one for training when the intent has nothing else to train on).
@@ -80,15 +81,13 @@ def _half_up(value: float) -> int:
 
 
 def new_example_indices(data: Dataset, test: Dataset, previous: Dataset | None) -> list[int]:
-    """Indices of ``data``'s examples that are new: not in ``test`` (normalised text) and not in
-    ``previous`` (normalised text + intent; ``None`` means there is no previous training data)."""
+    """Indices of ``data``'s examples that may be routed into the test set: their normalised text is neither
+    in ``test`` nor in ``previous`` (the active model's training data; ``None`` when there is none), under
+    any intent, so no model is scored on a text it trained on, even one relabelled since."""
     held_out = {normalize_text(e.text) for e in test}
-    seen = _keys(previous) if previous is not None else set()
-    return [
-        i
-        for i, e in enumerate(data.examples)
-        if normalize_text(e.text) not in held_out and example_key(e) not in seen
-    ]
+    if previous is not None:
+        held_out |= {normalize_text(e.text) for e in previous}
+    return [i for i, e in enumerate(data.examples) if normalize_text(e.text) not in held_out]
 
 
 def route_to_test(data: Dataset, test: Dataset, new: Iterable[int], fraction: float, seed: int) -> list[int]:

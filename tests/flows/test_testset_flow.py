@@ -6,6 +6,7 @@ The growth tests share one project history and run in file order, as a bot's ret
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,24 @@ def test_an_explicit_test_set_wins_over_the_frozen_one(home: Path, demo_data: Pa
     assert audit_lines(home)[-1]["test_sha256"] == given.sha256()
     assert result.data_info["test_set_version"] is None and result.data_info["routed_to_test"] == 0
     assert frozen(home).record() == before
+
+
+def test_an_active_model_without_kept_training_data_is_unknown_and_routes_nothing(
+    home: Path, demo_data: Path
+) -> None:
+    project = "growtest-legacy"
+    first = retrain(params(home, demo_data, ["batch-1.jsonl"], project=project))
+    assert first.promoted, first.decision.reasons
+    # As a model stored before training data was kept in the store.
+    shutil.rmtree(home / "store" / project / "datasets")
+    before = frozen(home, project).record()
+    result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"], project=project))
+    assert result.data_info["new_since_active"].startswith(
+        f"unknown: the training data of the active model {first.candidate_id} is not in the store"
+    )
+    assert frozen(home, project).record() == before  # no guess, so nothing was routed
+    line = audit_lines(home, project)[-1]
+    assert line["new_examples"] is None and line["removed_examples"] is None and line["test_set_version"] == 1
 
 
 def test_a_tiny_first_run_is_refused_and_freezes_nothing(home: Path, tmp_path: Path) -> None:

@@ -35,12 +35,16 @@ def batch(intent: str, n: int, start: int = 0) -> list[tuple[str, str]]:
 
 def test_new_examples_are_neither_in_the_test_set_nor_in_the_previous_training_data() -> None:
     data = ds(
-        ("Hello there!", "greet"), ("bye", "goodbye"), ("book a flight", "book"), ("hello there", "other")
+        ("Hello there!", "greet"),
+        ("bye", "goodbye"),
+        ("book a flight", "book"),
+        ("hello there", "other"),
+        ("BYE", "farewell"),
     )
     test = ds(("hello THERE", "greet"))  # normalised text, any intent: both "hello there" are held out
-    previous = ds(("Bye.", "goodbye"))
+    previous = ds(("Bye.", "goodbye"))  # trained on: never routed, not even relabelled
     assert new_example_indices(data, test, previous) == [2]
-    assert new_example_indices(data, test, None) == [1, 2]
+    assert new_example_indices(data, test, None) == [1, 2, 4]
 
 
 def test_routing_is_deterministic_and_independent_of_order() -> None:
