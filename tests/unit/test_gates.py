@@ -329,8 +329,8 @@ def test_gates_that_checked_nothing_are_skipped_with_the_reason_and_do_not_block
     assert gates["must_pass"].reason.startswith("skipped: no must-pass file")
     assert decision.promote  # a skipped gate does not block
     table = decision.to_markdown()
-    assert "| intent_regression | ➖ skipped |" in table
-    assert "| must_pass | ➖ skipped |" in table
+    assert "| intent_regression | SKIP |" in table
+    assert "| must_pass | SKIP |" in table
     # With supported intents and a must-pass file, the same gates really check something.
     with_cases = decide(_result({"e": 1}), ACTIVE, GatePolicy(), MustPassResult(total=2, failures=[]))
     statuses = {g.name: g.status for g in with_cases.gates}
