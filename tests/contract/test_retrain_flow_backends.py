@@ -388,7 +388,7 @@ def test_refused_activation_fails_the_run_and_changes_nothing(
     # The failed run says so on the audit log, with the error as one line.
     failed = p.audit().records()[audit_before:]
     assert [line["decision"] for line in failed] == ["failed"]
-    assert failed[0]["error"].startswith("HTTPStatusError: PUT ") and "answered 400" in failed[0]["error"]
+    assert failed[0]["error"].startswith("HTTPStatusError: ") and "answered 400" in failed[0]["error"]
     assert p.audit().verify().ok
     assert p.emulator.jobs_started == 3
     assert p.serving() == served_before, f"{p.kind} serves {p.serving()} after a failed promotion"
