@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -68,9 +69,26 @@ class _HideKnownErrors(logging.Filter):
     the CLI prints that error as one paragraph, and Prefect's API log handler, which sees the record before
     the terminal does, keeps the full traceback in the run's logs in the UI."""
 
+    # Prefect's "Finished in state Failed('... encountered an exception DataError: ...')" lines repeat the
+    # paragraph without the exception object; they are matched by the error's class name.
+    _STATE_LINE = re.compile(r"encountered an exception:? (\w+):")
+
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, NluflowError)
+        if isinstance(exc, NluflowError):
+            return False
+        found = self._STATE_LINE.search(record.getMessage()) if record.exc_info is None else None
+        return found is None or found.group(1) not in _known_error_names()
+
+
+def _known_error_names() -> set[str]:
+    names: set[str] = set()
+    todo: list[type[BaseException]] = [NluflowError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
 
 
 _TERMINAL_FILTER = _HideKnownErrors()

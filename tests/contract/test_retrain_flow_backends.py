@@ -335,7 +335,9 @@ def test_second_run_is_decided_by_the_shared_gates_on_the_same_test_set(
         _assert_agree(p, result.candidate_id)
     else:
         assert result.active == first
-        assert p.stored() == [first]
+        # A rejected candidate is kept in the store, not active, for `nluflow models promote`.
+        assert p.stored() == sorted([first, result.candidate_id])
+        assert [e.model_id for e in p.store().rejected(p.project)] == [result.candidate_id]
         _assert_agree(p, first)
     line = p.audit().records()[-1]
     assert line["decision"] == ("promote" if result.decision.promote else "reject")
@@ -383,7 +385,10 @@ def test_refused_activation_fails_the_run_and_changes_nothing(
     assert added[0] not in p.stored(), "the rollback removed the candidate from the store"
     assert p.pointer() == pointer_before
     assert p.stored() == stored_before
-    assert len(p.audit().records()) == audit_before
+    # The failed run says so on the audit log, with the error as one line.
+    failed = p.audit().records()[audit_before:]
+    assert [line["decision"] for line in failed] == ["failed"]
+    assert failed[0]["error"].startswith("HTTPStatusError: ") and "answered 400" in failed[0]["error"]
     assert p.audit().verify().ok
     assert p.emulator.jobs_started == 3
     assert p.serving() == served_before, f"{p.kind} serves {p.serving()} after a failed promotion"
@@ -496,7 +501,11 @@ def test_every_distinct_training_set_was_trained_exactly_once(platform: Platform
     assert len(trained) == p.emulator.jobs_started == 3
     assert len(set(trained)) == len(trained), f"{p.kind} trained the same data twice: {trained}"
     assert p.audit().verify().ok
-    assert [r["promoted"] for r in p.audit().records()] == [True, p.results["second"].promoted, True]
+    second = "promote" if p.results["second"].promoted else "reject"
+    # Three runs failed on purpose (refused activation, failed after the switch, failed pointer switch); the
+    # store-level rollback is not on the log, the CLI's `models activate` is.
+    decisions = [r["decision"] for r in p.audit().records()]
+    assert decisions == ["promote", second, "failed", "failed", "failed", "promote", "activate"], decisions
 
 
 def test_uncached_evaluation_of_the_active_model_does_not_train_twice(

@@ -41,7 +41,8 @@ def _assert_one_paragraph(done: subprocess.CompletedProcess[str], expected: str)
     assert "Traceback" not in both, both
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr
-    assert expected in " ".join(done.stderr.split()), done.stderr
+    # Once: Prefect's "Finished in state Failed(...)" lines that repeat it stay in the run's logs too.
+    assert " ".join(done.stderr.split()).count(expected) == 1, done.stderr
 
 
 def test_validation_failure_inside_a_retrain_shows_only_the_paragraph(tmp_path: Path) -> None:
@@ -51,7 +52,7 @@ def test_validation_failure_inside_a_retrain_shows_only_the_paragraph(tmp_path: 
     )
     done = _nluflow("retrain", "--data", str(data), "--project", "tb-blocked", home=tmp_path / "home")
     assert done.returncode == 2, done.stderr
-    _assert_one_paragraph(done, f"error: {data}: data validation found 1 blocking problem")
+    _assert_one_paragraph(done, "data validation found 1 blocking problem")
     # The traceback is not lost: it is in the run's logs on the server (what the UI shows).
     [line] = AuditLog(tmp_path / "home" / "store" / "tb-blocked" / "audit.jsonl").records()
     logs = asyncio.run(_run_logs(line["flow_run_id"]))
@@ -98,4 +99,4 @@ def test_tampered_active_model_shows_only_the_paragraph(tmp_path: Path, demo_dat
         home=home,
     )
     assert done.returncode == 1, done.stderr
-    _assert_one_paragraph(done, "intent.pkl")
+    _assert_one_paragraph(done, "does not match its manifest and is refused")
