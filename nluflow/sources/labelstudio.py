@@ -296,7 +296,8 @@ class LabelStudioExportSource:
         exported_at = datetime.now(UTC).isoformat(timespec="seconds")
         with self.client:
             raw = self.client.export(self.project_id)
-        counts = export_counts(json.loads(raw))
+        tasks = json.loads(raw)
+        counts = export_counts(tasks)
         where = self.describe()
         if not counts["used_annotations"]:
             raise DataError(
@@ -307,7 +308,9 @@ class LabelStudioExportSource:
             )
         host = httpx.URL(self.client.url).netloc.decode().replace(":", "-") or "label-studio"
         folder = dest / "label-studio" / f"{host}-project-{self.project_id}"
-        path = write_content_addressed(folder, "export", ".json", raw)
+        # Label Studio sends one compact line; one task per line block gives messages a useful file:line.
+        readable = json.dumps(tasks, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+        path = write_content_addressed(folder, "export", ".json", readable)
         provenance = SourceProvenance(
             kind="label-studio",
             reference=self.reference,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from nluflow.data.loaders import load_paths
 from nluflow.errors import DataError, SourceError, TransientSourceError
 from nluflow.sources.labelstudio import LabelStudioClient, LabelStudioExportSource, TokenKind
 from nluflow.testing.emulators import Fault, LabelStudioEmulator
@@ -190,6 +191,12 @@ def test_pull_writes_a_content_addressed_export_with_provenance(
     changed = pull()
 
     assert changed.paths != first.paths
+    lines = Path(changed.paths[0]).read_text(encoding="utf-8").splitlines()
+    assert lines[1] == " {" and len(lines) > 100  # one task after another, not Label Studio's single line
+    rome = next(i for i, line in enumerate(lines) if '"text": "fly me to Rome"' in line)
+    task_start = max(i for i in range(rome) if lines[i] == " {") + 1  # 1-based line of Rome's task
+    example = load_paths(changed.paths).examples[-1]
+    assert example.text == "fly me to Rome" and example.where() == f"{changed.paths[0]}:{task_start}"
     p = changed.provenance
     assert (p.kind, p.reference) == ("label-studio", "nluflow-label-studio-source/bookings")
     assert p.description == f"Label Studio project 1 at {served.url}"
