@@ -220,3 +220,19 @@ def test_a_project_without_usable_annotations_is_a_data_error(
         f"Label Studio project 2 at {served.url}: no usable annotation: 1 tasks"
     )
     assert "annotate tasks in Label Studio and rerun" in str(info.value)
+
+
+def test_annotations_without_an_intent_name_their_tasks(
+    served: ServedApp, emulator: LabelStudioEmulator, tmp_path: Path
+) -> None:
+    task = emulator.add_task("Paris please")
+    annotation = emulator.annotate(task, None, [(0, 5, "city")])  # spans only, the intent forgotten
+    ls = client(served, emulator.legacy_token, TokenKind.LEGACY)
+
+    with pytest.raises(DataError) as info:
+        LabelStudioExportSource(ls, 1).pull(tmp_path)
+
+    message = str(info.value)
+    assert message.startswith(f"Label Studio project 1 at {served.url}: 1 annotated task cannot become")
+    assert f"task {task} (annotation {annotation}) has no intent choice" in message
+    assert "fix or skip these tasks in Label Studio and rerun" in message
