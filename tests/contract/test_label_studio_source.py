@@ -236,3 +236,34 @@ def test_annotations_without_an_intent_name_their_tasks(
     assert message.startswith(f"Label Studio project 1 at {served.url}: 1 annotated task cannot become")
     assert f"task {task} (annotation {annotation}) has no intent choice" in message
     assert "fix or skip these tasks in Label Studio and rerun" in message
+
+
+def test_no_token_in_logs_reprs_or_pickled_errors(
+    served: ServedApp, emulator: LabelStudioEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import pickle
+
+    caplog.set_level(logging.DEBUG)
+    emulator.faults.inject("export", Fault.SERVER_ERROR)
+    ls = client(served, emulator.personal_access_token, TokenKind.PAT)
+    ls.export(1)
+    seen = set(emulator.access_tokens)  # the first access token, revoked by the next fault
+    emulator.faults.inject("export", Fault.TOKEN_EXPIRED)
+    ls.export(1)
+    seen |= set(emulator.access_tokens)
+    with pytest.raises(SourceError) as info:
+        ls.export(99)
+    texts = [
+        caplog.text,
+        repr(ls),
+        repr(ls.session),
+        str(info.value),
+        repr(pickle.loads(pickle.dumps(info.value))),
+    ]
+
+    secrets = [emulator.personal_access_token, *seen]
+    assert len(secrets) == 3 and emulator.refreshes == 2
+    for secret in secrets:
+        assert all(secret not in text for text in texts)
+    assert "retry 1/" in caplog.text  # the 500 was logged, without credentials
