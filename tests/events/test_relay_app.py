@@ -695,3 +695,65 @@ def test_relay_logging_shows_info_lines_on_the_nluflow_logger() -> None:
         assert logging.getLogger("nluflow.relay").isEnabledFor(logging.INFO)
     finally:
         log.setLevel(level)
+
+
+def test_label_studio_emulator_webhooks_drive_the_relay(emitted: Emitted, label_studio: Path) -> None:
+    """The emulator's webhooks (captured shapes, custom header, no retry) → relay → one event per change."""
+    from nluflow.testing.emulators import LabelStudioEmulator
+
+    config = RelayConfig(
+        secret=SECRET, label_studio={LS_PROJECT: LabelStudioRoute(project="bookings", source="bookings")}
+    )
+    emulator = LabelStudioEmulator()
+    with serve(create_app(config, emitted)) as relay:
+        emulator.add_webhook(f"{relay}/hooks/label-studio", {"X-Relay-Secret": SECRET})
+        first = emulator.add_task("book a flight to Oslo")
+        emulator.annotate(first, "book_flight", [(17, 21, "city")])
+        second = emulator.add_task("hi there")
+        gone = emulator.annotate(second, "greet")
+        emulator.annotate(emulator.add_task("asdf"), None, cancelled=True)
+        emulator.delete_annotation(gone)
+        emulator.delete_task(first)
+        emulator.webhooks[0] = (emulator.webhooks[0][0], {"X-Relay-Secret": "wrong-secret-0123456789"})
+        emulator.annotate(second, "greet")
+
+    assert emulator.deliveries == [
+        ("ANNOTATION_CREATED", 202),
+        ("ANNOTATION_CREATED", 202),
+        ("ANNOTATION_CREATED", 200),  # a skip: acknowledged, nothing to retrain on
+        ("ANNOTATIONS_DELETED", 202),
+        ("TASKS_DELETED", 202),
+        ("ANNOTATION_CREATED", 403),  # Label Studio would not retry: the next scheduled run catches it
+    ]
+    assert [
+        (e["payload"]["action"], e["payload"]["new_examples"], e["payload"]["removed_examples"])
+        for e in emitted
+    ] == [
+        ("ANNOTATION_CREATED", 1, 0),
+        ("ANNOTATION_CREATED", 1, 0),
+        ("ANNOTATIONS_DELETED", 0, 1),
+        ("TASKS_DELETED", 0, 1),
+    ]
+    assert {e["payload"]["data"] for e in emitted} == {SOURCE}
+    captured = json.loads(ls_body(label_studio, "ANNOTATION_CREATED"))
+    sent = Emitted()
+    emulator.webhooks[:] = []
+    with serve(_recording_app(sent)) as url:
+        emulator.add_webhook(url)
+        emulator.annotate(second, "greet")
+    [body] = sent
+    assert set(body) == set(captured) and set(body["annotation"]) == set(captured["annotation"])
+    assert set(body["task"]) == set(captured["task"])
+
+
+def _recording_app(into: list[dict[str, Any]]) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def record(request: Request) -> Response:
+        into.append(json.loads(await request.body()))
+        return Response(status_code=200)
+
+    return Starlette(routes=[Route("/", record, methods=["POST"])])
