@@ -757,3 +757,52 @@ def _recording_app(into: list[dict[str, Any]]) -> Any:
         return Response(status_code=200)
 
     return Starlette(routes=[Route("/", record, methods=["POST"])])
+
+
+def test_the_relay_command_logs_emissions_at_info_without_prefect_warnings(
+    label_studio: Path, tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    """``nluflow relay`` as users start it, with nluflow's loggers handed to Prefect (as the docs suggest)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    recv, prefect_url = receiver
+    recv.status = 204
+    config = tmp_path / "relay.yml"
+    config.write_text("label_studio:\n  1: {project: bookings, source: label-studio}\n", encoding="utf-8")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": f"{prefect_url}/api",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "nluflow",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "warn",  # Prefect's default
+        "NLUFLOW_RELAY_SECRET": SECRET,
+    }
+    code = "from flows.cli import main; main()"
+    args = [sys.executable, "-c", code, "relay", "--config", str(config), "--port", str(port)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/hooks/label-studio",
+                    content=ls_body(label_studio, "ANNOTATION_CREATED"),
+                    headers={"Content-Type": "application/json", "X-Relay-Secret": SECRET},
+                )
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the relay did not start"
+                time.sleep(0.2)
+        assert response.status_code == 202
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=30)
+
+    assert (
+        "INFO" in output and "label-studio ANNOTATION_CREATED (project 1) → nlu.dataset.annotated" in output
+    )
+    assert "flow run id" not in output and "Warning" not in output, output
+    assert len(recv.requests) == 1
