@@ -21,6 +21,7 @@ from nluflow.pipeline import (
     remove_test_overlap,
     snapshot,
 )
+from nluflow.sources.base import with_source_origins
 from tasks.common import StoreSpec, cache_key, cache_policy, workspace
 
 
@@ -37,8 +38,8 @@ def load_dataset(paths: list[str], workspace_path: str, label: str | None = None
     exports the paths are (the user never sees a workspace path).
     """
     data = load_paths(paths)
-    if label:
-        data = Dataset(examples=data.examples, source=label, skipped=data.skipped)
+    if label:  # pulled sources: named as the user wrote them, examples pointing at their source items
+        data = with_source_origins(Dataset(examples=data.examples, source=label, skipped=data.skipped))
     return snapshot(data, workspace(workspace_path))
 
 

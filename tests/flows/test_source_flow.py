@@ -136,6 +136,8 @@ def test_a_label_studio_source_trains_on_the_exported_annotations(
     assert emulator.personal_access_token not in report + json.dumps(line)
     states = task_states(str(result.flow_run_id))
     assert states["pull-sources"] == ["Completed"], states
+    origins = json.loads((home / "work" / "datasets" / f"{line['dataset_sha256']}.origins.json").read_text())
+    assert all(o[0].startswith(f"{served.url}/projects/1/data?task=") and o[1] is None for o in origins)
 
 
 def test_new_annotations_give_a_new_dataset_and_train_again(
