@@ -12,7 +12,10 @@ Formats, by suffix:
   ``metadata`` are skipped and counted in ``Dataset.skipped``.
 - ``.json`` — a JSON list of shared-format objects, Rasa's JSON format
   (``{"rasa_nlu_data": {"common_examples": [...]}}``) or a Label Studio export (a list of tasks with
-  ``data.text``, a ``choices`` result for the intent and ``labels`` results for entity spans).
+  ``data.text``, a ``choices`` result for the intent and ``labels`` results for entity spans). Of a task's
+  annotations the ground-truth one is used, else the latest; cancelled (skipped) annotations never; tasks
+  without a usable annotation, superseded annotations and disagreeing tasks are counted in
+  ``Dataset.skipped`` (see :func:`choose_annotation`).
 
 The loader checks the *format* only. Entity spans are kept as written even when
 ``text[start:end] != value`` or the offsets are out of range: :mod:`nluflow.data.validation` reports those
@@ -762,7 +765,7 @@ def _item_lines(text: str, keys: Sequence[str], count: int) -> list[int]:
     return lines
 
 
-def _annotation_label(annotation: Mapping[str, Any]) -> tuple[object, tuple[tuple[object, ...], ...]]:
+def annotation_label(annotation: Mapping[str, Any]) -> tuple[object, tuple[tuple[object, ...], ...]]:
     """What an annotation says (intent, sorted entity spans), to tell agreeing annotations from others."""
     intent: object = None
     spans: list[tuple[object, ...]] = []
@@ -814,7 +817,7 @@ def choose_annotation(annotations: object) -> tuple[dict[str, Any] | None, Count
     pool = [a for a in live if a.get("ground_truth")] or live
     chosen = max(pool, key=_annotation_order)
     counts["superseded_annotations"] += len(live) - 1
-    disagree = len({repr(_annotation_label(a)) for a in live}) > 1
+    disagree = len({repr(annotation_label(a)) for a in live}) > 1
     return chosen, counts, disagree
 
 
@@ -841,7 +844,7 @@ def _label_studio_example(
             annotation.get("id"),
             reason,
         )
-    intent, _ = _annotation_label(annotation)
+    intent, _ = annotation_label(annotation)
     entities: list[dict[str, Any]] = []
     results = annotation.get("result")
     for result in results if isinstance(results, list) else []:

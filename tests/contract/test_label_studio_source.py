@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from nluflow.data.loaders import load_paths
 from nluflow.errors import DataError, SourceError, TransientSourceError
+from nluflow.sources.base import with_source_origins
 from nluflow.sources.labelstudio import LabelStudioClient, LabelStudioExportSource, TokenKind
 from nluflow.testing.emulators import Fault, LabelStudioEmulator
 from nluflow.testing.emulators._base import ServedApp
@@ -190,6 +192,15 @@ def test_pull_writes_a_content_addressed_export_with_provenance(
     changed = pull()
 
     assert changed.paths != first.paths
+    lines = Path(changed.paths[0]).read_text(encoding="utf-8").splitlines()
+    assert lines[1] == " {" and len(lines) > 100  # one task after another, not Label Studio's single line
+    rome = next(i for i, line in enumerate(lines) if '"text": "fly me to Rome"' in line)
+    task_start = max(i for i in range(rome) if lines[i] == " {") + 1  # 1-based line of Rome's task
+    example = load_paths(changed.paths).examples[-1]
+    assert example.text == "fly me to Rome" and example.where() == f"{changed.paths[0]}:{task_start}"
+    # In a run, messages name the task's page in Label Studio instead (where it can be fixed).
+    example = with_source_origins(load_paths(changed.paths)).examples[-1]
+    assert example.where() == f"{served.url}/projects/1/data?task={task}"
     p = changed.provenance
     assert (p.kind, p.reference) == ("label-studio", "nluflow-label-studio-source/bookings")
     assert p.description == f"Label Studio project 1 at {served.url}"
@@ -213,3 +224,68 @@ def test_a_project_without_usable_annotations_is_a_data_error(
         f"Label Studio project 2 at {served.url}: no usable annotation: 1 tasks"
     )
     assert "annotate tasks in Label Studio and rerun" in str(info.value)
+
+
+def test_annotations_without_an_intent_name_their_tasks(
+    served: ServedApp, emulator: LabelStudioEmulator, tmp_path: Path
+) -> None:
+    task = emulator.add_task("Paris please")
+    annotation = emulator.annotate(task, None, [(0, 5, "city")])  # spans only, the intent forgotten
+    ls = client(served, emulator.legacy_token, TokenKind.LEGACY)
+
+    with pytest.raises(DataError) as info:
+        LabelStudioExportSource(ls, 1).pull(tmp_path)
+
+    message = str(info.value)
+    assert message.startswith(f"Label Studio project 1 at {served.url}: 1 annotated task cannot become")
+    assert f"task {task} (annotation {annotation}) has no intent choice" in message
+    assert "fix or skip these tasks in Label Studio and rerun" in message
+
+
+def test_no_token_in_logs_reprs_or_pickled_errors(
+    served: ServedApp, emulator: LabelStudioEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import pickle
+
+    caplog.set_level(logging.DEBUG)
+    emulator.faults.inject("export", Fault.SERVER_ERROR)
+    ls = client(served, emulator.personal_access_token, TokenKind.PAT)
+    ls.export(1)
+    seen = set(emulator.access_tokens)  # the first access token, revoked by the next fault
+    emulator.faults.inject("export", Fault.TOKEN_EXPIRED)
+    ls.export(1)
+    seen |= set(emulator.access_tokens)
+    with pytest.raises(SourceError) as info:
+        ls.export(99)
+    texts = [
+        caplog.text,
+        repr(ls),
+        repr(ls.session),
+        str(info.value),
+        repr(pickle.loads(pickle.dumps(info.value))),
+    ]
+
+    secrets = [emulator.personal_access_token, *seen]
+    assert len(secrets) == 3 and emulator.refreshes == 2
+    for secret in secrets:
+        assert all(secret not in text for text in texts)
+    assert "retry 1/" in caplog.text  # the 500 was logged, without credentials
+
+
+def test_validation_findings_point_at_the_task_in_label_studio(
+    served: ServedApp, emulator: LabelStudioEmulator, tmp_path: Path
+) -> None:
+    from nluflow.data.validation import validate
+
+    task = emulator.add_task("weather in Rome please")
+    emulator.annotate(task, "weather", [(11, 15, "city")])
+    emulator.projects[1][-1]["annotations"][0]["result"][1]["value"]["text"] = "Roma"  # offsets ≠ text
+    pulled = LabelStudioExportSource(client(served, emulator.legacy_token, TokenKind.LEGACY), 1).pull(
+        tmp_path
+    )
+
+    report = validate(with_source_origins(load_paths(pulled.paths)))
+
+    [finding] = [f for f in report.findings if f.rule == "span"]
+    assert finding.locations == [f"{served.url}/projects/1/data?task={task}"]
