@@ -37,8 +37,9 @@ from .conftest import free_port, serve
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "relay-secret-4f1c9a7e2b6d8035"  # a test value, not a credential
 BASE_PARAMS = {"backend": "local", "test_fraction": 0.25}
-WAIT_SECONDS = 30.0
-_KNOWN_WORKERS_FILTER_422 = "/workers/filter' - Response: {'exception_message': 'Invalid request received.'"
+# How long to wait for the trigger's run to appear: the server's event pipeline and triggers service run on
+# a shared, busy 2-core box in CI; a deadline for waiting, not a speed requirement.
+WAIT_SECONDS = 120.0
 
 
 def unique(prefix: str) -> str:
@@ -407,10 +408,7 @@ def test_prefect_deploy_of_the_yaml_snippet_triggers_with_the_right_params(
     )
     output = done.stdout + done.stderr
     assert f"Deployment 'nluflow-retrain/{name}' successfully created" in " ".join(output.split()), output
-    # Known environment issue, not ours: after creating the deployment and its trigger, `prefect deploy`
-    # asks for the pool's online workers with `"offset": null`, which this server's FastAPI (0.154)
-    # refuses with 422. Any other failure still fails the test.
-    assert done.returncode == 0 or _KNOWN_WORKERS_FILTER_422 in output, output
+    assert done.returncode == 0, output  # on prefect 3.9.1 + fastapi < 0.151 no 422 is tolerated
 
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(f"nluflow-retrain/{name}")

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -53,10 +54,22 @@ def test_validation_failure_inside_a_retrain_shows_only_the_paragraph(tmp_path: 
     done = _nluflow("retrain", "--data", str(data), "--project", "tb-blocked", home=tmp_path / "home")
     assert done.returncode == 2, done.stderr
     _assert_one_paragraph(done, "data validation found 1 blocking problem")
-    # The traceback is not lost: it is in the run's logs on the server (what the UI shows).
+    # Nothing is lost: a blocked run is a decision, not a crash, so the run (what the UI shows) ends Failed
+    # with the outcome and the blocking finding as its state message, and its logs carry the finding.
     [line] = AuditLog(tmp_path / "home" / "store" / "tb-blocked" / "audit.jsonl").records()
+    assert line["decision"] == "blocked"
+    run = asyncio.run(_read_run(line["flow_run_id"]))
+    assert run.state is not None and run.state.type.value == "FAILED", run.state
+    assert run.state.message and run.state.message.startswith("blocked: data failed validation"), run.state
+    assert "min_intents" in run.state.message, run.state.message
+    assert "outcome:blocked" in run.tags, run.tags
     logs = asyncio.run(_run_logs(line["flow_run_id"]))
-    assert any("Traceback" in message and "DataError" in message for message in logs), logs
+    assert any("min_intents" in message for message in logs), logs
+
+
+async def _read_run(flow_run_id: str) -> Any:
+    async with get_client() as client:
+        return await client.read_flow_run(UUID(flow_run_id))
 
 
 async def _run_logs(flow_run_id: str) -> list[str]:
