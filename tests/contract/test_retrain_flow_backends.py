@@ -74,20 +74,6 @@ PERMISSIVE = GatePolicy(
 # ------------------------------------------------------------------------------------------------ harness
 
 
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    """A Prefect API for blocks and flow runs (reuses one that is already configured)."""
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 class RefuseActivation:
     """ASGI middleware before an emulator: while armed, its activation endpoint answers 400 in the
     platform's own error shape (a refusal, not a transient fault: no layer may retry it); with ``after``,
@@ -223,7 +209,7 @@ def _block(kind: str, em: Emulator, url: str) -> Block:
 
 @pytest.fixture(scope="module", params=KINDS)
 def platform(
-    request: pytest.FixtureRequest, prefect_api: None, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
     kind = cast(str, request.param)
     home = tmp_path_factory.mktemp(f"flow-{kind}")

@@ -36,18 +36,6 @@ def label_studio() -> Path:
     return LABEL_STUDIO
 
 
-@pytest.fixture(scope="package")
-def prefect_api() -> Iterator[str]:
-    """One Prefect test harness for this folder; yields its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        url = PREFECT_API_URL.value()
-        assert url
-        yield str(url)
-
-
 def free_port() -> int:
     """A port nothing listens on (for 'connection refused')."""
     with socket.socket() as sock:
