@@ -256,6 +256,9 @@ def _child_env(home: Path, api_url: str) -> dict[str, str]:
         PREFECT_LOGGING_EXTRA_LOGGERS="nluflow",
         PREFECT_WORKER_QUERY_SECONDS="2",  # pick the run up quickly (default 10 s)
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS=SCHEDULER_LOOP_SECONDS,
+        # At most 3 runs ahead per deployment (default 100): the 15-s test schedule would otherwise insert,
+        # and its pause delete, 100 runs at once, a burst of SQLite writes ("database is locked" under load).
+        PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS="3",
         NLUFLOW_HOME=str(home / "nluflow"),
         COLUMNS="240",  # Rich wraps CLI output at 80 columns without a terminal; keep messages on one line
         NO_PROXY="127.0.0.1,localhost",

@@ -317,6 +317,70 @@ def test_ui_run_page_lists_the_artifacts(
     )
 
 
+# The artifact links of the page in document order: [href, the link's text].
+ARTIFACT_LINKS_JS = """
+Array.from(document.querySelectorAll("a[href*='/artifacts/artifact/']"))
+  .map(a => [a.getAttribute("href"), a.innerText.replace(/\\s+/g, " ")])
+"""
+
+
+# Clicks the tab labelled %(tab)s once it is on the page (the innermost element with exactly that text; the
+# click bubbles to the tab's handler); true when clicked.
+OPEN_TAB_JS = """
+(() => {
+  const label = %(tab)s;
+  const tab = Array.from(document.querySelectorAll("body *"))
+    .filter(e => e.tagName !== "OPTION" && e.offsetParent !== null)
+    .filter(e => e.innerText && e.innerText.trim() === label)
+    .find(e => !Array.from(e.children).some(c => c.innerText && c.innerText.trim() === label));
+  if (!tab) return false;
+  tab.click();
+  return true;
+})()
+"""
+
+
+def test_ui_v1_run_page_lists_the_report_first(
+    browser: Browser,
+    work_pool_run: FlowRunDone,
+    artifacts: dict[str, dict[str, Any]],
+    ui_bases: dict[str, str],
+    progress: Reporter,
+) -> None:
+    """The classic UI's Artifacts tab lists the flow run's own artifacts ("Flow run") above the task runs'
+    ones: the report, created in the flow, is the first card, with the outcome as its description."""
+    if "v1" not in ui_bases:
+        pytest.skip("this server has no classic UI")
+    ids = {str(a["id"]) for a in artifacts.values()}
+    url = f"{work_pool_run.ui_url}{ui_bases['v1']}/runs/flow-run/{work_pool_run.flow_run_id}"
+    page = browser.open(url)
+    try:
+        # The classic UI opens a run on its Logs tab (it ignores ?tab=); click "Artifacts" as a user does.
+        page.wait_for("the run page's Artifacts tab", OPEN_TAB_JS % {"tab": json.dumps("Artifacts")})
+        links: list[list[str]] = page.wait_for(
+            f"links to the run's {len(ids)} artifacts",
+            f"(() => {{ const l = {ARTIFACT_LINKS_JS}; "
+            f"return {json.dumps(sorted(ids))}.every(i => l.some(x => x[0].endsWith(i))) ? l : null; }})()",
+        )
+        text = normalise(page.evaluate("document.body.innerText"))
+        shot = full_page_screenshot(page, OUTPUT / "ui-v1-run-artifacts.png")
+    finally:
+        page.close()
+    report = artifacts[REPORT_KEY]
+    first_href, first_text = links[0]
+    assert first_href.endswith(f"/artifacts/artifact/{report['id']}"), f"{url}: the first card is {links[0]}"
+    assert REPORT_KEY in first_text, links[0]
+    # Under the "Flow run" heading; every task run's artifact comes under "Task runs", after it.
+    at = text.find(REPORT_KEY)
+    assert text.rfind("Flow run", 0, at) >= 0, text[:3000]
+    task_runs = text.find("Task runs", at)
+    assert task_runs > at, text[:3000]
+    for key in artifacts:
+        if key != REPORT_KEY:
+            assert text.find(key) > task_runs, f"{url}: {key} is not listed under 'Task runs'"
+    progress(f"UI v1 run page: the report is the first artifact, under 'Flow run' - {url} -> {shot}")
+
+
 @pytest.mark.parametrize("ui", UIS)
 def test_ui_renders_the_report(
     ui: str,
