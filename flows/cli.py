@@ -414,7 +414,8 @@ def print_summary(result: Any) -> None:
     for warning in decision.warnings:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     colour = {"promoted": "green", "rejected": "yellow", "unchanged": "cyan"}.get(result.outcome, "red")
-    console.print(f"[bold {colour}]{result.outcome.upper()}[/] {escape(result.message)}", highlight=False)
+    rest = result.message.removeprefix(result.outcome)  # the message starts with the outcome word
+    console.print(f"[bold {colour}]{result.outcome.upper()}[/]{escape(rest)}", highlight=False)
     console.print(f"active model: {result.active or '(none)'}  ·  store: {result.store}")
     console.print(f"report: {result.report_path}")
     console.print(f"audit: {result.audit_path} (line {result.audit_seq})  ·  {result.duration_seconds:.1f} s")
