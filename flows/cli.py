@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flows.cli_blocks import blocks_app
+from flows.cli_testset import testset_app
 from nluflow.errors import ConfigError, NluflowError
 
 app = typer.Typer(help="Safe, audited retrains of NLU models.", no_args_is_help=True, add_completion=False)
@@ -27,6 +28,7 @@ audit_app = typer.Typer(help="Check the tamper-evident audit log.", no_args_is_h
 app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")
 app.add_typer(blocks_app, name="blocks")
+app.add_typer(testset_app, name="testset")
 
 # Piped output keeps full lines (ids, paths) instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)

@@ -24,9 +24,10 @@ from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.notify import DecisionNotice
 from nluflow.pipeline import DatasetSnapshot, files_sha256, headline_delta, model_id_for, training_key
 from nluflow.registry import ID_PATTERN
+from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT, audit_fields
 from tasks.audit import notify, write_audit
 from tasks.common import BackendSpec, StoreSpec
-from tasks.data import freeze_test_set, load_dataset, validate_dataset
+from tasks.data import freeze_test_set, keep_training_data, load_dataset, validate_dataset
 from tasks.evaluation import check_must_pass_utterances, evaluate_model, fetch_active_model
 from tasks.promotion import (
     activate_on_backend,
@@ -57,6 +58,11 @@ class RunSettings(BaseModel):
         description="Frozen test set. Without it the project's frozen test set is used, or split off once.",
     )
     test_fraction: float = Field(default=0.2, ge=0.05, le=0.5, description="Share split off as test set.")
+    min_test_per_intent: int = Field(
+        default=DEFAULT_MIN_TEST_PER_INTENT,
+        ge=1,
+        description="Fewest test utterances per intent for a first split to be frozen (else the run stops).",
+    )
     must_pass: str | None = Field(
         default=None, description="File of utterances the candidate must get right."
     )
@@ -139,12 +145,19 @@ def retrain(params: RetrainParams) -> RetrainResult:
     data = load_dataset(params.data, str(work))
     given_test = load_dataset(params.test, str(work)) if params.test else None
     train, test, data_info = freeze_test_set(
-        project, data, given_test, store, str(work), params.test_fraction, params.config.seed
+        project,
+        data,
+        given_test,
+        store,
+        str(work),
+        params.test_fraction,
+        params.config.seed,
+        params.min_test_per_intent,
     )
     report, train = validate_dataset(train, test, params.validation, str(work))
     publish_validation(project, report)
     if not report.ok:
-        blocked = _blocked_record(params, run_id, train, test, report, started)
+        blocked = _blocked_record(params, run_id, train, test, report, started, data_info)
         write_audit(str(store.audit_path(project)), blocked)
         notice = DecisionNotice(
             project=project,
@@ -157,6 +170,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
         )
         notify(notice, params.notify)
         report.raise_for_blocking()
+    keep_training_data(store, project, train)  # what the next run compares with ("+N new")
 
     # 2. Score the active model first: platforms that can only score what they hold (Cognigy) then keep
     #    the candidate loaded from training through scoring and activation, with no extra training.
@@ -259,6 +273,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
             validation_loss=candidate.metrics.get("val_loss"),
             model_files_sha256=files_sha256(candidate.path) if candidate.path else None,
             training_metrics=dict(candidate.metrics),
+            **audit_fields(data_info),
         ),
     )
     sync_run_to_store(store, project, run_id, str(outdir), str(store.audit_path(project)))
@@ -304,6 +319,7 @@ def _blocked_record(
     test: DatasetSnapshot,
     report: ValidationReport,
     started: float,
+    data_info: dict[str, Any],
 ) -> dict[str, Any]:
     """The audit line of a run that validation stopped before training."""
     return audit_record(
@@ -323,4 +339,5 @@ def _blocked_record(
         reasons=[f"{f.rule}: {f.message}" for f in report.blocking],
         previous_model_id=None,
         manifest_sha256=None,
+        **audit_fields(data_info),
     )

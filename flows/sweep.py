@@ -257,7 +257,7 @@ def sweep(params: SweepParams) -> SweepResult:
     data = load_dataset(params.data, work)
     given_test = load_dataset(params.test, work) if params.test else None
     train, test, _ = freeze_test_set(
-        project, data, given_test, store, work, params.test_fraction, params.seed
+        project, data, given_test, store, work, params.test_fraction, params.seed, params.min_test_per_intent
     )
     report, train = validate_dataset(train, test, params.validation, work)
     if not report.ok:  # the retrain publishes the findings, writes the 'blocked' audit line and raises

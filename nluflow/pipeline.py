@@ -142,21 +142,6 @@ def remove_test_overlap(train: Dataset, test: Dataset) -> tuple[Dataset, int]:
     return Dataset(examples=keep, source=train.source, skipped=train.skipped), removed
 
 
-class FrozenTestSet(BaseModel):
-    """The project's frozen test set, recorded in the store when a run had to split one off the data."""
-
-    sha256: str
-    created_at: str
-    source: str
-    n_examples: int
-
-
-def frozen_test_record(path: Path) -> FrozenTestSet | None:
-    if not path.exists():
-        return None
-    return FrozenTestSet.model_validate(json.loads(path.read_text(encoding="utf-8")))
-
-
 def headline_delta(candidate: dict[str, float], active: dict[str, float] | None) -> dict[str, float]:
     if not active:
         return {}

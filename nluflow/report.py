@@ -41,14 +41,21 @@ def render_run_report(
         "",
         f"Active model before this run: `{active_id}`" if active_id else "No active model before this run.",
         "",
+    ]
+    if "new_since_active" in data_info:
+        lines += [f"Data since the active model: **{data_info['new_since_active']}**", ""]
+    if data_info.get("warning"):
+        lines += [f"> **Warning:** {data_info['warning']}", ""]
+    version = data_info.get("test_set_version")
+    lines += [
         "## Gates",
         "",
         decision.to_markdown(),
         "",
         "## Metrics on the frozen test set",
         "",
-        f"Test set sha256 `{candidate.test_sha256[:16]}…`, {candidate.n} utterances; both models were scored "
-        "on these same utterances.",
+        f"Test set {f'version {version}, ' if version else ''}sha256 `{candidate.test_sha256[:16]}…`, "
+        f"{candidate.n} utterances; both models were scored on these same utterances.",
         "",
         metrics_table_markdown(candidate, active),
         "",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
@@ -14,13 +12,22 @@ from nluflow.data.loaders import files_sha256, load_paths
 from nluflow.data.schema import Dataset
 from nluflow.data.splits import stratified_split
 from nluflow.data.validation import ValidationPolicy, ValidationReport, validate
-from nluflow.errors import ModelNotFoundError
-from nluflow.pipeline import (
-    DatasetSnapshot,
-    FrozenTestSet,
-    remove_test_overlap,
-    snapshot,
+from nluflow.errors import StoreError
+from nluflow.pipeline import DatasetSnapshot, remove_test_overlap, snapshot
+from nluflow.registry import ModelStore
+from nluflow.testset import (
+    DEFAULT_MIN_TEST_PER_INTENT,
+    TestSetRecord,
+    TestSetStore,
+    data_delta,
+    example_key,
+    new_example_indices,
+    refuse_unmeasurable,
+    route_to_test,
+    stored_training_data,
+    tiny_warning,
 )
+from nluflow.testset import keep_training_data as store_training_data
 from tasks.common import StoreSpec, cache_key, cache_policy, workspace
 
 
@@ -34,8 +41,24 @@ def load_dataset(paths: list[str], workspace_path: str) -> DatasetSnapshot:
     return snapshot(load_paths(paths), workspace(workspace_path))
 
 
-_FROZEN_DATA = "testset/test.jsonl"
-_FROZEN_META = "testset/testset.json"
+def _active_training_data(
+    model_store: ModelStore, project: str
+) -> tuple[str | None, str | None, Dataset | None]:
+    """``(active model id, its dataset sha256, its training data)``; the data is None when there is no active
+    model or it was stored before training data was kept (or its manifest cannot be read: the fetch of the
+    active model reports that)."""
+    try:
+        pointer = model_store.active(project)
+    except StoreError:
+        return None, None, None  # fetch-active-model reports the broken pointer
+    if pointer is None:
+        return None, None, None
+    try:
+        sha = model_store.manifest(project, pointer.model_id).dataset_sha256
+    except StoreError as exc:
+        get_run_logger().warning("active model of %s not compared with: %s", project, exc)
+        return pointer.model_id, None, None
+    return pointer.model_id, sha, stored_training_data(model_store.fs, project, sha)
 
 
 @task(name="freeze-test-set", cache_policy=NO_CACHE)
@@ -47,48 +70,89 @@ def freeze_test_set(
     workspace_path: str,
     test_fraction: float,
     seed: int,
+    min_test_per_intent: int = DEFAULT_MIN_TEST_PER_INTENT,
 ) -> tuple[DatasetSnapshot, DatasetSnapshot, dict[str, Any]]:
     """Fix the test set both models are judged on, and keep it out of the training data.
 
-    An explicit test set wins. Otherwise the project's frozen test set in the store is reused; the first run
-    of a project without one splits it off the data (stratified) and freezes it in the store.
+    An explicit test set wins. Otherwise the project's frozen test set in the store is used: the first run
+    splits one off the data (stratified; refused when it could not measure anything), later runs route a
+    stratified share of the new annotations into it, which makes a new version (see ``nluflow.testset``).
+    Also says how the data differs from the active model's training data ("+9 new, 0 removed").
     """
+    logger = get_run_logger()
     ws = workspace(workspace_path)
     model_store = store.build(create=True)
+    full = data.load()
+    active_id, active_sha, previous = _active_training_data(model_store, project)
     info: dict[str, Any] = {}
+    to_test = 0
+    record: TestSetRecord | None = None
     if test is not None:
-        test_set = test.load()
-        info["test_source"] = "given"
+        test_set = old_test = test.load()
+        info["test_source"] = "given (--test)"
     else:
-        fs = model_store.fs
-        try:
-            raw = fs.read_bytes(f"{project}/{_FROZEN_DATA}").decode("utf-8")
-        except ModelNotFoundError:
-            raw = None
-        if raw is not None:
-            tmp = ws.datasets / f"frozen-{project}.jsonl"
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(raw, encoding="utf-8")
-            from nluflow.data.loaders import load_jsonl
-
-            test_set = load_jsonl(tmp)
-            info["test_source"] = "frozen in store"
-        else:
-            full = data.load()
-            _, test_set = stratified_split(full, test_fraction=test_fraction, seed=seed)
-            test_set = Dataset(examples=test_set.examples, source=f"split of {data.source}")
-            record = FrozenTestSet(
-                sha256=test_set.sha256(),
-                created_at=datetime.now(UTC).isoformat(),
-                source=data.source,
-                n_examples=len(test_set),
-            )
-            fs.write_bytes(f"{project}/{_FROZEN_DATA}", test_set.to_jsonl().encode("utf-8"))
-            fs.write_bytes(f"{project}/{_FROZEN_META}", json.dumps(record.model_dump(), indent=2).encode())
+        testsets = TestSetStore(model_store.fs, project)
+        current = testsets.current()
+        if current is None:
+            _, split = stratified_split(full, test_fraction=test_fraction, seed=seed)
+            refuse_unmeasurable(split, full, min_test_per_intent, test_fraction, data.source)
+            record = testsets.freeze(split, data.source, f"split off the data ({test_fraction:.0%})")
+            test_set, old_test = split, Dataset()
+            to_test = len({example_key(e) for e in split})
             info["test_source"] = f"split off the data ({test_fraction:.0%}) and frozen in the store"
-    train, removed = remove_test_overlap(data.load(), test_set)
+        else:
+            record, test_set = current
+            old_test = test_set
+            info["test_source"] = "frozen in the store"
+            if active_id is None or previous is not None:  # unknown training data: route nothing
+                new = new_example_indices(full, test_set, previous)
+                picked = route_to_test(full, test_set, new, test_fraction, seed)
+                if picked:
+                    added = full.subset(picked)
+                    to_test = len({example_key(e) for e in added})
+                    record = testsets.grow(record, test_set, added, f"+{to_test} new annotations routed in")
+                    test_set = Dataset(examples=test_set.examples + added.examples, source=test_set.source)
+                    logger.info(
+                        "test set of %s grew to version %d: +%d new annotations (%d utterances)",
+                        project,
+                        record.version,
+                        to_test,
+                        record.n_examples,
+                    )
+    train, removed = remove_test_overlap(full, test_set)
+    delta = data_delta(
+        full,
+        train,
+        old_test,
+        previous,
+        active_model_id=active_id,
+        compared_with=active_sha,
+        to_test=to_test,
+    )
     info["removed_from_train"] = removed
+    info["test_set_version"] = record.version if record else None
+    info["test_set"] = (
+        f"version {record.version}, sha256 {record.sha256[:16]}…, {record.n_examples} utterances"
+        if record
+        else f"given, sha256 {test_set.sha256()[:16]}…, {len(test_set)} utterances"
+    )
+    info["new_since_active"] = delta.summary()
+    info["new_examples"] = delta.new
+    info["removed_examples"] = delta.removed
+    info["routed_to_test"] = delta.to_test
+    logger.info("data of %s since the active model: %s", project, delta.summary())
+    warning = tiny_warning(test_set)
+    if warning:
+        logger.warning("%s: %s", project, warning)
+        info["warning"] = warning
     return snapshot(train, ws), snapshot(test_set, ws), info
+
+
+@task(name="keep-training-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def keep_training_data(store: StoreSpec, project: str, train: DatasetSnapshot) -> str:
+    """Keep this run's training data in the store (content-addressed, written once), so the next run can
+    say what is new since the model trained on it."""
+    return store_training_data(store.build(create=True).fs, project, train.load())
 
 
 def _validate_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
