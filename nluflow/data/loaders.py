@@ -22,6 +22,7 @@ as a configurable rule, with file:line. Every problem raises :class:`~nluflow.er
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -31,8 +32,9 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -760,22 +762,11 @@ def _item_lines(text: str, keys: Sequence[str], count: int) -> list[int]:
     return lines
 
 
-def _label_studio_example(
-    task: dict[str, Any], path: Path, line: int, default_locale: str | None, with_entities: bool
-) -> Example | None:
-    """One Label Studio task: data.text, the first 'choices' result as intent, 'labels' as entities."""
-    data = task.get("data")
-    text = data.get("text") if isinstance(data, dict) else None
-    raw_annotations = task.get("annotations")
-    annotations = [
-        a for a in (raw_annotations if isinstance(raw_annotations, list) else []) if isinstance(a, dict)
-    ]
-    annotations = [a for a in annotations if not a.get("was_cancelled")]
-    if not annotations:
-        return None
+def _annotation_label(annotation: Mapping[str, Any]) -> tuple[object, tuple[tuple[object, ...], ...]]:
+    """What an annotation says (intent, sorted entity spans), to tell agreeing annotations from others."""
     intent: object = None
-    entities: list[dict[str, Any]] = []
-    results = annotations[0].get("result")
+    spans: list[tuple[object, ...]] = []
+    results = annotation.get("result")
     for result in results if isinstance(results, list) else []:
         value = result.get("value") if isinstance(result, dict) else None
         if not isinstance(value, dict):
@@ -784,6 +775,78 @@ def _label_studio_example(
             choices = value.get("choices")
             intent = choices[0] if isinstance(choices, list) and choices else None
         elif result.get("type") == "labels":
+            labels = value.get("labels")
+            label = labels[0] if isinstance(labels, list) and labels else None
+            spans.append((value.get("start"), value.get("end"), str(label), str(value.get("text"))))
+    return intent, tuple(sorted(spans, key=repr))
+
+
+def _annotation_order(annotation: Mapping[str, Any]) -> tuple[float, int]:
+    """Sort key "latest": ``updated_at`` (else ``created_at``), then the id (ids grow in Label Studio)."""
+    stamp = annotation.get("updated_at") or annotation.get("created_at")
+    when = float("-inf")
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):  # an unreadable stamp sorts first
+            when = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    ident = annotation.get("id")
+    return when, ident if _is_int(ident) else -1  # type: ignore[return-value]
+
+
+def choose_annotation(annotations: object) -> tuple[dict[str, Any] | None, Counter[str], bool]:
+    """The annotation of a Label Studio task that becomes the example, what was left out, and disagreement.
+
+    Cancelled (skipped) annotations are never used. Among the others the ground-truth one wins (the latest of
+    several), else the latest (``updated_at``, then id). Returns ``(chosen or None, counts, disagree)``:
+    counts of ``cancelled_annotations``, ``superseded_annotations`` (usable but not chosen),
+    ``unannotated_tasks`` / ``cancelled_only_tasks`` (no example from this task); ``disagree`` is true when
+    the usable annotations do not all say the same (intent and entity spans).
+    """
+    counts: Counter[str] = Counter()
+    items = [a for a in (annotations if isinstance(annotations, list) else []) if isinstance(a, dict)]
+    live = [a for a in items if not a.get("was_cancelled")]
+    counts["cancelled_annotations"] += len(items) - len(live)
+    if not items:
+        counts["unannotated_tasks"] += 1
+        return None, counts, False
+    if not live:
+        counts["cancelled_only_tasks"] += 1
+        return None, counts, False
+    pool = [a for a in live if a.get("ground_truth")] or live
+    chosen = max(pool, key=_annotation_order)
+    counts["superseded_annotations"] += len(live) - 1
+    disagree = len({repr(_annotation_label(a)) for a in live}) > 1
+    return chosen, counts, disagree
+
+
+def _label_studio_example(
+    task: dict[str, Any], path: Path, line: int, default_locale: str | None, with_entities: bool, out: _Parsed
+) -> Example | None:
+    """One Label Studio task: data.text, the chosen annotation's first 'choices' result as intent and its
+    'labels' results as entities (see :func:`choose_annotation`); counts go to ``out.skipped``."""
+    data = task.get("data")
+    text = data.get("text") if isinstance(data, dict) else None
+    annotation, counts, disagree = choose_annotation(task.get("annotations"))
+    out.skipped.update({k: v for k, v in counts.items() if v})
+    if annotation is None:
+        return None
+    if disagree:
+        out.skipped["annotation_disagreements"] += 1
+        reason = "the ground-truth one" if annotation.get("ground_truth") else "the latest one"
+        logger.warning(
+            "%s:%d: the annotations of Label Studio task %s disagree; used annotation %s (%s), the others "
+            "were skipped",
+            path,
+            line,
+            task.get("id"),
+            annotation.get("id"),
+            reason,
+        )
+    intent, _ = _annotation_label(annotation)
+    entities: list[dict[str, Any]] = []
+    results = annotation.get("result")
+    for result in results if isinstance(results, list) else []:
+        value = result.get("value") if isinstance(result, dict) else None
+        if isinstance(value, dict) and result.get("type") == "labels":
             labels = value.get("labels")
             entities.append(
                 {
@@ -843,9 +906,8 @@ def _parse_json(text: str, path: Path, default_locale: str | None, with_entities
         raise DataError(f"'common_examples' is not a list; expected a list of examples; {_FIX_FILE}", path, 1)
     for item, line in zip(items, _item_lines(text, keys, len(items)), strict=True):
         if isinstance(item, dict) and "data" in item and "text" not in item:
-            example = _label_studio_example(item, path, line, default_locale, with_entities)
+            example = _label_studio_example(item, path, line, default_locale, with_entities, out)
             if example is None:
-                out.skipped["unannotated_tasks"] += 1
                 continue
             out.examples.append(example)
         else:
