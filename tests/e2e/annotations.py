@@ -2,7 +2,8 @@
 
 Each burst gets its own cities, so a later burst brings vocabulary the earlier model never saw and every
 text is new (the "+N new" count is exact only when no text repeats). Intents and labels are the ones of the
-labeling config (``label_studio_config.xml``): ``greet``, ``book_flight``, ``weather``; ``city``, ``date``.
+labeling config (``tests/fixtures/label-studio/labeling-config.xml``): ``greet``, ``book_flight``,
+``weather``; ``city``, ``date``.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from .conftest import Reporter, Service, free_port, tail
 
 LS_VERSION = "1.23.2"
 CACHE_ROOT = Path(os.environ.get("NLUFLOW_TEST_CACHE", Path.home() / ".cache" / "nluflow-tests"))
-LABELING_CONFIG = Path(__file__).resolve().parent / "label_studio_config.xml"
+LABELING_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "label-studio" / "labeling-config.xml"
 
 INSTALL_TIMEOUT = 1800.0  # cold pip install of ~150 wheels on 2 cores: ~3-6 min; a slow mirror more
 START_TIMEOUT = 240.0  # first start runs ~200 Django migrations into a fresh SQLite file
