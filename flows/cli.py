@@ -109,7 +109,14 @@ def validate(
 
 @app.command()
 def retrain(
-    data: Annotated[list[Path], typer.Option("--data", help="Training data file or folder (repeatable).")],
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data",
+            help="Training data file or folder, or a source block such as nluflow-label-studio-source/NAME "
+            "(repeatable).",
+        ),
+    ],
     test: Annotated[list[Path] | None, typer.Option("--test", help="Frozen test set (repeatable).")] = None,
     project: ProjectOpt = "default",
     store: StoreOpt = None,
@@ -242,10 +249,11 @@ def _params(
 
     from nluflow.backends.base import TrainingConfig
     from nluflow.evaluation.gates import GatePolicy
+    from nluflow.sources import is_source_ref
 
     raw: dict[str, Any] = {
         "project": project,
-        "data": [str(p.resolve()) for p in data],
+        "data": [str(p) if is_source_ref(str(p)) else str(p.resolve()) for p in data],  # refs stay as given
         "test": [str(p.resolve()) for p in test] if test else None,
         "store": str(_store_path(store)),
         "must_pass": str(must_pass.resolve()) if must_pass else None,
@@ -268,8 +276,11 @@ def _preflight(data: list[Path], test: list[Path] | None, must_pass: Path | None
     """Read the input files before starting Prefect, so a malformed file fails in a second, not after
     a server start, and with nothing written anywhere."""
     from nluflow.data.loaders import load_must_pass, load_paths
+    from nluflow.sources import is_source_ref
 
-    load_paths(data)
+    paths = [p for p in data if not is_source_ref(str(p))]  # sources are pulled by the run itself
+    if paths:
+        load_paths(paths)
     if test:
         load_paths(test)
     if must_pass:

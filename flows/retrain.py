@@ -36,6 +36,7 @@ from tasks.promotion import (
     switch_active_pointer,
 )
 from tasks.publish import publish_report, publish_validation, render_run_figures, sync_run_to_store
+from tasks.sources import provenance_info, resolve_data
 from tasks.training import candidate_ready, submit_training, wait_for_training
 
 
@@ -51,7 +52,11 @@ class RunSettings(BaseModel):
 
     project: str = Field(default="default", pattern=ID_PATTERN, description="Project (bot) name.")
     data: list[str] = Field(
-        min_length=1, description="Training data: files or folders (JSONL, CSV, Rasa YAML)."
+        min_length=1,
+        description=(
+            "Training data: files or folders (JSONL, CSV, Rasa YAML, JSON), and/or data source blocks "
+            "pulled at run time: 'nluflow-label-studio-source/<name>', 'nluflow-folder-source/<name>'."
+        ),
     )
     test: list[str] | None = Field(
         default=None,
@@ -142,7 +147,8 @@ def retrain(params: RetrainParams) -> RetrainResult:
     project = params.project
 
     # 1. Data: load, fix the frozen test set, validate.
-    data = load_dataset(params.data, str(work))
+    data_paths, sources = resolve_data(params.data, str(work))  # pulls Label Studio / folder / S3 sources
+    data = load_dataset(data_paths, str(work))
     given_test = load_dataset(params.test, str(work)) if params.test else None
     train, test, data_info = freeze_test_set(
         project,
@@ -154,10 +160,14 @@ def retrain(params: RetrainParams) -> RetrainResult:
         params.config.seed,
         params.min_test_per_intent,
     )
+    data_info = {**provenance_info(sources, brief=True), **data_info}
     report, train = validate_dataset(train, test, params.validation, str(work))
     publish_validation(project, report)
     if not report.ok:
-        blocked = _blocked_record(params, run_id, train, test, report, started, data_info)
+        blocked = {
+            **_blocked_record(params, run_id, train, test, report, started, data_info),
+            **provenance_info(sources),
+        }
         write_audit(str(store.audit_path(project)), blocked)
         notice = DecisionNotice(
             project=project,
@@ -274,6 +284,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
             model_files_sha256=files_sha256(candidate.path) if candidate.path else None,
             training_metrics=dict(candidate.metrics),
             **audit_fields(data_info),
+            **provenance_info(sources),
         ),
     )
     sync_run_to_store(store, project, run_id, str(outdir), str(store.audit_path(project)))
@@ -302,7 +313,12 @@ def retrain(params: RetrainParams) -> RetrainResult:
         candidate_metrics=cand_eval.headline(),
         active_metrics=active_eval.headline() if active_eval else None,
         deltas=headline_delta(cand_eval.headline(), active_eval.headline() if active_eval else None),
-        data_info={**data_info, "train_examples": train.n_examples, "test_examples": test.n_examples},
+        data_info={
+            **data_info,
+            **provenance_info(sources),
+            "train_examples": train.n_examples,
+            "test_examples": test.n_examples,
+        },
         artifacts={k: v for k, v in artifacts.items() if k != "report_path"},
         report_path=artifacts["report_path"],
         store=model_store.describe(),

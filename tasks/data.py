@@ -161,6 +161,7 @@ def _validate_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
         "validate-dataset",
         inputs["train"].sha256,
         inputs["test"].sha256,
+        inputs["train"].skipped,  # the report shows the loader's counts (e.g. Label Studio disagreements)
         policy.model_dump(mode="json"),
         inputs["workspace_path"],
     )

@@ -189,16 +189,20 @@ def test_emit_annotated_schedules_a_retrain_with_templated_params(deploy: Callab
 def test_burst_of_label_studio_webhooks_starts_exactly_one_run(
     deploy: Callable[..., uuid.UUID], prefect_api: str, label_studio: Path
 ) -> None:
-    """Five real webhooks through the relay over HTTP, within one window → one retrain run."""
+    """Six real webhooks through the relay over HTTP, within one window → one retrain run that pulls the
+    project's LabelStudioSource block (the event carries the block reference as ``data``)."""
     project, sentinel = unique("burst"), unique("sentinel")
-    data = "/srv/exports/label-studio.json"
+    data = "nluflow-label-studio-source/bookings"
     deployment_id = deploy(base_params=BASE_PARAMS)  # every project, one window per project
-    config = RelayConfig(secret=SECRET, label_studio={"1": LabelStudioRoute(project=project, data=data)})
+    config = RelayConfig(
+        secret=SECRET, label_studio={"1": LabelStudioRoute(project=project, source="bookings")}
+    )
     burst = [
         "ANNOTATION_CREATED",
         "ANNOTATION_CREATED",
         "ANNOTATIONS_CREATED",
         "ANNOTATION_UPDATED",
+        "ANNOTATIONS_DELETED",
         "ANNOTATION_CREATED",
     ]
 
@@ -221,8 +225,8 @@ def test_burst_of_label_studio_webhooks_starts_exactly_one_run(
         ).status_code
         stats = httpx.get(f"{relay}/healthz").json()["counts"]
 
-    assert codes == [202] * 5 and sentinel_code == 202
-    assert stats == {"emitted": 6}
+    assert codes == [202] * 6 and sentinel_code == 202
+    assert stats == {"emitted": 7}
     wait_for_runs(deployment_id, project, 1)
     print(f"\nburst of {len(burst)} webhooks → first run scheduled after {time.monotonic() - started:.2f} s")
     wait_for_runs(deployment_id, sentinel, 1)

@@ -29,6 +29,7 @@ from .conftest import Receiver, free_port, serve
 SECRET = "relay-secret-4f1c9a7e2b6d8035"  # a test value, not a credential
 LS_PROJECT = "1"  # the project id in the captured payloads
 DATA = "/srv/exports/bookings.json"
+SOURCE = "nluflow-label-studio-source/bookings"  # the LabelStudioSource block the retrain pulls
 
 
 def ls_body(label_studio: Path, action: str, wire: bool = False) -> bytes:
@@ -73,7 +74,7 @@ class AppClient:
 def make_client(emitter: Any, **config: Any) -> AppClient:
     settings: dict[str, Any] = {
         "secret": SECRET,
-        "label_studio": {LS_PROJECT: LabelStudioRoute(project="bookings", data=DATA)},
+        "label_studio": {LS_PROJECT: LabelStudioRoute(project="bookings", source="bookings")},
         **config,
     }
     return AppClient(create_app(RelayConfig(**settings), emitter))
@@ -128,7 +129,13 @@ def test_label_studio_annotation_becomes_one_event(
     event = emitted[0]
     assert event["event"] == EVENT_NAME == "nlu.dataset.annotated"
     assert event["resource"] == {"prefect.resource.id": "nluflow.dataset.bookings"}
-    assert event["payload"] == {"project": "bookings", "data": DATA, "new_examples": new_examples}
+    assert event["payload"] == {
+        "project": "bookings",
+        "data": SOURCE,
+        "new_examples": new_examples,
+        "action": action,
+        "removed_examples": 0,
+    }
     assert response.json() == {
         "status": "emitted",
         "event": EVENT_NAME,
@@ -181,9 +188,7 @@ def test_a_skipped_task_adds_no_example_and_emits_nothing(
     [
         ("TASKS_CREATED", True),  # the byte-exact body, \\u escapes and a surrogate pair included
         ("TASKS_CREATED", False),
-        ("ANNOTATIONS_DELETED", False),
         ("PROJECT_UPDATED", False),
-        ("TASKS_DELETED", False),
     ],
 )
 def test_other_actions_are_acknowledged_counted_and_ignored(
@@ -195,6 +200,83 @@ def test_other_actions_are_acknowledged_counted_and_ignored(
     assert response.json()["status"] == "ignored"
     assert emitted == []
     assert client.get("/healthz").json()["counts"] == {f"ignored:{action}": 1}
+
+
+@pytest.mark.parametrize(
+    ("action", "key"), [("ANNOTATIONS_DELETED", "annotations"), ("TASKS_DELETED", "tasks")]
+)
+def test_deletions_emit_an_event_with_the_removed_count(
+    label_studio: Path, client: AppClient, emitted: Emitted, action: str, key: str
+) -> None:
+    body = json.loads(ls_body(label_studio, action))
+    assert body[key] == [{"id": 6}]  # as captured: ids only
+
+    response = post_ls(client, ls_body(label_studio, action))
+
+    assert response.status_code == 202, response.text
+    assert emitted[0]["payload"] == {
+        "project": "bookings",
+        "data": SOURCE,
+        "new_examples": 0,
+        "action": action,
+        "removed_examples": 1,
+    }
+
+
+def test_a_deletion_without_its_id_list_is_refused(
+    label_studio: Path, client: AppClient, emitted: Emitted
+) -> None:
+    body = json.loads(ls_body(label_studio, "TASKS_DELETED"))
+    del body["tasks"]
+
+    response = post_ls(client, json.dumps(body).encode())
+
+    assert response.status_code == 422
+    assert "TASKS_DELETED: found no list of deleted items under 'tasks'" in response.json()["detail"]
+    assert emitted == []
+
+
+def test_a_route_maps_to_a_source_block_or_a_path_never_both() -> None:
+    assert LabelStudioRoute(project="p", source="ls").target == "nluflow-label-studio-source/ls"
+    assert LabelStudioRoute(project="p", source="nluflow-folder-source/inbox").target == (
+        "nluflow-folder-source/inbox"
+    )
+    assert LabelStudioRoute(project="p", data="/srv/x.json").target == "/srv/x.json"
+    for bad in ({}, {"source": "ls", "data": "/x"}, {"source": "nluflow-rasa-backend/prod"}):
+        with pytest.raises(ValueError):
+            LabelStudioRoute(project="p", **bad)
+
+
+def test_each_emission_is_logged_at_info_and_never_sent_to_the_prefect_api(
+    label_studio: Path, client: AppClient, emitted: Emitted, caplog: pytest.LogCaptureFixture
+) -> None:
+    import warnings
+
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
+
+    relay_logger = logging.getLogger("nluflow.relay")
+    handler = APILogHandler()
+    relay_logger.addHandler(handler)  # what PREFECT_LOGGING_EXTRA_LOGGERS=nluflow attaches
+    try:
+        with (
+            temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "warn"}),
+            warnings.catch_warnings(record=True) as caught,
+            caplog.at_level(logging.INFO, logger="nluflow.relay"),
+        ):
+            warnings.simplefilter("always")
+            post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED"))
+            post_ls(client, ls_body(label_studio, "TASKS_DELETED"))
+    finally:
+        relay_logger.removeHandler(handler)
+
+    assert [str(w.message) for w in caught if "flow run id" in str(w.message)] == []
+    infos = [r for r in caplog.records if r.levelno == logging.INFO and r.name == "nluflow.relay"]
+    assert len(infos) == 2 and all(getattr(r, "send_to_api", True) is False for r in infos)
+    assert f"label-studio ANNOTATION_CREATED (project 1) → nlu.dataset.annotated {emitted[0]['id']}" in (
+        infos[0].getMessage()
+    )
+    assert "(0 new examples, 1 removed, data nluflow-label-studio-source/bookings)" in infos[1].getMessage()
 
 
 def test_the_captured_sequence_emits_for_annotation_actions_only(
@@ -209,14 +291,13 @@ def test_the_captured_sequence_emits_for_annotation_actions_only(
     ]  # fmt: skip
     codes = [post_ls(client, ls_body(label_studio, action)).status_code for action in sequence]
 
-    assert codes == [200, 202, 202, 202, 202, 202, 202, 202, 200, 200, 200, 202, 200]
-    assert [e["payload"]["new_examples"] for e in emitted] == [1, 1, 1, 1, 1, 0, 1, 1]
+    assert codes == [200, 202, 202, 202, 202, 202, 202, 202, 202, 200, 200, 202, 202]
+    assert [e["payload"]["new_examples"] for e in emitted] == [1, 1, 1, 1, 1, 0, 1, 0, 1, 0]
+    assert [e["payload"]["removed_examples"] for e in emitted] == [0, 0, 0, 0, 0, 0, 0, 1, 0, 1]
     assert client.get("/healthz").json()["counts"] == {
-        "emitted": 8,
-        "ignored:ANNOTATIONS_DELETED": 1,
+        "emitted": 10,
         "ignored:PROJECT_UPDATED": 1,
         "ignored:TASKS_CREATED": 2,
-        "ignored:TASKS_DELETED": 1,
     }
 
 
@@ -562,7 +643,13 @@ def test_relay_over_real_http_to_the_emitter(label_studio: Path, receiver: tuple
     assert response.status_code == 202
     [request] = recv.requests
     assert request.path == "/api/events"
-    assert json.loads(request.body)[0]["payload"] == {"project": "bookings", "data": DATA, "new_examples": 1}
+    assert json.loads(request.body)[0]["payload"] == {
+        "project": "bookings",
+        "data": DATA,
+        "new_examples": 1,
+        "action": "ANNOTATION_CREATED",
+        "removed_examples": 0,
+    }
 
 
 def test_build_relay_from_a_config_file(
@@ -571,13 +658,17 @@ def test_build_relay_from_a_config_file(
     from flows.events import build_relay
 
     path = tmp_path / "relay.yml"
-    path.write_text("label_studio:\n  1: {project: bookings, data: /srv/b.json}\n")
+    path.write_text(
+        "label_studio:\n"
+        "  1: {project: bookings, source: bookings-ls}\n"
+        "  2: {project: other, data: /srv/b.json}\n"
+    )
     monkeypatch.setenv("NLUFLOW_RELAY_SECRET", SECRET)
 
     client = AppClient(build_relay(path, emitter=emitted))
 
     assert post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED")).status_code == 202
-    assert emitted[0]["payload"]["data"] == "/srv/b.json"
+    assert emitted[0]["payload"]["data"] == "nluflow-label-studio-source/bookings-ls"
 
 
 def test_build_relay_without_a_prefect_api_is_a_config_error() -> None:

@@ -23,7 +23,7 @@ def tasks() -> list[dict[str, Any]]:
 
 def second(task: dict[str, Any], *, intent: str, aid: int, updated: str, **flags: Any) -> dict[str, Any]:
     """Another annotation of ``task`` (a copy of its first one) with another intent."""
-    other = copy.deepcopy(task["annotations"][0])
+    other: dict[str, Any] = copy.deepcopy(task["annotations"][0])
     other.update(id=aid, updated_at=updated, **flags)
     other["result"][0]["value"]["choices"] = [intent]
     return other
