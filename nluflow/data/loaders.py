@@ -762,7 +762,7 @@ def _item_lines(text: str, keys: Sequence[str], count: int) -> list[int]:
     return lines
 
 
-def _annotation_label(annotation: Mapping[str, Any]) -> tuple[object, tuple[tuple[object, ...], ...]]:
+def annotation_label(annotation: Mapping[str, Any]) -> tuple[object, tuple[tuple[object, ...], ...]]:
     """What an annotation says (intent, sorted entity spans), to tell agreeing annotations from others."""
     intent: object = None
     spans: list[tuple[object, ...]] = []
@@ -814,7 +814,7 @@ def choose_annotation(annotations: object) -> tuple[dict[str, Any] | None, Count
     pool = [a for a in live if a.get("ground_truth")] or live
     chosen = max(pool, key=_annotation_order)
     counts["superseded_annotations"] += len(live) - 1
-    disagree = len({repr(_annotation_label(a)) for a in live}) > 1
+    disagree = len({repr(annotation_label(a)) for a in live}) > 1
     return chosen, counts, disagree
 
 
@@ -841,7 +841,7 @@ def _label_studio_example(
             annotation.get("id"),
             reason,
         )
-    intent, _ = _annotation_label(annotation)
+    intent, _ = annotation_label(annotation)
     entities: list[dict[str, Any]] = []
     results = annotation.get("result")
     for result in results if isinstance(results, list) else []:

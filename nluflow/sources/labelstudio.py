@@ -47,7 +47,7 @@ from nluflow.backends.errors import (
     MalformedResponseError,
     TransientHTTPError,
 )
-from nluflow.data.loaders import choose_annotation
+from nluflow.data.loaders import annotation_label, choose_annotation
 from nluflow.errors import BackendError, DataError, SourceError, TransientSourceError
 from nluflow.sources.base import PulledData, SourceProvenance, sha256_bytes, write_content_addressed
 
@@ -280,6 +280,25 @@ def export_counts(tasks: list[Any]) -> Counter[str]:
     return counts
 
 
+def export_problems(tasks: list[Any]) -> list[str]:
+    """Tasks whose chosen annotation cannot become an example (no text, no intent choice), by task id."""
+    problems: list[str] = []
+    for task in tasks:
+        if not isinstance(task, dict):
+            continue
+        chosen, _, _ = choose_annotation(task.get("annotations"))
+        if chosen is None:
+            continue
+        data = task.get("data")
+        text = data.get("text") if isinstance(data, dict) else None
+        intent, _ = annotation_label(chosen)
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"task {task.get('id')} has no data.text")
+        elif not isinstance(intent, str) or not intent.strip():
+            problems.append(f"task {task.get('id')} (annotation {chosen.get('id')}) has no intent choice")
+    return problems
+
+
 class LabelStudioExportSource:
     """One Label Studio project as a :class:`~nluflow.sources.base.DataSource`: export → file → provenance."""
 
@@ -296,7 +315,8 @@ class LabelStudioExportSource:
         exported_at = datetime.now(UTC).isoformat(timespec="seconds")
         with self.client:
             raw = self.client.export(self.project_id)
-        counts = export_counts(json.loads(raw))
+        tasks = json.loads(raw)
+        counts = export_counts(tasks)
         where = self.describe()
         if not counts["used_annotations"]:
             raise DataError(
@@ -305,9 +325,20 @@ class LabelStudioExportSource:
                 "not skipped; nothing was trained; annotate tasks in Label Studio and rerun",
                 where,
             )
+        problems = export_problems(tasks)
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise DataError(
+                f"{len(problems)} annotated task{'s' if len(problems) != 1 else ''} cannot become examples: "
+                f"{shown}; expected a text and one intent choice per annotation; nothing was trained; fix "
+                "or skip these tasks in Label Studio and rerun",
+                where,
+            )
         host = httpx.URL(self.client.url).netloc.decode().replace(":", "-") or "label-studio"
         folder = dest / "label-studio" / f"{host}-project-{self.project_id}"
-        path = write_content_addressed(folder, "export", ".json", raw)
+        # Label Studio sends one compact line; one task per line block gives messages a useful file:line.
+        readable = json.dumps(tasks, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+        path = write_content_addressed(folder, "export", ".json", readable)
         provenance = SourceProvenance(
             kind="label-studio",
             reference=self.reference,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from nluflow.data.loaders import load_paths
 from nluflow.errors import DataError, SourceError, TransientSourceError
 from nluflow.sources.labelstudio import LabelStudioClient, LabelStudioExportSource, TokenKind
 from nluflow.testing.emulators import Fault, LabelStudioEmulator
@@ -190,6 +191,12 @@ def test_pull_writes_a_content_addressed_export_with_provenance(
     changed = pull()
 
     assert changed.paths != first.paths
+    lines = Path(changed.paths[0]).read_text(encoding="utf-8").splitlines()
+    assert lines[1] == " {" and len(lines) > 100  # one task after another, not Label Studio's single line
+    rome = next(i for i, line in enumerate(lines) if '"text": "fly me to Rome"' in line)
+    task_start = max(i for i in range(rome) if lines[i] == " {") + 1  # 1-based line of Rome's task
+    example = load_paths(changed.paths).examples[-1]
+    assert example.text == "fly me to Rome" and example.where() == f"{changed.paths[0]}:{task_start}"
     p = changed.provenance
     assert (p.kind, p.reference) == ("label-studio", "nluflow-label-studio-source/bookings")
     assert p.description == f"Label Studio project 1 at {served.url}"
@@ -213,3 +220,50 @@ def test_a_project_without_usable_annotations_is_a_data_error(
         f"Label Studio project 2 at {served.url}: no usable annotation: 1 tasks"
     )
     assert "annotate tasks in Label Studio and rerun" in str(info.value)
+
+
+def test_annotations_without_an_intent_name_their_tasks(
+    served: ServedApp, emulator: LabelStudioEmulator, tmp_path: Path
+) -> None:
+    task = emulator.add_task("Paris please")
+    annotation = emulator.annotate(task, None, [(0, 5, "city")])  # spans only, the intent forgotten
+    ls = client(served, emulator.legacy_token, TokenKind.LEGACY)
+
+    with pytest.raises(DataError) as info:
+        LabelStudioExportSource(ls, 1).pull(tmp_path)
+
+    message = str(info.value)
+    assert message.startswith(f"Label Studio project 1 at {served.url}: 1 annotated task cannot become")
+    assert f"task {task} (annotation {annotation}) has no intent choice" in message
+    assert "fix or skip these tasks in Label Studio and rerun" in message
+
+
+def test_no_token_in_logs_reprs_or_pickled_errors(
+    served: ServedApp, emulator: LabelStudioEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import pickle
+
+    caplog.set_level(logging.DEBUG)
+    emulator.faults.inject("export", Fault.SERVER_ERROR)
+    ls = client(served, emulator.personal_access_token, TokenKind.PAT)
+    ls.export(1)
+    seen = set(emulator.access_tokens)  # the first access token, revoked by the next fault
+    emulator.faults.inject("export", Fault.TOKEN_EXPIRED)
+    ls.export(1)
+    seen |= set(emulator.access_tokens)
+    with pytest.raises(SourceError) as info:
+        ls.export(99)
+    texts = [
+        caplog.text,
+        repr(ls),
+        repr(ls.session),
+        str(info.value),
+        repr(pickle.loads(pickle.dumps(info.value))),
+    ]
+
+    secrets = [emulator.personal_access_token, *seen]
+    assert len(secrets) == 3 and emulator.refreshes == 2
+    for secret in secrets:
+        assert all(secret not in text for text in texts)
+    assert "retry 1/" in caplog.text  # the 500 was logged, without credentials

@@ -682,3 +682,16 @@ def test_build_relay_without_a_prefect_api_is_a_config_error() -> None:
         pytest.raises(ConfigError, match="PREFECT_API_URL"),
     ):
         build_relay(RelayConfig(secret=SECRET))
+
+
+def test_relay_logging_shows_info_lines_on_the_nluflow_logger() -> None:
+    from flows.events import relay_logging
+
+    log = logging.getLogger("nluflow")
+    level = log.level
+    log.setLevel(logging.NOTSET)  # inherits the root's WARNING: the emissions would not print
+    try:
+        relay_logging()
+        assert logging.getLogger("nluflow.relay").isEnabledFor(logging.INFO)
+    finally:
+        log.setLevel(level)

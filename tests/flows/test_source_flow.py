@@ -174,6 +174,25 @@ def test_an_unchanged_export_is_a_cache_hit(
     assert states["submit-training"] == ["Cached"], states
 
 
+def test_deleted_annotations_and_tasks_leave_the_next_dataset(
+    home: Path, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator
+) -> None:
+    before = audit(home)[-1]
+    tasks = emulator.projects[1]
+    gone_annotation, gone_task = tasks[0], tasks[1]  # ANNOTATIONS_DELETED, TASKS_DELETED in Label Studio
+    emulator.delete_annotation(gone_annotation["annotations"][0]["id"])
+    emulator.delete_task(gone_task["id"])
+
+    result = retrain(params(home, demo_data, [REF]))
+
+    line = audit(home)[-1]
+    assert line["dataset_sha256"] != before["dataset_sha256"]
+    texts = snapshot_texts(home, line["dataset_sha256"])
+    assert gone_annotation["data"]["text"] not in texts and gone_task["data"]["text"] not in texts
+    source = result.data_info["data_sources"][0]
+    assert (source["tasks"], source["used_annotations"], source["unannotated_tasks"]) == (211, 208, 2)
+
+
 def test_a_refused_token_fails_the_run_naming_the_source_and_trains_nothing(
     home: Path, demo_data: Path, served: ServedApp
 ) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from nluflow.data.loaders import choose_annotation, load_paths
+from nluflow.errors import DataError
 from nluflow.sources.labelstudio import export_counts
 
 EXPORT = Path(__file__).resolve().parents[1] / "fixtures" / "label-studio" / "export.json"
@@ -125,3 +126,35 @@ def test_a_disagreement_on_entity_spans_alone_counts(tasks: list[dict[str, Any]]
     task["annotations"].append(other)
 
     assert export_counts(tasks)["disagreements"] == 1
+
+
+def test_the_cli_passes_source_references_through_and_preflights_paths_only(tmp_path: Path) -> None:
+    from flows.cli import _params, _preflight
+    from flows.retrain import RetrainParams
+
+    ref = Path("nluflow-label-studio-source/bookings")
+    params = _params(RetrainParams, [ref, EXPORT], None, "bookings", tmp_path / "store", None, None, {})
+
+    assert params.data == ["nluflow-label-studio-source/bookings", str(EXPORT.resolve())]
+    _preflight([ref], None, None)  # nothing to read before the run: the run pulls the source
+    (tmp_path / "bad.jsonl").write_text("{not json\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:1"):
+        _preflight([ref, tmp_path / "bad.jsonl"], None, None)
+
+
+@pytest.mark.parametrize(
+    ("item", "is_ref"),
+    [
+        ("nluflow-label-studio-source/bookings", True),
+        ("nluflow-folder-source/inbox", True),
+        ("nluflow-rasa-backend/prod", False),  # a block, but not a data source
+        ("./nluflow-folder-source/inbox", False),
+        ("nluflow-folder-source/inbox/batch.jsonl", False),  # a file below a folder of that name
+        ("nluflow-folder-source/", False),
+        ("data/nlu.yml", False),
+    ],
+)
+def test_source_references_are_recognised_by_their_slug(item: str, is_ref: bool) -> None:
+    from nluflow.sources import is_source_ref
+
+    assert is_source_ref(item) is is_ref

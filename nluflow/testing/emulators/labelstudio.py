@@ -154,7 +154,7 @@ class LabelStudioEmulator(Emulator):
             task = self._task(task_id)
             text = task["data"]["text"]
             result: list[dict[str, Any]] = []
-            if not cancelled and intent is not None:
+            if not cancelled and intent is not None:  # intent None: an annotation with spans only
                 result.append(
                     {
                         "id": f"t{task_id}-intent",
@@ -164,16 +164,16 @@ class LabelStudioEmulator(Emulator):
                         "value": {"choices": [intent]},
                     }
                 )
-                for n, (start, end, label) in enumerate(entities, 1):
-                    result.append(
-                        {
-                            "id": f"t{task_id}-e{n}",
-                            "from_name": "entities",
-                            "to_name": "text",
-                            "type": "labels",
-                            "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]},
-                        }
-                    )
+            for n, (start, end, label) in enumerate(() if cancelled else entities, 1):
+                result.append(
+                    {
+                        "id": f"t{task_id}-e{n}",
+                        "from_name": "entities",
+                        "to_name": "text",
+                        "type": "labels",
+                        "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]},
+                    }
+                )
             self._annotation_ids += 1
             now = _stamp(self.clock())
             task["annotations"].append(
