@@ -11,6 +11,7 @@ from nluflow.evaluation.gates import Decision
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.evaluation.plots import png_data_uri
 from nluflow.evaluation.report import metrics_table_markdown
+from nluflow.testset import AUDIT_FIELDS
 
 FIGURE_TITLES = {
     "confusion_matrix": "Confusion matrix (candidate, row-normalised)",
@@ -74,7 +75,9 @@ def render_run_report(
             "",
         ]
     lines += ["## Data", ""]
-    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in data_info.items()]
+    # The figures of "+N new" and the warning are shown at the top already.
+    shown_above = {*AUDIT_FIELDS, "warning"}
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in data_info.items() if k not in shown_above]
     lines += ["", validation.to_markdown(), ""]
     if figures:
         lines += ["## Figures", ""]

@@ -3,9 +3,10 @@
 A test set that never changes stops measuring: once both models score 1.000 on it no later model can beat
 the active one, and new vocabulary never enters it. So the frozen test set grows with the data:
 
-- **New** examples are the ones neither in the current test set (by normalised text, the leakage rule) nor in
-  the active model's training data (by normalised text + intent). Only new examples are ever routed into the
-  test set, so no model is scored on an utterance it trained on.
+- **New** examples are the ones neither in the current test set nor in the active model's training data.
+  "+N new" compares normalised text + intent (a relabelled example is new); routing compares normalised
+  text only (the leakage rule), so no example the active model trained on, under any label, is ever routed
+  into the test set.
 - **Routing is stratified and deterministic.** Per intent, the test set's share of the intent's distinct
   texts is kept at ``fraction``: ``quota = round(fraction * total) - already in the test set`` (at least 0, at
   most the intent's new texts, leaving one for training when the intent has nothing else to train on).
@@ -80,15 +81,13 @@ def _half_up(value: float) -> int:
 
 
 def new_example_indices(data: Dataset, test: Dataset, previous: Dataset | None) -> list[int]:
-    """Indices of ``data``'s examples that are new: not in ``test`` (normalised text) and not in
-    ``previous`` (normalised text + intent; ``None`` means there is no previous training data)."""
+    """Indices of ``data``'s examples that may be routed into the test set: their normalised text is neither
+    in ``test`` nor in ``previous`` (the active model's training data; ``None`` when there is none), under
+    any intent, so no model is scored on a text it trained on, even one relabelled since."""
     held_out = {normalize_text(e.text) for e in test}
-    seen = _keys(previous) if previous is not None else set()
-    return [
-        i
-        for i, e in enumerate(data.examples)
-        if normalize_text(e.text) not in held_out and example_key(e) not in seen
-    ]
+    if previous is not None:
+        held_out |= {normalize_text(e.text) for e in previous}
+    return [i for i, e in enumerate(data.examples) if normalize_text(e.text) not in held_out]
 
 
 def route_to_test(data: Dataset, test: Dataset, new: Iterable[int], fraction: float, seed: int) -> list[int]:
@@ -142,51 +141,49 @@ class DataDelta(BaseModel):
     def summary(self) -> str:
         """One line for the report, the log and the CLI, e.g. ``+9 new (7 to training, 2 to the test set),
         0 removed``."""
-        if self.active_model_id is None:
-            head = f"+{self.new} new (no active model yet)"
-        elif not self.known:
+        if self.active_model_id is not None and not self.known:
             return (
                 f"unknown: the training data of the active model {self.active_model_id} is not in the store "
                 "(it was stored before nluflow kept training data), so nothing can be compared and no new "
                 "example was routed into the test set; the next promoted model makes it known"
             )
-        else:
-            head = f"+{self.new} new"
-        if self.to_test:
-            head += f" ({(self.new or 0) - self.to_test} to training, {self.to_test} to the test set)"
+        split = f" ({(self.new or 0) - self.to_test} to training, {self.to_test} to the test set)"
+        head = f"+{self.new} new{split if self.to_test else ''}"
         if self.active_model_id is None:
-            return head
+            return f"{head}; no active model yet"
         return f"{head}, {self.removed} removed"
 
 
 def data_delta(
     data: Dataset,
     train: Dataset,
-    old_test: Dataset,
+    test: Dataset,
     previous: Dataset | None,
     *,
+    baseline_test: Dataset,
     active_model_id: str | None,
     compared_with: str | None,
-    to_test: int,
 ) -> DataDelta:
     """Compare this run's data with the active model's training data ``previous``.
 
-    ``new``: distinct examples of ``data`` neither in ``previous`` nor in the test set as it was before this
-    run; ``removed``: distinct examples of ``previous`` that ``train`` no longer holds. ``previous`` is None
-    when there is no active model (everything is new) or its data is unknown (``compared_with`` set)."""
+    ``new``: distinct examples of ``data`` neither in ``previous`` nor in ``baseline_test`` (the test set the
+    active model was scored on, so the count does not depend on which run grew the test set since);
+    ``to_test``: how many of them are in this run's ``test`` set; ``removed``: distinct examples of
+    ``previous`` that ``train`` no longer holds. ``previous`` is None when there is no active model
+    (everything is new) or its training data is unknown (then nothing is counted)."""
     if active_model_id is not None and previous is None:
         return DataDelta(known=False, active_model_id=active_model_id, compared_with=compared_with)
-    held_out = {normalize_text(e.text) for e in old_test}
+    held_out = {normalize_text(e.text) for e in baseline_test}
     seen = _keys(previous) if previous is not None else set()
     new = {k for k in _keys(data) if k not in seen and k[0] not in held_out}
-    removed = len(seen - _keys(train)) if previous is not None else 0
+    in_test = {normalize_text(e.text) for e in test}
     return DataDelta(
         known=True,
         active_model_id=active_model_id,
         compared_with=compared_with,
         new=len(new),
-        removed=removed,
-        to_test=to_test,
+        removed=len(seen - _keys(train)) if previous is not None else 0,
+        to_test=sum(1 for k in new if k[0] in in_test),
     )
 
 
@@ -368,6 +365,15 @@ class TestSetStore:
                 "nothing was scored. Restore it, or start a new test set with `nluflow testset reset`"
             )
         return record, Dataset(examples=data.examples, source=f"frozen test set v{record.version}")
+
+    def version(self, sha256: str) -> Dataset | None:
+        """The data of the version with this sha256, if the store keeps it (None otherwise)."""
+        key = self._key(f"{TESTSET_VERSIONS}/{sha256}.jsonl")
+        try:
+            data = self._read(key)
+        except ModelNotFoundError:
+            return None
+        return data if data.sha256() == sha256 else None
 
     def _write_version(
         self, data: Dataset, source: str, added: int, reason: str, before: TestSetRecord | None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -41,24 +41,34 @@ def load_dataset(paths: list[str], workspace_path: str) -> DatasetSnapshot:
     return snapshot(load_paths(paths), workspace(workspace_path))
 
 
-def _active_training_data(
-    model_store: ModelStore, project: str
-) -> tuple[str | None, str | None, Dataset | None]:
-    """``(active model id, its dataset sha256, its training data)``; the data is None when there is no active
-    model or it was stored before training data was kept (or its manifest cannot be read: the fetch of the
-    active model reports that)."""
+class _Active(NamedTuple):
+    """The active model as this run compares with it; every field None when there is none."""
+
+    model_id: str | None = None
+    dataset_sha256: str | None = None
+    test_sha256: str | None = None
+    training_data: Dataset | None = None
+
+
+def _active(model_store: ModelStore, project: str) -> _Active:
+    """The active model, its training data (None when it was stored before training data was kept) and the
+    sha256 of the test set it was scored on. A pointer or manifest that cannot be read is left to
+    fetch-active-model, which stops the run with the reason."""
     try:
         pointer = model_store.active(project)
     except StoreError:
-        return None, None, None  # fetch-active-model reports the broken pointer
+        return _Active()
     if pointer is None:
-        return None, None, None
+        return _Active()
     try:
-        sha = model_store.manifest(project, pointer.model_id).dataset_sha256
+        manifest = model_store.manifest(project, pointer.model_id)
     except StoreError as exc:
         get_run_logger().warning("active model of %s not compared with: %s", project, exc)
-        return pointer.model_id, None, None
-    return pointer.model_id, sha, stored_training_data(model_store.fs, project, sha)
+        return _Active(pointer.model_id)
+    sha = manifest.dataset_sha256
+    return _Active(
+        pointer.model_id, sha, manifest.test_sha256, stored_training_data(model_store.fs, project, sha)
+    )
 
 
 @task(name="freeze-test-set", cache_policy=NO_CACHE)
@@ -83,12 +93,12 @@ def freeze_test_set(
     ws = workspace(workspace_path)
     model_store = store.build(create=True)
     full = data.load()
-    active_id, active_sha, previous = _active_training_data(model_store, project)
+    active = _active(model_store, project)
+    previous = active.training_data
     info: dict[str, Any] = {}
-    to_test = 0
     record: TestSetRecord | None = None
     if test is not None:
-        test_set = old_test = test.load()
+        test_set = baseline = test.load()
         info["test_source"] = "given (--test)"
     else:
         testsets = TestSetStore(model_store.fs, project)
@@ -97,37 +107,38 @@ def freeze_test_set(
             _, split = stratified_split(full, test_fraction=test_fraction, seed=seed)
             refuse_unmeasurable(split, full, min_test_per_intent, test_fraction, data.source)
             record = testsets.freeze(split, data.source, f"split off the data ({test_fraction:.0%})")
-            test_set, old_test = split, Dataset()
-            to_test = len({example_key(e) for e in split})
+            test_set, baseline = split, Dataset()
             info["test_source"] = f"split off the data ({test_fraction:.0%}) and frozen in the store"
         else:
             record, test_set = current
-            old_test = test_set
+            # "New" counts from the test set the active model was scored on, whichever run grew it since.
+            scored_on = testsets.version(active.test_sha256) if active.test_sha256 else None
+            baseline = scored_on if scored_on is not None else test_set
             info["test_source"] = "frozen in the store"
-            if active_id is None or previous is not None:  # unknown training data: route nothing
+            if active.model_id is None or previous is not None:  # unknown training data: route nothing
                 new = new_example_indices(full, test_set, previous)
                 picked = route_to_test(full, test_set, new, test_fraction, seed)
                 if picked:
                     added = full.subset(picked)
-                    to_test = len({example_key(e) for e in added})
-                    record = testsets.grow(record, test_set, added, f"+{to_test} new annotations routed in")
+                    moved = len({example_key(e) for e in added})
+                    record = testsets.grow(record, test_set, added, f"+{moved} new annotations routed in")
                     test_set = Dataset(examples=test_set.examples + added.examples, source=test_set.source)
                     logger.info(
                         "test set of %s grew to version %d: +%d new annotations (%d utterances)",
                         project,
                         record.version,
-                        to_test,
+                        moved,
                         record.n_examples,
                     )
     train, removed = remove_test_overlap(full, test_set)
     delta = data_delta(
         full,
         train,
-        old_test,
+        test_set,
         previous,
-        active_model_id=active_id,
-        compared_with=active_sha,
-        to_test=to_test,
+        baseline_test=baseline,
+        active_model_id=active.model_id,
+        compared_with=active.dataset_sha256,
     )
     info["removed_from_train"] = removed
     info["test_set_version"] = record.version if record else None

@@ -35,12 +35,16 @@ def batch(intent: str, n: int, start: int = 0) -> list[tuple[str, str]]:
 
 def test_new_examples_are_neither_in_the_test_set_nor_in_the_previous_training_data() -> None:
     data = ds(
-        ("Hello there!", "greet"), ("bye", "goodbye"), ("book a flight", "book"), ("hello there", "other")
+        ("Hello there!", "greet"),
+        ("bye", "goodbye"),
+        ("book a flight", "book"),
+        ("hello there", "other"),
+        ("BYE", "farewell"),
     )
     test = ds(("hello THERE", "greet"))  # normalised text, any intent: both "hello there" are held out
-    previous = ds(("Bye.", "goodbye"))
+    previous = ds(("Bye.", "goodbye"))  # trained on: never routed, not even relabelled
     assert new_example_indices(data, test, previous) == [2]
-    assert new_example_indices(data, test, None) == [1, 2]
+    assert new_example_indices(data, test, None) == [1, 2, 4]
 
 
 def test_routing_is_deterministic_and_independent_of_order() -> None:
@@ -122,10 +126,13 @@ def test_duplicates_of_one_text_travel_together() -> None:
 def test_delta_counts_new_and_removed_on_normalised_text_and_intent() -> None:
     previous = ds(("Book a flight", "book"), ("hi", "greet"), ("cancel it", "cancel"))
     data = ds(("book a flight!", "book"), ("hi", "other"), ("new one", "book"), ("another", "book"))
-    train = data
-    delta = data_delta(data, train, ds(), previous, active_model_id="m-1", compared_with="abc", to_test=1)
+    test = ds(("Another.", "book"))  # routed in by this run
+    train = ds(*((e.text, e.intent) for e in data if e.text != "another"))
+    delta = data_delta(
+        data, train, test, previous, baseline_test=ds(), active_model_id="m-1", compared_with="abc"
+    )
     # "hi" changed intent: new as (hi, other), removed as (hi, greet); "cancel it" was dropped.
-    assert (delta.new, delta.removed) == (3, 2)
+    assert (delta.new, delta.removed, delta.to_test) == (3, 2, 1)
     assert delta.summary() == "+3 new (2 to training, 1 to the test set), 2 removed"
     assert audit_fields({"new_examples": 3, "removed_examples": 2, "other": 1}) == {
         "new_examples": 3,
@@ -133,22 +140,40 @@ def test_delta_counts_new_and_removed_on_normalised_text_and_intent() -> None:
     }
 
 
+def test_delta_counts_from_the_test_set_the_active_model_was_scored_on() -> None:
+    previous = ds(("old", "a"))
+    data = ds(("old", "a"), ("was routed earlier", "a"), ("fresh", "a"), ("in the test set long ago", "a"))
+    scored_on = ds(("in the test set long ago", "a"))
+    test = ds(("in the test set long ago", "a"), ("was routed earlier", "a"))  # grown by a later run
+    train = ds(("old", "a"), ("fresh", "a"))
+    delta = data_delta(
+        data, train, test, previous, baseline_test=scored_on, active_model_id="m-1", compared_with="abc"
+    )
+    assert delta.summary() == "+2 new (1 to training, 1 to the test set), 0 removed"
+
+
 def test_delta_without_stored_training_data_is_unknown_not_a_guess() -> None:
     delta = data_delta(
-        ds(("a", "x")), ds(("a", "x")), ds(), None, active_model_id="m-old", compared_with="f00", to_test=0
+        ds(("a", "x")),
+        ds(("a", "x")),
+        ds(),
+        None,
+        baseline_test=ds(),
+        active_model_id="m-old",
+        compared_with="f00",
     )
     assert not delta.known and delta.new is None and delta.removed is None
     assert delta.summary().startswith("unknown: the training data of the active model m-old")
     first = data_delta(
         ds(("a", "x"), ("b", "x")),
         ds(("a", "x")),
-        ds(),
+        ds(("b", "x")),
         None,
+        baseline_test=ds(),
         active_model_id=None,
         compared_with=None,
-        to_test=1,
     )
-    assert first.summary() == "+2 new (no active model yet) (1 to training, 1 to the test set)"
+    assert first.summary() == "+2 new (1 to training, 1 to the test set); no active model yet"
 
 
 def test_refusal_names_the_users_files_and_suggests_test() -> None:
