@@ -334,8 +334,8 @@ def print_summary(result: Any) -> None:
             g.reason,
         )
     console.print(gates)
-    verdict = "[bold green]PROMOTED[/]" if result.promoted else "[bold yellow]NOT PROMOTED[/]"
-    console.print(f"{verdict} {decision.summary()}", highlight=False)
+    colour = {"promoted": "green", "rejected": "yellow", "unchanged": "cyan"}.get(result.outcome, "red")
+    console.print(f"[bold {colour}]{result.outcome.upper()}[/] {escape(result.message)}", highlight=False)
     console.print(f"active model: {result.active or '(none)'}  ·  store: {result.store}")
     console.print(f"report: {result.report_path}")
     console.print(f"audit: {result.audit_path} (line {result.audit_seq})  ·  {result.duration_seconds:.1f} s")

@@ -13,15 +13,18 @@ from typing import Any, cast
 from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
 from prefect.transactions import transaction
 from pydantic import BaseModel, ConfigDict, Field
 
 from nluflow.audit import audit_record
 from nluflow.backends.base import ModelRef, TrainingConfig
 from nluflow.data.validation import ValidationPolicy, ValidationReport
+from nluflow.errors import DataError
 from nluflow.evaluation.gates import Decision, GatePolicy, decide
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.notify import DecisionNotice
+from nluflow.outcome import Outcome, blocked_by_validation, decided
 from nluflow.pipeline import DatasetSnapshot, files_sha256, headline_delta, model_id_for, training_key
 from nluflow.registry import ID_PATTERN
 from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT, audit_fields
@@ -35,7 +38,14 @@ from tasks.promotion import (
     store_candidate,
     switch_active_pointer,
 )
-from tasks.publish import publish_report, publish_validation, render_run_figures, sync_run_to_store
+from tasks.publish import (
+    label_flow_run,
+    publish_report,
+    publish_run_report,
+    publish_validation,
+    render_run_figures,
+    sync_run_to_store,
+)
 from tasks.sources import provenance_info, resolve_data
 from tasks.training import candidate_ready, submit_training, wait_for_training
 
@@ -104,6 +114,8 @@ class RetrainResult(BaseModel):
 
     project: str
     flow_run_id: str | None
+    outcome: Outcome
+    message: str
     candidate_id: str
     previous_active: str | None
     active: str | None
@@ -179,7 +191,13 @@ def retrain(params: RetrainParams) -> RetrainResult:
             flow_run_id=run_id,
         )
         notify(notice, params.notify)
-        report.raise_for_blocking()
+        outcome = blocked_by_validation(project, report)
+        label_flow_run(outcome)
+        try:
+            report.raise_for_blocking()
+        except DataError as exc:
+            # The run fails with the outcome as its state message; the caller (the CLI) still gets the error.
+            return _final_state(Failed(message=outcome.message(), data=exc))
     keep_training_data(store, project, train)  # what the next run compares with ("+N new")
 
     # 2. Score the active model first: platforms that can only score what they hold (Cognigy) then keep
@@ -213,21 +231,23 @@ def retrain(params: RetrainParams) -> RetrainResult:
     decision = decide(cand_eval, active_eval, gates, must_pass)
     logger.info(decision.summary())
 
-    # 6. Publish the report, tables and figures.
+    # 6. Publish the report file, tables and figures (the report artifact follows the outcome, below).
     outdir = work / "runs" / project / run_id
     figures = render_run_figures(cand_eval, str(work))
-    artifacts = publish_report(
-        project,
-        model_id,
-        active_ref.model_id if active_ref else None,
-        decision,
-        cand_eval,
-        active_eval,
-        report,
-        data_info,
-        figures,
-        str(outdir),
-    )
+    active_id = active_ref.model_id if active_ref else None
+    report_of: dict[str, Any] = {  # what the report file and the report artifact are made of
+        "project": project,
+        "candidate_id": model_id,
+        "active_id": active_id,
+        "decision": decision,
+        "candidate": cand_eval,
+        "active": active_eval,
+        "validation": report,
+        "data_info": data_info,
+        "figures": figures,
+    }
+    intended = decided(project, decision, model_id, active_id, promoted=decision.promote)
+    artifacts = publish_report(**report_of, outdir=str(outdir), outcome=intended)
 
     # 7. Promote: one promotion per project at a time; all-or-nothing.
     active_now = active_ref.model_id if active_ref else None
@@ -256,8 +276,9 @@ def retrain(params: RetrainParams) -> RetrainResult:
         pointer = store.build().active(project)
         active_now = pointer.model_id if pointer else None
 
-    # 8. Audit and notify.
+    # 8. The outcome; audit and notify.
     promoted = decision.promote and active_now == model_id
+    outcome = decided(project, decision, model_id, active_id, promoted=promoted)
     model_store = store.build()
     stored = model_store.has_model(project, model_id)
     manifest_sha = model_store.manifest(project, model_id).sha256() if stored else None
@@ -275,9 +296,9 @@ def retrain(params: RetrainParams) -> RetrainResult:
             config=params.config.model_dump(mode="json"),
             duration_seconds=round(time.monotonic() - started, 3),
             metrics=cand_eval.headline(),
-            decision="promote" if decision.promote else "reject",
+            decision=outcome.audit_decision,
             promoted=promoted,
-            reasons=decision.reasons,
+            reasons=[outcome.reason] if outcome.outcome == "unchanged" else decision.reasons,
             previous_model_id=active_ref.model_id if active_ref else None,
             manifest_sha256=manifest_sha,
             validation_loss=candidate.metrics.get("val_loss"),
@@ -302,9 +323,13 @@ def retrain(params: RetrainParams) -> RetrainResult:
         ),
         params.notify,
     )
-    return RetrainResult(
+    artifacts["report"] = publish_run_report(**report_of, outcome=outcome)
+    label_flow_run(outcome)
+    result = RetrainResult(
         project=project,
         flow_run_id=run_id,
+        outcome=outcome.outcome,
+        message=outcome.message(),
         candidate_id=model_id,
         previous_active=active_ref.model_id if active_ref else None,
         active=active_now,
@@ -326,6 +351,14 @@ def retrain(params: RetrainParams) -> RetrainResult:
         audit_seq=int(line["seq"]),
         duration_seconds=round(time.monotonic() - started, 3),
     )
+    return _final_state(Completed(message=outcome.message(), data=result))
+
+
+def _final_state(state: Any) -> RetrainResult:
+    """Let the flow return ``state``: Prefect makes a returned state the run's final state (its message is
+    the outcome line the runs list shows) and hands the caller its data (the :class:`RetrainResult`), or
+    raises it when it is an exception. The cast only tells the type checker what callers receive."""
+    return cast(RetrainResult, state)
 
 
 def _blocked_record(

@@ -183,12 +183,17 @@ class Decision(BaseModel):
     def summary(self) -> str:
         """One line, e.g. ``promote: beats active by +0.031 macro F1 (95% CI +0.012..+0.050)``."""
         verdict = "promote" if self.promote else "reject"
+        reason = self.reason()
+        return f"{verdict}: {reason}" if reason else verdict
+
+    def reason(self) -> str:
+        """Why, in one line: the headline reason of a promotion, or the first two failing gates' reasons."""
         if not self.reasons:
-            return verdict
+            return ""
         if self.promote:
-            return f"{verdict}: {self.reasons[0]}"
+            return self.reasons[0]
         more = f" (+{len(self.reasons) - 2} more)" if len(self.reasons) > 2 else ""
-        return f"{verdict}: {'; '.join(self.reasons[:2])}{more}"
+        return f"{'; '.join(self.reasons[:2])}{more}"
 
     def to_markdown(self) -> str:
         """The gate table (gate | result | value | threshold | reason), under the one-line summary."""
@@ -199,7 +204,7 @@ class Decision(BaseModel):
             "|---|:---:|---:|---:|---|",
         ]
         for gate in self.gates:
-            mark = "✅ pass" if gate.passed else "❌ fail"  # words too: not every viewer has emoji fonts
+            mark = "PASS" if gate.passed else "FAIL"  # plain text: renders without emoji fonts
             lines.append(
                 f"| {gate.name} | {mark} | {_num(gate.value)} | {_num(gate.threshold)} | {_md(gate.reason)} |"
             )

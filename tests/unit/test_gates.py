@@ -265,8 +265,8 @@ def test_markdown_table_lists_every_gate() -> None:
     header = lines.index("| gate | result | value | threshold | reason |")
     rows = [line for line in lines[header + 2 :] if line.startswith("| ")]
     assert len(rows) == len(decision.gates)
-    assert rows[0].startswith("| min_macro_f1 | ✅ pass | ")
-    assert rows[-1].startswith("| must_pass | ❌ fail | 0.000 | 1.000 | ")
+    assert rows[0].startswith("| min_macro_f1 | PASS | ")
+    assert rows[-1].startswith("| must_pass | FAIL | 0.000 | 1.000 | ")
     assert "'a \\| b'" in rows[-1]  # pipes inside a reason do not break the table
     assert all(row.count(" | ") == 4 for row in rows)
 
