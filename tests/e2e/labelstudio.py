@@ -418,12 +418,9 @@ def running_label_studio(
         url,
         "--port",
         str(port),
-        "--username",
-        ADMIN_USER,
-        "--password",
-        secrets.token_urlsafe(16),
-        "--user-token",
-        token,
+        f"--username={ADMIN_USER}",
+        f"--password={secrets.token_hex(16)}",  # hex: a value starting with '-' would read as an option
+        f"--user-token={token}",
         "--enable-legacy-api-token",
     ]
     started = time.monotonic()

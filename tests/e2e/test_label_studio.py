@@ -34,6 +34,7 @@ import pytest
 from nluflow.audit import AuditLog
 from nluflow.data.loaders import load_paths
 from nluflow.data.schema import Entity
+from nluflow.outcome import AUDIT_DECISION
 from nluflow.sources.labelstudio import LabelStudioClient, LabelStudioExportSource
 
 from .annotations import Utterance, UtterancePool
@@ -445,6 +446,18 @@ def _one_more_run(pipeline: Pipeline, before: int, burst: Burst, progress: Repor
     return dict(run)
 
 
+def _check_outcome(run: dict[str, Any], audit: dict[str, Any], allowed: set[str]) -> str:
+    """The run says its outcome where users look: tag, state message and name agree with the audit line."""
+    outcomes = [t.split(":", 1)[1] for t in run["tags"] if t.startswith("outcome:")]
+    assert len(outcomes) == 1 and outcomes[0] in allowed, f"run {run['name']}: tags {run['tags']}"
+    outcome = outcomes[0]
+    assert AUDIT_DECISION[outcome] == audit["decision"], (outcome, audit["decision"])
+    message = run["state"]["message"] or ""
+    assert message.startswith(outcome), f"run {run['name']}: state message {message!r}"
+    assert run["name"].startswith(f"retrain-{NLU_PROJECT}-{outcome}"), run["name"]
+    return outcome
+
+
 def _snapshot_texts(pipeline: Pipeline, dataset_sha256: str) -> set[str]:
     """Texts of the training data a run trained on, as the store keeps it (content-addressed)."""
     path = pipeline.store / NLU_PROJECT / "datasets" / f"{dataset_sha256}.jsonl"
@@ -492,7 +505,7 @@ def test_annotations_retrain_through_the_relay(pipeline: Pipeline, progress: Rep
     _annotate_burst(pipeline, first, progress)
     first.run = _one_more_run(pipeline, 0, first, progress)
     first.audit = pipeline.audit_line(first.run["id"])
-    assert first.audit["decision"] in {"promote", "reject"}, first.audit
+    _check_outcome(first.run, first.audit, {"promoted", "rejected"})
     _check_trained_on(pipeline, first)
     counts = pipeline.relay_counts()
     assert counts.get("emitted") == len(first.utterances), counts
@@ -501,7 +514,7 @@ def test_annotations_retrain_through_the_relay(pipeline: Pipeline, progress: Rep
     _annotate_burst(pipeline, second, progress)
     second.run = _one_more_run(pipeline, 1, second, progress)
     second.audit = pipeline.audit_line(second.run["id"])
-    assert second.audit["decision"] in {"promote", "reject"}, second.audit
+    _check_outcome(second.run, second.audit, {"promoted", "rejected"})
     assert second.audit["dataset_sha256"] != first.audit["dataset_sha256"]
     assert second.audit["model_id"] != first.audit["model_id"]
     _check_trained_on(pipeline, second)
@@ -518,7 +531,8 @@ def test_annotations_retrain_through_the_relay(pipeline: Pipeline, progress: Rep
     unchanged = Burst("no new annotation", [])
     run = _one_more_run(pipeline, 2, unchanged, progress)
     line = pipeline.audit_line(run["id"])
-    assert line["decision"] == "unchanged", line
+    _check_outcome(run, line, {"unchanged"})
+    assert "nothing new to train" in (run["state"]["message"] or ""), run["state"]
     assert line["dataset_sha256"] == second.audit["dataset_sha256"]
     assert line["model_id"] == second.audit["model_id"]
     assert line["new_examples"] == 0, line
