@@ -37,6 +37,21 @@ WEATHER = (
     "is it sunny in {city} {date}",
     "weather forecast for {city} {date}",
 )
+# Phrasings a later burst brings: words the first model never saw, so the test set's share of them can
+# tell a model trained on them from one that was not.
+NEW_GREETINGS = ("yo", "sup", "hey hey", "morning", "salut", "ahoy", "hullo", "g'day")
+NEW_FLIGHT = (
+    "get me on a plane to {city} {date}",
+    "any seats to {city} {date}",
+    "I want to travel by air to {city} {date}",
+    "need airfare to {city} {date}",
+)
+NEW_WEATHER = (
+    "any chance of snow in {city} {date}",
+    "should I pack an umbrella for {city} {date}",
+    "how cold will {city} be {date}",
+    "temperature in {city} {date}",
+)
 
 
 @dataclass(frozen=True)
@@ -60,12 +75,14 @@ class UtterancePool:
         self._n = count()
         self._seen: set[str] = set()
 
-    def burst(self, per_intent: int, cities: slice) -> list[Utterance]:
-        """``per_intent`` new utterances of each intent; flight/weather ones use ``CITIES[cities]``."""
+    def burst(self, per_intent: int, cities: slice, new_phrasing: bool = False) -> list[Utterance]:
+        """``per_intent`` new utterances of each intent; flight/weather ones use ``CITIES[cities]``;
+        ``new_phrasing`` draws from the phrasings a first burst never uses."""
         out: list[Utterance] = []
         places = CITIES[cities]
         made = {"greet": 0, "book_flight": 0, "weather": 0}
-        for utterance in self._candidates(places):
+        phrasing = (NEW_GREETINGS, NEW_FLIGHT, NEW_WEATHER) if new_phrasing else (GREETINGS, FLIGHT, WEATHER)
+        for utterance in self._candidates(places, *phrasing):
             if made[utterance.intent] < per_intent and utterance.text not in self._seen:
                 self._seen.add(utterance.text)
                 made[utterance.intent] += 1
@@ -74,13 +91,19 @@ class UtterancePool:
                 return out
         raise AssertionError(f"not enough distinct utterances for {per_intent} per intent from {places}")
 
-    def _candidates(self, places: tuple[str, ...]) -> Iterator[Utterance]:
+    def _candidates(
+        self,
+        places: tuple[str, ...],
+        greetings: tuple[str, ...],
+        flight: tuple[str, ...],
+        weather: tuple[str, ...],
+    ) -> Iterator[Utterance]:
         for i in self._n:
             if i > 100_000:
                 return
-            greeting = GREETINGS[i % len(GREETINGS)]
-            tail = GREET_TAILS[(i // len(GREETINGS)) % len(GREET_TAILS)]
+            greeting = greetings[i % len(greetings)]
+            tail = GREET_TAILS[(i // len(greetings)) % len(GREET_TAILS)]
             yield Utterance(f"{greeting} {tail}", "greet")
             city, date = places[i % len(places)], DATES[(i // len(places)) % len(DATES)]
-            yield _with_entities(FLIGHT[i % len(FLIGHT)], "book_flight", city, date)
-            yield _with_entities(WEATHER[(i + 2) % len(WEATHER)], "weather", city, date)
+            yield _with_entities(flight[i % len(flight)], "book_flight", city, date)
+            yield _with_entities(weather[(i + 2) % len(weather)], "weather", city, date)

@@ -10,8 +10,9 @@ test on 127.0.0.1; everything it is asked is asked through its REST API, as a sc
 * ``test_annotations_retrain_through_the_relay``: the whole path, with a real Prefect server, a process
   worker, the ``retrain-on-annotation`` deployment from ``prefect.yaml`` and ``nluflow relay`` registered as
   the project's webhook (custom secret header). N annotations → exactly one run, whose report and audit
-  line say "+N new" and whose training snapshot holds them; a second burst → exactly one more run that
-  trains again (new dataset sha, new model); a run with nothing new annotated → ``unchanged``, cache hit.
+  line say "+N new" and whose training snapshot (or test set) holds them, promoted; a run with nothing new
+  annotated → ``unchanged``, training from the cache; a second burst → exactly one more run that trains
+  again (new dataset sha, new model); nothing new again → a cache hit on that model.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ DEBOUNCE_SECONDS = 60.0  # prefect.yaml: the trigger's `within` and `schedule_af
 # 45 annotations: the first run routes 20% (3 per intent) to the test set and keeps 12 per intent for
 # training (validation blocks fewer than 10 per intent).
 FIRST_PER_INTENT = 15
-SECOND_PER_INTENT = 4  # 12 more, from cities the first burst never named
+SECOND_PER_INTENT = 5  # 15 more, in cities and phrasings the first burst never used
 
 
 @pytest.fixture(scope="session")
@@ -440,8 +441,8 @@ def _one_more_run(pipeline: Pipeline, before: int, burst: Burst, progress: Repor
             f"{burst.name}: run {run['id']} ended {run['state_name']}\n" + pipeline.stack.diagnostics()
         )
     progress(
-        f"{burst.name}: exactly one run, {run['name']} {run['state_name']} "
-        f"({burst.seconds:.1f} s after the burst)"
+        f"{burst.name}: exactly one run, {run['name']} {run['state_name']} in {burst.seconds:.1f} s: "
+        f"{run['state']['message']}"
     )
     return dict(run)
 
@@ -495,63 +496,82 @@ def _check_trained_on(pipeline: Pipeline, burst: Burst) -> None:
     )
 
 
+def _run_without_new_annotations(pipeline: Pipeline, before: int, progress: Reporter) -> Burst:
+    """A manual run of the deployment with the parameters a trigger gives it (what a scheduled run or a
+    user does when a webhook was lost): it pulls the export again, unchanged since the last run."""
+    params = json.dumps({"params": {"project": NLU_PROJECT, "data": [SOURCE_REF]}})
+    result = pipeline.stack.cli(
+        "deployment", "run", f"{FLOW_NAME}/{DEPLOYMENT_ON_ANNOTATION}", "--params", params
+    )
+    assert result.returncode == 0, f"prefect deployment run failed:\n{result.stdout}\n{result.stderr}"
+    rerun = Burst(f"run {before + 1} (nothing new annotated)", [])
+    rerun.run = _one_more_run(pipeline, before, rerun, progress)
+    rerun.audit = pipeline.audit_line(rerun.run["id"])
+    return rerun
+
+
+def _check_cache_hit(pipeline: Pipeline, rerun: Burst, previous: Burst, new_examples: int) -> None:
+    """Same export → same training data, test set and model as ``previous`` (nothing routed again), training
+    served from the cache; ``new_examples`` counts what the *active* model has not trained on."""
+    assert rerun.audit["dataset_sha256"] == previous.audit["dataset_sha256"]
+    assert rerun.audit["model_id"] == previous.audit["model_id"]
+    assert rerun.audit["test_sha256"] == previous.audit["test_sha256"]
+    assert rerun.audit["new_examples"] == new_examples, rerun.audit
+    states = pipeline.task_states(rerun.run["id"])
+    assert states.get("submit-training") == "Cached", states
+    assert states.get("wait-for-training") == "Cached", states
+
+
 def test_annotations_retrain_through_the_relay(pipeline: Pipeline, progress: Reporter) -> None:
     pool = UtterancePool()
     first = Burst("burst 1", pool.burst(per_intent=FIRST_PER_INTENT, cities=slice(0, 12)))
-    second = Burst("burst 2", pool.burst(per_intent=SECOND_PER_INTENT, cities=slice(20, 30)))
+    second = Burst(
+        "burst 2", pool.burst(per_intent=SECOND_PER_INTENT, cities=slice(20, 30), new_phrasing=True)
+    )
     assert not first.texts & second.texts
 
-    # Burst 1: N new annotations → exactly one run, which trains on them.
+    # Burst 1: N new annotations → exactly one run, which trains on them; the first model is promoted.
     _annotate_burst(pipeline, first, progress)
     first.run = _one_more_run(pipeline, 0, first, progress)
     first.audit = pipeline.audit_line(first.run["id"])
-    _check_outcome(first.run, first.audit, {"promoted", "rejected"})
+    assert _check_outcome(first.run, first.audit, {"promoted"})
     _check_trained_on(pipeline, first)
     counts = pipeline.relay_counts()
     assert counts.get("emitted") == len(first.utterances), counts
 
-    # Burst 2: new annotations with new vocabulary → one more run that trains again.
+    # Nothing new annotated: the export is unchanged → 'unchanged' (the candidate is the active model),
+    # training served from the cache.
+    same = _run_without_new_annotations(pipeline, 1, progress)
+    _check_outcome(same.run, same.audit, {"unchanged"})
+    assert "nothing new to train" in (same.run["state"]["message"] or ""), same.run["state"]
+    _check_cache_hit(pipeline, same, first, new_examples=0)
+
+    # Burst 2: new annotations with new vocabulary → exactly one more run, which trains again.
     _annotate_burst(pipeline, second, progress)
-    second.run = _one_more_run(pipeline, 1, second, progress)
+    second.run = _one_more_run(pipeline, 2, second, progress)
     second.audit = pipeline.audit_line(second.run["id"])
-    _check_outcome(second.run, second.audit, {"promoted", "rejected"})
+    promoted = _check_outcome(second.run, second.audit, {"promoted", "rejected"}) == "promoted"
     assert second.audit["dataset_sha256"] != first.audit["dataset_sha256"]
     assert second.audit["model_id"] != first.audit["model_id"]
     _check_trained_on(pipeline, second)
     trained = pipeline.task_states(second.run["id"])
     assert trained.get("submit-training") not in {None, "Cached"}, trained
 
-    # No new annotation: a manual run of the same deployment pulls an unchanged export → unchanged, cache hit.
-    started = time.monotonic()
-    params = json.dumps({"params": {"project": NLU_PROJECT, "data": [SOURCE_REF]}})
-    result = pipeline.stack.cli(
-        "deployment", "run", f"{FLOW_NAME}/{DEPLOYMENT_ON_ANNOTATION}", "--params", params
-    )
-    assert result.returncode == 0, f"prefect deployment run failed:\n{result.stdout}\n{result.stderr}"
-    unchanged = Burst("no new annotation", [])
-    run = _one_more_run(pipeline, 2, unchanged, progress)
-    line = pipeline.audit_line(run["id"])
-    _check_outcome(run, line, {"unchanged"})
-    assert "nothing new to train" in (run["state"]["message"] or ""), run["state"]
-    assert line["dataset_sha256"] == second.audit["dataset_sha256"]
-    assert line["model_id"] == second.audit["model_id"]
-    assert line["new_examples"] == 0, line
-    states = pipeline.task_states(run["id"])
-    assert states.get("submit-training") == "Cached", states
-    assert states.get("wait-for-training") == "Cached", states
-    unchanged_seconds = time.monotonic() - started
+    # And again nothing new: a cache hit on burst 2's model. 'unchanged' (nothing new) when that model was
+    # promoted; a rejected candidate is the same candidate again, judged again against the same active
+    # model, which still has not trained on burst 2 ("+N new" again).
+    again = _run_without_new_annotations(pipeline, 3, progress)
+    _check_outcome(again.run, again.audit, {"unchanged" if promoted else "rejected"})
+    _check_cache_hit(pipeline, again, second, new_examples=0 if promoted else len(second.utterances))
 
+    install = pipeline.label_studio.install
     progress(
         "Label Studio → retrain timings: LS install "
-        + (
-            "cached"
-            if pipeline.label_studio.install.reused
-            else f"{pipeline.label_studio.install.seconds:.0f} s (cold)"
-        )
+        + ("cached" if install.reused else f"{install.seconds:.0f} s (cold)")
         + f", LS start {pipeline.label_studio.timings['start']:.1f} s, Prefect server "
         f"{pipeline.timings.get('server_start', 0):.1f} s, worker "
-        f"{pipeline.timings.get('worker_start', 0):.1f} s, "
-        f"deploy {pipeline.timings.get('deploy', 0):.1f} s; run 1 (+{len(first.utterances)} new) "
-        f"{first.seconds:.1f} s, run 2 (+{len(second.utterances)} new) {second.seconds:.1f} s, unchanged run "
-        f"{unchanged_seconds:.1f} s (after each burst, incl. the {DEBOUNCE_SECONDS:.0f} s debounce)"
+        f"{pipeline.timings.get('worker_start', 0):.1f} s, deploy {pipeline.timings.get('deploy', 0):.1f} s; "
+        f"after the last annotation of a burst (incl. the {DEBOUNCE_SECONDS:.0f} s debounce): run 1 "
+        f"(+{len(first.utterances)} new) {first.seconds:.1f} s, run 3 (+{len(second.utterances)} new) "
+        f"{second.seconds:.1f} s; manual runs with nothing new: {same.seconds:.1f} s, {again.seconds:.1f} s"
     )
