@@ -46,7 +46,7 @@ from tasks.publish import (
     render_run_figures,
     sync_run_to_store,
 )
-from tasks.sources import provenance_info, resolve_data
+from tasks.sources import data_label, provenance_info, resolve_data
 from tasks.training import candidate_ready, submit_training, wait_for_training
 
 
@@ -160,7 +160,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
 
     # 1. Data: load, fix the frozen test set, validate.
     data_paths, sources = resolve_data(params.data, str(work))  # pulls Label Studio / folder / S3 sources
-    data = load_dataset(data_paths, str(work))
+    data = load_dataset(data_paths, str(work), data_label(params.data, sources))
     given_test = load_dataset(params.test, str(work)) if params.test else None
     train, test, data_info = freeze_test_set(
         project,

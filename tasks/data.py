@@ -15,6 +15,7 @@ from nluflow.data.validation import ValidationPolicy, ValidationReport, validate
 from nluflow.errors import StoreError
 from nluflow.pipeline import DatasetSnapshot, remove_test_overlap, snapshot
 from nluflow.registry import ModelStore
+from nluflow.sources.base import with_source_origins
 from nluflow.testset import (
     DEFAULT_MIN_TEST_PER_INTENT,
     TestSetRecord,
@@ -32,13 +33,21 @@ from tasks.common import StoreSpec, cache_key, cache_policy, workspace
 
 
 def _load_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
-    return cache_key("load-dataset", files_sha256(inputs["paths"]), inputs["workspace_path"])
+    label = [inputs["label"]] if inputs.get("label") else []  # keys of unlabelled loads stay as they were
+    return cache_key("load-dataset", files_sha256(inputs["paths"]), inputs["workspace_path"], *label)
 
 
 @task(name="load-dataset", cache_policy=cache_policy(_load_key), persist_result=True)
-def load_dataset(paths: list[str], workspace_path: str) -> DatasetSnapshot:
-    """Read the annotated files (JSONL, CSV, Rasa YAML) into a content-addressed snapshot."""
-    return snapshot(load_paths(paths), workspace(workspace_path))
+def load_dataset(paths: list[str], workspace_path: str, label: str | None = None) -> DatasetSnapshot:
+    """Read the annotated files (JSONL, CSV, Rasa YAML) into a content-addressed snapshot.
+
+    ``label`` names the data in messages instead of the paths, e.g. the source references whose pulled
+    exports the paths are (the user never sees a workspace path).
+    """
+    data = load_paths(paths)
+    if label:  # pulled sources: named as the user wrote them, examples pointing at their source items
+        data = with_source_origins(Dataset(examples=data.examples, source=label, skipped=data.skipped))
+    return snapshot(data, workspace(workspace_path))
 
 
 class _Active(NamedTuple):

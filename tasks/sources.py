@@ -77,6 +77,12 @@ def resolve_data(data: list[str], workspace_path: str) -> tuple[list[str], list[
     return pull_sources(data, workspace_path)
 
 
+def data_label(data: list[str], provenance: list[SourceProvenance]) -> str | None:
+    """How messages name pulled data: the ``data`` items as the user wrote them (references, not workspace
+    paths); None when nothing was pulled (the paths name themselves)."""
+    return ", ".join(data) if provenance else None
+
+
 def provenance_info(provenance: list[SourceProvenance], brief: bool = False) -> dict[str, Any]:
     """What the sources were, for the audit line and the result (``data_sources``: one record each), or
     ``brief``: one line per source for the report's Data section (``data_source``). Empty without sources."""

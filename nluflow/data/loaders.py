@@ -12,7 +12,10 @@ Formats, by suffix:
   ``metadata`` are skipped and counted in ``Dataset.skipped``.
 - ``.json`` — a JSON list of shared-format objects, Rasa's JSON format
   (``{"rasa_nlu_data": {"common_examples": [...]}}``) or a Label Studio export (a list of tasks with
-  ``data.text``, a ``choices`` result for the intent and ``labels`` results for entity spans).
+  ``data.text``, a ``choices`` result for the intent and ``labels`` results for entity spans). Of a task's
+  annotations the ground-truth one is used, else the latest; cancelled (skipped) annotations never; tasks
+  without a usable annotation, superseded annotations and disagreeing tasks are counted in
+  ``Dataset.skipped`` (see :func:`choose_annotation`).
 
 The loader checks the *format* only. Entity spans are kept as written even when
 ``text[start:end] != value`` or the offsets are out of range: :mod:`nluflow.data.validation` reports those

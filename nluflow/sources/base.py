@@ -15,11 +15,14 @@ local folder that happens to carry such a name).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from nluflow.data.schema import Dataset, Origin
 
 LABEL_STUDIO_SLUG = "nluflow-label-studio-source"
 FOLDER_SLUG = "nluflow-folder-source"
@@ -110,3 +113,36 @@ def write_content_addressed(folder: Path, stem: str, suffix: str, data: bytes) -
         tmp.write_bytes(data)
         tmp.replace(path)
     return path
+
+
+def origins_sidecar(path: Path) -> Path:
+    """Where a pulled file keeps the origin of its items: a hidden file beside it (folder walks skip it)."""
+    return path.with_name(f".{path.name}.origins")
+
+
+def write_origins(path: Path, origins: Mapping[int, str]) -> None:
+    """Record, for lines of ``path`` where an item starts, where that item lives in its source."""
+    sidecar = origins_sidecar(path)
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    tmp.write_text(json.dumps({str(k): v for k, v in origins.items()}), encoding="utf-8")
+    tmp.replace(sidecar)
+
+
+def with_source_origins(dataset: Dataset) -> Dataset:
+    """Examples read from a pulled file point at their item in the source (a Label Studio task's page)
+    instead of a line of a workspace file the user never edits; others are left as they are."""
+    sidecars: dict[str, dict[str, str]] = {}
+    examples = []
+    for example in dataset.examples:
+        origin = example.origin
+        if origin is not None and origin.line is not None:
+            if origin.path not in sidecars:
+                sidecar = origins_sidecar(Path(origin.path))
+                sidecars[origin.path] = (
+                    json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+                )
+            where = sidecars[origin.path].get(str(origin.line))
+            if where is not None:
+                example = example.model_copy(update={"origin": Origin(path=where, line=None)})
+        examples.append(example)
+    return Dataset(examples=tuple(examples), source=dataset.source, skipped=dict(dataset.skipped))

@@ -51,7 +51,13 @@ from nluflow.backends.errors import (
 )
 from nluflow.data.loaders import annotation_label, choose_annotation
 from nluflow.errors import BackendError, DataError, SourceError, TransientSourceError
-from nluflow.sources.base import PulledData, SourceProvenance, sha256_bytes, write_content_addressed
+from nluflow.sources.base import (
+    PulledData,
+    SourceProvenance,
+    sha256_bytes,
+    write_content_addressed,
+    write_origins,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +349,10 @@ class LabelStudioExportSource:
         # Label Studio sends one compact line; one task per line block gives messages a useful file:line.
         readable = json.dumps(tasks, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
         path = write_content_addressed(folder, "export", ".json", readable)
+        # Messages about an example name its task's page in Label Studio, where it can be fixed.
+        starts = [n for n, line in enumerate(readable.decode("utf-8").split("\n"), 1) if line == " {"]
+        pages = [f"{self.client.url}/projects/{self.project_id}/data?task={task.get('id')}" for task in tasks]
+        write_origins(path, dict(zip(starts, pages, strict=True)))
         provenance = SourceProvenance(
             kind="label-studio",
             reference=self.reference,

@@ -11,6 +11,7 @@ import pytest
 
 from nluflow.data.loaders import load_paths
 from nluflow.errors import DataError, SourceError, TransientSourceError
+from nluflow.sources.base import with_source_origins
 from nluflow.sources.labelstudio import LabelStudioClient, LabelStudioExportSource, TokenKind
 from nluflow.testing.emulators import Fault, LabelStudioEmulator
 from nluflow.testing.emulators._base import ServedApp
@@ -197,6 +198,9 @@ def test_pull_writes_a_content_addressed_export_with_provenance(
     task_start = max(i for i in range(rome) if lines[i] == " {") + 1  # 1-based line of Rome's task
     example = load_paths(changed.paths).examples[-1]
     assert example.text == "fly me to Rome" and example.where() == f"{changed.paths[0]}:{task_start}"
+    # In a run, messages name the task's page in Label Studio instead (where it can be fixed).
+    example = with_source_origins(load_paths(changed.paths)).examples[-1]
+    assert example.where() == f"{served.url}/projects/1/data?task={task}"
     p = changed.provenance
     assert (p.kind, p.reference) == ("label-studio", "nluflow-label-studio-source/bookings")
     assert p.description == f"Label Studio project 1 at {served.url}"
@@ -267,3 +271,21 @@ def test_no_token_in_logs_reprs_or_pickled_errors(
     for secret in secrets:
         assert all(secret not in text for text in texts)
     assert "retry 1/" in caplog.text  # the 500 was logged, without credentials
+
+
+def test_validation_findings_point_at_the_task_in_label_studio(
+    served: ServedApp, emulator: LabelStudioEmulator, tmp_path: Path
+) -> None:
+    from nluflow.data.validation import validate
+
+    task = emulator.add_task("weather in Rome please")
+    emulator.annotate(task, "weather", [(11, 15, "city")])
+    emulator.projects[1][-1]["annotations"][0]["result"][1]["value"]["text"] = "Roma"  # offsets ≠ text
+    pulled = LabelStudioExportSource(client(served, emulator.legacy_token, TokenKind.LEGACY), 1).pull(
+        tmp_path
+    )
+
+    report = validate(with_source_origins(load_paths(pulled.paths)))
+
+    [finding] = [f for f in report.findings if f.rule == "span"]
+    assert finding.locations == [f"{served.url}/projects/1/data?task={task}"]

@@ -315,6 +315,28 @@ def test_notify_annotated_keeps_a_path_that_only_exists_on_the_worker(
     assert "does not exist here" in caplog.text
 
 
+def test_notify_annotated_sends_a_source_reference_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # even where a folder of that name could exist, a reference stays a reference
+    sent: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(204)
+
+    event = notify_annotated(
+        "bookings",
+        "nluflow-label-studio-source/bookings",
+        api_url="http://prefect.test/api",
+        transport=httpx.MockTransport(handler),
+    )
+
+    assert event["payload"]["data"] == "nluflow-label-studio-source/bookings"
+    assert sent[0][0]["payload"]["data"] == "nluflow-label-studio-source/bookings"
+    assert "does not exist here" not in caplog.text
+
+
 def test_notify_annotated_fails_loudly_when_the_api_is_down(prefect_api: str) -> None:
     with pytest.raises(BackendError, match="Nothing was emitted"):
         notify_annotated("bookings", "/d.json", api_url=f"http://127.0.0.1:{free_port()}/api")

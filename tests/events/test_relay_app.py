@@ -695,3 +695,114 @@ def test_relay_logging_shows_info_lines_on_the_nluflow_logger() -> None:
         assert logging.getLogger("nluflow.relay").isEnabledFor(logging.INFO)
     finally:
         log.setLevel(level)
+
+
+def test_label_studio_emulator_webhooks_drive_the_relay(emitted: Emitted, label_studio: Path) -> None:
+    """The emulator's webhooks (captured shapes, custom header, no retry) → relay → one event per change."""
+    from nluflow.testing.emulators import LabelStudioEmulator
+
+    config = RelayConfig(
+        secret=SECRET, label_studio={LS_PROJECT: LabelStudioRoute(project="bookings", source="bookings")}
+    )
+    emulator = LabelStudioEmulator()
+    with serve(create_app(config, emitted)) as relay:
+        emulator.add_webhook(f"{relay}/hooks/label-studio", {"X-Relay-Secret": SECRET})
+        first = emulator.add_task("book a flight to Oslo")
+        emulator.annotate(first, "book_flight", [(17, 21, "city")])
+        second = emulator.add_task("hi there")
+        gone = emulator.annotate(second, "greet")
+        emulator.annotate(emulator.add_task("asdf"), None, cancelled=True)
+        emulator.delete_annotation(gone)
+        emulator.delete_task(first)
+        emulator.webhooks[0] = (emulator.webhooks[0][0], {"X-Relay-Secret": "wrong-secret-0123456789"})
+        emulator.annotate(second, "greet")
+
+    assert emulator.deliveries == [
+        ("ANNOTATION_CREATED", 202),
+        ("ANNOTATION_CREATED", 202),
+        ("ANNOTATION_CREATED", 200),  # a skip: acknowledged, nothing to retrain on
+        ("ANNOTATIONS_DELETED", 202),
+        ("TASKS_DELETED", 202),
+        ("ANNOTATION_CREATED", 403),  # Label Studio would not retry: the next scheduled run catches it
+    ]
+    assert [
+        (e["payload"]["action"], e["payload"]["new_examples"], e["payload"]["removed_examples"])
+        for e in emitted
+    ] == [
+        ("ANNOTATION_CREATED", 1, 0),
+        ("ANNOTATION_CREATED", 1, 0),
+        ("ANNOTATIONS_DELETED", 0, 1),
+        ("TASKS_DELETED", 0, 1),
+    ]
+    assert {e["payload"]["data"] for e in emitted} == {SOURCE}
+    captured = json.loads(ls_body(label_studio, "ANNOTATION_CREATED"))
+    sent = Emitted()
+    emulator.webhooks[:] = []
+    with serve(_recording_app(sent)) as url:
+        emulator.add_webhook(url)
+        emulator.annotate(second, "greet")
+    [body] = sent
+    assert set(body) == set(captured) and set(body["annotation"]) == set(captured["annotation"])
+    assert set(body["task"]) == set(captured["task"])
+
+
+def _recording_app(into: list[dict[str, Any]]) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def record(request: Request) -> Response:
+        into.append(json.loads(await request.body()))
+        return Response(status_code=200)
+
+    return Starlette(routes=[Route("/", record, methods=["POST"])])
+
+
+def test_the_relay_command_logs_emissions_at_info_without_prefect_warnings(
+    label_studio: Path, tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    """``nluflow relay`` as users start it, with nluflow's loggers handed to Prefect (as the docs suggest)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    recv, prefect_url = receiver
+    recv.status = 204
+    config = tmp_path / "relay.yml"
+    config.write_text("label_studio:\n  1: {project: bookings, source: label-studio}\n", encoding="utf-8")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": f"{prefect_url}/api",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "nluflow",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "warn",  # Prefect's default
+        "NLUFLOW_RELAY_SECRET": SECRET,
+    }
+    code = "from flows.cli import main; main()"
+    args = [sys.executable, "-c", code, "relay", "--config", str(config), "--port", str(port)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/hooks/label-studio",
+                    content=ls_body(label_studio, "ANNOTATION_CREATED"),
+                    headers={"Content-Type": "application/json", "X-Relay-Secret": SECRET},
+                )
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the relay did not start"
+                time.sleep(0.2)
+        assert response.status_code == 202
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=30)
+
+    assert (
+        "INFO" in output and "label-studio ANNOTATION_CREATED (project 1) → nlu.dataset.annotated" in output
+    )
+    assert "flow run id" not in output and "Warning" not in output, output
+    assert len(recv.requests) == 1

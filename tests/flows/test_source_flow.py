@@ -136,6 +136,8 @@ def test_a_label_studio_source_trains_on_the_exported_annotations(
     assert emulator.personal_access_token not in report + json.dumps(line)
     states = task_states(str(result.flow_run_id))
     assert states["pull-sources"] == ["Completed"], states
+    origins = json.loads((home / "work" / "datasets" / f"{line['dataset_sha256']}.origins.json").read_text())
+    assert all(o[0].startswith(f"{served.url}/projects/1/data?task=") and o[1] is None for o in origins)
 
 
 def test_new_annotations_give_a_new_dataset_and_train_again(
@@ -191,6 +193,33 @@ def test_deleted_annotations_and_tasks_leave_the_next_dataset(
     assert gone_annotation["data"]["text"] not in texts and gone_task["data"]["text"] not in texts
     source = result.data_info["data_sources"][0]
     assert (source["tasks"], source["used_annotations"], source["unannotated_tasks"]) == (211, 208, 2)
+
+
+def test_webhooks_through_the_relay_start_a_run_that_pulls_the_new_annotations(
+    home: Path, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator
+) -> None:
+    """Label Studio → webhook → relay → event → the trigger's parameters → a run that exports the project."""
+    from nluflow.relay import LabelStudioRoute, RelayConfig, create_app
+    from nluflow.testing.emulators._base import serve
+
+    secret = "relay-secret-for-flow-tests-1234"
+    events: list[dict[str, Any]] = []
+    config = RelayConfig(secret=secret, label_studio={"1": LabelStudioRoute(project=PROJECT, source=BLOCK)})
+    before = audit(home)[-1]
+    new = _examples(demo_data / "batch-2.jsonl")[200:209]  # 9 new annotations
+    with serve(create_app(config, events.append)) as relay:
+        emulator.add_webhook(f"{relay}/hooks/label-studio", {"X-Relay-Secret": secret})
+        _annotate(emulator, new)
+    emulator.webhooks.clear()
+    assert len(events) == 9 and {e["payload"]["data"] for e in events} == {REF}
+
+    payload = events[0]["payload"]  # what prefect.yaml's trigger templates into params
+    result = retrain(params(home, demo_data, [payload["data"]], project=payload["project"]))
+
+    line = audit(home)[-1]
+    assert line["dataset_sha256"] != before["dataset_sha256"]
+    assert {e["text"] for e in new} <= snapshot_texts(home, line["dataset_sha256"])
+    assert result.data_info["data_sources"][0]["used_annotations"] == 208 + 9
 
 
 def test_a_refused_token_fails_the_run_naming_the_source_and_trains_nothing(

@@ -7,8 +7,10 @@ Python (``emulator.faults.inject``), so this mode serves the happy path.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import threading
+from pathlib import Path
 
 from nluflow.testing.emulators._base import Emulator, ServedApp
 from nluflow.testing.emulators.cognigy import CognigyEmulator
@@ -29,7 +31,7 @@ def _describe(emulator: Emulator, url: str) -> str:
     if isinstance(emulator, LabelStudioEmulator):
         return (
             f"Label Studio API at {url} (legacy token {emulator.legacy_token!r}, personal access token "
-            f"{emulator.personal_access_token!r}); project 1 is empty: add tasks from Python"
+            f"{emulator.personal_access_token!r}); project 1 holds {len(emulator.projects[1])} tasks"
         )
     if isinstance(emulator, NeuralSpaceEmulator):
         return f"NeuralSpace NLU API at {url}{PREFIX} (Authorization {emulator.token!r})"
@@ -42,6 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("platform", choices=["rasa", "cognigy", "neuralspace", "service", "label-studio"])
     parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1).")
     parser.add_argument("--port", type=int, default=0, help="Port (default: a free one).")
+    parser.add_argument(
+        "--export",
+        default=None,
+        help="label-studio only: a JSON export to start project 1 with (tests/fixtures/label-studio/).",
+    )
     args = parser.parse_args(argv)
     emulator: Emulator
     if args.platform == "rasa":
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         emulator = CognigyEmulator()
     elif args.platform == "label-studio":
         emulator = LabelStudioEmulator()
+        if args.export:
+            emulator.load_export(json.loads(Path(args.export).read_text(encoding="utf-8")))
     elif args.platform == "neuralspace":
         emulator = NeuralSpaceEmulator()
     else:

@@ -17,6 +17,12 @@ What it serves (``tests/fixtures/label-studio/README.md`` describes the captures
 
 Annotators are played from Python: :meth:`add_task`, :meth:`annotate`, :meth:`delete_annotation`,
 :meth:`delete_task`; :meth:`load_export` starts from a captured export.
+
+Webhooks (:meth:`add_webhook`) are sent like Label Studio 1.23.2 sends them: a synchronous ``POST`` of the
+captured body shape (``ANNOTATION_CREATED`` with ``annotation``, ``task`` and ``project``;
+``ANNOTATIONS_DELETED`` with ``annotations: [{"id"}]``; ``TASKS_DELETED`` with ``tasks: [{"id"}]`` and a bare
+project id), the webhook's custom headers, a 1 s timeout and **no retry**: a failed delivery is only recorded
+in ``deliveries``. The ``project`` object is reduced to ``id`` and ``title`` (the real one has 50 keys).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,6 +47,7 @@ from nluflow.testing.emulators._base import ASGIApp, Emulator, routes
 
 LEGACY_DISABLED = "legacy token authentication has been disabled for this organization"
 DEFAULT_ACCESS_TTL = 300.0
+WEBHOOK_TIMEOUT = 1.0  # Label Studio's WEBHOOK_TIMEOUT; it never retries
 
 
 def _b64(data: bytes) -> str:
@@ -87,9 +95,34 @@ class LabelStudioEmulator(Emulator):
         self.exports = 0
         self.projects: dict[int, list[dict[str, Any]]] = {p: [] for p in projects}
         self._data_lock = threading.RLock()
+        self.webhooks: list[tuple[str, dict[str, str]]] = []
+        self.deliveries: list[tuple[str, int | str]] = []
         self._task_ids = 0
         self._annotation_ids = 0
         super().__init__(**kw)
+
+    # ------------------------------------------------------------------------------------------ webhooks
+
+    def add_webhook(self, url: str, headers: dict[str, str] | None = None) -> None:
+        """Send every action to ``url`` (``send_for_all_actions``, ``send_payload``) with these headers."""
+        self.webhooks.append((url, dict(headers or {})))
+
+    def _send(self, body: dict[str, Any]) -> None:
+        for url, headers in self.webhooks:
+            try:
+                response = httpx.post(
+                    url,
+                    content=json.dumps(body),
+                    headers={"Content-Type": "application/json", **headers},
+                    timeout=WEBHOOK_TIMEOUT,
+                )
+                self.deliveries.append((body["action"], response.status_code))
+            except httpx.HTTPError as exc:  # Label Studio logs it and carries on
+                self.deliveries.append((body["action"], type(exc).__name__))
+
+    @staticmethod
+    def _project(project: int) -> dict[str, Any]:
+        return {"id": project, "title": f"project {project}"}
 
     # ------------------------------------------------------------------------------------------ annotators
 
@@ -203,23 +236,57 @@ class LabelStudioEmulator(Emulator):
                 }
             )
             self._recount(task, now)
-            return self._annotation_ids
+            annotation = task["annotations"][-1]
+            webhook_task = {
+                k: v for k, v in task.items() if k not in ("annotations", "drafts", "predictions")
+            }
+            webhook_task.update(
+                is_labeled=task["total_annotations"] > 0,
+                overlap=1,
+                precomputed_agreement=None,
+                file_upload=None,
+            )
+            body = {
+                "action": "ANNOTATION_CREATED",
+                "annotation": annotation,
+                "project": self._project(task["project"]),
+                "task": webhook_task,
+            }
+        self._send(body)
+        return int(annotation["id"])
 
     def delete_annotation(self, annotation_id: int) -> None:
         with self._data_lock:
-            for tasks in self.projects.values():
+            for project, tasks in self.projects.items():
                 for task in tasks:
                     kept = [a for a in task["annotations"] if a["id"] != annotation_id]
                     if len(kept) != len(task["annotations"]):
                         task["annotations"] = kept
                         self._recount(task, _stamp(self.clock()))
-                        return
-        raise KeyError(f"no annotation {annotation_id}")
+                        body = {
+                            "action": "ANNOTATIONS_DELETED",
+                            "annotations": [{"id": annotation_id}],
+                            "project": self._project(project),
+                        }
+                        break
+                else:
+                    continue
+                break
+            else:
+                raise KeyError(f"no annotation {annotation_id}")
+        self._send(body)
 
     def delete_task(self, task_id: int) -> None:
         with self._data_lock:
             for project, tasks in self.projects.items():
-                self.projects[project] = [t for t in tasks if t["id"] != task_id]
+                kept = [t for t in tasks if t["id"] != task_id]
+                if len(kept) != len(tasks):
+                    self.projects[project] = kept
+                    body = {"action": "TASKS_DELETED", "tasks": [{"id": task_id}], "project": project}
+                    break
+            else:
+                raise KeyError(f"no task {task_id}")
+        self._send(body)
 
     @staticmethod
     def _recount(task: dict[str, Any], now: str) -> None:
