@@ -229,7 +229,6 @@ def retrain(params: RetrainParams) -> RetrainResult:
 
     # 5. Decide (a pure function: every gate with its reason).
     decision = decide(cand_eval, active_eval, gates, must_pass)
-    logger.info(decision.summary())
 
     # 6. Publish the report file, tables and figures (the report artifact follows the outcome, below).
     outdir = work / "runs" / project / run_id
@@ -247,6 +246,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
         "figures": figures,
     }
     intended = decided(project, decision, model_id, active_id, promoted=decision.promote)
+    logger.info(intended.message())
     artifacts = publish_report(**report_of, outdir=str(outdir), outcome=intended)
 
     # 7. Promote: one promotion per project at a time; all-or-nothing.
@@ -309,20 +309,22 @@ def retrain(params: RetrainParams) -> RetrainResult:
         ),
     )
     sync_run_to_store(store, project, run_id, str(outdir), str(store.audit_path(project)))
-    notify(
-        DecisionNotice.from_decision(
-            project,
-            decision,
-            promoted=promoted,
-            candidate_id=model_id,
-            previous_active=active_ref.model_id if active_ref else None,
-            active=active_now,
-            metrics=cand_eval.headline(),
-            run_url=flow_run.get_flow_run_ui_url(),
-            flow_run_id=run_id,
-        ),
-        params.notify,
+    notice = DecisionNotice.from_decision(
+        project,
+        decision,
+        promoted=promoted,
+        candidate_id=model_id,
+        previous_active=active_ref.model_id if active_ref else None,
+        active=active_now,
+        metrics=cand_eval.headline(),
+        run_url=flow_run.get_flow_run_ui_url(),
+        flow_run_id=run_id,
     )
+    if outcome.outcome == "unchanged":  # not a rejection: there was nothing new to judge
+        notice = notice.model_copy(
+            update={"decision": "unchanged", "summary": outcome.message(), "reasons": [outcome.reason]}
+        )
+    notify(notice, params.notify)
     artifacts["report"] = publish_run_report(**report_of, outcome=outcome)
     label_flow_run(outcome)
     result = RetrainResult(
