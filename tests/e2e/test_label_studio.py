@@ -38,6 +38,7 @@ from nluflow.data.schema import Entity
 from nluflow.outcome import AUDIT_DECISION
 from nluflow.sources.labelstudio import LabelStudioClient, LabelStudioExportSource
 
+from . import labelstudio
 from .annotations import Utterance, UtterancePool
 from .conftest import (
     BIN,
@@ -50,8 +51,10 @@ from .conftest import (
     Reporter,
     Service,
     Stack,
+    _create_pool_and_blocks,
     _new_stack,
-    _start_stack,
+    _start_server,
+    _start_worker,
     _wait,
     free_port,
 )
@@ -94,6 +97,21 @@ def label_studio(
         label_studio_install, tmp_path_factory.mktemp("label-studio"), progress
     ) as server:
         yield server
+
+
+def test_an_install_that_fails_fails_the_test_with_pips_reason(
+    tmp_path: Path, progress: Reporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No silent skip: when pip cannot install Label Studio, the test fails and says why (here: a version
+    that does not exist), and nothing half-made is taken for a healthy venv next time."""
+    monkeypatch.setattr(labelstudio, "LS_VERSION", "0.0.0.dev0")
+    with pytest.raises(
+        pytest.fail.Exception,
+        match=r"(?s)cannot install Label Studio 0\.0\.0\.dev0.*No matching distribution",
+    ):
+        labelstudio.ensure_label_studio(progress, cache_root=tmp_path)
+    assert "label-studio==0.0.0.dev0" in (tmp_path / "label-studio-0.0.0.dev0" / "install.log").read_text()
+    assert not (tmp_path / "label-studio-0.0.0.dev0" / "installed.json").exists()
 
 
 def _key(
@@ -269,9 +287,7 @@ def _relay_config(home: Path, ls_project: int) -> Path:
 
 
 def _save_source_block(stack: Stack, label_studio: LabelStudioServer, ls_project: int) -> None:
-    """Register nluflow's block types and save the LabelStudioSource the relay names (token via env)."""
-    registered = stack.cli("block", "register", "-m", "blocks", cwd=REPO)
-    assert registered.returncode == 0, f"block register failed:\n{registered.stdout}\n{registered.stderr}"
+    """Save the LabelStudioSource block the relay names (the token through the environment, not argv)."""
     script = (
         "import os\n"
         "from blocks.sources import LabelStudioSource\n"
@@ -362,7 +378,9 @@ def pipeline(
     api = label_studio.api()
     started = time.monotonic()
     try:
-        _start_stack(stack)
+        _start_server(stack)
+        _create_pool_and_blocks(stack)  # `make blocks`: registers nluflow's block types too
+        _start_worker(stack)
         ls_project = api.create_project("e2e bookings", labeling_config())
         _save_source_block(stack, label_studio, ls_project)
         t0 = time.monotonic()
