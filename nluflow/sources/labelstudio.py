@@ -2,8 +2,10 @@
 
 Shapes and behaviour follow a real Label Studio 1.23.2 (captured in ``tests/fixtures/label-studio/``):
 
-- **Export**: ``GET /api/projects/{id}/export?exportType=JSON`` answers the whole project as one JSON list of
-  tasks (``id, data, annotations[...], ...``), synchronously.
+- **Export**: ``GET /api/projects/{id}/export?exportType=JSON&download_all_tasks=true`` answers the whole
+  project as one JSON list of tasks (``id, data, annotations[...], ...``), synchronously. Without
+  ``download_all_tasks=true`` a real 1.23.2 leaves out every task with no annotation at all (skipped ones
+  stay), so tasks without annotations could not be counted.
 - **Legacy token**: ``Authorization: Token <key>``. New organisations in 1.23 have legacy tokens disabled
   (401 "legacy token authentication has been disabled for this organization").
 - **Personal access token (PAT)**: a JWT *refresh* token. ``POST /api/token/refresh/ {"refresh": PAT}``
@@ -60,6 +62,8 @@ from nluflow.sources.base import (
 logger = logging.getLogger(__name__)
 
 EXPORT_PATH = "/api/projects/{project_id}/export"
+# Every task, annotated or not (the default leaves out tasks without annotations; measured on 1.23.2).
+EXPORT_PARAMS = {"exportType": "JSON", "download_all_tasks": "true"}
 TOKEN_REFRESH_PATH = "/api/token/refresh/"
 # Label Studio 1.23 issues access tokens for 5 minutes; used when a token carries no readable ``exp``.
 ACCESS_TOKEN_TTL = 300.0
@@ -223,7 +227,7 @@ class LabelStudioClient:
             response = self.session.request(
                 "GET",
                 EXPORT_PATH.format(project_id=project_id),
-                params={"exportType": "JSON"},
+                params=EXPORT_PARAMS,
                 expect_json=True,
             )
         except AuthenticationError as exc:

@@ -65,7 +65,7 @@ def test_legacy_token_exports_the_project(served: ServedApp, emulator: LabelStud
     assert tasks == json.loads(EXPORT.read_text(encoding="utf-8"))
     request = emulator.recorded("export")[0]
     assert request.headers["authorization"] == f"Token {emulator.legacy_token}"
-    assert request.query == "exportType=JSON"
+    assert request.query == "exportType=JSON&download_all_tasks=true"
 
 
 def test_personal_access_token_is_exchanged_once_and_refreshed_before_expiry(

@@ -3,7 +3,8 @@
 What it serves (``tests/fixtures/label-studio/README.md`` describes the captures):
 
 - ``GET /api/projects/{id}/export?exportType=JSON`` — the project's tasks as one JSON list, each task and
-  annotation with the keys (and key order) of the captured ``export.json``.
+  annotation with the keys (and key order) of the captured ``export.json``; like the real server, only
+  tasks with at least one annotation (skipped ones included) unless ``download_all_tasks=true``.
 - ``POST /api/token/refresh/`` ``{"refresh": <PAT>}`` → ``{"access": <JWT>}``; the access token expires after
   ``access_ttl`` seconds (5 minutes in Label Studio 1.23).
 - Auth on every API route: ``Authorization: Token <legacy token>`` (refused with the captured 401 message when
@@ -364,6 +365,8 @@ class LabelStudioEmulator(Emulator):
             tasks = self.projects.get(project)
             if tasks is None:
                 return JSONResponse({"detail": "Not found."}, status_code=404)
+            if request.query_params.get("download_all_tasks", "false").lower() not in ("true", "1"):
+                tasks = [task for task in tasks if task["annotations"]]  # as 1.23.2's only_finished
             # The real server sends one compact UTF-8 line without \u escapes.
             body = json.dumps(tasks, ensure_ascii=False, separators=(",", ":")).encode()
             self.exports += 1
