@@ -416,6 +416,13 @@ def print_summary(result: Any) -> None:
     colour = {"promoted": "green", "rejected": "yellow", "unchanged": "cyan"}.get(result.outcome, "red")
     rest = result.message.removeprefix(result.outcome)  # the message starts with the outcome word
     console.print(f"[bold {colour}]{result.outcome.upper()}[/]{escape(rest)}", highlight=False)
+    info = result.data_info
+    if info.get("new_since_active"):  # "+N new (k to training, j to the test set), M removed"
+        where = f" from {info['data_source']}" if info.get("data_source") else ""
+        console.print(f"data{where}: {escape(str(info['new_since_active']))}", highlight=False)
+    if info.get("test_set_version"):
+        size = info.get("test_examples", "?")
+        console.print(f"test set: version {info['test_set_version']}, {size} utterances")
     console.print(f"active model: {result.active or '(none)'}  ·  store: {result.store}")
     console.print(f"report: {result.report_path}")
     console.print(f"audit: {result.audit_path} (line {result.audit_seq})  ·  {result.duration_seconds:.1f} s")

@@ -24,7 +24,7 @@ from nluflow.errors import DataError
 from nluflow.evaluation.gates import Decision, GatePolicy, decide
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.notify import DecisionNotice
-from nluflow.outcome import Outcome, blocked_by_validation, decided
+from nluflow.outcome import Outcome, RunOutcome, blocked_by_validation, decided
 from nluflow.pipeline import DatasetSnapshot, files_sha256, headline_delta, model_id_for, training_key
 from nluflow.registry import ID_PATTERN
 from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT, audit_fields
@@ -193,6 +193,10 @@ def _audit_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
                 manifest_sha256=None,
                 error=message,
             )
+        )
+        # The runs list shows it too (the state message is the error, set by Prefect).
+        label_flow_run(
+            RunOutcome(outcome="failed", project=params.project, candidate_id=None, reason=message), run_id
         )
     except Exception as exc:  # a hook must not hide the run's own error
         logger.warning("could not write the audit line of the failed run: %s", error_summary(exc))

@@ -163,14 +163,14 @@ def publish_run_report(
     return key
 
 
-def label_flow_run(outcome: RunOutcome) -> None:
+def label_flow_run(outcome: RunOutcome, run_id: str | None = None) -> None:
     """Name and tag the current flow run after its outcome, so the runs list shows what it decided.
 
     The run's other tags (a deployment's, ``auto-scheduled``) are kept; earlier outcome tags are replaced.
     The run's state message is the flow's return state (see ``flows/retrain.py``). A failure to reach the
     API here is logged, not raised: the run has already done its work, and its state still says the outcome.
     """
-    run_id = flow_run.get_id()
+    run_id = run_id or flow_run.get_id()
     if run_id is None:  # not inside a flow run
         return
     try:

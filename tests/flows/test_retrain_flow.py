@@ -274,6 +274,10 @@ def test_failure_during_promotion_rolls_back(
     assert promoted["decision"] == "promote"
     assert failed["decision"] == "failed" and failed["promoted"] is False
     assert failed["error"] == "OSError: disk full while writing active.json"
+    run = flow_run_of(failed["flow_run_id"])  # the runs list says it failed, and why
+    assert run.state.type.value == "FAILED" and "disk full" in (run.state.message or ""), run.state
+    assert [t for t in run.tags if t.startswith("outcome:")] == ["outcome:failed"], run.tags
+    assert run.name == f"retrain-{project}-failed", run.name
 
 
 def test_blocking_validation_stops_before_training(home: Path, tmp_path: Path) -> None:
