@@ -30,7 +30,14 @@ from nluflow.registry import ID_PATTERN
 from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT, audit_fields
 from tasks.audit import notify, write_audit
 from tasks.common import BackendSpec, StoreSpec
-from tasks.data import freeze_test_set, keep_training_data, load_dataset, validate_dataset
+from tasks.data import (
+    current_test_set,
+    freeze_test_set,
+    keep_training_data,
+    load_dataset,
+    restore_test_set,
+    validate_dataset,
+)
 from tasks.evaluation import check_must_pass_utterances, evaluate_model, fetch_active_model
 from tasks.promotion import (
     activate_on_backend,
@@ -220,6 +227,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
     data_paths, sources = resolve_data(params.data, str(work))  # pulls Label Studio / folder / S3 sources
     data = load_dataset(data_paths, str(work), data_label(params.data, sources))
     given_test = load_dataset(params.test, str(work)) if params.test else None
+    before = current_test_set(store, project) if params.test is None else None  # put back if blocked
     train, test, data_info = freeze_test_set(
         project,
         data,
@@ -238,6 +246,8 @@ def retrain(params: RetrainParams) -> RetrainResult:
             **_blocked_record(params, run_id, train, test, report, started, data_info),
             **provenance_info(sources),
         }
+        if params.test is None:
+            restore_test_set(store, project, before)  # a blocked run leaves the test set as it found it
         write_audit(str(store.audit_path(project)), blocked)
         notice = DecisionNotice(
             project=project,

@@ -22,7 +22,7 @@ from nluflow.hashing import sha256_file, sha256_json
 from nluflow.registry import MANIFEST_NAME
 
 # Bump when a change to nluflow's training or evaluation code should invalidate cached results.
-CODE_VERSION = f"nluflow-{nluflow.__version__}-1"
+CODE_VERSION = f"nluflow-{nluflow.__version__}-2"  # -2: Label Studio ground truth / latest annotation
 
 
 def training_key(dataset_sha256: str, config: TrainingConfig, backend: str) -> str:

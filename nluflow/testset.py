@@ -418,6 +418,21 @@ class TestSetStore:
         merged = Dataset(examples=current.examples + added.examples, source=record.source)
         return self._write_version(merged, record.source, len(added), reason, record)
 
+    def restore(self, before: TestSetRecord | None) -> None:
+        """Put the test set back as it was (``before``; None: nothing frozen), e.g. after a run that froze or
+        grew it was then blocked by validation. Data first, pointer last; each version's data stays under
+        ``versions/``."""
+        if before is None:
+            self.reset()
+            return
+        now = self.record()
+        if now is not None and now.model_dump() == before.model_dump():
+            return
+        key = self._key(f"{TESTSET_VERSIONS}/{before.sha256}.jsonl")
+        if self.fs.exists(key):
+            self.fs.write_bytes(self._key(TESTSET_DATA), self.fs.read_bytes(key))
+        self.fs.write_bytes(self._key(TESTSET_META), before.model_dump_json(indent=2).encode("utf-8"))
+
     def reset(self) -> TestSetRecord | None:
         """Remove the frozen test set so the next run freezes a new one; returns what was removed (None when
         nothing was frozen). Each version's data stays under ``versions/`` for the audit trail."""

@@ -113,8 +113,20 @@ def freeze_test_set(
         testsets = TestSetStore(model_store.fs, project)
         current = testsets.current()
         if current is None:
-            _, split = stratified_split(full, test_fraction=test_fraction, seed=seed)
-            refuse_unmeasurable(split, full, min_test_per_intent, test_fraction, data.source)
+            pool = full
+            if previous is not None:
+                # A new test set while a model is active (after `nluflow testset reset`): split it off the
+                # texts that model did not train on, or the model would be scored on its own training data.
+                pool = full.subset(new_example_indices(full, Dataset(), previous))
+            elif active.model_id is not None:
+                logger.warning(
+                    "a new test set for %s is split off data that may include what the active model %s "
+                    "trained on (its training data was not kept): its scores may be too good",
+                    project,
+                    active.model_id,
+                )
+            _, split = stratified_split(pool, test_fraction=test_fraction, seed=seed)
+            refuse_unmeasurable(split, pool, min_test_per_intent, test_fraction, data.source)
             record = testsets.freeze(split, data.source, f"split off the data ({test_fraction:.0%})")
             test_set, baseline = split, Dataset()
             info["test_source"] = f"split off the data ({test_fraction:.0%}) and frozen in the store"
@@ -166,6 +178,18 @@ def freeze_test_set(
         logger.warning("%s: %s", project, warning)
         info["warning"] = warning
     return snapshot(train, ws), snapshot(test_set, ws), info
+
+
+def current_test_set(store: StoreSpec, project: str) -> TestSetRecord | None:
+    """The project's frozen test set as it is before a run changes it (None: nothing frozen)."""
+    return TestSetStore(store.build(create=True).fs, project).record()
+
+
+@task(name="restore-test-set", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def restore_test_set(store: StoreSpec, project: str, before: TestSetRecord | None) -> None:
+    """Put the frozen test set back as ``before``: a run that validation blocked changes nothing, so a bad
+    first batch cannot freeze the project's test set."""
+    TestSetStore(store.build(create=True).fs, project).restore(before)
 
 
 @task(name="keep-training-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

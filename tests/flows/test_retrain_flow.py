@@ -27,6 +27,7 @@ from flows.retrain import RetrainParams, RetrainResult, retrain
 from nluflow.audit import AuditLog
 from nluflow.errors import DataError
 from nluflow.registry import ModelStore
+from nluflow.testset import TestSetStore
 
 PROJECT = "flowtest"
 
@@ -295,6 +296,8 @@ def test_blocking_validation_stops_before_training(home: Path, tmp_path: Path) -
     [line] = audit_lines(home, project)
     assert line["decision"] == "blocked" and line["promoted"] is False
     assert store(home).active(project) is None
+    # The split it made is not kept: a bad first batch must not freeze the project's test set.
+    assert TestSetStore(store(home).fs, project).record() is None
     # The run fails (the caller gets the DataError) with "blocked" and why as its state message.
     run = flow_run_of(line["flow_run_id"])
     assert run.state.is_failed()

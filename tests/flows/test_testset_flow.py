@@ -194,3 +194,25 @@ def test_a_tiny_first_run_is_refused_and_freezes_nothing(home: Path, tmp_path: P
 
 def test_growth_history_verifies(home: Path) -> None:
     assert AuditLog(home / "store" / PROJECT / "audit.jsonl").verify().ok
+
+
+def test_a_test_set_frozen_after_a_reset_holds_nothing_the_active_model_trained_on(
+    tmp_path: Path, demo_data: Path
+) -> None:
+    project = "resettest"
+    first = retrain(params(tmp_path, demo_data, ["batch-1.jsonl"], project=project))
+    assert first.promoted, first.decision.reasons
+    store = ModelStore.local(tmp_path / "store")
+    trained = stored_training_data(
+        store.fs, project, store.manifest(project, first.candidate_id).dataset_sha256
+    )
+    assert trained is not None and len(trained) == 112
+    assert frozen(tmp_path, project).reset() is not None  # what `nluflow testset reset` does
+
+    retrain(params(tmp_path, demo_data, ["batch-1.jsonl", "batch-2.jsonl"], project=project))
+    current = frozen(tmp_path, project).current()
+    assert current is not None
+    record, test = current
+    assert record.version == 1 and len(test) > 0
+    trained_texts = {normalize_text(e.text) for e in trained}
+    assert not [e.text for e in test if normalize_text(e.text) in trained_texts]
