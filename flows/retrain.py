@@ -28,7 +28,7 @@ from nluflow.outcome import Outcome, RunOutcome, blocked_by_validation, decided
 from nluflow.pipeline import DatasetSnapshot, files_sha256, headline_delta, model_id_for, training_key
 from nluflow.registry import ID_PATTERN
 from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT, audit_fields
-from tasks.audit import notify, write_audit
+from tasks.audit import notify, upload_audit, write_audit
 from tasks.common import BackendSpec, StoreSpec
 from tasks.data import (
     current_test_set,
@@ -201,6 +201,7 @@ def _audit_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
                 error=message,
             )
         )
+        upload_audit(store, params.project)
         # The runs list shows it too (the state message is the error, set by Prefect).
         label_flow_run(
             RunOutcome(outcome="failed", project=params.project, candidate_id=None, reason=message), run_id
@@ -249,6 +250,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
         if params.test is None:
             restore_test_set(store, project, before)  # a blocked run leaves the test set as it found it
         write_audit(str(store.audit_path(project)), blocked)
+        upload_audit(store, project)
         notice = DecisionNotice(
             project=project,
             decision="blocked",
