@@ -332,6 +332,12 @@ def test_second_run_is_decided_by_the_shared_gates_on_the_same_test_set(
     assert p.emulator.jobs_started == 2
     if p.kind == "rasa":
         _assert_rasa_scores_are_real(p, {result.candidate_id: call.candidate, first: call.active})
+    if p.kind == "cognigy":  # its NLU scores carry no entities: entity metrics absent, gate skipped, no 0
+        for scored in (call.candidate, call.active):
+            assert scored.entity is None and scored.entity_absent_reason
+        assert "entity_f1" not in result.candidate_metrics and "entity_f1" not in result.active_metrics
+        [gate] = [g for g in result.decision.gates if g.name == "no_regression_entity_f1"]
+        assert gate.status == "skipped" and "no entity predictions" in gate.reason
 
 
 def _assert_rasa_scores_are_real(p: Platform, evaluations: dict[str, EvaluationResult]) -> None:
