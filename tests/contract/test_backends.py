@@ -346,6 +346,50 @@ def test_rasa_3_null_intent_evaluation_and_missing_predictions_are_clear_errors(
         )
 
 
+def test_rasa_texts_are_matched_as_rasa_reads_them_back_and_offsets_mapped_to_ours() -> None:
+    """Rasa's YAML reader strips each example: a leading-space, two-line text comes back stripped on one line;
+    the prediction still reaches it and entity offsets are shifted back into the original text."""
+    text = "  fly to\nParis"
+    example = Example(
+        text=text, intent="book_flight", entities=(Entity(start=9, end=14, entity="city", value="Paris"),)
+    )
+    answer = {
+        "intent_evaluation": {
+            **RASA_INTENTS,
+            "predictions": [
+                RASA_INTENTS["predictions"][0],
+                {"text": "fly to Paris", "intent": "book_flight", "predicted": None, "confidence": None},
+            ],
+        },
+        "entity_evaluation": {
+            "DIETClassifier": {
+                **RASA_ENTITIES["DIETClassifier"],
+                "errors": [
+                    {
+                        "text": "fly to Paris",
+                        "entities": [{"start": 7, "end": 12, "value": "Paris", "entity": "city"}],
+                        "predicted_entities": [
+                            {
+                                "start": 4,
+                                "end": 12,
+                                "value": "to Paris",
+                                "entity": "city",
+                                "extractor": "DIETClassifier",
+                            }
+                        ],
+                    }
+                ],
+            }
+        },
+    }
+    seen: list[httpx.Request] = []
+    parses = _rasa_answering(answer, seen).predict_labelled(_model(), [RASA_TEST_SET[0], example])
+    assert "- fly to [Paris](city)" in seen[0].content.decode()
+    assert parses[1].text == text and parses[1].intent.name == "" and parses[1].intent.confidence == 0.0
+    assert [(e.start, e.end, e.value) for e in parses[1].entities] == [(6, 14, "to Paris")]
+    assert text[6:14] == "to\nParis"
+
+
 def test_rasa_one_intent_set_is_padded_to_two_intents(tmp_path: Path, model_kw: dict[str, Any]) -> None:
     """Rasa 3.x answers intent_evaluation null for one intent: the client pads; predictions stay per text."""
     with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
