@@ -21,7 +21,9 @@ Gates, in the order they are listed:
 
 A gate that had nothing to check is listed as **skipped** with the reason (``GateResult.skipped``), never as
 passed: the per-intent guard when no intent has ``min_intent_support`` test utterances, the entity regression
-guard when the test set has no entities, ``must_pass`` without a must-pass file. Skipped gates do not block.
+guard when the test set has no entities, both entity gates when the platform returns no entity predictions
+(entity metrics are then absent, ``EvaluationResult.entity_absent_reason``, never a 0), ``must_pass`` without
+a must-pass file. Skipped gates do not block.
 
 ``Decision.warnings`` flags results that pass but should not be trusted, e.g. degenerate confidences (a model
 that answers almost everything with confidence ≈ 1.0, so no threshold can separate right from wrong).
@@ -344,7 +346,19 @@ def _absolute_gates(candidate: EvaluationResult, policy: GatePolicy) -> list[Gat
         _floor_gate("min_precision", "macro precision", candidate.macro_precision, policy.min_precision),
     ]
     if policy.min_entity_f1 is not None:
-        if candidate.entity is None:
+        if candidate.entity is None and candidate.entity_absent_reason:
+            # The test set has entities but the platform predicts none: nothing to check, not a failure.
+            gates.append(
+                GateResult(
+                    name="min_entity_f1",
+                    passed=True,
+                    skipped=True,
+                    value=None,
+                    threshold=policy.min_entity_f1,
+                    reason=f"skipped: {candidate.entity_absent_reason}",
+                )
+            )
+        elif candidate.entity is None:
             # Fail closed: the policy asks for an entity guarantee nobody can check on this test set.
             gates.append(
                 GateResult(
@@ -397,6 +411,19 @@ def _comparison_gates(
         )
     ]
     for key in _REGRESSION_KEYS:
+        absent = candidate.entity_absent_reason or active.entity_absent_reason
+        if key == "entity_f1" and absent and (candidate.entity is None or active.entity is None):
+            gates.append(
+                GateResult(
+                    name=f"no_regression_{key}",
+                    passed=True,
+                    skipped=True,
+                    value=None,
+                    threshold=-policy.tolerance,
+                    reason=f"skipped: {absent}, so entity F1 was not compared",
+                )
+            )
+            continue
         if key == "entity_f1" and candidate.entity is None:
             gates.append(
                 GateResult(

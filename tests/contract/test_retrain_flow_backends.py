@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import yaml
 from contract_kit import SECRETS, make_emulator
 from prefect.blocks.core import Block
 from typer.testing import CliRunner
@@ -48,7 +49,7 @@ from nluflow.backends.cognigy import SNAPSHOT_PREFIX
 from nluflow.data.loaders import load_jsonl
 from nluflow.errors import BackendError
 from nluflow.evaluation.gates import Decision, GatePolicy, MustPassResult, decide
-from nluflow.evaluation.metrics import EvaluationResult
+from nluflow.evaluation.metrics import EvaluationResult, evaluate
 from nluflow.registry import ActivePointer, ModelStore
 from nluflow.testing.emulators import EmulatorSettings, ServedApp
 from nluflow.testing.emulators._base import Emulator, Receive, Scope, Send
@@ -329,6 +330,40 @@ def test_second_run_is_decided_by_the_shared_gates_on_the_same_test_set(
     assert line["decision"] == ("promote" if result.decision.promote else "reject")
     assert line["promoted"] is result.promoted and line["previous_model_id"] == first
     assert p.emulator.jobs_started == 2
+    if p.kind == "rasa":
+        _assert_rasa_scores_are_real(p, {result.candidate_id: call.candidate, first: call.active})
+    if p.kind == "cognigy":  # its NLU scores carry no entities: entity metrics absent, gate skipped, no 0
+        for scored in (call.candidate, call.active):
+            assert scored.entity is None and scored.entity_absent_reason
+        assert "entity_f1" not in result.candidate_metrics and "entity_f1" not in result.active_metrics
+        [gate] = [g for g in result.decision.gates if g.name == "no_regression_entity_f1"]
+        assert gate.status == "skipped" and "no entity predictions" in gate.reason
+
+
+def _assert_rasa_scores_are_real(p: Platform, evaluations: dict[str, EvaluationResult]) -> None:
+    """Without evaluation_url, both models were scored through ``/model/test/intents`` (the test set sent
+    with its true labels, Rasa 3.x shapes): intent and entity metrics equal those of the served model's own
+    predictions on the test set, entity F1 included (not a zero)."""
+    em = p.emulator
+    assert isinstance(em, RasaEmulator)
+    block = RasaBackendBlock.load(p.block_ref.split("/", 1)[1])
+    assert block.evaluation_url is None
+    sent = [yaml.safe_load(r.body) for r in em.recorded("predict")]
+    test_set = load_jsonl(DEMO / "test.jsonl")
+    labels = {item["intent"] for body in sent for item in body["nlu"]}
+    assert labels >= set(test_set.intents) and "nluflow_unlabelled" not in labels
+    for model_id, scored in evaluations.items():
+        backend_model_id = p.store().manifest(p.project, model_id).backend_model_id
+        assert backend_model_id
+        loaded = em._load(backend_model_id)
+        assert loaded is not None
+        direct = evaluate(test_set, loaded[1].parse(test_set.texts), target_precision=scored.target_precision)
+        assert direct.test_sha256 == scored.test_sha256
+        assert scored.y_pred == direct.y_pred and scored.accuracy == direct.accuracy
+        assert scored.entity is not None and direct.entity is not None
+        assert scored.entity.f1 == pytest.approx(direct.entity.f1) and scored.entity.f1 > 0.0
+        assert scored.entity.precision == pytest.approx(direct.entity.precision)
+        assert scored.entity.recall == pytest.approx(direct.entity.recall)
 
 
 def _hook_add_model(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]) -> list[str]:

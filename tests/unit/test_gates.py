@@ -369,3 +369,36 @@ def test_degenerate_confidences_warn_but_do_not_block() -> None:
     assert "**Warning:** degenerate confidences" in decision.to_markdown()
     # Ordinary confidences (0.6 wrong, 0.9 right) raise no warning.
     assert decide(_result({"e": 1}), ACTIVE, GatePolicy()).warnings == []
+
+
+def test_entity_metrics_are_absent_not_zero_when_the_platform_predicts_no_entities() -> None:
+    """A platform whose parses carry no entities at all (Cognigy's scores) is not scored 0 on entities: the
+    metrics are absent, with the reason, and both entity gates are skipped with it."""
+    city = Entity(start=0, end=5, entity="city", value="Paris")
+    test = Dataset.of(Example(text=f"Paris {t}", intent=i, entities=[city]) for t, i in GOLD)
+
+    def scored(entities_predicted: bool) -> EvaluationResult:
+        parses = [
+            Parse(
+                text=e.text,
+                intent=IntentScore(name=e.intent, confidence=0.9),
+                entities_predicted=entities_predicted,
+            )
+            for e in test.examples
+        ]
+        return evaluate(test, parses)
+
+    blind, seeing = scored(False), scored(True)
+    assert blind.entity is None and "entity_f1" not in blind.headline()
+    assert blind.entity_absent_reason and "no entity predictions" in blind.entity_absent_reason
+    # The same empty predictions from a platform that does predict entities are a real 0.
+    assert seeing.entity is not None and seeing.entity.f1 == 0.0 and seeing.entity_absent_reason is None
+    for active in (blind, seeing):
+        decision = decide(blind, active, GatePolicy(min_entity_f1=0.5))
+        gates = {g.name: g for g in decision.gates}
+        for name in ("min_entity_f1", "no_regression_entity_f1"):
+            assert gates[name].status == "skipped" and gates[name].value is None
+            assert gates[name].reason.startswith("skipped: the platform returned no entity predictions")
+        assert "| min_entity_f1 | SKIP |" in decision.to_markdown()
+    # A test set without entities still fails the entity floor closed, as before.
+    assert _gate(decide(ACTIVE, None, GatePolicy(min_entity_f1=0.5)), "min_entity_f1")[0] is False
