@@ -12,9 +12,11 @@ Routes (Rasa Open Source 3.x shapes, see ``shared/specs/rasa/README.md``)::
 
 Every answer to ``/model/parse`` and ``/status`` carries the serving model's id in the ``X-Nluflow-Model``
 header. Every error has Rasa's ``ErrorResponse`` body ``{version, status: "failure", message, reason,
-details, help, code}``: 400 ``BadRequest`` (body not JSON, no ``text`` string), 401 ``NotAuthenticated``
-(token missing or wrong), 404 ``NotFound``, 405 ``MethodNotAllowed``, 409 ``Conflict`` (no model loaded),
-413 ``PayloadTooLarge``, 500 ``ParsingError``.
+details, help, code}``: 400 ``BadRequest`` (body not JSON, JSON nested too deeply or with an integer over
+4,300 digits, no ``text`` string, a ``text`` with an unpaired surrogate such as ``"\\ud800"``), 401
+``NotAuthenticated`` (token missing or wrong), 404 ``NotFound``, 405 ``MethodNotAllowed``, 409 ``Conflict``
+(no model loaded), 413 ``PayloadTooLarge``, 500 ``ParsingError`` (an unexpected failure; its details go to the
+server log only).
 
 Auth: with a token configured, a request passes with ``?token=<token>`` (like Rasa) or
 ``Authorization: Bearer <token>`` (the plain token, not a JWT); without one, the server is open.
@@ -40,7 +42,6 @@ import asyncio
 import contextlib
 import copy
 import hmac
-import json
 import logging
 import re
 import shutil
@@ -62,7 +63,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from nluflow import __version__
+from nluflow import __version__, jsonsafe
 from nluflow.backends.base import Parse
 from nluflow.errors import ConfigError, IntegrityError, StoreError
 from nluflow.hashing import sha256_file
@@ -667,7 +668,20 @@ def create_app(
                 "drop the parameter.",
             )
         try:
-            document = json.loads(body)
+            document = jsonsafe.loads(body)
+        except jsonsafe.NumberTooLong as exc:
+            return rasa_error(
+                400,
+                "BadRequest",
+                f'The request body holds {exc}; expected {{"text": "..."}}; the request was not processed.',
+            )
+        except RecursionError:
+            return rasa_error(
+                400,
+                "BadRequest",
+                'The request body is JSON nested too deeply to read; expected {"text": "..."}; '
+                "the request was not processed.",
+            )
         except (UnicodeDecodeError, ValueError) as exc:
             return rasa_error(
                 400,
@@ -688,14 +702,23 @@ def create_app(
                 "No text message defined in request_body. Add text message to request body in order to "
                 f'obtain the intent and extracted entities: found {found}, expected {{"text": "..."}}.',
             )
+        if jsonsafe.lone_surrogate(text) is not None:  # a "\ud800" escape: no tokenizer can read it
+            return rasa_error(
+                400,
+                "BadRequest",
+                "The 'text' holds an unpaired UTF-16 surrogate (an escape such as \\ud800 without its pair); "
+                "expected valid Unicode text; the request was not processed.",
+            )
         try:
             served, result = await batcher_box[0].parse(text)
         except _NoModelError:
             return no_model()
-        except Exception as exc:
+        except Exception:
             logger.exception("project %r: parsing failed", watcher.project)
-            return rasa_error(
-                500, "ParsingError", f"An unexpected error occurred. Error: {type(exc).__name__}: {exc}"
+            return rasa_error(  # the details are in the server log, not in the answer
+                500,
+                "ParsingError",
+                "An unexpected error occurred while parsing the text; see the server log.",
             )
         return JSONResponse(rasa_parse(result), headers={MODEL_HEADER: served.model_id})
 

@@ -282,6 +282,40 @@ def test_bad_parse_bodies_get_rasa_400s(client: AppClient, content: bytes, fragm
     assert fragment in body["message"]
 
 
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        # a lone surrogate reached the CRF tagger: 500 "SystemError: <cyfunction Tagger.tag ...>"
+        (b'{"text": "\\ud800"}', "unpaired UTF-16 surrogate"),
+        (b'{"text": "play \\udfff by queen"}', "unpaired UTF-16 surrogate"),
+        (b'{"text": "play queen \\ud83d"}', "unpaired UTF-16 surrogate"),
+        (b'{"text": "\xed\xa0\x80"}', "unpaired UTF-16 surrogate"),  # a raw CESU-8 surrogate
+        # deep nesting: 500 "Internal server error." from a RecursionError
+        (b'{"text": "hi", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "nested too deeply"),
+        (b"[" * 50_000, "nested too deeply"),
+        # ValueError "Exceeds the limit (4300 digits)", with Python's advice to raise it
+        (b'{"text": "hi", "n": ' + b"9" * 5000 + b"}", "an integer of 5000 digits"),
+    ],
+)
+def test_hostile_parse_bodies_get_rasa_400s_without_internal_strings(
+    client: AppClient, content: bytes, fragment: str
+) -> None:
+    response = client.post("/model/parse", content=content)
+    body = assert_rasa_error(response, 400, "BadRequest")
+    assert fragment in body["message"]
+    assert "expected" in body["message"]
+    for internal in ("Error:", "Tagger", "cyfunction", "Recursion", "sys.set_int_max_str_digits"):
+        assert internal not in body["message"]
+    assert len(response.content) < 1000  # the body is never echoed
+    assert client.post("/model/parse", json={"text": TEXT}).status_code == 200  # and the server goes on
+
+
+def test_a_surrogate_pair_is_valid_text_and_parses(client: AppClient) -> None:
+    response = client.post("/model/parse", content=b'{"text": "play queen \\ud83d\\ude00"}')
+    assert response.status_code == 200, response.text
+    assert response.json()["text"] == "play queen \U0001f600"
+
+
 def test_unknown_routes_and_methods_get_rasa_error_bodies(client: AppClient) -> None:
     assert_rasa_error(client.get("/model/nope"), 404, "NotFound")
     response = client.get("/model/parse")
@@ -529,7 +563,8 @@ def test_concurrent_requests_are_batched_and_one_bad_text_fails_alone(tmp_path: 
     responses = asyncio.run(scenario())
 
     by_text = dict(zip(texts, responses, strict=True))
-    assert_rasa_error(by_text.pop("boom"), 500, "ParsingError")
+    failed = assert_rasa_error(by_text.pop("boom"), 500, "ParsingError")
+    assert "cannot parse" not in failed["message"] and "ValueError" not in failed["message"]  # log only
     assert all(r.status_code == 200 for r in by_text.values())
     assert [r.json()["text"] for r in by_text.values()] == list(by_text)
     served = parser.batches[1:]  # without the warm-up
