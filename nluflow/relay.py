@@ -65,6 +65,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from nluflow import jsonsafe
 from nluflow.errors import ConfigError
 from nluflow.registry import ID_PATTERN
 from nluflow.sources.base import LABEL_STUDIO_SLUG, SOURCE_SLUGS, is_source_ref
@@ -485,13 +486,32 @@ class _Relay:
 
     @staticmethod
     def parse_json(body: bytes) -> Any:
+        """The body as JSON; 400 for anything a JSON object of valid Unicode text is not.
+
+        Refused besides syntax errors: nesting too deep to read, integers over 4,300 digits (refused before
+        conversion) and strings with an unpaired UTF-16 surrogate (``"\\ud800"``), which no UTF-8 answer,
+        log line or event can carry (an ``action`` holding one was a plain-text 500).
+        """
         try:
-            return json.loads(body)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            document = jsonsafe.loads(body)
+        except jsonsafe.NumberTooLong as exc:
+            raise _Reject(400, f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise _Reject(400, "malformed JSON: nested too deeply to read; expected a JSON object") from None
+        except (UnicodeDecodeError, ValueError) as exc:
             where = (
                 f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
             )
             raise _Reject(400, f"malformed JSON{where}: expected a JSON object") from None
+        place = jsonsafe.lone_surrogate(document)
+        if place is not None:
+            shown = place if len(place) <= 80 else place[:79] + "…"
+            raise _Reject(
+                400,
+                f"malformed JSON: the string at {shown} holds an unpaired UTF-16 surrogate (such as \\ud800 "
+                "without its pair); expected valid Unicode text",
+            )
+        return document
 
     async def emit(
         self, project: str, data: str, new_examples: int, source: str, **extra: Any
@@ -584,7 +604,8 @@ class _Relay:
         try:
             return await handle()
         except _Reject as reject:
-            message = self.redact(reject.message)
+            # backslashreplace: whatever a message quotes, the JSON answer and the log line can encode it
+            message = self.redact(reject.message).encode("utf-8", "backslashreplace").decode("utf-8")
             if reject.status < 300:
                 self.stats.add(reject.counter or "ignored")
                 logger.debug("%s: %s", request.url.path, message)

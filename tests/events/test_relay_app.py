@@ -367,6 +367,57 @@ def test_malformed_json_is_a_400(client: AppClient, emitted: Emitted, body: byte
 
 
 @pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        # a lone surrogate in the action was echoed into the "ignored" answer: plain-text 500
+        (b'{"action": "\\ud800"}', "the string at $.action holds an unpaired UTF-16 surrogate"),
+        (b'{"action": "ANNOTATION_CREATED\\udc00", "project": {"id": 1}}', "$.action"),
+        (
+            b'{"action": "ANNOTATION_CREATED", "annotation": {"id": 1}, "project": {"id": "\\ud83d"}}',
+            "$.project.id",
+        ),
+        (b'{"action": "\xed\xa0\x80"}', "unpaired UTF-16 surrogate"),  # a raw CESU-8 surrogate
+        (b'{"action": "X", "\\ud800": 1}', "(a key)"),
+        (
+            b'{"action": "ANNOTATION_CREATED", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+            "nested too deeply",
+        ),
+        (b'{"action": "ANNOTATION_CREATED", "id": ' + b"9" * 5000 + b"}", "an integer of 5000 digits"),
+    ],
+)
+def test_hostile_label_studio_bodies_are_a_json_400_and_emit_nothing(
+    client: AppClient, emitted: Emitted, body: bytes, fragment: str
+) -> None:
+    response = post_ls(client, body)
+
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert detail.startswith("malformed JSON") and fragment in detail
+    assert detail.endswith("nothing was emitted")
+    assert "sys.set_int_max_str_digits" not in detail
+    assert emitted == []
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json()["counts"] == {"rejected:400": 1}
+
+
+def test_a_signed_generic_body_with_a_lone_surrogate_is_a_400(client: AppClient, emitted: Emitted) -> None:
+    response = post_generic(client, b'{"project": "faq-bot", "data": "d\\udfff.jsonl"}')
+
+    assert response.status_code == 400
+    assert "$.data" in response.json()["detail"]
+    assert emitted == []
+
+
+def test_a_surrogate_pair_is_valid_text(client: AppClient, emitted: Emitted) -> None:
+    response = post_ls(client, b'{"action": "PROJECT_\\ud83d\\ude00"}')
+
+    assert response.status_code == 200  # an action that starts no retrain, acknowledged as before
+    assert response.json()["status"] == "ignored"
+    assert emitted == []
+
+
+@pytest.mark.parametrize(
     "payload",
     [
         [],
