@@ -8,6 +8,7 @@ last test shows an integer of exactly the limit still loads (as an out-of-range 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nluflow import jsonsafe
-from nluflow.data.loaders import load_file, load_must_pass, load_paths
+from nluflow.data.loaders import _ANNOTATION, _annotations, load_file, load_must_pass, load_paths
 from nluflow.data.schema import Dataset
 from nluflow.errors import DataError
 
@@ -215,3 +216,35 @@ def test_hostile_values_give_a_dataset_or_a_located_data_error(tmp_path: Path, f
             assert len(str(err)) < 2000, str(err)[:300]
         else:
             assert isinstance(result, Dataset)
+
+
+# ------------------------------------------------------------------------------- Rasa YAML annotations
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="[](){}:a\n", max_size=24))
+def test_the_linear_annotation_scan_finds_what_the_pattern_finds(raw: str) -> None:
+    expected = [(m.start(), m.end(), m.groupdict()) for m in _ANNOTATION.finditer(raw)]
+    assert [(m.start(), m.end(), m.groupdict()) for m in _annotations(raw)] == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[" * 80_000,
+        "[" * 80_000 + "]",
+        "[a](" * 20_000,
+        "[a]{" * 20_000,
+        "[a](x:" * 13_000,
+        "[a](b)" * 13_000,
+    ],
+)
+def test_a_long_line_of_brackets_is_read_in_linear_time(tmp_path: Path, line: str) -> None:
+    # was quadratic: 49.7 s for an 80 KB line of '[' (13.3 s for 40 KB); now milliseconds
+    path = write(tmp_path, "long.yml", "nlu:\n- intent: g\n  examples: |\n    - hi\n    - " + line + "\n")
+    started = time.perf_counter()
+    try:
+        load_file(path)
+    except DataError as err:
+        assert err.line == 5, str(err)
+    assert time.perf_counter() - started < 5.0
