@@ -61,7 +61,7 @@ from pydantic import (
 )
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -469,10 +469,13 @@ class _Relay:
             if int(declared) > limit:
                 raise _Reject(413, f"body of {int(declared)} bytes, expected at most {limit}")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:  # a sender without (or lying about) Content-Length
-                raise _Reject(413, f"body larger than {limit} bytes")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:  # a sender without (or lying about) Content-Length
+                    raise _Reject(413, f"body larger than {limit} bytes")
+        except ClientDisconnect:  # one warning line, not a traceback per dropped connection
+            raise _Reject(400, f"the client disconnected after {len(body)} bytes of its body") from None
         return bytes(body)
 
     def check_signature(self, request: Request, body: bytes) -> None:

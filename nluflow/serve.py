@@ -59,7 +59,7 @@ import sklearn
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -610,11 +610,25 @@ def create_app(
                 return too_large
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                return too_large
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:
+                    return too_large
+                chunks.append(chunk)
+        except (
+            ClientDisconnect
+        ):  # one info line, not a traceback per dropped connection; nobody reads the answer
+            logger.info(
+                "%s: the client disconnected after %d bytes of its body; not processed",
+                request.url.path,
+                size,
+            )
+            return rasa_error(
+                400,
+                "BadRequest",
+                "The client disconnected before sending the whole body; the request was not processed.",
+            )
         return b"".join(chunks)
 
     async def home(request: Request) -> Response:

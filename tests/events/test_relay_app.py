@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -399,6 +400,52 @@ def test_hostile_label_studio_bodies_are_a_json_400_and_emit_nothing(
     assert emitted == []
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["counts"] == {"rejected:400": 1}
+
+
+def disconnect_mid_body(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    """Call ``app`` as an ASGI server would for a client that sends part of a body, then hangs up."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"text": "pl', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"400"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 5005),
+    }
+    asyncio.run(app(scope, receive, send))  # a ClientDisconnect escaped here: uvicorn logged a traceback
+    return sent
+
+
+def test_a_client_that_disconnects_mid_body_is_one_warning_line(
+    emitted: Emitted, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_client(emitted).app
+    with caplog.at_level(logging.INFO, logger="nluflow"):
+        sent = disconnect_mid_body(app, "/hooks/label-studio", [(b"x-relay-secret", SECRET.encode())])
+
+    assert sent[0]["status"] == 400
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "the client disconnected after 12 bytes of its body" in lines[0], lines
+    assert not any(r.exc_info for r in caplog.records)
+    assert emitted == []
 
 
 def test_a_signed_generic_body_with_a_lone_surrogate_is_a_400(client: AppClient, emitted: Emitted) -> None:

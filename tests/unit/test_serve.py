@@ -310,6 +310,51 @@ def test_hostile_parse_bodies_get_rasa_400s_without_internal_strings(
     assert client.post("/model/parse", json={"text": TEXT}).status_code == 200  # and the server goes on
 
 
+def disconnect_mid_body(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    """Call ``app`` as an ASGI server would for a client that sends part of a body, then hangs up."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"text": "pl', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"400"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 5005),
+    }
+    asyncio.run(app(scope, receive, send))  # a ClientDisconnect escaped here: uvicorn logged a traceback
+    return sent
+
+
+def test_a_client_that_disconnects_mid_body_costs_one_log_line(
+    store: ModelStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="nluflow"):
+        sent = disconnect_mid_body(create_app(store, PROJECT, watch=False), "/model/parse", [])
+
+    assert sent[0]["status"] == 400
+    assert [r.getMessage() for r in caplog.records] == [
+        "/model/parse: the client disconnected after 12 bytes of its body; not processed"
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+
+
 def test_a_surrogate_pair_is_valid_text_and_parses(client: AppClient) -> None:
     response = client.post("/model/parse", content=b'{"text": "play queen \\ud83d\\ude00"}')
     assert response.status_code == 200, response.text
