@@ -35,6 +35,7 @@ This module never imports Prefect: :class:`PrefectApiEmitter` speaks plain HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -86,6 +87,7 @@ EVENT_NAME = "nlu.dataset.annotated"
 RESOURCE_PREFIX = "nluflow.dataset."
 DEFAULT_SECRET_HEADER = "X-Relay-Secret"
 DEFAULT_SIGNATURE_HEADER = "X-Nluflow-Signature"
+BODY_TIMEOUT_SECONDS = 10.0  # a sender that trickles its body this long holds a connection for nothing
 DEFAULT_SECRET_ENV = "NLUFLOW_RELAY_SECRET"
 # Label Studio bodies are 3-8 KB per task; a bulk ANNOTATIONS_CREATED over thousands of tasks is megabytes.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -470,10 +472,15 @@ class _Relay:
                 raise _Reject(413, f"body of {int(declared)} bytes, expected at most {limit}")
         body = bytearray()
         try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:  # a sender without (or lying about) Content-Length
-                    raise _Reject(413, f"body larger than {limit} bytes")
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:  # a sender without (or lying about) Content-Length
+                        raise _Reject(413, f"body larger than {limit} bytes")
+        except TimeoutError:
+            raise _Reject(
+                408, f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s ({len(body)} bytes came)"
+            ) from None
         except ClientDisconnect:  # one warning line, not a traceback per dropped connection
             raise _Reject(400, f"the client disconnected after {len(body)} bytes of its body") from None
         return bytes(body)

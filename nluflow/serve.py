@@ -14,9 +14,9 @@ Every answer to ``/model/parse`` and ``/status`` carries the serving model's id 
 header. Every error has Rasa's ``ErrorResponse`` body ``{version, status: "failure", message, reason,
 details, help, code}``: 400 ``BadRequest`` (body not JSON, JSON nested too deeply or with an integer over
 4,300 digits, no ``text`` string, a ``text`` with an unpaired surrogate such as ``"\\ud800"``), 401
-``NotAuthenticated`` (token missing or wrong), 404 ``NotFound``, 405 ``MethodNotAllowed``, 409 ``Conflict``
-(no model loaded), 413 ``PayloadTooLarge``, 500 ``ParsingError`` (an unexpected failure; its details go to the
-server log only).
+``NotAuthenticated`` (token missing or wrong), 404 ``NotFound``, 405 ``MethodNotAllowed``, 408
+``RequestTimeout`` (the body took over 10 s to arrive), 409 ``Conflict`` (no model loaded), 413
+``PayloadTooLarge``, 500 ``ParsingError`` (an unexpected failure; its details go to the server log only).
 
 Auth: with a token configured, a request passes with ``?token=<token>`` (like Rasa) or
 ``Authorization: Bearer <token>`` (the plain token, not a JWT); without one, the server is open.
@@ -81,6 +81,7 @@ MIN_POLL_SECONDS = 0.05
 MAX_RETRY_SECONDS = 60.0
 # An utterance is a few hundred bytes; 64 KiB leaves room for long texts and stops abusive bodies early.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_SECONDS = 10.0  # a client that trickles its body this long holds a connection for nothing
 MIN_MAX_BODY_BYTES = 1024
 DEFAULT_MAX_BATCH = 64
 WARMUP_TEXT = "hello"
@@ -611,14 +612,25 @@ def create_app(
         chunks: list[bytes] = []
         size = 0
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_body_bytes:
-                    return too_large
-                chunks.append(chunk)
-        except (
-            ClientDisconnect
-        ):  # one info line, not a traceback per dropped connection; nobody reads the answer
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_body_bytes:
+                        return too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            logger.info(
+                "%s: the request body did not arrive within %g s; not processed",
+                request.url.path,
+                BODY_TIMEOUT_SECONDS,
+            )
+            return rasa_error(
+                408,
+                "RequestTimeout",
+                f"The request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s; expected a JSON body "
+                'like {"text": "..."}; the request was not processed.',
+            )
+        except ClientDisconnect:  # one info line, not a traceback per dropped connection; nobody reads it
             logger.info(
                 "%s: the client disconnected after %d bytes of its body; not processed",
                 request.url.path,

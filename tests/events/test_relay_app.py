@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import anyio
 import httpx
 import pytest
 
+from nluflow import relay
 from nluflow.errors import ConfigError
 from nluflow.relay import (
     EVENT_NAME,
@@ -402,8 +404,11 @@ def test_hostile_label_studio_bodies_are_a_json_400_and_emit_nothing(
     assert health.status_code == 200 and health.json()["counts"] == {"rejected:400": 1}
 
 
-def disconnect_mid_body(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
-    """Call ``app`` as an ASGI server would for a client that sends part of a body, then hangs up."""
+def disconnect_mid_body(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], *, stall: bool = False
+) -> list[dict[str, Any]]:
+    """Call ``app`` as an ASGI server would for a client that sends part of a body, then hangs up (or,
+    with ``stall``, sends nothing more)."""
     messages: list[dict[str, Any]] = [
         {"type": "http.request", "body": b'{"text": "pl', "more_body": True},
         {"type": "http.disconnect"},
@@ -411,6 +416,8 @@ def disconnect_mid_body(app: Any, path: str, headers: list[tuple[bytes, bytes]])
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
+        if stall and len(messages) == 1:
+            await asyncio.sleep(3600)
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
@@ -445,6 +452,20 @@ def test_a_client_that_disconnects_mid_body_is_one_warning_line(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "the client disconnected after 12 bytes of its body" in lines[0], lines
     assert not any(r.exc_info for r in caplog.records)
+    assert emitted == []
+
+
+def test_a_sender_that_stalls_mid_body_gets_a_408_and_nothing_is_emitted(
+    emitted: Emitted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay, "BODY_TIMEOUT_SECONDS", 0.3)
+    app = make_client(emitted).app
+    started = time.monotonic()
+    sent = disconnect_mid_body(app, "/hooks/label-studio", [(b"x-relay-secret", SECRET.encode())], stall=True)
+
+    assert sent[0]["status"] == 408
+    assert "did not arrive within 0.3 s" in json.loads(sent[1]["body"])["detail"]
+    assert time.monotonic() - started < 5
     assert emitted == []
 
 

@@ -28,7 +28,7 @@ import sklearn
 import uvicorn
 from starlette.applications import Starlette
 
-from nluflow import __version__
+from nluflow import __version__, serve
 from nluflow.backends.base import IntentScore, LocalModelOptions, Parse
 from nluflow.data.loaders import load_file
 from nluflow.errors import ConfigError, ModelNotFoundError, StoreError, UnsafePathError
@@ -310,8 +310,11 @@ def test_hostile_parse_bodies_get_rasa_400s_without_internal_strings(
     assert client.post("/model/parse", json={"text": TEXT}).status_code == 200  # and the server goes on
 
 
-def disconnect_mid_body(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
-    """Call ``app`` as an ASGI server would for a client that sends part of a body, then hangs up."""
+def disconnect_mid_body(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], *, stall: bool = False
+) -> list[dict[str, Any]]:
+    """Call ``app`` as an ASGI server would for a client that sends part of a body, then hangs up (or,
+    with ``stall``, sends nothing more)."""
     messages: list[dict[str, Any]] = [
         {"type": "http.request", "body": b'{"text": "pl', "more_body": True},
         {"type": "http.disconnect"},
@@ -319,6 +322,8 @@ def disconnect_mid_body(app: Any, path: str, headers: list[tuple[bytes, bytes]])
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
+        if stall and len(messages) == 1:
+            await asyncio.sleep(3600)
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
@@ -353,6 +358,18 @@ def test_a_client_that_disconnects_mid_body_costs_one_log_line(
         "/model/parse: the client disconnected after 12 bytes of its body; not processed"
     ]
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_client_that_stalls_mid_body_gets_a_408_after_the_body_timeout(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serve, "BODY_TIMEOUT_SECONDS", 0.3)
+    started = time.monotonic()
+    sent = disconnect_mid_body(create_app(store, PROJECT, watch=False), "/model/parse", [], stall=True)
+
+    assert sent[0]["status"] == 408  # before: the request waited for the rest of the body forever
+    assert json.loads(sent[1]["body"])["reason"] == "RequestTimeout"
+    assert time.monotonic() - started < 5
 
 
 def test_a_surrogate_pair_is_valid_text_and_parses(client: AppClient) -> None:
