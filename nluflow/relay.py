@@ -35,6 +35,7 @@ This module never imports Prefect: :class:`PrefectApiEmitter` speaks plain HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -61,10 +62,11 @@ from pydantic import (
 )
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from nluflow import jsonsafe
 from nluflow.errors import ConfigError
 from nluflow.registry import ID_PATTERN
 from nluflow.sources.base import LABEL_STUDIO_SLUG, SOURCE_SLUGS, is_source_ref
@@ -85,6 +87,7 @@ EVENT_NAME = "nlu.dataset.annotated"
 RESOURCE_PREFIX = "nluflow.dataset."
 DEFAULT_SECRET_HEADER = "X-Relay-Secret"
 DEFAULT_SIGNATURE_HEADER = "X-Nluflow-Signature"
+BODY_TIMEOUT_SECONDS = 10.0  # a sender that trickles its body this long holds a connection for nothing
 DEFAULT_SECRET_ENV = "NLUFLOW_RELAY_SECRET"
 # Label Studio bodies are 3-8 KB per task; a bulk ANNOTATIONS_CREATED over thousands of tasks is megabytes.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -468,10 +471,18 @@ class _Relay:
             if int(declared) > limit:
                 raise _Reject(413, f"body of {int(declared)} bytes, expected at most {limit}")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:  # a sender without (or lying about) Content-Length
-                raise _Reject(413, f"body larger than {limit} bytes")
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:  # a sender without (or lying about) Content-Length
+                        raise _Reject(413, f"body larger than {limit} bytes")
+        except TimeoutError:
+            raise _Reject(
+                408, f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s ({len(body)} bytes came)"
+            ) from None
+        except ClientDisconnect:  # one warning line, not a traceback per dropped connection
+            raise _Reject(400, f"the client disconnected after {len(body)} bytes of its body") from None
         return bytes(body)
 
     def check_signature(self, request: Request, body: bytes) -> None:
@@ -485,13 +496,32 @@ class _Relay:
 
     @staticmethod
     def parse_json(body: bytes) -> Any:
+        """The body as JSON; 400 for anything a JSON object of valid Unicode text is not.
+
+        Refused besides syntax errors: nesting too deep to read, integers over 4,300 digits (refused before
+        conversion) and strings with an unpaired UTF-16 surrogate (``"\\ud800"``), which no UTF-8 answer,
+        log line or event can carry (an ``action`` holding one was a plain-text 500).
+        """
         try:
-            return json.loads(body)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            document = jsonsafe.loads(body)
+        except jsonsafe.NumberTooLong as exc:
+            raise _Reject(400, f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise _Reject(400, "malformed JSON: nested too deeply to read; expected a JSON object") from None
+        except (UnicodeDecodeError, ValueError) as exc:
             where = (
                 f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
             )
             raise _Reject(400, f"malformed JSON{where}: expected a JSON object") from None
+        place = jsonsafe.lone_surrogate(document)
+        if place is not None:
+            shown = place if len(place) <= 80 else place[:79] + "…"
+            raise _Reject(
+                400,
+                f"malformed JSON: the string at {shown} holds an unpaired UTF-16 surrogate (such as \\ud800 "
+                "without its pair); expected valid Unicode text",
+            )
+        return document
 
     async def emit(
         self, project: str, data: str, new_examples: int, source: str, **extra: Any
@@ -584,7 +614,8 @@ class _Relay:
         try:
             return await handle()
         except _Reject as reject:
-            message = self.redact(reject.message)
+            # backslashreplace: whatever a message quotes, the JSON answer and the log line can encode it
+            message = self.redact(reject.message).encode("utf-8", "backslashreplace").decode("utf-8")
             if reject.status < 300:
                 self.stats.add(reject.counter or "ignored")
                 logger.debug("%s: %s", request.url.path, message)

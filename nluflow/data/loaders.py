@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from nluflow import jsonsafe
 from nluflow.data.schema import Dataset, Entity, Example, Origin
 from nluflow.errors import DataError
 
@@ -74,6 +75,7 @@ _RASA_STRIP = "\n\r "  # Rasa strips these around each example
 _YAML_LINE_BREAK = re.compile("[\n\u2028\u2029]")  # the breaks PyYAML counts in marks and keeps in scalars
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 _YAML_NULL = "tag:yaml.org,2002:null"
+_NESTED = "JSON nested too deeply; expected {expected}; " + _FIX
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -90,6 +92,12 @@ class _Parsed:
 def _excerpt(text: str, limit: int = 60) -> str:
     text = text.strip()
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message never echoes a huge or deeply nested value."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def _read_text(path: Path) -> str:
@@ -131,6 +139,22 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """1-based (line, column) of ``offset`` in ``text``."""
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _overlong_number(exc: jsonsafe.NumberTooLong, text: str) -> tuple[str, int | None]:
+    """What an overlong integer literal in ``text`` is and its column, and its 1-based line in ``text``."""
+    offset = jsonsafe.overlong_number_offset(text)
+    what = f"an integer of {exc.digits} digits (more than {jsonsafe.MAX_INT_DIGITS})"
+    if offset is None:  # pragma: no cover - loads only refuses literals the scan finds
+        return what, None
+    line, column = _position(text, offset)
+    return f"{what} at column {column}", line
+
+
 def _parse_entities(raw: object, path: Path, line: int) -> tuple[Entity, ...]:
     """Entities from a JSON list of {start, end, entity, value}; extra keys such as role are ignored."""
     if raw is None:
@@ -163,17 +187,19 @@ def _parse_entities(raw: object, path: Path, line: int) -> tuple[Entity, ...]:
         start, end, etype, value = (item[k] for k in _ENTITY_KEYS)
         if not (_is_int(start) and _is_int(end)):
             raise DataError(
-                f"entity #{n} has offsets start={start!r} end={end!r}; expected integer code-point "
-                f"offsets; {_FIX}",
+                f"entity #{n} has offsets start={_shown(start)} end={_shown(end)}; expected integer "
+                f"code-point offsets; {_FIX}",
                 path,
                 line,
             )
         if not isinstance(etype, str) or not etype.strip():
             raise DataError(
-                f"entity #{n} has entity type {etype!r}; expected a non-empty string; {_FIX}", path, line
+                f"entity #{n} has entity type {_shown(etype)}; expected a non-empty string; {_FIX}",
+                path,
+                line,
             )
         if not isinstance(value, str):
-            raise DataError(f"entity #{n} has value {value!r}; expected a string; {_FIX}", path, line)
+            raise DataError(f"entity #{n} has value {_shown(value)}; expected a string; {_FIX}", path, line)
         try:
             out.append(Entity(start=start, end=end, entity=etype, value=value))
         except ValidationError as exc:
@@ -198,13 +224,15 @@ def _make_example(
 ) -> Example:
     """Check the fields' types and build the Example; every problem is a DataError at path:line."""
     if not isinstance(text, str) or not text.strip():
-        found = "missing" if text is None else f"{type(text).__name__} {text!r}" if text != "" else "empty"
+        found = (
+            "missing" if text is None else f"{type(text).__name__} {_shown(text)}" if text != "" else "empty"
+        )
         raise DataError(f"'text' is {found}; expected a non-empty string; {_FIX}", path, line)
     if not isinstance(intent, str) or not intent.strip():
         found = (
             "missing"
             if intent is None
-            else f"{type(intent).__name__} {intent!r}"
+            else f"{type(intent).__name__} {_shown(intent)}"
             if intent != ""
             else "empty"
         )
@@ -213,14 +241,15 @@ def _make_example(
         )
     if locale is not None and not isinstance(locale, str):
         raise DataError(
-            f"'locale' is {type(locale).__name__} {locale!r}; expected a string such as 'en-US'; {_FIX}",
+            f"'locale' is {type(locale).__name__} {_shown(locale)}; expected a string such as 'en-US'; "
+            f"{_FIX}",
             path,
             line,
         )
     if score is not None and (
         isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0
     ):
-        raise DataError(f"'score' is {score!r}; expected a number between 0 and 1; {_FIX}", path, line)
+        raise DataError(f"'score' is {_shown(score)}; expected a number between 0 and 1; {_FIX}", path, line)
     try:
         return Example(
             text=text,
@@ -282,7 +311,14 @@ def _parse_jsonl(text: str, path: Path, default_locale: str | None, with_entitie
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = jsonsafe.loads(raw)
+        except jsonsafe.NumberTooLong as exc:
+            what, _ = _overlong_number(exc, raw)
+            raise DataError(
+                f"{what}; expected {_SHARED_FORMAT} (offsets and numbers of ordinary size); {_FIX}",
+                path,
+                lineno,
+            ) from exc
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"invalid JSON ({exc.msg} at column {exc.colno}); expected {_SHARED_FORMAT}; {_FIX}",
@@ -290,12 +326,13 @@ def _parse_jsonl(text: str, path: Path, default_locale: str | None, with_entitie
                 lineno,
             ) from exc
         except RecursionError as exc:
-            raise DataError(
-                f"JSON nested too deeply; expected {_SHARED_FORMAT}; {_FIX}", path, lineno
-            ) from exc
+            raise DataError(_NESTED.format(expected=_SHARED_FORMAT), path, lineno) from exc
         if isinstance(obj, dict):
             unknown.update(k for k in obj if k not in ("text", "intent", "entities", "locale", "score"))
-        out.examples.append(_example_from_object(obj, path, lineno, default_locale, with_entities))
+        try:
+            out.examples.append(_example_from_object(obj, path, lineno, default_locale, with_entities))
+        except RecursionError as exc:  # a value nested just below the parser's limit, shown in a message
+            raise DataError(_NESTED.format(expected=_SHARED_FORMAT), path, lineno) from exc
     if unknown:
         logger.warning("%s: ignored unknown keys %s", path, ", ".join(sorted(map(repr, unknown))))
     return out
@@ -351,7 +388,16 @@ def _parse_csv(text: str, path: Path, default_locale: str | None, with_entities:
             if with_entities and "entities" in index and row[index["entities"]].strip():
                 cell = row[index["entities"]]
                 try:
-                    raw = json.loads(cell)
+                    raw = jsonsafe.loads(cell)
+                    entities = _parse_entities(raw, path, start_line)
+                except jsonsafe.NumberTooLong as exc:
+                    what, _ = _overlong_number(exc, cell)
+                    raise DataError(
+                        f"'entities' cell holds {what} of the cell; expected a JSON list of "
+                        f"{{start, end, entity, value}} objects with offsets of ordinary size; {_FIX}",
+                        path,
+                        start_line,
+                    ) from exc
                 except (json.JSONDecodeError, RecursionError) as exc:
                     raise DataError(
                         f"'entities' cell {_excerpt(cell)} is not valid JSON; expected a JSON list of "
@@ -359,7 +405,6 @@ def _parse_csv(text: str, path: Path, default_locale: str | None, with_entities:
                         path,
                         start_line,
                     ) from exc
-                entities = _parse_entities(raw, path, start_line)
             score: float | None = None
             if "score" in index and row[index["score"]].strip():
                 cell = row[index["score"]].strip()
@@ -367,11 +412,15 @@ def _parse_csv(text: str, path: Path, default_locale: str | None, with_entities:
                     score = float(cell)
                 except ValueError as exc:
                     raise DataError(
-                        f"'score' is {cell!r}; expected a number between 0 and 1; {_FIX}", path, start_line
+                        f"'score' is {_shown(cell)}; expected a number between 0 and 1; {_FIX}",
+                        path,
+                        start_line,
                     ) from exc
                 if not math.isfinite(score):
                     raise DataError(
-                        f"'score' is {cell!r}; expected a number between 0 and 1; {_FIX}", path, start_line
+                        f"'score' is {_shown(cell)}; expected a number between 0 and 1; {_FIX}",
+                        path,
+                        start_line,
                     )
             locale = row[index["locale"]].strip() if "locale" in index else ""
             out.examples.append(
@@ -411,7 +460,15 @@ def _rasa_entity_dicts(match: re.Match[str], path: Path, line: int) -> list[dict
     blob = match.group("dict")
     source = "{" + blob + "}" if blob is not None else "[" + match.group("list") + "]"
     try:
-        data = json.loads(source)
+        data = jsonsafe.loads(source)
+    except jsonsafe.NumberTooLong as exc:
+        raise DataError(
+            f"entity annotation {_excerpt(match.group(0))} holds an integer of {exc.digits} digits (more "
+            f"than {jsonsafe.MAX_INT_DIGITS}); expected "
+            f'[text]{{"entity": "type", "value": "..."}}; {_FIX}',
+            path,
+            line,
+        ) from exc
     except (json.JSONDecodeError, RecursionError) as exc:
         raise DataError(
             f"entity annotation {_excerpt(match.group(0))} is not valid JSON; expected "
@@ -430,6 +487,72 @@ def _rasa_entity_dicts(match: re.Match[str], path: Path, line: int) -> list[dict
     return items
 
 
+class _NextChar:
+    """``text.find(char, pos)`` (``len(text)`` when absent) that remembers its answers, so that a scan whose
+    positions grow never reads the same stretch twice, however often it asks."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.known: dict[str, tuple[int, int]] = {}  # char -> (searched from, found at)
+
+    def __call__(self, char: str, pos: int) -> int:
+        start, found = self.known.get(char, (-1, -1))
+        if not start <= pos <= found:
+            found = self.text.find(char, pos)
+            found = len(self.text) if found < 0 else found
+            self.known[char] = (pos, found)
+        return found
+
+
+def _annotation_at(raw: str, i: int, j: int, after: _NextChar) -> bool:
+    """Whether ``_ANNOTATION`` matches at ``i`` (``raw[i] == "["``; ``j`` is the first ``]`` after it).
+
+    The entity text can hold no ``]``, so it ends at ``j`` and the outcome depends on what follows ``j``
+    only: the caller tries one start per ``]`` instead of every ``[`` (``finditer`` was quadratic on a line
+    of ``[``). Each branch mirrors one alternative of the pattern.
+    """
+    if j == i + 1:  # empty entity text
+        return False
+    s = j + 1
+    opener = raw[s : s + 1]
+    if opener == "(":  # (entity) or (entity:value): entity up to the first ':' or ')', never empty
+        close, colon = after(")", s + 1), after(":", s + 1)
+        k = min(close, colon)
+        if k >= len(raw) or k == s + 1:
+            return False
+        return raw[k] == ")" or k + 1 < close < len(raw)
+    if opener == "{":  # {dict}: up to the first '}', never empty
+        close = after("}", s + 1)
+        return s + 1 < close < len(raw)
+    if opener == "[":  # [list]: up to the first ']' on the same line (may be empty)
+        close = after("]", s + 1)
+        return close < len(raw) and after("\n", s + 1) > close
+    return False
+
+
+def _annotations(raw: str) -> Iterator[re.Match[str]]:
+    """``_ANNOTATION.finditer(raw)`` in linear time (same matches, same order)."""
+    after = _NextChar(raw)
+    pos = 0
+    while True:
+        i = raw.find("[", pos)
+        if i < 0:
+            return
+        j = after("]", i + 1)
+        if j >= len(raw):
+            return  # no ']' after: nothing from here on can match
+        if not _annotation_at(raw, i, j, after):
+            # every '[' before j shares this ']' and its outcome; an empty text at j - 1 fails too
+            pos = i + 1 if j == i + 1 else j + 1
+            continue
+        match = _ANNOTATION.match(raw, i)
+        if match is None:  # pragma: no cover - _annotation_at mirrors the pattern (property-tested)
+            pos = i + 1
+            continue
+        yield match
+        pos = match.end()
+
+
 def _parse_annotated(
     raw: str, path: Path, line: int, skipped: Counter[str]
 ) -> tuple[str, tuple[Entity, ...]]:
@@ -439,7 +562,7 @@ def _parse_annotated(
     entities: list[Entity] = []
     pos = 0
     length = 0  # length of the clean text so far
-    for match in _ANNOTATION.finditer(raw):
+    for match in _annotations(raw):
         before = raw[pos : match.start()]
         pieces.append(before)
         residual.append(before)
@@ -456,7 +579,7 @@ def _parse_annotated(
             etype = ann.get("entity")
             if not isinstance(etype, str) or not etype.strip():
                 raise DataError(
-                    f"entity annotation {_excerpt(match.group(0))} has entity type {etype!r}; "
+                    f"entity annotation {_excerpt(match.group(0))} has entity type {_shown(etype)}; "
                     f"expected a non-empty name as in [text](entity); {_FIX}",
                     path,
                     line,
@@ -464,7 +587,7 @@ def _parse_annotated(
             synonym = ann.get("value")
             if synonym is not None and not isinstance(synonym, str):
                 raise DataError(
-                    f"entity annotation {_excerpt(match.group(0))} has value {synonym!r}; expected a "
+                    f"entity annotation {_excerpt(match.group(0))} has value {_shown(synonym)}; expected a "
                     f"string; {_FIX}",
                     path,
                     line,
@@ -717,12 +840,12 @@ def _skip_ws(text: str, i: int) -> int:
 
 
 def _skip_json_value(text: str, i: int) -> int:
-    return int(json.JSONDecoder().raw_decode(text, i)[1])
+    return int(jsonsafe.decoder().raw_decode(text, i)[1])
 
 
 def _array_offsets(text: str, keys: Sequence[str]) -> list[int]:
     """Character offsets of the items of the array found under ``keys`` (object keys from the root)."""
-    decoder = json.JSONDecoder()
+    decoder = jsonsafe.decoder()
     i = _skip_ws(text, 0)
     for key in keys:
         if text[i : i + 1] != "{":
@@ -874,7 +997,15 @@ def _parse_json(text: str, path: Path, default_locale: str | None, with_entities
     if not text.strip():
         return out
     try:
-        data = json.loads(text)
+        data = jsonsafe.loads(text)
+    except jsonsafe.NumberTooLong as exc:
+        what, line = _overlong_number(exc, text)
+        raise DataError(
+            f"{what}; expected a JSON list of examples, Rasa JSON or a Label Studio export, with offsets "
+            f"and numbers of ordinary size; {_FIX}",
+            path,
+            line,
+        ) from exc
     except json.JSONDecodeError as exc:
         raise DataError(
             f"invalid JSON ({exc.msg} at column {exc.colno}); expected a JSON list of examples or "
@@ -908,13 +1039,16 @@ def _parse_json(text: str, path: Path, default_locale: str | None, with_entities
     if not isinstance(items, list):
         raise DataError(f"'common_examples' is not a list; expected a list of examples; {_FIX_FILE}", path, 1)
     for item, line in zip(items, _item_lines(text, keys, len(items)), strict=True):
-        if isinstance(item, dict) and "data" in item and "text" not in item:
-            example = _label_studio_example(item, path, line, default_locale, with_entities, out)
-            if example is None:
-                continue
-            out.examples.append(example)
-        else:
-            out.examples.append(_example_from_object(item, path, line, default_locale, with_entities))
+        try:
+            if isinstance(item, dict) and "data" in item and "text" not in item:
+                example = _label_studio_example(item, path, line, default_locale, with_entities, out)
+                if example is None:
+                    continue
+                out.examples.append(example)
+            else:
+                out.examples.append(_example_from_object(item, path, line, default_locale, with_entities))
+        except RecursionError as exc:  # a value nested just below the parser's limit, shown in a message
+            raise DataError(_NESTED.format(expected="examples of ordinary depth"), path, line) from exc
     return out
 
 

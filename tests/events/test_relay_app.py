@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import anyio
 import httpx
 import pytest
 
+from nluflow import relay
 from nluflow.errors import ConfigError
 from nluflow.relay import (
     EVENT_NAME,
@@ -363,6 +366,122 @@ def test_malformed_json_is_a_400(client: AppClient, emitted: Emitted, body: byte
 
     assert response.status_code == 400
     assert response.json()["detail"].startswith("malformed JSON")
+    assert emitted == []
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        # a lone surrogate in the action was echoed into the "ignored" answer: plain-text 500
+        (b'{"action": "\\ud800"}', "the string at $.action holds an unpaired UTF-16 surrogate"),
+        (b'{"action": "ANNOTATION_CREATED\\udc00", "project": {"id": 1}}', "$.action"),
+        (
+            b'{"action": "ANNOTATION_CREATED", "annotation": {"id": 1}, "project": {"id": "\\ud83d"}}',
+            "$.project.id",
+        ),
+        (b'{"action": "\xed\xa0\x80"}', "unpaired UTF-16 surrogate"),  # a raw CESU-8 surrogate
+        (b'{"action": "X", "\\ud800": 1}', "(a key)"),
+        (
+            b'{"action": "ANNOTATION_CREATED", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+            "nested too deeply",
+        ),
+        (b'{"action": "ANNOTATION_CREATED", "id": ' + b"9" * 5000 + b"}", "an integer of 5000 digits"),
+    ],
+)
+def test_hostile_label_studio_bodies_are_a_json_400_and_emit_nothing(
+    client: AppClient, emitted: Emitted, body: bytes, fragment: str
+) -> None:
+    response = post_ls(client, body)
+
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert detail.startswith("malformed JSON") and fragment in detail
+    assert detail.endswith("nothing was emitted")
+    assert "sys.set_int_max_str_digits" not in detail
+    assert emitted == []
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json()["counts"] == {"rejected:400": 1}
+
+
+def disconnect_mid_body(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], *, stall: bool = False
+) -> list[dict[str, Any]]:
+    """Call ``app`` as an ASGI server would for a client that sends part of a body, then hangs up (or,
+    with ``stall``, sends nothing more)."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"text": "pl', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if stall and len(messages) == 1:
+            await asyncio.sleep(3600)
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"400"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 5005),
+    }
+    asyncio.run(app(scope, receive, send))  # a ClientDisconnect escaped here: uvicorn logged a traceback
+    return sent
+
+
+def test_a_client_that_disconnects_mid_body_is_one_warning_line(
+    emitted: Emitted, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_client(emitted).app
+    with caplog.at_level(logging.INFO, logger="nluflow"):
+        sent = disconnect_mid_body(app, "/hooks/label-studio", [(b"x-relay-secret", SECRET.encode())])
+
+    assert sent[0]["status"] == 400
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "the client disconnected after 12 bytes of its body" in lines[0], lines
+    assert not any(r.exc_info for r in caplog.records)
+    assert emitted == []
+
+
+def test_a_sender_that_stalls_mid_body_gets_a_408_and_nothing_is_emitted(
+    emitted: Emitted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay, "BODY_TIMEOUT_SECONDS", 0.3)
+    app = make_client(emitted).app
+    started = time.monotonic()
+    sent = disconnect_mid_body(app, "/hooks/label-studio", [(b"x-relay-secret", SECRET.encode())], stall=True)
+
+    assert sent[0]["status"] == 408
+    assert "did not arrive within 0.3 s" in json.loads(sent[1]["body"])["detail"]
+    assert time.monotonic() - started < 5
+    assert emitted == []
+
+
+def test_a_signed_generic_body_with_a_lone_surrogate_is_a_400(client: AppClient, emitted: Emitted) -> None:
+    response = post_generic(client, b'{"project": "faq-bot", "data": "d\\udfff.jsonl"}')
+
+    assert response.status_code == 400
+    assert "$.data" in response.json()["detail"]
+    assert emitted == []
+
+
+def test_a_surrogate_pair_is_valid_text(client: AppClient, emitted: Emitted) -> None:
+    response = post_ls(client, b'{"action": "PROJECT_\\ud83d\\ude00"}')
+
+    assert response.status_code == 200  # an action that starts no retrain, acknowledged as before
+    assert response.json()["status"] == "ignored"
     assert emitted == []
 
 
