@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.installed-run-stamp
 DEMO   ?= snips-demo
 PREFECT_PORT ?= 4200
 
@@ -21,15 +22,23 @@ endif
 
 .PHONY: install run test lint typecheck unit server blocks bench clean
 
+# Two stamps: `make run` installs what the demo needs (`.`: no torch, no test tools); `make test` and the
+# other developer targets install everything (`.[dev]`), which also satisfies the demo's stamp.
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(RUN_STAMP)
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/nluflow demo
 	$(BIN)/nluflow models show --project $(DEMO)
 	$(BIN)/nluflow audit verify --project $(DEMO)
@@ -50,11 +59,11 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
-blocks: $(STAMP)
+blocks: $(RUN_STAMP)
 	$(BIN)/prefect block register -m blocks
 	$(BIN)/nluflow blocks create $(BLOCKS_OPTS)
 
-server: $(STAMP)
+server: $(RUN_STAMP)
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 clean:

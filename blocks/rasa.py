@@ -54,8 +54,9 @@ class RasaBackendBlock(Block):
         title="Evaluation server URL",
         description=(
             "A second Rasa server sharing the model folder, used to parse test utterances with full "
-            "predictions (intents, ranking, entities); without it, evaluation uses /model/test/intents, "
-            "which gives top intents only."
+            "predictions (intents, ranking, entities); without it, evaluation sends the labelled test set "
+            "to /model/test/intents, which gives each utterance's top intent and, from its entity "
+            "evaluation, its entities (no intent ranking)."
         ),
     )
     models_dir: str = Field(

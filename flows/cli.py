@@ -7,7 +7,9 @@ Exit codes: 0 the command did its job (a retrain that the gates rejected include
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flows.cli_blocks import blocks_app
+from flows.cli_testset import testset_app
 from nluflow.errors import ConfigError, NluflowError
 
 app = typer.Typer(help="Safe, audited retrains of NLU models.", no_args_is_help=True, add_completion=False)
@@ -27,6 +30,7 @@ audit_app = typer.Typer(help="Check the tamper-evident audit log.", no_args_is_h
 app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")
 app.add_typer(blocks_app, name="blocks")
+app.add_typer(testset_app, name="testset")
 
 # Piped output keeps full lines (ids, paths) instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -58,6 +62,76 @@ def _home() -> Path:
 
 def _store_path(store: Path | None) -> Path:
     return (store or _home() / "store").resolve()
+
+
+class _HideKnownErrors(logging.Filter):
+    """Keeps records that carry a known nluflow error (a user mistake, a refused model) off the terminal:
+    the CLI prints that error as one paragraph, and Prefect's API log handler, which sees the record before
+    the terminal does, keeps the full traceback in the run's logs in the UI."""
+
+    # Prefect's "Finished in state Failed('... encountered an exception DataError: ...')" lines repeat the
+    # paragraph without the exception object; they are matched by the error's class name.
+    _STATE_LINE = re.compile(r"encountered an exception:? (\w+):")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, NluflowError):
+            return False
+        found = self._STATE_LINE.search(record.getMessage()) if record.exc_info is None else None
+        return found is None or found.group(1) not in _known_error_names()
+
+
+def _known_error_names() -> set[str]:
+    names: set[str] = set()
+    todo: list[type[BaseException]] = [NluflowError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+_TERMINAL_FILTER = _HideKnownErrors()
+_quiet_terminal = False  # set by main(): only the console script changes the terminal's logging
+
+
+def _flow_logging() -> None:
+    """Before a flow runs from the console script: install the filter on Prefect's console handler (on the
+    root logger; Prefect's logging is configured when prefect is first imported, which has happened here)."""
+    if not _quiet_terminal:
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and _TERMINAL_FILTER not in handler.filters:
+            handler.addFilter(_TERMINAL_FILTER)
+
+
+LOCAL_SERVER_PORT = 4200  # `make server`'s port; $PREFECT_PORT overrides it, as in the Makefile
+_HEALTH_TIMEOUT_SECONDS = 2.0
+
+
+def _use_running_server() -> str | None:
+    """Use a Prefect server already running on 127.0.0.1 (``make server``) when PREFECT_API_URL is unset,
+    the way the Makefile does; return its API URL, or None (then Prefect starts an ephemeral server).
+
+    Two servers on one SQLite database fail with "database is locked": an ephemeral server next to a running
+    one would share ``~/.prefect/prefect.db``. Runs before prefect is imported (it reads the setting then).
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    import httpx
+
+    port = os.environ.get("PREFECT_PORT") or str(LOCAL_SERVER_PORT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        answer = httpx.get(f"{url}/health", timeout=_HEALTH_TIMEOUT_SECONDS)
+    except httpx.HTTPError:
+        return None
+    if answer.status_code != 200 or answer.text.strip() != "true":
+        return None
+    os.environ["PREFECT_API_URL"] = url
+    return url
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -107,7 +181,14 @@ def validate(
 
 @app.command()
 def retrain(
-    data: Annotated[list[Path], typer.Option("--data", help="Training data file or folder (repeatable).")],
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data",
+            help="Training data file or folder, or a source block such as nluflow-label-studio-source/NAME "
+            "(repeatable).",
+        ),
+    ],
     test: Annotated[list[Path] | None, typer.Option("--test", help="Frozen test set (repeatable).")] = None,
     project: ProjectOpt = "default",
     store: StoreOpt = None,
@@ -147,6 +228,7 @@ def retrain(
         extra = {"backend": backend, "store_block": store_block, "notify": notify or []}
         params = _params(RetrainParams, data, test, project, store, must_pass, config, gate_overrides, extra)
         _preflight(data, test, must_pass)
+        _flow_logging()
         return retrain_flow(params)
 
     result = _guard(run)
@@ -198,6 +280,7 @@ def sweep(
         }
         params = _params(SweepParams, data, test, project, store, must_pass, None, {}, extra)
         _preflight(data, test, must_pass)
+        _flow_logging()
         return sweep_flow(params)
 
     result = _guard(run)
@@ -240,10 +323,11 @@ def _params(
 
     from nluflow.backends.base import TrainingConfig
     from nluflow.evaluation.gates import GatePolicy
+    from nluflow.sources import is_source_ref
 
     raw: dict[str, Any] = {
         "project": project,
-        "data": [str(p.resolve()) for p in data],
+        "data": [str(p) if is_source_ref(str(p)) else str(p.resolve()) for p in data],  # refs stay as given
         "test": [str(p.resolve()) for p in test] if test else None,
         "store": str(_store_path(store)),
         "must_pass": str(must_pass.resolve()) if must_pass else None,
@@ -266,8 +350,11 @@ def _preflight(data: list[Path], test: list[Path] | None, must_pass: Path | None
     """Read the input files before starting Prefect, so a malformed file fails in a second, not after
     a server start, and with nothing written anywhere."""
     from nluflow.data.loaders import load_must_pass, load_paths
+    from nluflow.sources import is_source_ref
 
-    load_paths(data)
+    paths = [p for p in data if not is_source_ref(str(p))]  # sources are pulled by the run itself
+    if paths:
+        load_paths(paths)
     if test:
         load_paths(test)
     if must_pass:
@@ -299,6 +386,9 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     return value
 
 
+_GATE_MARKS = {"pass": "[green]pass[/]", "fail": "[red]fail[/]", "skipped": "[dim]skipped[/]"}
+
+
 def print_summary(result: Any) -> None:
     """The end-of-run summary: metrics with deltas, gates with reasons, the decision, where things are."""
     decision = result.decision
@@ -315,14 +405,24 @@ def print_summary(result: Any) -> None:
     for g in decision.gates:
         gates.add_row(
             g.name,
-            "[green]pass[/]" if g.passed else "[red]fail[/]",
+            _GATE_MARKS[g.status],
             _fmt(g.value),
             _fmt(g.threshold),
             g.reason,
         )
     console.print(gates)
-    verdict = "[bold green]PROMOTED[/]" if result.promoted else "[bold yellow]NOT PROMOTED[/]"
-    console.print(f"{verdict} {decision.summary()}", highlight=False)
+    for warning in decision.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+    colour = {"promoted": "green", "rejected": "yellow", "unchanged": "cyan"}.get(result.outcome, "red")
+    rest = result.message.removeprefix(result.outcome)  # the message starts with the outcome word
+    console.print(f"[bold {colour}]{result.outcome.upper()}[/]{escape(rest)}", highlight=False)
+    info = result.data_info
+    if info.get("new_since_active"):  # "+N new (k to training, j to the test set), M removed"
+        where = f" from {info['data_source']}" if info.get("data_source") else ""
+        console.print(f"data{where}: {escape(str(info['new_since_active']))}", highlight=False)
+    if info.get("test_set_version"):
+        size = info.get("test_examples", "?")
+        console.print(f"test set: version {info['test_set_version']}, {size} utterances")
     console.print(f"active model: {result.active or '(none)'}  ·  store: {result.store}")
     console.print(f"report: {result.report_path}")
     console.print(f"audit: {result.audit_path} (line {result.audit_seq})  ·  {result.duration_seconds:.1f} s")
@@ -405,14 +505,51 @@ def models_rollback(
 
     def run() -> None:
         ms = ModelStore.local(_store_path(store))
+        log = _audit_log_for_change(store, project)
         before = ms.active(project)
         pointer = ms.rollback(project, to=to)
         manifest = ms.manifest(project, pointer.model_id)
         if manifest.backend != "local":
             _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
+        _audit_change(log, "rollback", project, before, pointer, pointer.reason)
         console.print(f"active model of {project} is now [bold]{pointer.model_id}[/]")
 
     _guard(run)
+
+
+def _audit_log_for_change(store: Path | None, project: str) -> Any:
+    """The project's audit log, checked before the pointer changes: a change the log cannot record is
+    refused, so the history never misses one."""
+    from nluflow.audit import AuditLog
+    from nluflow.errors import AuditError
+    from nluflow.registry import check_id
+
+    log = AuditLog(_store_path(store) / check_id(project, "project") / "audit.jsonl")
+    result = log.verify()
+    if not result.ok:
+        raise AuditError(
+            f"the audit log is broken ({result.reason}), so this change could not be recorded; nothing was "
+            "changed. Restore the log from a backup, then run the command again"
+        )
+    return log
+
+
+def _audit_change(log: Any, decision: str, project: str, before: Any, pointer: Any, reason: str) -> None:
+    """One audit line for a change of the active pointer made from the CLI (none when nothing changed)."""
+    from nluflow.audit import pointer_change_record
+
+    if before is not None and before.model_id == pointer.model_id:
+        return
+    log.append(
+        pointer_change_record(
+            project=project,
+            decision=decision,
+            model_id=pointer.model_id,
+            previous_model_id=before.model_id if before else None,
+            manifest_sha256=pointer.manifest_sha256,
+            reason=reason,
+        )
+    )
 
 
 def _activate_remote(ms: Any, project: str, manifest: Any, restore: str | None, block: str | None) -> None:
@@ -451,36 +588,109 @@ def models_activate(
 
     def run() -> None:
         ms = ModelStore.local(_store_path(store))
+        log = _audit_log_for_change(store, project)
         before = ms.active(project)
         pointer = ms.activate(project, model_id, reason="activated from CLI")
         manifest = ms.manifest(project, pointer.model_id)
         if manifest.backend != "local":
             _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
+        _audit_change(log, "activate", project, before, pointer, pointer.reason)
         console.print(f"active model of {project} is now [bold]{pointer.model_id}[/]")
 
     _guard(run)
 
 
+@models_app.command("promote")
+def models_promote(
+    model_id: Annotated[str, typer.Argument(help="Stored model to promote, e.g. a rejected candidate.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why the gates are overridden (recorded in the audit log).")
+    ],
+    project: ProjectOpt = "default",
+    store: StoreOpt = None,
+    backend: BackendOpt = None,
+) -> None:
+    """Force a stored model to be the active one, overriding the gates; the reason goes on the audit log.
+
+    Rejected candidates are kept in the store (the newest RetrainParams.keep_rejected per project) for this.
+    A model trained on a remote platform is made the served one there too."""
+    from nluflow.registry import ModelStore
+
+    def run() -> None:
+        why = " ".join(reason.split())
+        if not why:
+            raise ConfigError(
+                "--reason is empty; expected a sentence saying why the gates are overridden (it is recorded "
+                "in the audit log); nothing was changed"
+            )
+        ms = ModelStore.local(_store_path(store))
+        log = _audit_log_for_change(store, project)
+        before = ms.active(project)
+        if before is not None and before.model_id == model_id:
+            raise ConfigError(f"{model_id} is already the active model of {project}; nothing was changed")
+        pointer = ms.activate(project, model_id, reason=f"forced promote: {why}")
+        manifest = ms.manifest(project, pointer.model_id)
+        if manifest.backend != "local":
+            _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
+        ms.forget_rejected(project, model_id)
+        _audit_change(log, "forced-promote", project, before, pointer, why)
+        console.print(
+            f"active model of {project} is now [bold]{pointer.model_id}[/] (forced promote, gates overridden)"
+        )
+
+    _guard(run)
+
+
 @audit_app.command("verify")
-def audit_verify(project: ProjectOpt = "default", store: StoreOpt = None) -> None:
-    """Check the audit log's hash chain and name the first broken line."""
-    from nluflow.audit import AuditLog
+def audit_verify(
+    project: Annotated[
+        str | None, typer.Option("--project", "-p", help="Project [default: every project in the store].")
+    ] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Check the audit logs' hash chains (one project, or every project in the store) and list their lines:
+    seq, time, decision, model. A broken chain names its first bad line and exits 1."""
+    from nluflow.audit import AuditLog, history_rows
     from nluflow.errors import StoreError
 
-    def run() -> Any:
+    def run() -> list[Path]:
         from nluflow.registry import check_id
 
-        path = _store_path(store) / check_id(project, "project") / "audit.jsonl"
-        if not path.exists():
-            raise StoreError(f"no audit log at {path}; has project {project!r} run a retrain in this store?")
-        return path, AuditLog(path).verify()
+        root = _store_path(store)
+        if project is not None:
+            path = root / check_id(project, "project") / "audit.jsonl"
+            if not path.exists():
+                raise StoreError(
+                    f"no audit log at {path}; has project {project!r} run a retrain in this store?"
+                )
+            return [path]
+        if not root.is_dir():
+            raise StoreError(f"no model store at {root}; expected the folder a retrain wrote (--store)")
+        paths = sorted(p for p in root.glob("*/audit.jsonl") if p.is_file())
+        if not paths:
+            raise StoreError(f"no audit logs in {root}; no project has run a retrain in this store")
+        return paths
 
-    path, result = _guard(run)
-    if result.ok:
+    broken = 0
+    for path in _guard(run):
+        result = AuditLog(path).verify()
+        if not result.ok:
+            broken += 1
+            err_console.print(
+                f"[bold red]broken:[/] {path.parent.name}: {escape(str(result.reason))}", highlight=False
+            )
+            continue
+        title = f"{path.parent.name}: intact, {result.lines} lines in {path}"
+        table = Table(title=title, title_justify="left")
+        for col in ("seq", "time (UTC)", "decision", "model", "note"):
+            table.add_column(col, overflow="fold", no_wrap=col in ("time (UTC)", "model"))
+        for row in history_rows(AuditLog(path).records()):
+            note = row["note"] if len(row["note"]) <= 90 else row["note"][:89] + "…"
+            table.add_row(str(row["seq"]), row["time"], row["decision"], row["model"] or "—", escape(note))
+        console.print(table)
         console.print(f"[green]intact:[/] {result.lines} lines in {path}")
-        return
-    err_console.print(f"[bold red]broken:[/] {path}:{result.first_bad_line}: {result.reason}")
-    raise typer.Exit(1)
+    if broken:
+        raise typer.Exit(1)
 
 
 @app.command("notify-annotated")
@@ -534,10 +744,14 @@ def demo(
     """The demo of `make run`: three retrains of a SNIPS-based bot as new annotations arrive."""
     from flows.demo import run_demo
 
+    _flow_logging()
     _guard(lambda: run_demo(home or _home(), print_summary=print_summary, console=console))
 
 
 def main() -> None:
+    global _quiet_terminal
+    _quiet_terminal = True
+    _use_running_server()
     app()
 
 

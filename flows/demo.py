@@ -46,10 +46,7 @@ def run_demo(home: Path, print_summary: Callable[[Any], None], console: Console)
         results.append(result)
     console.print(Rule("What happened"))
     for (title, _), result in zip(STEPS, results, strict=True):
-        verdict = "promoted" if result.promoted else "kept the active model"
-        console.print(
-            f"- {title.split(':')[0]}: {result.candidate_id} {verdict} — {result.decision.summary()}"
-        )
+        console.print(f"- {title.split(':')[0]}: {result.message}", highlight=False, markup=False)
     console.print(
         f"\nActive model: {results[-1].active}. Check it: `nluflow models show --project {DEMO_PROJECT} "
         f"--store {store}` and `nluflow audit verify --project {DEMO_PROJECT} --store {store}`."

@@ -59,6 +59,7 @@ from nluflow.relay import (
     create_app,
     resource_id,
 )
+from nluflow.sources.base import is_source_ref
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -310,7 +311,8 @@ def notify_annotated(
 ) -> dict[str, Any]:
     """Emit ``nlu.dataset.annotated`` now and synchronously (for scripts and CI); returns the event.
 
-    Posts to ``POST /api/events`` so a failure is an error here, not a silent drop. A local ``data`` path
+    Posts to ``POST /api/events`` so a failure is an error here, not a silent drop. ``data`` may be a source
+    block reference (``nluflow-label-studio-source/<name>``, sent as given). A local ``data`` path
     that exists is made absolute (the worker may run elsewhere in the tree); one that does not exist here
     is sent as given, with a warning (it may exist where the worker runs).
     """
@@ -319,7 +321,9 @@ def notify_annotated(
         raise ConfigError(f"new_examples={new_examples}: expected a count >= 0; nothing emitted")
     location = str(data)
     local = Path(location).expanduser()
-    if local.exists():
+    if is_source_ref(location):
+        pass  # a source block: the retrain pulls it where it runs
+    elif local.exists():
         location = str(local.resolve())
     else:
         logger.warning(
@@ -367,14 +371,32 @@ def serve_relay(
     import uvicorn
 
     app = build_relay(config, emitter=emitter, api_url=api_url, api_key=api_key)
+    relay_logging()
+    local = {"send_to_api": False}  # no flow run here: Prefect's API log handler must skip these lines
     if not _is_loopback(host):
         logger.warning(
             "relay listening on %s speaks plain HTTP: put it behind a TLS proxy, the shared secret "
             "travels in a header",
             host,
+            extra=local,
         )
-    logger.info("relay on http://%s:%d/hooks/label-studio and /hooks/generic", host, port)
+    logger.info("relay on http://%s:%d/hooks/label-studio and /hooks/generic", host, port, extra=local)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def relay_logging() -> None:
+    """Show the relay's INFO lines (one per emitted event) on the terminal.
+
+    With ``PREFECT_LOGGING_EXTRA_LOGGERS=nluflow`` the ``nluflow`` logger already has Prefect's console
+    handler, but inherits the root's WARNING level; without it, nothing would print at all.
+    """
+    log = logging.getLogger("nluflow")
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
 
 
 def _is_loopback(host: str) -> bool:

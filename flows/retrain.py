@@ -13,28 +13,48 @@ from typing import Any, cast
 from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
 from prefect.transactions import transaction
 from pydantic import BaseModel, ConfigDict, Field
 
-from nluflow.audit import audit_record
+from nluflow.audit import AuditLog, audit_record, error_summary
 from nluflow.backends.base import ModelRef, TrainingConfig
 from nluflow.data.validation import ValidationPolicy, ValidationReport
+from nluflow.errors import DataError
 from nluflow.evaluation.gates import Decision, GatePolicy, decide
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.notify import DecisionNotice
+from nluflow.outcome import Outcome, RunOutcome, blocked_by_validation, decided
 from nluflow.pipeline import DatasetSnapshot, files_sha256, headline_delta, model_id_for, training_key
 from nluflow.registry import ID_PATTERN
-from tasks.audit import notify, write_audit
+from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT, audit_fields
+from tasks.audit import notify, upload_audit, write_audit
 from tasks.common import BackendSpec, StoreSpec
-from tasks.data import freeze_test_set, load_dataset, validate_dataset
+from tasks.data import (
+    current_test_set,
+    freeze_test_set,
+    keep_training_data,
+    load_dataset,
+    restore_test_set,
+    validate_dataset,
+)
 from tasks.evaluation import check_must_pass_utterances, evaluate_model, fetch_active_model
 from tasks.promotion import (
     activate_on_backend,
     ensure_promotion_limit,
+    keep_rejected_candidate,
     store_candidate,
     switch_active_pointer,
 )
-from tasks.publish import publish_report, publish_validation, render_run_figures, sync_run_to_store
+from tasks.publish import (
+    label_flow_run,
+    publish_report,
+    publish_run_report,
+    publish_validation,
+    render_run_figures,
+    sync_run_to_store,
+)
+from tasks.sources import data_label, provenance_info, resolve_data
 from tasks.training import candidate_ready, submit_training, wait_for_training
 
 
@@ -50,13 +70,22 @@ class RunSettings(BaseModel):
 
     project: str = Field(default="default", pattern=ID_PATTERN, description="Project (bot) name.")
     data: list[str] = Field(
-        min_length=1, description="Training data: files or folders (JSONL, CSV, Rasa YAML)."
+        min_length=1,
+        description=(
+            "Training data: files or folders (JSONL, CSV, Rasa YAML, JSON), and/or data source blocks "
+            "pulled at run time: 'nluflow-label-studio-source/<name>', 'nluflow-folder-source/<name>'."
+        ),
     )
     test: list[str] | None = Field(
         default=None,
         description="Frozen test set. Without it the project's frozen test set is used, or split off once.",
     )
     test_fraction: float = Field(default=0.2, ge=0.05, le=0.5, description="Share split off as test set.")
+    min_test_per_intent: int = Field(
+        default=DEFAULT_MIN_TEST_PER_INTENT,
+        ge=1,
+        description="Fewest test utterances per intent for a first split to be frozen (else the run stops).",
+    )
     must_pass: str | None = Field(
         default=None, description="File of utterances the candidate must get right."
     )
@@ -86,6 +115,13 @@ class RetrainParams(RunSettings):
         description="'local', or a backend block as '<block-type-slug>/<name>'.",
     )
     config: TrainingConfig = Field(default_factory=TrainingConfig, description="Training configuration.")
+    keep_rejected: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="Rejected candidates kept in the store per project (for `nluflow models promote`); "
+        "older ones are pruned, never the active model or a rollback target. 0 keeps none.",
+    )
 
 
 class RetrainResult(BaseModel):
@@ -93,6 +129,8 @@ class RetrainResult(BaseModel):
 
     project: str
     flow_run_id: str | None
+    outcome: Outcome
+    message: str
     candidate_id: str
     previous_active: str | None
     active: str | None
@@ -126,7 +164,58 @@ def _resolve(params: RetrainParams) -> tuple[StoreSpec, BackendSpec, GatePolicy,
     return store, BackendSpec(name=params.backend, workspace=str(work)), gates, work
 
 
-@flow(name="nluflow-retrain", flow_run_name="retrain-{params.project}", log_prints=False)
+def _audit_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """``on_failure`` hook: a run that ended in an error writes a ``failed`` audit line (its error as one
+    line, credentials redacted), unless it already wrote its line (a blocked run raises after writing it)."""
+    logger = get_run_logger()
+    try:
+        params = RetrainParams.model_validate(flow_run.parameters["params"])
+        store, backend, _, _ = _resolve(params)
+        path = store.audit_path(params.project)
+        run_id = str(flow_run.id)
+        log = AuditLog(path)
+        if any(line.get("flow_run_id") == run_id for line in log.records()):
+            return
+        error = state.result(raise_on_failure=False)
+        message = error_summary(error) if isinstance(error, BaseException) else str(state.message or "failed")
+        start = flow_run.start_time
+        elapsed = (state.timestamp - start).total_seconds() if start and state.timestamp else 0.0
+        log.append(
+            audit_record(
+                run_id=run_id,
+                flow_run_id=run_id,
+                project=params.project,
+                dataset_sha256=None,
+                test_sha256=None,
+                backend=backend.name,
+                job_id=None,
+                model_id=None,
+                config=params.config.model_dump(mode="json"),
+                duration_seconds=round(elapsed, 3),
+                metrics={},
+                decision="failed",
+                promoted=False,
+                reasons=[message],
+                previous_model_id=None,
+                manifest_sha256=None,
+                error=message,
+            )
+        )
+        upload_audit(store, params.project)
+        # The runs list shows it too (the state message is the error, set by Prefect).
+        label_flow_run(
+            RunOutcome(outcome="failed", project=params.project, candidate_id=None, reason=message), run_id
+        )
+    except Exception as exc:  # a hook must not hide the run's own error
+        logger.warning("could not write the audit line of the failed run: %s", error_summary(exc))
+
+
+@flow(
+    name="nluflow-retrain",
+    flow_run_name="retrain-{params.project}",
+    log_prints=False,
+    on_failure=[_audit_failed_run],
+)
 def retrain(params: RetrainParams) -> RetrainResult:
     """Retrain a project's NLU model and promote it only if it passes the gates and beats the active one."""
     started = time.monotonic()
@@ -136,16 +225,32 @@ def retrain(params: RetrainParams) -> RetrainResult:
     project = params.project
 
     # 1. Data: load, fix the frozen test set, validate.
-    data = load_dataset(params.data, str(work))
+    data_paths, sources = resolve_data(params.data, str(work))  # pulls Label Studio / folder / S3 sources
+    data = load_dataset(data_paths, str(work), data_label(params.data, sources))
     given_test = load_dataset(params.test, str(work)) if params.test else None
+    before = current_test_set(store, project) if params.test is None else None  # put back if blocked
     train, test, data_info = freeze_test_set(
-        project, data, given_test, store, str(work), params.test_fraction, params.config.seed
+        project,
+        data,
+        given_test,
+        store,
+        str(work),
+        params.test_fraction,
+        params.config.seed,
+        params.min_test_per_intent,
     )
+    data_info = {**provenance_info(sources, brief=True), **data_info}
     report, train = validate_dataset(train, test, params.validation, str(work))
     publish_validation(project, report)
     if not report.ok:
-        blocked = _blocked_record(params, run_id, train, test, report, started)
+        blocked = {
+            **_blocked_record(params, run_id, train, test, report, started, data_info),
+            **provenance_info(sources),
+        }
+        if params.test is None:
+            restore_test_set(store, project, before)  # a blocked run leaves the test set as it found it
         write_audit(str(store.audit_path(project)), blocked)
+        upload_audit(store, project)
         notice = DecisionNotice(
             project=project,
             decision="blocked",
@@ -156,7 +261,14 @@ def retrain(params: RetrainParams) -> RetrainResult:
             flow_run_id=run_id,
         )
         notify(notice, params.notify)
-        report.raise_for_blocking()
+        outcome = blocked_by_validation(project, report)
+        label_flow_run(outcome)
+        try:
+            report.raise_for_blocking()
+        except DataError as exc:
+            # The run fails with the outcome as its state message; the caller (the CLI) still gets the error.
+            return _final_state(Failed(message=outcome.message(), data=exc))
+    keep_training_data(store, project, train)  # what the next run compares with ("+N new")
 
     # 2. Score the active model first: platforms that can only score what they hold (Cognigy) then keep
     #    the candidate loaded from training through scoring and activation, with no extra training.
@@ -187,23 +299,27 @@ def retrain(params: RetrainParams) -> RetrainResult:
 
     # 5. Decide (a pure function: every gate with its reason).
     decision = decide(cand_eval, active_eval, gates, must_pass)
-    logger.info(decision.summary())
+    for warning in decision.warnings:
+        logger.warning(warning)
 
-    # 6. Publish the report, tables and figures.
+    # 6. Publish the report file, tables and figures (the report artifact follows the outcome, below).
     outdir = work / "runs" / project / run_id
     figures = render_run_figures(cand_eval, str(work))
-    artifacts = publish_report(
-        project,
-        model_id,
-        active_ref.model_id if active_ref else None,
-        decision,
-        cand_eval,
-        active_eval,
-        report,
-        data_info,
-        figures,
-        str(outdir),
-    )
+    active_id = active_ref.model_id if active_ref else None
+    report_of: dict[str, Any] = {  # what the report file and the report artifact are made of
+        "project": project,
+        "candidate_id": model_id,
+        "active_id": active_id,
+        "decision": decision,
+        "candidate": cand_eval,
+        "active": active_eval,
+        "validation": report,
+        "data_info": data_info,
+        "figures": figures,
+    }
+    intended = decided(project, decision, model_id, active_id, promoted=decision.promote)
+    logger.info(intended.message())
+    artifacts = publish_report(**report_of, outdir=str(outdir), outcome=intended)
 
     # 7. Promote: one promotion per project at a time; all-or-nothing.
     active_now = active_ref.model_id if active_ref else None
@@ -231,9 +347,25 @@ def retrain(params: RetrainParams) -> RetrainResult:
                 switch_active_pointer(store, project, model_id, run_id, decision.summary())
         pointer = store.build().active(project)
         active_now = pointer.model_id if pointer else None
+    elif not decision.promote and active_now != model_id:
+        # Kept (not active) so a person can still force it: `nluflow models promote`.
+        keep_rejected_candidate(
+            store,
+            project,
+            candidate,
+            train.sha256,
+            test.sha256,
+            params.config.model_dump(mode="json"),
+            cand_eval.headline(),
+            run_id,
+            None if backend.name == "local" else backend.name,
+            params.keep_rejected,
+            decision.summary(),
+        )
 
-    # 8. Audit and notify.
+    # 8. The outcome; audit and notify.
     promoted = decision.promote and active_now == model_id
+    outcome = decided(project, decision, model_id, active_id, promoted=promoted)
     model_store = store.build()
     stored = model_store.has_model(project, model_id)
     manifest_sha = model_store.manifest(project, model_id).sha256() if stored else None
@@ -251,34 +383,42 @@ def retrain(params: RetrainParams) -> RetrainResult:
             config=params.config.model_dump(mode="json"),
             duration_seconds=round(time.monotonic() - started, 3),
             metrics=cand_eval.headline(),
-            decision="promote" if decision.promote else "reject",
+            decision=outcome.audit_decision,
             promoted=promoted,
-            reasons=decision.reasons,
+            reasons=[outcome.reason] if outcome.outcome == "unchanged" else decision.reasons,
             previous_model_id=active_ref.model_id if active_ref else None,
             manifest_sha256=manifest_sha,
             validation_loss=candidate.metrics.get("val_loss"),
             model_files_sha256=files_sha256(candidate.path) if candidate.path else None,
             training_metrics=dict(candidate.metrics),
+            **audit_fields(data_info),
+            **provenance_info(sources),
         ),
     )
     sync_run_to_store(store, project, run_id, str(outdir), str(store.audit_path(project)))
-    notify(
-        DecisionNotice.from_decision(
-            project,
-            decision,
-            promoted=promoted,
-            candidate_id=model_id,
-            previous_active=active_ref.model_id if active_ref else None,
-            active=active_now,
-            metrics=cand_eval.headline(),
-            run_url=flow_run.get_flow_run_ui_url(),
-            flow_run_id=run_id,
-        ),
-        params.notify,
+    notice = DecisionNotice.from_decision(
+        project,
+        decision,
+        promoted=promoted,
+        candidate_id=model_id,
+        previous_active=active_ref.model_id if active_ref else None,
+        active=active_now,
+        metrics=cand_eval.headline(),
+        run_url=flow_run.get_flow_run_ui_url(),
+        flow_run_id=run_id,
     )
-    return RetrainResult(
+    if outcome.outcome == "unchanged":  # not a rejection: there was nothing new to judge
+        notice = notice.model_copy(
+            update={"decision": "unchanged", "summary": outcome.message(), "reasons": [outcome.reason]}
+        )
+    notify(notice, params.notify)
+    artifacts["report"] = publish_run_report(**report_of, outcome=outcome)
+    label_flow_run(outcome)
+    result = RetrainResult(
         project=project,
         flow_run_id=run_id,
+        outcome=outcome.outcome,
+        message=outcome.message(),
         candidate_id=model_id,
         previous_active=active_ref.model_id if active_ref else None,
         active=active_now,
@@ -287,7 +427,12 @@ def retrain(params: RetrainParams) -> RetrainResult:
         candidate_metrics=cand_eval.headline(),
         active_metrics=active_eval.headline() if active_eval else None,
         deltas=headline_delta(cand_eval.headline(), active_eval.headline() if active_eval else None),
-        data_info={**data_info, "train_examples": train.n_examples, "test_examples": test.n_examples},
+        data_info={
+            **data_info,
+            **provenance_info(sources),
+            "train_examples": train.n_examples,
+            "test_examples": test.n_examples,
+        },
         artifacts={k: v for k, v in artifacts.items() if k != "report_path"},
         report_path=artifacts["report_path"],
         store=model_store.describe(),
@@ -295,6 +440,14 @@ def retrain(params: RetrainParams) -> RetrainResult:
         audit_seq=int(line["seq"]),
         duration_seconds=round(time.monotonic() - started, 3),
     )
+    return _final_state(Completed(message=outcome.message(), data=result))
+
+
+def _final_state(state: Any) -> RetrainResult:
+    """Let the flow return ``state``: Prefect makes a returned state the run's final state (its message is
+    the outcome line the runs list shows) and hands the caller its data (the :class:`RetrainResult`), or
+    raises it when it is an exception. The cast only tells the type checker what callers receive."""
+    return cast(RetrainResult, state)
 
 
 def _blocked_record(
@@ -304,6 +457,7 @@ def _blocked_record(
     test: DatasetSnapshot,
     report: ValidationReport,
     started: float,
+    data_info: dict[str, Any],
 ) -> dict[str, Any]:
     """The audit line of a run that validation stopped before training."""
     return audit_record(
@@ -323,4 +477,5 @@ def _blocked_record(
         reasons=[f"{f.rule}: {f.message}" for f in report.blocking],
         previous_model_id=None,
         manifest_sha256=None,
+        **audit_fields(data_info),
     )

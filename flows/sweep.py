@@ -53,6 +53,7 @@ from nluflow.sweep import (
 )
 from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy
 from tasks.data import freeze_test_set, load_dataset, validate_dataset
+from tasks.sources import data_label, resolve_data
 
 
 class SweepParams(RunSettings):
@@ -254,10 +255,11 @@ def sweep(params: SweepParams) -> SweepResult:
 
     # 1. The retrain's data stages (cached, so the retrain below reuses them): the same frozen test set is
     #    removed from the training data before anything is scored.
-    data = load_dataset(params.data, work)
+    data_paths, sources = resolve_data(params.data, work)  # pulls Label Studio / folder / S3 sources
+    data = load_dataset(data_paths, work, data_label(params.data, sources))
     given_test = load_dataset(params.test, work) if params.test else None
     train, test, _ = freeze_test_set(
-        project, data, given_test, store, work, params.test_fraction, params.seed
+        project, data, given_test, store, work, params.test_fraction, params.seed, params.min_test_per_intent
     )
     report, train = validate_dataset(train, test, params.validation, work)
     if not report.ok:  # the retrain publishes the findings, writes the 'blocked' audit line and raises

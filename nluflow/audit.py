@@ -1,4 +1,8 @@
-"""The audit log: a hash-chained JSONL file, one line per retrain run.
+"""The audit log: a hash-chained JSONL file, one line per retrain run and per change of the active pointer.
+
+``decision`` says what happened: ``promote``, ``reject``, ``blocked``, ``unchanged`` and ``failed`` for
+retrain runs; ``rollback``, ``activate``, ``forced-promote`` and ``testset-reset`` for changes a person made
+with the CLI. So every change of the active model is on the log, with who/why in ``reasons``.
 
 Each line is one JSON object with the run's record plus three chain fields::
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +38,15 @@ from nluflow.errors import AuditError
 from nluflow.hashing import canonical_json, sha256_text
 
 GENESIS = "0" * 64
+RUN_DECISIONS = ("promote", "reject", "blocked", "unchanged", "failed")
+POINTER_DECISIONS = ("rollback", "activate", "forced-promote", "testset-reset")
+_MAX_ERROR_CHARS = 300
+# Credentials that can hide in an error message: user:password@ in URLs, tokens in query strings and headers.
+_SECRET_PATTERNS = (
+    (re.compile(r"(://)[^/\s:@]+:[^/\s@]+@"), r"\1[REDACTED]@"),
+    (re.compile(r"(?i)((?:token|api[_-]?key|secret|password|access[_-]?key)=)[^&\s]+"), r"\1[REDACTED]"),
+    (re.compile(r"(?i)(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [REDACTED]"),
+)
 CHAIN_FIELDS = ("seq", "prev_hash", "hash")
 _TAIL_BLOCK = 1 << 16
 
@@ -269,3 +283,59 @@ def audit_record(
     }
     record.update(extra)
     return record
+
+
+def pointer_change_record(
+    *,
+    project: str,
+    decision: str,
+    model_id: str,
+    previous_model_id: str | None,
+    manifest_sha256: str | None,
+    reason: str,
+    actor: str = "cli",
+) -> dict[str, Any]:
+    """A change of the active pointer made by a person (rollback, activate, forced promote) as an audit
+    record: which model is active now, which one was, and why (``reasons``)."""
+    if decision not in POINTER_DECISIONS:
+        raise AuditError(f"audit record: {decision!r} is not one of {', '.join(POINTER_DECISIONS)}")
+    return {
+        "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "run_id": None,
+        "flow_run_id": None,
+        "project": project,
+        "actor": actor,
+        "decision": decision,
+        "promoted": decision in ("activate", "rollback", "forced-promote"),
+        "model_id": model_id,
+        "previous_model_id": previous_model_id,
+        "manifest_sha256": manifest_sha256,
+        "reasons": [reason] if reason else [],
+    }
+
+
+def error_summary(exc: BaseException) -> str:
+    """An error as one line for an audit record: its type and the first line of its message, shortened,
+    with credentials that may hide in URLs, query strings or headers replaced by ``[REDACTED]``."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def history_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a person reads of each line: seq, time, decision, model and the first reason (or the error)."""
+    rows: list[dict[str, Any]] = []
+    for rec in records:
+        note = rec.get("error") or next(iter(rec.get("reasons") or []), "")
+        rows.append(
+            {
+                "seq": rec.get("seq"),
+                "time": str(rec.get("timestamp", ""))[:19].replace("T", " "),
+                "decision": rec.get("decision", "?"),
+                "model": rec.get("model_id"),
+                "note": str(note),
+            }
+        )
+    return rows

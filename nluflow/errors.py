@@ -14,6 +14,8 @@ Callers learn what to catch here, without reading the code that raises::
     │   ├── TransientBackendError     worth retrying: 408/429/5xx, transport errors, timeouts
     │   ├── TrainingFailedError       the job reached a terminal failure state (failed, cancelled, timed out)
     │   └── NotFittedError            predict/save before fit (also a ``sklearn.exceptions.NotFittedError``)
+    ├── SourceError                   a data source (Label Studio, an S3 prefix) could not be read (exit 1)
+    │   └── TransientSourceError      worth retrying: 408/429/5xx, transport errors, timeouts
     ├── PromotionError                promotion failed after the candidate was stored; rolled back (exit 1)
     └── AuditError                    the audit log cannot be written or read (exit 1)
 
@@ -100,6 +102,16 @@ class TrainingFailedError(BackendError):
 
 class NotFittedError(BackendError, _SklearnNotFittedError):  # type: ignore[misc]
     """An estimator was used before ``fit``."""
+
+
+class SourceError(NluflowError):
+    """A data source (a Label Studio project, an S3 prefix) could not be read; nothing was trained."""
+
+    exit_code = 1
+
+
+class TransientSourceError(SourceError):
+    """A source failure worth retrying later (rate limit, server error, transport error, timeout)."""
 
 
 class PromotionError(NluflowError):

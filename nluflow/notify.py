@@ -38,7 +38,7 @@ _SLACK_MAX_FIELDS = 10
 _SLACK_MAX_REASONS = 10
 
 NotificationKind = Literal["json", "slack"]
-DecisionKind = Literal["promote", "reject", "blocked"]
+DecisionKind = Literal["promote", "reject", "blocked", "unchanged"]
 
 _METRIC_LABELS = {"macro_f1": "macro F1", "accuracy": "accuracy", "entity_f1": "entity F1"}
 
@@ -49,7 +49,10 @@ class DecisionNotice(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     project: str = Field(description="Project (bot) name.")
-    decision: DecisionKind = Field(description="promote, reject, or blocked (validation stopped the run).")
+    decision: DecisionKind = Field(
+        description="promote, reject, blocked (validation stopped the run) or unchanged (the candidate is "
+        "the active model: nothing new to train)."
+    )
     promoted: bool = Field(description="The candidate is now the active model.")
     summary: str = Field(description="One line, e.g. 'promote: beats active by +0.031 macro F1'.")
     reasons: list[str] = Field(default_factory=list, description="Every reason the gates gave.")
@@ -97,6 +100,8 @@ class DecisionNotice(BaseModel):
             what = f"new active model {self.candidate_id}" if self.candidate_id else "new active model"
         elif self.decision == "blocked":
             what = "retrain blocked by data validation"
+        elif self.decision == "unchanged":
+            what = f"nothing new to train, {self.candidate_id} stays active"
         elif self.decision == "promote":
             what = f"candidate {self.candidate_id} passed the gates but was not activated"
         else:
@@ -137,6 +142,8 @@ def slack_payload(notice: DecisionNotice) -> dict[str, Any]:
         title = f"{icon} {notice.project}: new active model"
     elif notice.decision == "blocked":
         title = f"{icon} {notice.project}: retrain blocked by data validation"
+    elif notice.decision == "unchanged":
+        title = f"{notice.project}: unchanged, nothing new to train"
     else:
         title = f"{icon} {notice.project}: candidate not promoted"
     blocks: list[dict[str, Any]] = [

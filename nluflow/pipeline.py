@@ -22,7 +22,7 @@ from nluflow.hashing import sha256_file, sha256_json
 from nluflow.registry import MANIFEST_NAME
 
 # Bump when a change to nluflow's training or evaluation code should invalidate cached results.
-CODE_VERSION = f"nluflow-{nluflow.__version__}-1"
+CODE_VERSION = f"nluflow-{nluflow.__version__}-2"  # -2: Label Studio ground truth / latest annotation
 
 
 def training_key(dataset_sha256: str, config: TrainingConfig, backend: str) -> str:
@@ -140,21 +140,6 @@ def remove_test_overlap(train: Dataset, test: Dataset) -> tuple[Dataset, int]:
     keep = tuple(e for e in train if normalize_text(e.text) not in held_out)
     removed = len(train) - len(keep)
     return Dataset(examples=keep, source=train.source, skipped=train.skipped), removed
-
-
-class FrozenTestSet(BaseModel):
-    """The project's frozen test set, recorded in the store when a run had to split one off the data."""
-
-    sha256: str
-    created_at: str
-    source: str
-    n_examples: int
-
-
-def frozen_test_record(path: Path) -> FrozenTestSet | None:
-    if not path.exists():
-        return None
-    return FrozenTestSet.model_validate(json.loads(path.read_text(encoding="utf-8")))
 
 
 def headline_delta(candidate: dict[str, float], active: dict[str, float] | None) -> dict[str, float]:

@@ -5,6 +5,7 @@ Layout under the store root (keys are '/'-separated, relative to the root)::
     <project>/models/<model_id>/...            the model files, as the backend wrote them
     <project>/models/<model_id>/manifest.json  written last: its presence means the model is complete
     <project>/active.json                      the active pointer, with the previous actives (newest first)
+    <project>/rejected.json                    rejected candidates kept for a forced promotion (oldest first)
 
 The store talks to storage through the small :class:`FileSystem` interface, so the same code runs on a
 local folder (:class:`LocalFileSystem`) and, later, on S3. Every public :class:`ModelStore` method checks
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 POINTER_NAME = "active.json"
+REJECTED_NAME = "rejected.json"
 MODELS_DIR = "models"
 
 # For pydantic ``Field(pattern=...)``; check_id also refuses "..", which this pattern alone allows.
@@ -396,6 +398,26 @@ class ActivePointer(BaseModel):
             run_id=self.run_id,
             reason=self.reason,
         )
+
+
+class RejectedEntry(BaseModel):
+    """A candidate that the gates rejected, kept in the store so a person can still promote it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: str
+    stored_at: str
+    run_id: str | None = None
+    reason: str = ""
+
+
+class RejectedIndex(BaseModel):
+    """The content of ``<project>/rejected.json``: the kept rejected candidates, oldest first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    project: str
+    rejected: list[RejectedEntry] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------- the store
@@ -829,6 +851,77 @@ class ModelStore:
             current.model_id if current is not None else "none",
         )
         return pointer
+
+    # ----------------------------------------------------------------------------------------- rejected
+
+    def rejected(self, project: str) -> list[RejectedEntry]:
+        """The rejected candidates kept in the store, oldest first."""
+        check_id(project, "project")
+        key = f"{project}/{REJECTED_NAME}"
+        try:
+            raw = self.fs.read_bytes(key)
+        except ModelNotFoundError:
+            return []
+        try:
+            index = RejectedIndex.model_validate_json(raw)
+        except ValidationError as exc:
+            raise IntegrityError(
+                f"{key} in the {self.describe()} is not a valid list of rejected candidates "
+                f"({exc.errors()[0]['msg']}); move it aside to start a new list. Nothing was changed"
+            ) from None
+        return list(index.rejected)
+
+    def _write_rejected(self, project: str, entries: list[RejectedEntry]) -> None:
+        index = RejectedIndex(project=project, rejected=entries)
+        text = json.dumps(index.model_dump(mode="json"), sort_keys=True, indent=2, ensure_ascii=False)
+        self.fs.write_bytes(f"{project}/{REJECTED_NAME}", (text + "\n").encode("utf-8"))
+
+    def record_rejected(
+        self, project: str, model_id: str, *, run_id: str | None = None, reason: str = ""
+    ) -> None:
+        """Note that the stored model ``model_id`` is a rejected candidate (kept for a forced promotion)."""
+        check_id(model_id, "model id")
+        if not self.has_model(project, model_id):
+            raise ModelNotFoundError(f"{self._where(project, model_id)} is not stored; nothing was recorded")
+        entries = [e for e in self.rejected(project) if e.model_id != model_id]
+        entries.append(
+            RejectedEntry(model_id=model_id, stored_at=_iso(self._clock()), run_id=run_id, reason=reason)
+        )
+        self._write_rejected(project, entries)
+
+    def forget_rejected(self, project: str, model_id: str) -> None:
+        """Take ``model_id`` off the rejected list (e.g. after a forced promotion); no-op if not on it."""
+        entries = self.rejected(project)
+        kept = [e for e in entries if e.model_id != model_id]
+        if len(kept) != len(entries):
+            self._write_rejected(project, kept)
+
+    def prune_rejected(self, project: str, keep: int) -> list[str]:
+        """Remove all but the newest ``keep`` rejected candidates; return the ids removed.
+
+        Never removes the active model or a model in the pointer's history (a rollback target): those stay
+        stored and listed, whatever their age.
+        """
+        if keep < 0:
+            raise StoreError(f"keep must be 0 or more, got {keep}; nothing was removed")
+        entries = self.rejected(project)
+        excess = len(entries) - keep
+        if excess <= 0:
+            return []
+        pointer = self.active(project)
+        protected = (
+            {pointer.model_id, *(e.model_id for e in pointer.history)} if pointer is not None else set()
+        )
+        kept = [e for i, e in enumerate(entries) if i >= excess or e.model_id in protected]
+        removed = [e.model_id for e in entries if e not in kept]
+        # The list first: a crash part-way leaves an unlisted folder behind, never a listed missing model.
+        self._write_rejected(project, kept)
+        for model_id in removed:
+            if self.fs.exists(self._model_key(project, model_id)):
+                self.fs.remove_tree(self._model_key(project, model_id))
+        if removed:
+            logger.info("pruned %d rejected candidates of %r: %s", len(removed), project, ", ".join(removed))
+        return removed
 
     def rollback(self, project: str, *, to: str | None = None, run_id: str | None = None) -> ActivePointer:
         """Return to the previous active model (or to ``to``), verifying it first.

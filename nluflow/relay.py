@@ -9,10 +9,11 @@ deployment triggers. The relay sits between an annotation tool and that endpoint
 
 Routes:
 
-* ``POST /hooks/label-studio`` — Label Studio webhooks. ``ANNOTATION_CREATED``, ``ANNOTATIONS_CREATED`` and
-  ``ANNOTATION_UPDATED`` become one event each; every other action is acknowledged (200) and counted, nothing
-  is emitted. Label Studio (1.23) signs nothing: the only authenticity is a custom header configured on the
-  webhook (``X-Relay-Secret`` by default), compared in constant time.
+* ``POST /hooks/label-studio`` — Label Studio webhooks. ``ANNOTATION_CREATED``, ``ANNOTATIONS_CREATED``,
+  ``ANNOTATION_UPDATED``, ``ANNOTATIONS_DELETED`` and ``TASKS_DELETED`` become one event each (a deletion
+  changes the training data too); every other action is acknowledged (200) and counted, nothing is emitted.
+  Label Studio (1.23) signs nothing: the only authenticity is a custom header configured on the webhook
+  (``X-Relay-Secret`` by default), compared in constant time.
 * ``POST /hooks/generic`` — ``{"project": ..., "data": ..., "new_examples": ...}`` from scripts; needs the
   same header **and** ``X-Nluflow-Signature: sha256=<hex HMAC-SHA256 of the raw body>``.
 * ``GET /healthz`` — liveness and the outcome counters (no secrets).
@@ -22,14 +23,19 @@ Answers: 202 emitted; 200 acknowledged and ignored; 400 malformed JSON; 401 secr
 wrong shape; 503 the emitter failed. On every 4xx/5xx nothing was emitted. The secret never appears in an
 answer or a log line: answers name the header, never its value.
 
-The Label Studio project id is mapped to an nluflow project and a data location by :class:`RelayConfig`;
-the data itself is not read here (the retrain flow loads it, e.g. a Label Studio JSON export).
+The Label Studio project id is mapped to an nluflow project and a ``LabelStudioSource`` block by
+:class:`RelayConfig`; the event's ``data`` is that block reference, so the triggered retrain exports the
+project itself. Nothing is read from Label Studio here. Label Studio does not retry a webhook, so a lost
+one is caught by the next scheduled retrain of the same source. Every emission is logged at INFO; the
+relay's records are marked local (``send_to_api=False``) so Prefect's API log handler does not warn that
+they have no flow run.
 
 This module never imports Prefect: :class:`PrefectApiEmitter` speaks plain HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -45,22 +51,43 @@ from typing import Any
 
 import httpx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from nluflow import jsonsafe
 from nluflow.errors import ConfigError
 from nluflow.registry import ID_PATTERN
+from nluflow.sources.base import LABEL_STUDIO_SLUG, SOURCE_SLUGS, is_source_ref
 
-logger = logging.getLogger(__name__)
+
+class _LocalLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The relay's log lines stay local: marked so Prefect's API log handler (attached to ``nluflow`` loggers
+    by ``PREFECT_LOGGING_EXTRA_LOGGERS``) skips them instead of warning that there is no flow run id."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**kwargs.get("extra", {}), "send_to_api": False}
+        return msg, kwargs
+
+
+logger = _LocalLog(logging.getLogger(__name__), {})
 
 EVENT_NAME = "nlu.dataset.annotated"
 RESOURCE_PREFIX = "nluflow.dataset."
 DEFAULT_SECRET_HEADER = "X-Relay-Secret"
 DEFAULT_SIGNATURE_HEADER = "X-Nluflow-Signature"
+BODY_TIMEOUT_SECONDS = 10.0  # a sender that trickles its body this long holds a connection for nothing
 DEFAULT_SECRET_ENV = "NLUFLOW_RELAY_SECRET"
 # Label Studio bodies are 3-8 KB per task; a bulk ANNOTATIONS_CREATED over thousands of tasks is megabytes.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -69,8 +96,11 @@ EMIT_TIMEOUT_SECONDS = 5.0
 EMIT_CONNECT_TIMEOUT_SECONDS = 2.0
 BODY_EXCERPT_CHARS = 200
 
-# Label Studio actions that change the annotated data and start a retrain.
-RETRAIN_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED"})
+# Label Studio actions that change the annotated data and start a retrain (deletions too: a deleted
+# annotation or task must leave the training data).
+CREATE_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED"})
+DELETE_ACTIONS = frozenset({"ANNOTATIONS_DELETED", "TASKS_DELETED"})
+RETRAIN_ACTIONS = CREATE_ACTIONS | DELETE_ACTIONS
 
 Emitter = Callable[[dict[str, Any]], object]
 """Receives one event (Prefect's event shape, JSON-ready); raises if it could not hand it on."""
@@ -91,15 +121,20 @@ def annotated_event(
     *,
     event_id: uuid.UUID | None = None,
     occurred: datetime | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """One ``nlu.dataset.annotated`` event in Prefect's event shape, ready for ``POST /api/events``."""
+    """One ``nlu.dataset.annotated`` event in Prefect's event shape, ready for ``POST /api/events``.
+
+    ``data`` is what the retrain reads: a source block reference (``nluflow-label-studio-source/<name>``)
+    or a path. ``extra`` adds payload fields (the relay adds ``action`` and ``removed_examples``).
+    """
     return {
         "id": str(event_id or uuid.uuid4()),
         "occurred": (occurred or datetime.now(UTC)).isoformat(),
         "event": EVENT_NAME,
         "resource": {"prefect.resource.id": resource_id(project)},
         "related": [],
-        "payload": {"project": project, "data": data, "new_examples": new_examples},
+        "payload": {"project": project, "data": data, "new_examples": new_examples, **extra},
     }
 
 
@@ -112,16 +147,52 @@ def sign(body: bytes, secret: str) -> str:
 
 
 class LabelStudioRoute(BaseModel):
-    """Where the annotations of one Label Studio project go."""
+    """Where the annotations of one Label Studio project go: an nluflow project and the source it reads.
+
+    ``source`` names the ``LabelStudioSource`` block the retrain exports the project through: a block name
+    (``bookings``, read as ``nluflow-label-studio-source/bookings``) or a full source reference. ``data`` (a
+    path) is still accepted instead, for data that something else exports; give exactly one of the two.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     project: str = Field(pattern=ID_PATTERN, description="The nluflow project to retrain.")
-    data: str = Field(
+    source: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Source block: '<name>' of a LabelStudioSource, or '<source-slug>/<name>'.",
+    )
+    data: str | None = Field(
+        default=None,
         min_length=1,
         max_length=4096,
-        description="Data location handed to the retrain (e.g. where this project's JSON export lands).",
+        description="A data path handed to the retrain instead of a source (e.g. where an export lands).",
     )
+
+    @field_validator("source")
+    @classmethod
+    def _source_reference(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        ref = value if "/" in value else f"{LABEL_STUDIO_SLUG}/{value}"
+        if not is_source_ref(ref):
+            raise ValueError(
+                f"{value!r} is not a source block; expected a block name or "
+                f"'<{'|'.join(SOURCE_SLUGS)}>/<block-name>'"
+            )
+        return ref
+
+    @model_validator(mode="after")
+    def _one_target(self) -> LabelStudioRoute:
+        if (self.source is None) == (self.data is None):
+            raise ValueError("give exactly one of 'source' (a LabelStudioSource block) and 'data' (a path)")
+        return self
+
+    @property
+    def target(self) -> str:
+        """What the retrain's ``data`` gets: the source reference, or the path."""
+        return self.source or self.data or ""
 
 
 class RelayConfig(BaseModel):
@@ -169,7 +240,8 @@ class RelayConfig(BaseModel):
             secret_env: NLUFLOW_RELAY_SECRET      # default
             header: X-Relay-Secret                # default
             label_studio:
-              1: {project: bookings, data: /srv/exports/bookings.json}
+              1: {project: bookings, source: bookings}   # LabelStudioSource block 'bookings'
+              2: {project: support, source: nluflow-label-studio-source/support-ls}
         """
         env = os.environ if environ is None else environ
         path = Path(path)
@@ -301,6 +373,7 @@ class _LabelStudioHook:
     action: str
     project_id: str
     new_examples: int
+    removed: int = 0
 
 
 class _GenericPayload(BaseModel):
@@ -339,6 +412,8 @@ def _parse_label_studio(body: object) -> _LabelStudioHook:
             f"action {action} does not start a retrain (only {', '.join(sorted(RETRAIN_ACTIONS))}); ignored",
             f"ignored:{action}",
         )
+    if action in DELETE_ACTIONS:
+        return _parse_deletion(body, action)
     # ANNOTATIONS_CREATED carries a list under the singular key 'annotation' (Label Studio 1.23).
     annotation = body.get("annotation", body.get("annotations"))
     items = annotation if isinstance(annotation, list) else [annotation]
@@ -357,6 +432,19 @@ def _parse_label_studio(body: object) -> _LabelStudioHook:
             f"ignored:{action}",
         )
     return _LabelStudioHook(action, project_id, created)
+
+
+def _parse_deletion(body: Mapping[str, Any], action: str) -> _LabelStudioHook:
+    """``ANNOTATIONS_DELETED`` (``annotations: [{"id"}]``) or ``TASKS_DELETED`` (``tasks: [{"id"}]``, and
+    ``project`` as a bare id in 1.23.2): 0 new examples, ``removed`` deleted items; the data changed."""
+    key = "annotations" if action == "ANNOTATIONS_DELETED" else "tasks"
+    items = body.get(key)
+    if not isinstance(items, list) or not all(isinstance(item, Mapping) for item in items):
+        raise _Reject(422, f"{action}: found no list of deleted items under {key!r}; nothing emitted")
+    project_id = _label_studio_project_id(body, None)
+    if project_id is None:
+        raise _Reject(422, f"{action}: found no project id ('project'); nothing emitted")
+    return _LabelStudioHook(action, project_id, 0, removed=len(items))
 
 
 class _Relay:
@@ -383,10 +471,18 @@ class _Relay:
             if int(declared) > limit:
                 raise _Reject(413, f"body of {int(declared)} bytes, expected at most {limit}")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:  # a sender without (or lying about) Content-Length
-                raise _Reject(413, f"body larger than {limit} bytes")
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:  # a sender without (or lying about) Content-Length
+                        raise _Reject(413, f"body larger than {limit} bytes")
+        except TimeoutError:
+            raise _Reject(
+                408, f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s ({len(body)} bytes came)"
+            ) from None
+        except ClientDisconnect:  # one warning line, not a traceback per dropped connection
+            raise _Reject(400, f"the client disconnected after {len(body)} bytes of its body") from None
         return bytes(body)
 
     def check_signature(self, request: Request, body: bytes) -> None:
@@ -400,16 +496,37 @@ class _Relay:
 
     @staticmethod
     def parse_json(body: bytes) -> Any:
+        """The body as JSON; 400 for anything a JSON object of valid Unicode text is not.
+
+        Refused besides syntax errors: nesting too deep to read, integers over 4,300 digits (refused before
+        conversion) and strings with an unpaired UTF-16 surrogate (``"\\ud800"``), which no UTF-8 answer,
+        log line or event can carry (an ``action`` holding one was a plain-text 500).
+        """
         try:
-            return json.loads(body)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            document = jsonsafe.loads(body)
+        except jsonsafe.NumberTooLong as exc:
+            raise _Reject(400, f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise _Reject(400, "malformed JSON: nested too deeply to read; expected a JSON object") from None
+        except (UnicodeDecodeError, ValueError) as exc:
             where = (
                 f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
             )
             raise _Reject(400, f"malformed JSON{where}: expected a JSON object") from None
+        place = jsonsafe.lone_surrogate(document)
+        if place is not None:
+            shown = place if len(place) <= 80 else place[:79] + "…"
+            raise _Reject(
+                400,
+                f"malformed JSON: the string at {shown} holds an unpaired UTF-16 surrogate (such as \\ud800 "
+                "without its pair); expected valid Unicode text",
+            )
+        return document
 
-    async def emit(self, project: str, data: str, new_examples: int, source: str) -> JSONResponse:
-        event = annotated_event(project, data, new_examples)
+    async def emit(
+        self, project: str, data: str, new_examples: int, source: str, **extra: Any
+    ) -> JSONResponse:
+        event = annotated_event(project, data, new_examples, **extra)
         try:
             await run_in_threadpool(self.emitter, event)
         except Exception as exc:
@@ -425,13 +542,16 @@ class _Relay:
                 503, f"could not hand the event to Prefect ({type(exc).__name__}); retry later"
             ) from None
         self.stats.add("emitted")
+        removed = extra.get("removed_examples", 0)
         logger.info(
-            "%s → %s for project %r (%d new example%s, data %s)",
+            "%s → %s %s for project %r (%d new example%s%s, data %s)",
             source,
             EVENT_NAME,
+            event["id"],
             project,
             new_examples,
             "" if new_examples == 1 else "s",
+            f", {removed} removed" if removed else "",
             data,
         )
         return JSONResponse(
@@ -461,7 +581,14 @@ class _Relay:
                     "add it under 'label_studio' in the relay config",
                 )
             source = f"label-studio {hook.action} (project {hook.project_id})"
-            return await self.emit(route.project, route.data, hook.new_examples, source)
+            return await self.emit(
+                route.project,
+                route.target,
+                hook.new_examples,
+                source,
+                action=hook.action,
+                removed_examples=hook.removed,
+            )
 
         return await self.answer(request, handle)
 
@@ -487,7 +614,8 @@ class _Relay:
         try:
             return await handle()
         except _Reject as reject:
-            message = self.redact(reject.message)
+            # backslashreplace: whatever a message quotes, the JSON answer and the log line can encode it
+            message = self.redact(reject.message).encode("utf-8", "backslashreplace").decode("utf-8")
             if reject.status < 300:
                 self.stats.add(reject.counter or "ignored")
                 logger.debug("%s: %s", request.url.path, message)

@@ -11,6 +11,8 @@ from nluflow.evaluation.gates import Decision
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.evaluation.plots import png_data_uri
 from nluflow.evaluation.report import metrics_table_markdown
+from nluflow.outcome import RunOutcome, decided
+from nluflow.testset import AUDIT_FIELDS
 
 FIGURE_TITLES = {
     "confusion_matrix": "Confusion matrix (candidate, row-normalised)",
@@ -32,23 +34,44 @@ def render_run_report(
     data_info: Mapping[str, Any],
     figures: Mapping[str, Path],
     embed_figures: bool = True,
+    outcome: RunOutcome | None = None,
 ) -> str:
-    verdict = "✅ promoted" if decision.promote else "❌ not promoted"
+    """The report, outcome first. ``outcome`` defaults to what the decision implies (promoted when the gates
+    passed); the flow passes the run's actual outcome."""
+    if outcome is None:
+        outcome = decided(project, decision, candidate_id, active_id, promoted=decision.promote)
     lines = [
-        f"# Retrain of `{project}`: candidate `{candidate_id}` {verdict}",
+        f"# Retrain of `{project}`: candidate `{candidate_id}` {outcome.outcome}",
         "",
-        f"**{decision.summary()}**",
+        f"**{outcome.message()}**",
         "",
         f"Active model before this run: `{active_id}`" if active_id else "No active model before this run.",
         "",
+    ]
+    if "new_since_active" in data_info:
+        lines += [f"Data since the active model: **{data_info['new_since_active']}**", ""]
+    if data_info.get("warning"):
+        lines += [f"> **Warning:** {data_info['warning']}", ""]
+    version = data_info.get("test_set_version")
+    lines += [
         "## Gates",
         "",
-        decision.to_markdown(),
-        "",
+    ]
+    if outcome.outcome == "unchanged":
+        # A model compared with itself scores a delta of 0: a gate table would say "does not beat the active
+        # model", which is not what happened.
+        lines += [
+            "Not applied: the candidate is the active model (the same data, config and code give the same "
+            "training key and model id), so there is nothing to compare; the active model stays.",
+            "",
+        ]
+    else:
+        lines += [decision.to_markdown(), ""]
+    lines += [
         "## Metrics on the frozen test set",
         "",
-        f"Test set sha256 `{candidate.test_sha256[:16]}…`, {candidate.n} utterances; both models were scored "
-        "on these same utterances.",
+        f"Test set {f'version {version}, ' if version else ''}sha256 `{candidate.test_sha256[:16]}…`, "
+        f"{candidate.n} utterances; both models were scored on these same utterances.",
         "",
         metrics_table_markdown(candidate, active),
         "",
@@ -67,7 +90,9 @@ def render_run_report(
             "",
         ]
     lines += ["## Data", ""]
-    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in data_info.items()]
+    # The figures of "+N new" and the warning are shown at the top already.
+    shown_above = {*AUDIT_FIELDS, "warning"}
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in data_info.items() if k not in shown_above]
     lines += ["", validation.to_markdown(), ""]
     if figures:
         lines += ["## Figures", ""]

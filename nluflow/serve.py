@@ -12,9 +12,11 @@ Routes (Rasa Open Source 3.x shapes, see ``shared/specs/rasa/README.md``)::
 
 Every answer to ``/model/parse`` and ``/status`` carries the serving model's id in the ``X-Nluflow-Model``
 header. Every error has Rasa's ``ErrorResponse`` body ``{version, status: "failure", message, reason,
-details, help, code}``: 400 ``BadRequest`` (body not JSON, no ``text`` string), 401 ``NotAuthenticated``
-(token missing or wrong), 404 ``NotFound``, 405 ``MethodNotAllowed``, 409 ``Conflict`` (no model loaded),
-413 ``PayloadTooLarge``, 500 ``ParsingError``.
+details, help, code}``: 400 ``BadRequest`` (body not JSON, JSON nested too deeply or with an integer over
+4,300 digits, no ``text`` string, a ``text`` with an unpaired surrogate such as ``"\\ud800"``), 401
+``NotAuthenticated`` (token missing or wrong), 404 ``NotFound``, 405 ``MethodNotAllowed``, 408
+``RequestTimeout`` (the body took over 10 s to arrive), 409 ``Conflict`` (no model loaded), 413
+``PayloadTooLarge``, 500 ``ParsingError`` (an unexpected failure; its details go to the server log only).
 
 Auth: with a token configured, a request passes with ``?token=<token>`` (like Rasa) or
 ``Authorization: Bearer <token>`` (the plain token, not a JWT); without one, the server is open.
@@ -40,7 +42,6 @@ import asyncio
 import contextlib
 import copy
 import hmac
-import json
 import logging
 import re
 import shutil
@@ -58,11 +59,11 @@ import sklearn
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from nluflow import __version__
+from nluflow import __version__, jsonsafe
 from nluflow.backends.base import Parse
 from nluflow.errors import ConfigError, IntegrityError, StoreError
 from nluflow.hashing import sha256_file
@@ -80,6 +81,7 @@ MIN_POLL_SECONDS = 0.05
 MAX_RETRY_SECONDS = 60.0
 # An utterance is a few hundred bytes; 64 KiB leaves room for long texts and stops abusive bodies early.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_SECONDS = 10.0  # a client that trickles its body this long holds a connection for nothing
 MIN_MAX_BODY_BYTES = 1024
 DEFAULT_MAX_BATCH = 64
 WARMUP_TEXT = "hello"
@@ -609,11 +611,36 @@ def create_app(
                 return too_large
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                return too_large
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_body_bytes:
+                        return too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            logger.info(
+                "%s: the request body did not arrive within %g s; not processed",
+                request.url.path,
+                BODY_TIMEOUT_SECONDS,
+            )
+            return rasa_error(
+                408,
+                "RequestTimeout",
+                f"The request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s; expected a JSON body "
+                'like {"text": "..."}; the request was not processed.',
+            )
+        except ClientDisconnect:  # one info line, not a traceback per dropped connection; nobody reads it
+            logger.info(
+                "%s: the client disconnected after %d bytes of its body; not processed",
+                request.url.path,
+                size,
+            )
+            return rasa_error(
+                400,
+                "BadRequest",
+                "The client disconnected before sending the whole body; the request was not processed.",
+            )
         return b"".join(chunks)
 
     async def home(request: Request) -> Response:
@@ -667,7 +694,20 @@ def create_app(
                 "drop the parameter.",
             )
         try:
-            document = json.loads(body)
+            document = jsonsafe.loads(body)
+        except jsonsafe.NumberTooLong as exc:
+            return rasa_error(
+                400,
+                "BadRequest",
+                f'The request body holds {exc}; expected {{"text": "..."}}; the request was not processed.',
+            )
+        except RecursionError:
+            return rasa_error(
+                400,
+                "BadRequest",
+                'The request body is JSON nested too deeply to read; expected {"text": "..."}; '
+                "the request was not processed.",
+            )
         except (UnicodeDecodeError, ValueError) as exc:
             return rasa_error(
                 400,
@@ -688,14 +728,23 @@ def create_app(
                 "No text message defined in request_body. Add text message to request body in order to "
                 f'obtain the intent and extracted entities: found {found}, expected {{"text": "..."}}.',
             )
+        if jsonsafe.lone_surrogate(text) is not None:  # a "\ud800" escape: no tokenizer can read it
+            return rasa_error(
+                400,
+                "BadRequest",
+                "The 'text' holds an unpaired UTF-16 surrogate (an escape such as \\ud800 without its pair); "
+                "expected valid Unicode text; the request was not processed.",
+            )
         try:
             served, result = await batcher_box[0].parse(text)
         except _NoModelError:
             return no_model()
-        except Exception as exc:
+        except Exception:
             logger.exception("project %r: parsing failed", watcher.project)
-            return rasa_error(
-                500, "ParsingError", f"An unexpected error occurred. Error: {type(exc).__name__}: {exc}"
+            return rasa_error(  # the details are in the server log, not in the answer
+                500,
+                "ParsingError",
+                "An unexpected error occurred while parsing the text; see the server log.",
             )
         return JSONResponse(rasa_parse(result), headers={MODEL_HEADER: served.model_id})
 

@@ -11,12 +11,20 @@ from prefect.logging import get_run_logger
 from blocks.notify import WebhookNotification
 from nluflow.audit import AuditLog
 from nluflow.notify import DecisionNotice
+from tasks.common import StoreSpec
 
 
 @task(name="write-audit", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def write_audit(audit_path: str, record: dict[str, Any]) -> dict[str, Any]:
     """Append one hash-chained line for this run."""
     return AuditLog(audit_path).append(record)
+
+
+def upload_audit(store: StoreSpec, project: str) -> None:
+    """A remote store's audit log is written as a local file (see ``StoreSpec.audit_path``) and uploaded after
+    each line: runs that end before ``sync-run-to-store`` (blocked, failed) upload it here."""
+    if not store.is_local():
+        store.build(create=True).fs.put_file(store.audit_path(project), f"{project}/audit.jsonl")
 
 
 @task(name="notify", cache_policy=NO_CACHE)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
@@ -14,28 +12,72 @@ from nluflow.data.loaders import files_sha256, load_paths
 from nluflow.data.schema import Dataset
 from nluflow.data.splits import stratified_split
 from nluflow.data.validation import ValidationPolicy, ValidationReport, validate
-from nluflow.errors import ModelNotFoundError
-from nluflow.pipeline import (
-    DatasetSnapshot,
-    FrozenTestSet,
-    remove_test_overlap,
-    snapshot,
+from nluflow.errors import StoreError
+from nluflow.pipeline import DatasetSnapshot, remove_test_overlap, snapshot
+from nluflow.registry import ModelStore
+from nluflow.sources.base import with_source_origins
+from nluflow.testset import (
+    DEFAULT_MIN_TEST_PER_INTENT,
+    TestSetRecord,
+    TestSetStore,
+    data_delta,
+    example_key,
+    new_example_indices,
+    refuse_unmeasurable,
+    route_to_test,
+    stored_training_data,
+    tiny_warning,
 )
+from nluflow.testset import keep_training_data as store_training_data
 from tasks.common import StoreSpec, cache_key, cache_policy, workspace
 
 
 def _load_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
-    return cache_key("load-dataset", files_sha256(inputs["paths"]), inputs["workspace_path"])
+    label = [inputs["label"]] if inputs.get("label") else []  # keys of unlabelled loads stay as they were
+    return cache_key("load-dataset", files_sha256(inputs["paths"]), inputs["workspace_path"], *label)
 
 
 @task(name="load-dataset", cache_policy=cache_policy(_load_key), persist_result=True)
-def load_dataset(paths: list[str], workspace_path: str) -> DatasetSnapshot:
-    """Read the annotated files (JSONL, CSV, Rasa YAML) into a content-addressed snapshot."""
-    return snapshot(load_paths(paths), workspace(workspace_path))
+def load_dataset(paths: list[str], workspace_path: str, label: str | None = None) -> DatasetSnapshot:
+    """Read the annotated files (JSONL, CSV, Rasa YAML) into a content-addressed snapshot.
+
+    ``label`` names the data in messages instead of the paths, e.g. the source references whose pulled
+    exports the paths are (the user never sees a workspace path).
+    """
+    data = load_paths(paths)
+    if label:  # pulled sources: named as the user wrote them, examples pointing at their source items
+        data = with_source_origins(Dataset(examples=data.examples, source=label, skipped=data.skipped))
+    return snapshot(data, workspace(workspace_path))
 
 
-_FROZEN_DATA = "testset/test.jsonl"
-_FROZEN_META = "testset/testset.json"
+class _Active(NamedTuple):
+    """The active model as this run compares with it; every field None when there is none."""
+
+    model_id: str | None = None
+    dataset_sha256: str | None = None
+    test_sha256: str | None = None
+    training_data: Dataset | None = None
+
+
+def _active(model_store: ModelStore, project: str) -> _Active:
+    """The active model, its training data (None when it was stored before training data was kept) and the
+    sha256 of the test set it was scored on. A pointer or manifest that cannot be read is left to
+    fetch-active-model, which stops the run with the reason."""
+    try:
+        pointer = model_store.active(project)
+    except StoreError:
+        return _Active()
+    if pointer is None:
+        return _Active()
+    try:
+        manifest = model_store.manifest(project, pointer.model_id)
+    except StoreError as exc:
+        get_run_logger().warning("active model of %s not compared with: %s", project, exc)
+        return _Active(pointer.model_id)
+    sha = manifest.dataset_sha256
+    return _Active(
+        pointer.model_id, sha, manifest.test_sha256, stored_training_data(model_store.fs, project, sha)
+    )
 
 
 @task(name="freeze-test-set", cache_policy=NO_CACHE)
@@ -47,48 +89,114 @@ def freeze_test_set(
     workspace_path: str,
     test_fraction: float,
     seed: int,
+    min_test_per_intent: int = DEFAULT_MIN_TEST_PER_INTENT,
 ) -> tuple[DatasetSnapshot, DatasetSnapshot, dict[str, Any]]:
     """Fix the test set both models are judged on, and keep it out of the training data.
 
-    An explicit test set wins. Otherwise the project's frozen test set in the store is reused; the first run
-    of a project without one splits it off the data (stratified) and freezes it in the store.
+    An explicit test set wins. Otherwise the project's frozen test set in the store is used: the first run
+    splits one off the data (stratified; refused when it could not measure anything), later runs route a
+    stratified share of the new annotations into it, which makes a new version (see ``nluflow.testset``).
+    Also says how the data differs from the active model's training data ("+9 new, 0 removed").
     """
+    logger = get_run_logger()
     ws = workspace(workspace_path)
     model_store = store.build(create=True)
+    full = data.load()
+    active = _active(model_store, project)
+    previous = active.training_data
     info: dict[str, Any] = {}
+    record: TestSetRecord | None = None
     if test is not None:
-        test_set = test.load()
-        info["test_source"] = "given"
+        test_set = baseline = test.load()
+        info["test_source"] = "given (--test)"
     else:
-        fs = model_store.fs
-        try:
-            raw = fs.read_bytes(f"{project}/{_FROZEN_DATA}").decode("utf-8")
-        except ModelNotFoundError:
-            raw = None
-        if raw is not None:
-            tmp = ws.datasets / f"frozen-{project}.jsonl"
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(raw, encoding="utf-8")
-            from nluflow.data.loaders import load_jsonl
-
-            test_set = load_jsonl(tmp)
-            info["test_source"] = "frozen in store"
-        else:
-            full = data.load()
-            _, test_set = stratified_split(full, test_fraction=test_fraction, seed=seed)
-            test_set = Dataset(examples=test_set.examples, source=f"split of {data.source}")
-            record = FrozenTestSet(
-                sha256=test_set.sha256(),
-                created_at=datetime.now(UTC).isoformat(),
-                source=data.source,
-                n_examples=len(test_set),
-            )
-            fs.write_bytes(f"{project}/{_FROZEN_DATA}", test_set.to_jsonl().encode("utf-8"))
-            fs.write_bytes(f"{project}/{_FROZEN_META}", json.dumps(record.model_dump(), indent=2).encode())
+        testsets = TestSetStore(model_store.fs, project)
+        current = testsets.current()
+        if current is None:
+            pool = full
+            if previous is not None:
+                # A new test set while a model is active (after `nluflow testset reset`): split it off the
+                # texts that model did not train on, or the model would be scored on its own training data.
+                pool = full.subset(new_example_indices(full, Dataset(), previous))
+            elif active.model_id is not None:
+                logger.warning(
+                    "a new test set for %s is split off data that may include what the active model %s "
+                    "trained on (its training data was not kept): its scores may be too good",
+                    project,
+                    active.model_id,
+                )
+            _, split = stratified_split(pool, test_fraction=test_fraction, seed=seed)
+            refuse_unmeasurable(split, pool, min_test_per_intent, test_fraction, data.source)
+            record = testsets.freeze(split, data.source, f"split off the data ({test_fraction:.0%})")
+            test_set, baseline = split, Dataset()
             info["test_source"] = f"split off the data ({test_fraction:.0%}) and frozen in the store"
-    train, removed = remove_test_overlap(data.load(), test_set)
+        else:
+            record, test_set = current
+            # "New" counts from the test set the active model was scored on, whichever run grew it since.
+            scored_on = testsets.version(active.test_sha256) if active.test_sha256 else None
+            baseline = scored_on if scored_on is not None else test_set
+            info["test_source"] = "frozen in the store"
+            if active.model_id is None or previous is not None:  # unknown training data: route nothing
+                new = new_example_indices(full, test_set, previous)
+                picked = route_to_test(full, test_set, new, test_fraction, seed)
+                if picked:
+                    added = full.subset(picked)
+                    moved = len({example_key(e) for e in added})
+                    record = testsets.grow(record, test_set, added, f"+{moved} new annotations routed in")
+                    test_set = Dataset(examples=test_set.examples + added.examples, source=test_set.source)
+                    logger.info(
+                        "test set of %s grew to version %d: +%d new annotations (%d utterances)",
+                        project,
+                        record.version,
+                        moved,
+                        record.n_examples,
+                    )
+    train, removed = remove_test_overlap(full, test_set)
+    delta = data_delta(
+        full,
+        train,
+        test_set,
+        previous,
+        baseline_test=baseline,
+        active_model_id=active.model_id,
+        compared_with=active.dataset_sha256,
+    )
     info["removed_from_train"] = removed
+    info["test_set_version"] = record.version if record else None
+    info["test_set"] = (
+        f"version {record.version}, sha256 {record.sha256[:16]}…, {record.n_examples} utterances"
+        if record
+        else f"given, sha256 {test_set.sha256()[:16]}…, {len(test_set)} utterances"
+    )
+    info["new_since_active"] = delta.summary()
+    info["new_examples"] = delta.new
+    info["removed_examples"] = delta.removed
+    info["routed_to_test"] = delta.to_test
+    logger.info("data of %s since the active model: %s", project, delta.summary())
+    warning = tiny_warning(test_set)
+    if warning:
+        logger.warning("%s: %s", project, warning)
+        info["warning"] = warning
     return snapshot(train, ws), snapshot(test_set, ws), info
+
+
+def current_test_set(store: StoreSpec, project: str) -> TestSetRecord | None:
+    """The project's frozen test set as it is before a run changes it (None: nothing frozen)."""
+    return TestSetStore(store.build(create=True).fs, project).record()
+
+
+@task(name="restore-test-set", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def restore_test_set(store: StoreSpec, project: str, before: TestSetRecord | None) -> None:
+    """Put the frozen test set back as ``before``: a run that validation blocked changes nothing, so a bad
+    first batch cannot freeze the project's test set."""
+    TestSetStore(store.build(create=True).fs, project).restore(before)
+
+
+@task(name="keep-training-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def keep_training_data(store: StoreSpec, project: str, train: DatasetSnapshot) -> str:
+    """Keep this run's training data in the store (content-addressed, written once), so the next run can
+    say what is new since the model trained on it."""
+    return store_training_data(store.build(create=True).fs, project, train.load())
 
 
 def _validate_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
@@ -97,6 +205,7 @@ def _validate_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
         "validate-dataset",
         inputs["train"].sha256,
         inputs["test"].sha256,
+        inputs["train"].skipped,  # the report shows the loader's counts (e.g. Label Studio disagreements)
         policy.model_dump(mode="json"),
         inputs["workspace_path"],
     )

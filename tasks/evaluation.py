@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
-from nluflow.backends.base import ModelRef
+from nluflow.backends.base import LabelledPredictor, ModelRef
 from nluflow.data.loaders import load_must_pass
 from nluflow.errors import DataError
 from nluflow.evaluation.gates import MustPassResult, check_must_pass
@@ -46,8 +46,15 @@ def fetch_active_model(
 def _evaluate_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
     model: ModelRef = inputs["model"]
     model_sha = files_sha256(model.path) if model.path else model.backend_model_id
+    # "labelled": predictions may come from the labelled test set (Rasa's real entity predictions), so
+    # results cached before that are not reused.
     return cache_key(
-        "evaluate-model", model.backend, model_sha, inputs["test"].sha256, inputs["target_precision"]
+        "evaluate-model",
+        "labelled",
+        model.backend,
+        model_sha,
+        inputs["test"].sha256,
+        inputs["target_precision"],
     )
 
 
@@ -65,7 +72,11 @@ def evaluate_model(
     """Predict every test utterance with ``model`` and score the predictions (metrics are ours, not the
     backend's, so candidate and active model are judged the same way)."""
     test_set = test.load()
-    parses = backend.build().predict(model, test_set.texts)
+    platform = backend.build()
+    if isinstance(platform, LabelledPredictor):
+        parses = platform.predict_labelled(model, test_set.examples)
+    else:
+        parses = platform.predict(model, test_set.texts)
     result = evaluate(test_set, parses, target_precision=target_precision)
     get_run_logger().info(
         "%s: accuracy %.4f, macro F1 %.4f on %d test utterances (sha %s)",

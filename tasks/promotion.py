@@ -145,6 +145,55 @@ def _reactivate_previous(txn: Transaction) -> None:
         get_run_logger().warning("rolled back: the backend serves %s again", previous.model_id)
 
 
+@task(name="keep-rejected-candidate", cache_policy=NO_CACHE)
+def keep_rejected_candidate(
+    store: StoreSpec,
+    project: str,
+    model: ModelRef,
+    dataset_sha256: str,
+    test_sha256: str,
+    config: dict[str, Any],
+    metrics: dict[str, float],
+    run_id: str | None,
+    backend_block: str | None,
+    keep: int,
+    reason: str,
+) -> list[str]:
+    """Keep a rejected candidate in the store (stored, not active) so a person can still promote it with
+    ``nluflow models promote``; then prune the rejected candidates beyond the newest ``keep``.
+
+    A model that was already stored (e.g. the active one, or a rerun of a kept candidate) is not touched.
+    Returns the ids pruned."""
+    logger = get_run_logger()
+    model_store = store.build(create=True)
+    if keep > 0 and model.path is not None and not model_store.has_model(project, model.model_id):
+        from pathlib import Path
+
+        model_store.add_model(
+            project,
+            model.model_id,
+            Path(model.path),
+            backend=model.backend,
+            dataset_sha256=dataset_sha256,
+            test_sha256=test_sha256,
+            config=config,
+            metrics=metrics,
+            training_metrics=dict(model.metrics),
+            backend_model_id=model.backend_model_id,
+            run_id=run_id,
+            backend_block=backend_block,
+        )
+        model_store.record_rejected(project, model.model_id, run_id=run_id, reason=reason)
+        logger.info(
+            "kept rejected candidate %s in the store (not active; `nluflow models promote` can force it)",
+            model.model_id,
+        )
+    pruned = model_store.prune_rejected(project, keep)
+    if pruned:
+        logger.info("pruned rejected candidates beyond the newest %d: %s", keep, ", ".join(pruned))
+    return pruned
+
+
 @task(name="switch-active-pointer", cache_policy=NO_CACHE)
 def switch_active_pointer(
     store: StoreSpec, project: str, model_id: str, run_id: str | None, reason: str

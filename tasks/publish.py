@@ -1,16 +1,26 @@
-"""Publishing stages: figures, the markdown report and tables as Prefect artifacts with stable keys."""
+"""Publishing stages: figures, the markdown report and tables as Prefect artifacts with stable keys.
+
+The retrain report itself is published by :func:`publish_run_report`, a plain function the flow calls: an
+artifact created outside a task belongs to the flow run, so the run page lists it as the run's own artifact
+(first, under "Flow run", in the classic UI) rather than as the n-th artifact of some task run.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import httpx
 from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.context import TaskRunContext
+from prefect.runtime import flow_run
 
 from nluflow.data.validation import ValidationReport
 from nluflow.evaluation.gates import Decision
@@ -18,9 +28,12 @@ from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.evaluation.plots import png_data_uri, render_figures
 from nluflow.evaluation.report import error_rows, per_intent_rows
 from nluflow.hashing import sha256_json
+from nluflow.outcome import RUN_TAG, RunOutcome
 from nluflow.report import FIGURE_TITLES, render_run_report
 from nluflow.s3 import sync_folder
 from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy
+
+logger = logging.getLogger("nluflow.publish")
 
 
 @task(name="publish-validation", cache_policy=NO_CACHE)
@@ -62,8 +75,10 @@ def publish_report(
     data_info: dict[str, Any],
     figures: dict[str, str],
     outdir: str,
+    outcome: RunOutcome,
 ) -> dict[str, str]:
-    """Write report.md next to the figures and publish report, tables and images as artifacts."""
+    """Write report.md and metrics.json next to the figures and publish the tables and images as artifacts
+    (the report's artifact is the flow's: :func:`publish_run_report`)."""
     report_dir = Path(outdir)
     report_dir.mkdir(parents=True, exist_ok=True)
     fig_paths = {}
@@ -79,6 +94,7 @@ def publish_report(
         validation=validation,
         data_info=data_info,
         figures=fig_paths,
+        outcome=outcome,
     )
     report_path = Path(outdir) / "report.md"
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,11 +108,6 @@ def publish_report(
     }
     (report_path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     keys = {"report": artifact_key(project, "retrain-report")}
-    create_markdown_artifact(
-        markdown=render_run_report(**common, embed_figures=True),
-        key=keys["report"],
-        description=f"{project}: {decision.summary()}",
-    )
     keys["per_intent"] = artifact_key(project, "per-intent-metrics")
     create_table_artifact(
         table=per_intent_rows(candidate, active), key=keys["per_intent"], description="Per-intent metrics"
@@ -112,6 +123,65 @@ def publish_report(
         )
         keys[name] = key
     return {**keys, "report_path": str(report_path)}
+
+
+def publish_run_report(
+    project: str,
+    candidate_id: str,
+    active_id: str | None,
+    decision: Decision,
+    candidate: EvaluationResult,
+    active: EvaluationResult | None,
+    validation: ValidationReport,
+    data_info: dict[str, Any],
+    figures: dict[str, str],
+    outcome: RunOutcome,
+) -> str:
+    """Publish the retrain report, figures embedded, as an artifact of the flow run; returns its key.
+
+    Call it from the flow body, not from a task (inside a task the artifact would belong to that task run).
+    The description is the run's outcome line, which the Artifacts tab shows on the report's card.
+    """
+    key = artifact_key(project, "retrain-report")
+    create_markdown_artifact(
+        markdown=render_run_report(
+            project=project,
+            candidate_id=candidate_id,
+            active_id=active_id,
+            decision=decision,
+            candidate=candidate,
+            active=active,
+            validation=validation,
+            data_info=data_info,
+            figures={name: Path(path) for name, path in figures.items()},
+            embed_figures=True,
+            outcome=outcome,
+        ),
+        key=key,
+        description=f"{project}: {outcome.message()}",
+    )
+    return key
+
+
+def label_flow_run(outcome: RunOutcome, run_id: str | None = None) -> None:
+    """Name and tag the current flow run after its outcome, so the runs list shows what it decided.
+
+    The run's other tags (a deployment's, ``auto-scheduled``) are kept; earlier outcome tags are replaced.
+    The run's state message is the flow's return state (see ``flows/retrain.py``). A failure to reach the
+    API here is logged, not raised: the run has already done its work, and its state still says the outcome.
+    """
+    run_id = run_id or flow_run.get_id()
+    if run_id is None:  # not inside a flow run
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(UUID(run_id))
+            kept = [t for t in current.tags if t != RUN_TAG and not t.startswith(("project:", "outcome:"))]
+            client.update_flow_run(UUID(run_id), name=outcome.run_name(), tags=[*kept, *outcome.tags()])
+    except httpx.HTTPError as exc:
+        logger.warning(
+            "could not name and tag flow run %s after its outcome (%s): %s", run_id, outcome.message(), exc
+        )
 
 
 @task(name="sync-run-to-store", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)

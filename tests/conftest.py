@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,17 @@ def shared_datasets() -> Path:
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
     return DEMO_DATA
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """The one Prefect test harness of the whole session (a cold server start costs 8-35 s on 2 cores); yields
+    its API URL. Every suite that needs a Prefect API asks for this fixture: two harnesses open at once leave
+    the events client and the trigger services talking to different servers (a trigger then never fires)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        url = PREFECT_API_URL.value()
+        assert url
+        yield str(url)

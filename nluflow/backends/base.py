@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nluflow.data.schema import Dataset, IntentScore, Parse
+from nluflow.data.schema import Dataset, Example, IntentScore, Parse
 from nluflow.errors import ConfigError
 from nluflow.hashing import sha256_json
 from nluflow.models.options import LocalModelOptions
@@ -26,6 +26,7 @@ __all__ = [
     "JobRef",
     "JobState",
     "JobStatus",
+    "LabelledPredictor",
     "LocalModelOptions",
     "ModelRef",
     "Parse",
@@ -152,3 +153,11 @@ class TrainingBackend(Protocol):
     def activate(self, model: ModelRef) -> None:
         """Make ``model`` the one the platform serves (a no-op where nothing is served)."""
         ...
+
+
+@runtime_checkable
+class LabelledPredictor(Protocol):
+    """A backend that predicts better with the test set's true labels (Rasa's ``/model/test/intents`` needs
+    them). The labels are never used to score: metrics are nluflow's, computed from the predictions."""
+
+    def predict_labelled(self, model: ModelRef, examples: Sequence[Example]) -> list[Parse]: ...

@@ -13,7 +13,8 @@
 - predict: ``POST /projects/{projectId}/nlu/scores {flowReferenceId, localeReferenceId, sentence}`` per text.
   Cognigy scores only the flow's current NLU, so predicting another model (the active one, from the store)
   first re-imports that model's sentences and retrains the flow; the working copy then holds that model.
-  Scores carry intents only: Cognigy returns no entities there.
+  Scores carry intents only: Cognigy returns no entities there, so its parses say
+  ``entities_predicted=False`` and entity metrics are absent (not 0).
 - activate: ``POST /snapshots`` (task) named after the model, then ``PATCH /endpoints/{endpointId}
   {"entrypoint": snapshotId}``. Rollback re-points the endpoint to the previous model's snapshot (by name).
 - no body on GET requests (Cognigy trial environments answer such requests with 403).
@@ -423,7 +424,8 @@ class CognigyBackend:
                 key=lambda s: -s.confidence,
             )
             top = ranking[0] if ranking else IntentScore(name="", confidence=0.0)
-            out.append(Parse(text=text, intent=top, intent_ranking=tuple(ranking)))
+            # Cognigy's scores carry no entities: say so, so entity metrics are absent rather than 0.
+            out.append(Parse(text=text, intent=top, intent_ranking=tuple(ranking), entities_predicted=False))
         return out
 
     def _snapshot_named(self, name: str) -> str | None:

@@ -12,7 +12,10 @@ Formats, by suffix:
   ``metadata`` are skipped and counted in ``Dataset.skipped``.
 - ``.json`` — a JSON list of shared-format objects, Rasa's JSON format
   (``{"rasa_nlu_data": {"common_examples": [...]}}``) or a Label Studio export (a list of tasks with
-  ``data.text``, a ``choices`` result for the intent and ``labels`` results for entity spans).
+  ``data.text``, a ``choices`` result for the intent and ``labels`` results for entity spans). Of a task's
+  annotations the ground-truth one is used, else the latest; cancelled (skipped) annotations never; tasks
+  without a usable annotation, superseded annotations and disagreeing tasks are counted in
+  ``Dataset.skipped`` (see :func:`choose_annotation`).
 
 The loader checks the *format* only. Entity spans are kept as written even when
 ``text[start:end] != value`` or the offsets are out of range: :mod:`nluflow.data.validation` reports those
@@ -22,6 +25,7 @@ as a configurable rule, with file:line. Every problem raises :class:`~nluflow.er
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -31,14 +35,16 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from nluflow import jsonsafe
 from nluflow.data.schema import Dataset, Entity, Example, Origin
 from nluflow.errors import DataError
 
@@ -69,6 +75,7 @@ _RASA_STRIP = "\n\r "  # Rasa strips these around each example
 _YAML_LINE_BREAK = re.compile("[\n\u2028\u2029]")  # the breaks PyYAML counts in marks and keeps in scalars
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 _YAML_NULL = "tag:yaml.org,2002:null"
+_NESTED = "JSON nested too deeply; expected {expected}; " + _FIX
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -85,6 +92,12 @@ class _Parsed:
 def _excerpt(text: str, limit: int = 60) -> str:
     text = text.strip()
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message never echoes a huge or deeply nested value."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def _read_text(path: Path) -> str:
@@ -126,6 +139,22 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """1-based (line, column) of ``offset`` in ``text``."""
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _overlong_number(exc: jsonsafe.NumberTooLong, text: str) -> tuple[str, int | None]:
+    """What an overlong integer literal in ``text`` is and its column, and its 1-based line in ``text``."""
+    offset = jsonsafe.overlong_number_offset(text)
+    what = f"an integer of {exc.digits} digits (more than {jsonsafe.MAX_INT_DIGITS})"
+    if offset is None:  # pragma: no cover - loads only refuses literals the scan finds
+        return what, None
+    line, column = _position(text, offset)
+    return f"{what} at column {column}", line
+
+
 def _parse_entities(raw: object, path: Path, line: int) -> tuple[Entity, ...]:
     """Entities from a JSON list of {start, end, entity, value}; extra keys such as role are ignored."""
     if raw is None:
@@ -158,17 +187,19 @@ def _parse_entities(raw: object, path: Path, line: int) -> tuple[Entity, ...]:
         start, end, etype, value = (item[k] for k in _ENTITY_KEYS)
         if not (_is_int(start) and _is_int(end)):
             raise DataError(
-                f"entity #{n} has offsets start={start!r} end={end!r}; expected integer code-point "
-                f"offsets; {_FIX}",
+                f"entity #{n} has offsets start={_shown(start)} end={_shown(end)}; expected integer "
+                f"code-point offsets; {_FIX}",
                 path,
                 line,
             )
         if not isinstance(etype, str) or not etype.strip():
             raise DataError(
-                f"entity #{n} has entity type {etype!r}; expected a non-empty string; {_FIX}", path, line
+                f"entity #{n} has entity type {_shown(etype)}; expected a non-empty string; {_FIX}",
+                path,
+                line,
             )
         if not isinstance(value, str):
-            raise DataError(f"entity #{n} has value {value!r}; expected a string; {_FIX}", path, line)
+            raise DataError(f"entity #{n} has value {_shown(value)}; expected a string; {_FIX}", path, line)
         try:
             out.append(Entity(start=start, end=end, entity=etype, value=value))
         except ValidationError as exc:
@@ -193,13 +224,15 @@ def _make_example(
 ) -> Example:
     """Check the fields' types and build the Example; every problem is a DataError at path:line."""
     if not isinstance(text, str) or not text.strip():
-        found = "missing" if text is None else f"{type(text).__name__} {text!r}" if text != "" else "empty"
+        found = (
+            "missing" if text is None else f"{type(text).__name__} {_shown(text)}" if text != "" else "empty"
+        )
         raise DataError(f"'text' is {found}; expected a non-empty string; {_FIX}", path, line)
     if not isinstance(intent, str) or not intent.strip():
         found = (
             "missing"
             if intent is None
-            else f"{type(intent).__name__} {intent!r}"
+            else f"{type(intent).__name__} {_shown(intent)}"
             if intent != ""
             else "empty"
         )
@@ -208,14 +241,15 @@ def _make_example(
         )
     if locale is not None and not isinstance(locale, str):
         raise DataError(
-            f"'locale' is {type(locale).__name__} {locale!r}; expected a string such as 'en-US'; {_FIX}",
+            f"'locale' is {type(locale).__name__} {_shown(locale)}; expected a string such as 'en-US'; "
+            f"{_FIX}",
             path,
             line,
         )
     if score is not None and (
         isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0
     ):
-        raise DataError(f"'score' is {score!r}; expected a number between 0 and 1; {_FIX}", path, line)
+        raise DataError(f"'score' is {_shown(score)}; expected a number between 0 and 1; {_FIX}", path, line)
     try:
         return Example(
             text=text,
@@ -277,7 +311,14 @@ def _parse_jsonl(text: str, path: Path, default_locale: str | None, with_entitie
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = jsonsafe.loads(raw)
+        except jsonsafe.NumberTooLong as exc:
+            what, _ = _overlong_number(exc, raw)
+            raise DataError(
+                f"{what}; expected {_SHARED_FORMAT} (offsets and numbers of ordinary size); {_FIX}",
+                path,
+                lineno,
+            ) from exc
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"invalid JSON ({exc.msg} at column {exc.colno}); expected {_SHARED_FORMAT}; {_FIX}",
@@ -285,12 +326,13 @@ def _parse_jsonl(text: str, path: Path, default_locale: str | None, with_entitie
                 lineno,
             ) from exc
         except RecursionError as exc:
-            raise DataError(
-                f"JSON nested too deeply; expected {_SHARED_FORMAT}; {_FIX}", path, lineno
-            ) from exc
+            raise DataError(_NESTED.format(expected=_SHARED_FORMAT), path, lineno) from exc
         if isinstance(obj, dict):
             unknown.update(k for k in obj if k not in ("text", "intent", "entities", "locale", "score"))
-        out.examples.append(_example_from_object(obj, path, lineno, default_locale, with_entities))
+        try:
+            out.examples.append(_example_from_object(obj, path, lineno, default_locale, with_entities))
+        except RecursionError as exc:  # a value nested just below the parser's limit, shown in a message
+            raise DataError(_NESTED.format(expected=_SHARED_FORMAT), path, lineno) from exc
     if unknown:
         logger.warning("%s: ignored unknown keys %s", path, ", ".join(sorted(map(repr, unknown))))
     return out
@@ -346,7 +388,16 @@ def _parse_csv(text: str, path: Path, default_locale: str | None, with_entities:
             if with_entities and "entities" in index and row[index["entities"]].strip():
                 cell = row[index["entities"]]
                 try:
-                    raw = json.loads(cell)
+                    raw = jsonsafe.loads(cell)
+                    entities = _parse_entities(raw, path, start_line)
+                except jsonsafe.NumberTooLong as exc:
+                    what, _ = _overlong_number(exc, cell)
+                    raise DataError(
+                        f"'entities' cell holds {what} of the cell; expected a JSON list of "
+                        f"{{start, end, entity, value}} objects with offsets of ordinary size; {_FIX}",
+                        path,
+                        start_line,
+                    ) from exc
                 except (json.JSONDecodeError, RecursionError) as exc:
                     raise DataError(
                         f"'entities' cell {_excerpt(cell)} is not valid JSON; expected a JSON list of "
@@ -354,7 +405,6 @@ def _parse_csv(text: str, path: Path, default_locale: str | None, with_entities:
                         path,
                         start_line,
                     ) from exc
-                entities = _parse_entities(raw, path, start_line)
             score: float | None = None
             if "score" in index and row[index["score"]].strip():
                 cell = row[index["score"]].strip()
@@ -362,11 +412,15 @@ def _parse_csv(text: str, path: Path, default_locale: str | None, with_entities:
                     score = float(cell)
                 except ValueError as exc:
                     raise DataError(
-                        f"'score' is {cell!r}; expected a number between 0 and 1; {_FIX}", path, start_line
+                        f"'score' is {_shown(cell)}; expected a number between 0 and 1; {_FIX}",
+                        path,
+                        start_line,
                     ) from exc
                 if not math.isfinite(score):
                     raise DataError(
-                        f"'score' is {cell!r}; expected a number between 0 and 1; {_FIX}", path, start_line
+                        f"'score' is {_shown(cell)}; expected a number between 0 and 1; {_FIX}",
+                        path,
+                        start_line,
                     )
             locale = row[index["locale"]].strip() if "locale" in index else ""
             out.examples.append(
@@ -406,7 +460,15 @@ def _rasa_entity_dicts(match: re.Match[str], path: Path, line: int) -> list[dict
     blob = match.group("dict")
     source = "{" + blob + "}" if blob is not None else "[" + match.group("list") + "]"
     try:
-        data = json.loads(source)
+        data = jsonsafe.loads(source)
+    except jsonsafe.NumberTooLong as exc:
+        raise DataError(
+            f"entity annotation {_excerpt(match.group(0))} holds an integer of {exc.digits} digits (more "
+            f"than {jsonsafe.MAX_INT_DIGITS}); expected "
+            f'[text]{{"entity": "type", "value": "..."}}; {_FIX}',
+            path,
+            line,
+        ) from exc
     except (json.JSONDecodeError, RecursionError) as exc:
         raise DataError(
             f"entity annotation {_excerpt(match.group(0))} is not valid JSON; expected "
@@ -425,6 +487,72 @@ def _rasa_entity_dicts(match: re.Match[str], path: Path, line: int) -> list[dict
     return items
 
 
+class _NextChar:
+    """``text.find(char, pos)`` (``len(text)`` when absent) that remembers its answers, so that a scan whose
+    positions grow never reads the same stretch twice, however often it asks."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.known: dict[str, tuple[int, int]] = {}  # char -> (searched from, found at)
+
+    def __call__(self, char: str, pos: int) -> int:
+        start, found = self.known.get(char, (-1, -1))
+        if not start <= pos <= found:
+            found = self.text.find(char, pos)
+            found = len(self.text) if found < 0 else found
+            self.known[char] = (pos, found)
+        return found
+
+
+def _annotation_at(raw: str, i: int, j: int, after: _NextChar) -> bool:
+    """Whether ``_ANNOTATION`` matches at ``i`` (``raw[i] == "["``; ``j`` is the first ``]`` after it).
+
+    The entity text can hold no ``]``, so it ends at ``j`` and the outcome depends on what follows ``j``
+    only: the caller tries one start per ``]`` instead of every ``[`` (``finditer`` was quadratic on a line
+    of ``[``). Each branch mirrors one alternative of the pattern.
+    """
+    if j == i + 1:  # empty entity text
+        return False
+    s = j + 1
+    opener = raw[s : s + 1]
+    if opener == "(":  # (entity) or (entity:value): entity up to the first ':' or ')', never empty
+        close, colon = after(")", s + 1), after(":", s + 1)
+        k = min(close, colon)
+        if k >= len(raw) or k == s + 1:
+            return False
+        return raw[k] == ")" or k + 1 < close < len(raw)
+    if opener == "{":  # {dict}: up to the first '}', never empty
+        close = after("}", s + 1)
+        return s + 1 < close < len(raw)
+    if opener == "[":  # [list]: up to the first ']' on the same line (may be empty)
+        close = after("]", s + 1)
+        return close < len(raw) and after("\n", s + 1) > close
+    return False
+
+
+def _annotations(raw: str) -> Iterator[re.Match[str]]:
+    """``_ANNOTATION.finditer(raw)`` in linear time (same matches, same order)."""
+    after = _NextChar(raw)
+    pos = 0
+    while True:
+        i = raw.find("[", pos)
+        if i < 0:
+            return
+        j = after("]", i + 1)
+        if j >= len(raw):
+            return  # no ']' after: nothing from here on can match
+        if not _annotation_at(raw, i, j, after):
+            # every '[' before j shares this ']' and its outcome; an empty text at j - 1 fails too
+            pos = i + 1 if j == i + 1 else j + 1
+            continue
+        match = _ANNOTATION.match(raw, i)
+        if match is None:  # pragma: no cover - _annotation_at mirrors the pattern (property-tested)
+            pos = i + 1
+            continue
+        yield match
+        pos = match.end()
+
+
 def _parse_annotated(
     raw: str, path: Path, line: int, skipped: Counter[str]
 ) -> tuple[str, tuple[Entity, ...]]:
@@ -434,7 +562,7 @@ def _parse_annotated(
     entities: list[Entity] = []
     pos = 0
     length = 0  # length of the clean text so far
-    for match in _ANNOTATION.finditer(raw):
+    for match in _annotations(raw):
         before = raw[pos : match.start()]
         pieces.append(before)
         residual.append(before)
@@ -451,7 +579,7 @@ def _parse_annotated(
             etype = ann.get("entity")
             if not isinstance(etype, str) or not etype.strip():
                 raise DataError(
-                    f"entity annotation {_excerpt(match.group(0))} has entity type {etype!r}; "
+                    f"entity annotation {_excerpt(match.group(0))} has entity type {_shown(etype)}; "
                     f"expected a non-empty name as in [text](entity); {_FIX}",
                     path,
                     line,
@@ -459,7 +587,7 @@ def _parse_annotated(
             synonym = ann.get("value")
             if synonym is not None and not isinstance(synonym, str):
                 raise DataError(
-                    f"entity annotation {_excerpt(match.group(0))} has value {synonym!r}; expected a "
+                    f"entity annotation {_excerpt(match.group(0))} has value {_shown(synonym)}; expected a "
                     f"string; {_FIX}",
                     path,
                     line,
@@ -712,12 +840,12 @@ def _skip_ws(text: str, i: int) -> int:
 
 
 def _skip_json_value(text: str, i: int) -> int:
-    return int(json.JSONDecoder().raw_decode(text, i)[1])
+    return int(jsonsafe.decoder().raw_decode(text, i)[1])
 
 
 def _array_offsets(text: str, keys: Sequence[str]) -> list[int]:
     """Character offsets of the items of the array found under ``keys`` (object keys from the root)."""
-    decoder = json.JSONDecoder()
+    decoder = jsonsafe.decoder()
     i = _skip_ws(text, 0)
     for key in keys:
         if text[i : i + 1] != "{":
@@ -760,22 +888,11 @@ def _item_lines(text: str, keys: Sequence[str], count: int) -> list[int]:
     return lines
 
 
-def _label_studio_example(
-    task: dict[str, Any], path: Path, line: int, default_locale: str | None, with_entities: bool
-) -> Example | None:
-    """One Label Studio task: data.text, the first 'choices' result as intent, 'labels' as entities."""
-    data = task.get("data")
-    text = data.get("text") if isinstance(data, dict) else None
-    raw_annotations = task.get("annotations")
-    annotations = [
-        a for a in (raw_annotations if isinstance(raw_annotations, list) else []) if isinstance(a, dict)
-    ]
-    annotations = [a for a in annotations if not a.get("was_cancelled")]
-    if not annotations:
-        return None
+def annotation_label(annotation: Mapping[str, Any]) -> tuple[object, tuple[tuple[object, ...], ...]]:
+    """What an annotation says (intent, sorted entity spans), to tell agreeing annotations from others."""
     intent: object = None
-    entities: list[dict[str, Any]] = []
-    results = annotations[0].get("result")
+    spans: list[tuple[object, ...]] = []
+    results = annotation.get("result")
     for result in results if isinstance(results, list) else []:
         value = result.get("value") if isinstance(result, dict) else None
         if not isinstance(value, dict):
@@ -784,6 +901,78 @@ def _label_studio_example(
             choices = value.get("choices")
             intent = choices[0] if isinstance(choices, list) and choices else None
         elif result.get("type") == "labels":
+            labels = value.get("labels")
+            label = labels[0] if isinstance(labels, list) and labels else None
+            spans.append((value.get("start"), value.get("end"), str(label), str(value.get("text"))))
+    return intent, tuple(sorted(spans, key=repr))
+
+
+def _annotation_order(annotation: Mapping[str, Any]) -> tuple[float, int]:
+    """Sort key "latest": ``updated_at`` (else ``created_at``), then the id (ids grow in Label Studio)."""
+    stamp = annotation.get("updated_at") or annotation.get("created_at")
+    when = float("-inf")
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):  # an unreadable stamp sorts first
+            when = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    ident = annotation.get("id")
+    return when, ident if _is_int(ident) else -1  # type: ignore[return-value]
+
+
+def choose_annotation(annotations: object) -> tuple[dict[str, Any] | None, Counter[str], bool]:
+    """The annotation of a Label Studio task that becomes the example, what was left out, and disagreement.
+
+    Cancelled (skipped) annotations are never used. Among the others the ground-truth one wins (the latest of
+    several), else the latest (``updated_at``, then id). Returns ``(chosen or None, counts, disagree)``:
+    counts of ``cancelled_annotations``, ``superseded_annotations`` (usable but not chosen),
+    ``unannotated_tasks`` / ``cancelled_only_tasks`` (no example from this task); ``disagree`` is true when
+    the usable annotations do not all say the same (intent and entity spans).
+    """
+    counts: Counter[str] = Counter()
+    items = [a for a in (annotations if isinstance(annotations, list) else []) if isinstance(a, dict)]
+    live = [a for a in items if not a.get("was_cancelled")]
+    counts["cancelled_annotations"] += len(items) - len(live)
+    if not items:
+        counts["unannotated_tasks"] += 1
+        return None, counts, False
+    if not live:
+        counts["cancelled_only_tasks"] += 1
+        return None, counts, False
+    pool = [a for a in live if a.get("ground_truth")] or live
+    chosen = max(pool, key=_annotation_order)
+    counts["superseded_annotations"] += len(live) - 1
+    disagree = len({repr(annotation_label(a)) for a in live}) > 1
+    return chosen, counts, disagree
+
+
+def _label_studio_example(
+    task: dict[str, Any], path: Path, line: int, default_locale: str | None, with_entities: bool, out: _Parsed
+) -> Example | None:
+    """One Label Studio task: data.text, the chosen annotation's first 'choices' result as intent and its
+    'labels' results as entities (see :func:`choose_annotation`); counts go to ``out.skipped``."""
+    data = task.get("data")
+    text = data.get("text") if isinstance(data, dict) else None
+    annotation, counts, disagree = choose_annotation(task.get("annotations"))
+    out.skipped.update({k: v for k, v in counts.items() if v})
+    if annotation is None:
+        return None
+    if disagree:
+        out.skipped["annotation_disagreements"] += 1
+        reason = "the ground-truth one" if annotation.get("ground_truth") else "the latest one"
+        logger.warning(
+            "%s:%d: the annotations of Label Studio task %s disagree; used annotation %s (%s), the others "
+            "were skipped",
+            path,
+            line,
+            task.get("id"),
+            annotation.get("id"),
+            reason,
+        )
+    intent, _ = annotation_label(annotation)
+    entities: list[dict[str, Any]] = []
+    results = annotation.get("result")
+    for result in results if isinstance(results, list) else []:
+        value = result.get("value") if isinstance(result, dict) else None
+        if isinstance(value, dict) and result.get("type") == "labels":
             labels = value.get("labels")
             entities.append(
                 {
@@ -808,7 +997,15 @@ def _parse_json(text: str, path: Path, default_locale: str | None, with_entities
     if not text.strip():
         return out
     try:
-        data = json.loads(text)
+        data = jsonsafe.loads(text)
+    except jsonsafe.NumberTooLong as exc:
+        what, line = _overlong_number(exc, text)
+        raise DataError(
+            f"{what}; expected a JSON list of examples, Rasa JSON or a Label Studio export, with offsets "
+            f"and numbers of ordinary size; {_FIX}",
+            path,
+            line,
+        ) from exc
     except json.JSONDecodeError as exc:
         raise DataError(
             f"invalid JSON ({exc.msg} at column {exc.colno}); expected a JSON list of examples or "
@@ -842,14 +1039,16 @@ def _parse_json(text: str, path: Path, default_locale: str | None, with_entities
     if not isinstance(items, list):
         raise DataError(f"'common_examples' is not a list; expected a list of examples; {_FIX_FILE}", path, 1)
     for item, line in zip(items, _item_lines(text, keys, len(items)), strict=True):
-        if isinstance(item, dict) and "data" in item and "text" not in item:
-            example = _label_studio_example(item, path, line, default_locale, with_entities)
-            if example is None:
-                out.skipped["unannotated_tasks"] += 1
-                continue
-            out.examples.append(example)
-        else:
-            out.examples.append(_example_from_object(item, path, line, default_locale, with_entities))
+        try:
+            if isinstance(item, dict) and "data" in item and "text" not in item:
+                example = _label_studio_example(item, path, line, default_locale, with_entities, out)
+                if example is None:
+                    continue
+                out.examples.append(example)
+            else:
+                out.examples.append(_example_from_object(item, path, line, default_locale, with_entities))
+        except RecursionError as exc:  # a value nested just below the parser's limit, shown in a message
+            raise DataError(_NESTED.format(expected="examples of ordinary depth"), path, line) from exc
     return out
 
 

@@ -47,6 +47,11 @@ class Parse(BaseModel):
     intent: IntentScore
     intent_ranking: tuple[IntentScore, ...] = ()
     entities: tuple[Entity, ...] = ()
+    entities_predicted: bool = Field(
+        default=True,
+        description="False when the platform returns no entity predictions at all (e.g. Cognigy's NLU "
+        "scores): the empty ``entities`` then means unknown, and entity metrics are absent, not 0.",
+    )
 
 
 class Origin(BaseModel):

@@ -173,6 +173,13 @@ class ValidationReport(BaseModel):
     dropped: list[int] = Field(
         default_factory=list, description="Indices of training examples a 'warn' span problem drops."
     )
+    loader_counts: dict[str, int] = Field(
+        default_factory=dict,
+        description=(
+            "What the loader left out or noticed, by kind: e.g. Label Studio 'cancelled_annotations', "
+            "'unannotated_tasks', 'annotation_disagreements' (tasks whose annotations disagree)."
+        ),
+    )
 
     @property
     def blocking(self) -> list[Finding]:
@@ -233,6 +240,9 @@ class ValidationReport(BaseModel):
             ("entity spans", str(sum(self.entity_counts.values()))),
             ("blocking findings", str(len(self.blocking))),
             ("warnings", str(len(self.warnings))),
+        ]
+        rows += [
+            (f"loader: {kind.replace('_', ' ')}", str(n)) for kind, n in sorted(self.loader_counts.items())
         ]
         out = ["## Data validation", "", "| | |", "|---|---|"]
         out += [f"| {k} | {v} |" for k, v in rows]
@@ -425,6 +435,7 @@ def validate(
         intent_counts=dict(sorted(intent_counts.items())),
         entity_counts=dict(sorted(entity_counts.items())),
         dropped=dropped,
+        loader_counts=dict(train.skipped),
     )
 
 

@@ -19,6 +19,15 @@ Gates, in the order they are listed:
     ``max_intent_f1_drop`` F1; the intents that did are named.
 * ``must_pass``: when must-pass cases are given, every one must get its expected intent; failures are named.
 
+A gate that had nothing to check is listed as **skipped** with the reason (``GateResult.skipped``), never as
+passed: the per-intent guard when no intent has ``min_intent_support`` test utterances, the entity regression
+guard when the test set has no entities, both entity gates when the platform returns no entity predictions
+(entity metrics are then absent, ``EvaluationResult.entity_absent_reason``, never a 0), ``must_pass`` without
+a must-pass file. Skipped gates do not block.
+
+``Decision.warnings`` flags results that pass but should not be trusted, e.g. degenerate confidences (a model
+that answers almost everything with confidence ≈ 1.0, so no threshold can separate right from wrong).
+
 Differences smaller than 1e-9 are ties: summing the same counts in another order cannot make a model "better".
 """
 
@@ -122,10 +131,18 @@ class GateResult(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    passed: bool
+    passed: bool = Field(description="False blocks the promotion; a skipped gate does not block.")
     value: float | None = Field(description="What the gate measured (e.g. a metric or a delta).")
     threshold: float | None = Field(description="What the value was compared with.")
     reason: str
+    skipped: bool = Field(default=False, description="The gate had nothing to check; the reason says why.")
+
+    @property
+    def status(self) -> Literal["pass", "fail", "skipped"]:
+        """``skipped``, ``pass`` or ``fail``: what the report and the CLI show."""
+        if self.skipped:
+            return "skipped"
+        return "pass" if self.passed else "fail"
 
 
 class MustPassResult(BaseModel):
@@ -179,16 +196,25 @@ class Decision(BaseModel):
     reasons: list[str] = Field(description="Every failing gate's reason; when promoting, why.")
     deltas: dict[str, float] = Field(description="Candidate minus active, per headline metric.")
     bootstrap: BootstrapResult | None = Field(description="Paired bootstrap of the primary delta.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Results to distrust that do not block (e.g. degenerate confidences).",
+    )
 
     def summary(self) -> str:
         """One line, e.g. ``promote: beats active by +0.031 macro F1 (95% CI +0.012..+0.050)``."""
         verdict = "promote" if self.promote else "reject"
+        reason = self.reason()
+        return f"{verdict}: {reason}" if reason else verdict
+
+    def reason(self) -> str:
+        """Why, in one line: the headline reason of a promotion, or the first two failing gates' reasons."""
         if not self.reasons:
-            return verdict
+            return ""
         if self.promote:
-            return f"{verdict}: {self.reasons[0]}"
+            return self.reasons[0]
         more = f" (+{len(self.reasons) - 2} more)" if len(self.reasons) > 2 else ""
-        return f"{verdict}: {'; '.join(self.reasons[:2])}{more}"
+        return f"{'; '.join(self.reasons[:2])}{more}"
 
     def to_markdown(self) -> str:
         """The gate table (gate | result | value | threshold | reason), under the one-line summary."""
@@ -199,12 +225,14 @@ class Decision(BaseModel):
             "|---|:---:|---:|---:|---|",
         ]
         for gate in self.gates:
-            mark = "✅ pass" if gate.passed else "❌ fail"  # words too: not every viewer has emoji fonts
+            mark = _MARKS[gate.status]  # plain text: renders without emoji fonts
             lines.append(
                 f"| {gate.name} | {mark} | {_num(gate.value)} | {_num(gate.threshold)} | {_md(gate.reason)} |"
             )
         if self.first_model:
             lines += ["", "First model of the project: there is no active model to compare with."]
+        for warning in self.warnings:
+            lines += ["", f"**Warning:** {_md(warning)}"]
         if self.bootstrap is not None:
             b = self.bootstrap
             lines += [
@@ -216,6 +244,11 @@ class Decision(BaseModel):
 
 
 _METRIC_LABEL: dict[str, str] = {"macro_f1": "macro F1", "accuracy": "accuracy"}
+_MARKS: dict[str, str] = {"pass": "PASS", "fail": "FAIL", "skipped": "SKIP"}
+# Degenerate confidences: above this share of answers at confidence > _DEGENERATE_CONFIDENCE, the model's
+# confidences carry no information (a tiny model answers "what's the capital of France" with 0.99999998).
+_DEGENERATE_CONFIDENCE = 0.999
+_DEGENERATE_SHARE = 0.95
 
 
 def decide(
@@ -247,8 +280,7 @@ def decide(
         headline_reason = (
             f"beats active by {_signed(bootstrap.delta)} {_METRIC_LABEL[bootstrap.metric]} ({_ci(bootstrap)})"
         )
-    if must_pass is not None:
-        gates.append(_must_pass_gate(must_pass))
+    gates.append(_must_pass_gate(must_pass) if must_pass is not None else _skipped_must_pass())
 
     promote = all(g.passed for g in gates)
     if not promote:
@@ -267,7 +299,35 @@ def decide(
         reasons=reasons,
         deltas=deltas,
         bootstrap=bootstrap,
+        warnings=confidence_warnings(candidate),
     )
+
+
+def confidence_warnings(result: EvaluationResult) -> list[str]:
+    """Warnings when a model's confidences are degenerate: they cannot tell right answers from wrong ones.
+
+    Two signs, either is enough: almost every answer has confidence > 0.999, or reaching the target precision
+    takes a threshold above 0.999 (so a confidence threshold would accept nothing useful).
+    """
+    if not result.confidences:
+        return []
+    warnings: list[str] = []
+    high = sum(1 for c in result.confidences if c > _DEGENERATE_CONFIDENCE)
+    share = high / len(result.confidences)
+    if share >= _DEGENERATE_SHARE:
+        warnings.append(
+            f"degenerate confidences: {high} of {len(result.confidences)} test answers ({share:.0%}) have "
+            f"confidence > {_DEGENERATE_CONFIDENCE}, so confidence cannot tell right answers from wrong ones "
+            "(typical of a model trained on very little data); add training data before relying on a "
+            "confidence threshold or fallback"
+        )
+    elif result.threshold is not None and result.threshold > _DEGENERATE_CONFIDENCE:
+        warnings.append(
+            f"degenerate confidences: target precision {result.target_precision:.3f} needs a confidence "
+            f"threshold of {result.threshold:.6f}, which accepts only {result.coverage:.0%} of the test "
+            "answers; the model's confidences are not informative"
+        )
+    return warnings
 
 
 def _check_same_test_set(candidate: EvaluationResult, active: EvaluationResult) -> None:
@@ -286,7 +346,19 @@ def _absolute_gates(candidate: EvaluationResult, policy: GatePolicy) -> list[Gat
         _floor_gate("min_precision", "macro precision", candidate.macro_precision, policy.min_precision),
     ]
     if policy.min_entity_f1 is not None:
-        if candidate.entity is None:
+        if candidate.entity is None and candidate.entity_absent_reason:
+            # The test set has entities but the platform predicts none: nothing to check, not a failure.
+            gates.append(
+                GateResult(
+                    name="min_entity_f1",
+                    passed=True,
+                    skipped=True,
+                    value=None,
+                    threshold=policy.min_entity_f1,
+                    reason=f"skipped: {candidate.entity_absent_reason}",
+                )
+            )
+        elif candidate.entity is None:
             # Fail closed: the policy asks for an entity guarantee nobody can check on this test set.
             gates.append(
                 GateResult(
@@ -339,6 +411,31 @@ def _comparison_gates(
         )
     ]
     for key in _REGRESSION_KEYS:
+        absent = candidate.entity_absent_reason or active.entity_absent_reason
+        if key == "entity_f1" and absent and (candidate.entity is None or active.entity is None):
+            gates.append(
+                GateResult(
+                    name=f"no_regression_{key}",
+                    passed=True,
+                    skipped=True,
+                    value=None,
+                    threshold=-policy.tolerance,
+                    reason=f"skipped: {absent}, so entity F1 was not compared",
+                )
+            )
+            continue
+        if key == "entity_f1" and candidate.entity is None:
+            gates.append(
+                GateResult(
+                    name=f"no_regression_{key}",
+                    passed=True,
+                    skipped=True,
+                    value=None,
+                    threshold=-policy.tolerance,
+                    reason="skipped: the test set has no entity annotations, so entity F1 was not compared",
+                )
+            )
+            continue
         if key == primary or key not in cand_h or key not in act_h:
             continue
         drop = act_h[key] - cand_h[key]
@@ -386,6 +483,17 @@ def _intent_regression_gate(
     )
     worst = min((deltas[label] for label in guarded), default=0.0)
     scope = f"intents with support ≥ {policy.min_intent_support}"
+    if not guarded:
+        return GateResult(
+            name="intent_regression",
+            passed=True,
+            skipped=True,
+            value=None,
+            threshold=-policy.max_intent_f1_drop,
+            reason=f"skipped: no intent has ≥ {policy.min_intent_support} test utterances "
+            "(min_intent_support), so no per-intent F1 was compared; grow the test set or lower "
+            "min_intent_support",
+        )
     if not regressed:
         reason = (
             f"no intent lost more than {policy.max_intent_f1_drop:.3f} F1 ({len(guarded)} {scope}; "
@@ -414,6 +522,17 @@ def _intent_regression_gate(
         value=worst,
         threshold=-policy.max_intent_f1_drop,
         reason=reason,
+    )
+
+
+def _skipped_must_pass() -> GateResult:
+    return GateResult(
+        name="must_pass",
+        passed=True,
+        skipped=True,
+        value=None,
+        threshold=None,
+        reason="skipped: no must-pass file was given (--must-pass), so no utterance was checked",
     )
 
 

@@ -101,7 +101,15 @@ class EvaluationResult(BaseModel):
     threshold: float | None = Field(description="Smallest confidence threshold reaching target_precision.")
     coverage: float = Field(description="Share of utterances accepted at the threshold (0 without one).")
     precision_at_threshold: float | None
-    entity: EntityMetrics | None = Field(description="None when the gold test set has no entities.")
+    entity: EntityMetrics | None = Field(
+        description="None when the gold test set has no entities or the platform predicts none (see "
+        "``entity_absent_reason``): absent, never a 0."
+    )
+    entity_absent_reason: str | None = Field(
+        default=None,
+        description="Why entity metrics are absent although the test set has entities (the platform "
+        "returned no entity predictions); None otherwise.",
+    )
     y_true: list[str]
     y_pred: list[str]
     confidences: list[float]
@@ -244,8 +252,17 @@ def evaluate(test: Dataset, parses: Sequence[Parse], target_precision: float = 0
     )
 
     has_entities = any(e.entities for e in examples)
+    # A platform that returns no entity predictions is not scored 0 on entities: its metrics are absent.
+    blind = has_entities and not all(p.entities_predicted for p in parses)
     entity = (
-        entity_metrics([e.entities for e in examples], [p.entities for p in parses]) if has_entities else None
+        entity_metrics([e.entities for e in examples], [p.entities for p in parses])
+        if has_entities and not blind
+        else None
+    )
+    entity_absent_reason = (
+        "the platform returned no entity predictions, so entity metrics were not computed (absent, not 0)"
+        if blind
+        else None
     )
 
     return EvaluationResult(
@@ -271,6 +288,7 @@ def evaluate(test: Dataset, parses: Sequence[Parse], target_precision: float = 0
         coverage=coverage,
         precision_at_threshold=precision_at,
         entity=entity,
+        entity_absent_reason=entity_absent_reason,
         y_true=y_true,
         y_pred=y_pred,
         confidences=confidences,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -99,20 +98,6 @@ def test_every_neuralspace_and_service_path_is_configurable() -> None:
     assert names - {"states_field"} <= set(TrainingServiceBlock.model_fields)
 
 
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    """A Prefect API for saving and loading blocks (reuses one that is already configured)."""
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _example_code(block: type[Block]) -> str:
     text = block.get_code_example()
     assert text is not None
@@ -124,7 +109,7 @@ def _example_code(block: type[Block]) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS)
 def test_docstring_example_runs(
-    block: type[Block], prefect_api: None, capsys: pytest.CaptureFixture[str]
+    block: type[Block], prefect_api: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Block document names allow lowercase letters, digits and dashes only, so "BLOCK_NAME" is swapped out.
     name = f"example-{block.get_block_type_slug()}"

@@ -9,16 +9,17 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from contract_kit import BACKENDS, SECRETS, TEST_TEXTS, rig, tiny_dataset
 
 from nluflow.backends._http import default_timeout, wait_for_job
-from nluflow.backends.base import JobState, TrainingBackend, TrainingConfig
+from nluflow.backends.base import JobState, ModelRef, TrainingBackend, TrainingConfig
 from nluflow.backends.cognigy import CognigyBackend
 from nluflow.backends.errors import AuthenticationError, ContractError, TransientHTTPError
 from nluflow.backends.neuralspace import NeuralSpaceBackend, check_minimum, state_of
-from nluflow.backends.rasa import RasaBackend
+from nluflow.backends.rasa import PADDING_INTENT, PLACEHOLDER_INTENT, RasaBackend
 from nluflow.backends.service import TrainingServiceBackend
-from nluflow.data.schema import Dataset
+from nluflow.data.schema import Dataset, Entity, Example
 from nluflow.errors import ConfigError, TrainingFailedError
 from nluflow.testing.emulators import Fault, JobOutcome
 from nluflow.testing.emulators.cognigy import CognigyEmulator
@@ -224,6 +225,209 @@ def test_rasa_bad_training_data_fails_at_once(tmp_path: Path, model_kw: dict[str
         with pytest.raises(ConfigError):
             backend.submit(Dataset(), TrainingConfig(), "k")
         assert r.jobs_started == 0
+
+
+# Rasa 3.x's answer to POST /model/test/intents, field for field (rasa/nlu/test.py: run_evaluation builds
+# {"intent_evaluation", "entity_evaluation", "response_selection_evaluation"}, each None unless evaluated;
+# evaluate_intents' predictions are {"text", "intent", "predicted", "confidence"}; evaluate_entities is keyed
+# by extractor, its errors are {"text", "entities", "predicted_entities"}).
+RASA_INTENTS = {
+    "predictions": [
+        {"text": "hello there", "intent": "greet", "predicted": "greet", "confidence": 0.93},
+        {
+            "text": "book a flight to Paris",
+            "intent": "book_flight",
+            "predicted": "book_flight",
+            "confidence": 0.8,
+        },
+    ],
+    "report": {"greet": {"precision": 1.0, "recall": 1.0, "f1-score": 1.0, "support": 1}},
+    "precision": 1.0,
+    "f1_score": 1.0,
+    "accuracy": 1.0,
+    "errors": [],
+}
+RASA_ENTITIES = {
+    "DIETClassifier": {
+        "report": {},
+        "precision": 0.0,
+        "f1_score": 0.0,
+        "accuracy": 0.9,
+        "errors": [
+            {
+                "text": "book a flight to Paris",
+                "entities": [{"start": 17, "end": 22, "value": "Paris", "entity": "city"}],
+                "predicted_entities": [
+                    {
+                        "entity": "city",
+                        "start": 14,
+                        "end": 22,
+                        "confidence_entity": 0.71,
+                        "value": "to Paris",
+                        "extractor": "DIETClassifier",
+                    },
+                    {
+                        "entity": "GPE",
+                        "start": 17,
+                        "end": 22,
+                        "value": "Paris",
+                        "extractor": "SpacyEntityExtractor",
+                    },
+                ],
+            }
+        ],
+    },
+    "SpacyEntityExtractor": {"report": {}, "precision": 1.0, "f1_score": 1.0, "accuracy": 1.0, "errors": []},
+}
+RASA_TEST_SET = [
+    Example(text="hello there", intent="greet"),
+    Example(
+        text="hello there", intent="greet"
+    ),  # identical: Rasa de-duplicates it, both share one prediction
+    Example(
+        text="book a flight to Paris",
+        intent="book_flight",
+        entities=(Entity(start=17, end=22, entity="city", value="Paris"),),
+    ),
+]
+
+
+def _rasa_answering(answer: dict[str, Any], seen: list[httpx.Request]) -> RasaBackend:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=answer)
+
+    return RasaBackend("http://rasa.test", transport=httpx.MockTransport(handler), sleep=lambda _: None)
+
+
+def _model() -> ModelRef:
+    return ModelRef(backend="rasa", model_id="nlu-1.tar.gz", backend_model_id="models/nlu-1.tar.gz")
+
+
+def test_rasa_3_test_intents_shapes_are_matched_back_by_text() -> None:
+    """De-duplicated predictions, several extractors, an entity error: each utterance gets its prediction."""
+    seen: list[httpx.Request] = []
+    answer = {
+        "intent_evaluation": RASA_INTENTS,
+        "entity_evaluation": RASA_ENTITIES,
+        "response_selection_evaluation": None,
+    }
+    parses = _rasa_answering(answer, seen).predict_labelled(_model(), RASA_TEST_SET)
+    assert [p.intent.name for p in parses] == ["greet", "greet", "book_flight"]
+    assert parses[0] == parses[1] and parses[0].entities == ()
+    # DIETClassifier's own wrong span, not the spaCy extractor's: scored for real, not zero and not gold.
+    assert [(e.start, e.end, e.entity, e.value) for e in parses[2].entities] == [(14, 22, "city", "to Paris")]
+    sent = yaml.safe_load(seen[0].content)
+    intents = {item["intent"] for item in sent["nlu"]}
+    assert intents == {"greet", "book_flight"}, "the true labels are sent, no placeholder"
+    assert "[Paris](city)" in seen[0].content.decode()
+
+
+def test_rasa_3_null_entity_evaluation_means_no_entities_and_correct_spans_are_the_targets() -> None:
+    seen: list[httpx.Request] = []
+    no_errors = {"DIETClassifier": {**RASA_ENTITIES["DIETClassifier"], "errors": []}}
+    backend = _rasa_answering({"intent_evaluation": RASA_INTENTS, "entity_evaluation": no_errors}, seen)
+    assert [(e.entity, e.value) for e in backend.predict_labelled(_model(), RASA_TEST_SET)[2].entities] == [
+        ("city", "Paris")
+    ]
+    backend = _rasa_answering({"intent_evaluation": RASA_INTENTS, "entity_evaluation": None}, seen)
+    assert all(p.entities == () for p in backend.predict_labelled(_model(), RASA_TEST_SET))
+
+
+def test_rasa_3_null_intent_evaluation_and_missing_predictions_are_clear_errors() -> None:
+    seen: list[httpx.Request] = []
+    null = {"intent_evaluation": None, "entity_evaluation": None, "response_selection_evaluation": None}
+    with pytest.raises(ContractError, match=r"intent_evaluation is null.*intent classifier"):
+        _rasa_answering(null, seen).predict_labelled(_model(), RASA_TEST_SET)
+    partial = {**RASA_INTENTS, "predictions": RASA_INTENTS["predictions"][:1]}
+    with pytest.raises(ContractError, match="no prediction for test utterance 'book a flight to Paris'"):
+        _rasa_answering({"intent_evaluation": partial, "entity_evaluation": None}, seen).predict_labelled(
+            _model(), RASA_TEST_SET
+        )
+
+
+def test_rasa_texts_are_matched_as_rasa_reads_them_back_and_offsets_mapped_to_ours() -> None:
+    """Rasa's YAML reader strips each example: a leading-space, two-line text comes back stripped on one line;
+    the prediction still reaches it and entity offsets are shifted back into the original text."""
+    text = "  fly to\nParis"
+    example = Example(
+        text=text, intent="book_flight", entities=(Entity(start=9, end=14, entity="city", value="Paris"),)
+    )
+    answer = {
+        "intent_evaluation": {
+            **RASA_INTENTS,
+            "predictions": [
+                RASA_INTENTS["predictions"][0],
+                {"text": "fly to Paris", "intent": "book_flight", "predicted": None, "confidence": None},
+            ],
+        },
+        "entity_evaluation": {
+            "DIETClassifier": {
+                **RASA_ENTITIES["DIETClassifier"],
+                "errors": [
+                    {
+                        "text": "fly to Paris",
+                        "entities": [{"start": 7, "end": 12, "value": "Paris", "entity": "city"}],
+                        "predicted_entities": [
+                            {
+                                "start": 4,
+                                "end": 12,
+                                "value": "to Paris",
+                                "entity": "city",
+                                "extractor": "DIETClassifier",
+                            }
+                        ],
+                    }
+                ],
+            }
+        },
+    }
+    seen: list[httpx.Request] = []
+    parses = _rasa_answering(answer, seen).predict_labelled(_model(), [RASA_TEST_SET[0], example])
+    assert "- fly to [Paris](city)" in seen[0].content.decode()
+    assert parses[1].text == text and parses[1].intent.name == "" and parses[1].intent.confidence == 0.0
+    assert [(e.start, e.end, e.value) for e in parses[1].entities] == [(6, 14, "to Paris")]
+    assert text[6:14] == "to\nParis"
+
+
+def test_rasa_one_intent_set_is_padded_to_two_intents(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    """Rasa 3.x answers intent_evaluation null for one intent: the client pads; predictions stay per text."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+        assert isinstance(r.backend, RasaBackend)
+        model = r.backend.fetch(r.backend.submit(variant(0), TrainingConfig(), "k1"), tmp_path / "m")
+        parses = r.backend.predict(model, ["hello there", "hello there", "hi"])
+        assert [p.text for p in parses] == ["hello there", "hello there", "hi"]
+        assert parses[0] == parses[1] and parses[0].intent.name == "greet"
+        sent = yaml.safe_load(r.emulator.recorded("predict")[-1].body)
+        assert {item["intent"] for item in sent["nlu"]} == {PLACEHOLDER_INTENT, PADDING_INTENT}
+
+
+def test_rasa_labelled_test_set_scores_intents_and_entities_against_the_emulator(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    """The emulator answers as Rasa 3.x (de-duplicated, entity errors only); the client rebuilds every
+    utterance's prediction, entities included."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+        assert isinstance(r.backend, RasaBackend)
+        model = r.backend.fetch(r.backend.submit(variant(0), TrainingConfig(), "k1"), tmp_path / "m")
+        parses = r.backend.predict_labelled(model, RASA_TEST_SET)
+        sent = r.emulator.recorded("predict")[-1]
+        answer = httpx.post(
+            f"{r.served.url}/model/test/intents?{sent.query}",
+            content=sent.body,
+            headers={"Content-Type": "application/x-yaml"},
+        ).json()
+        assert len(answer["intent_evaluation"]["predictions"]) == 2 < len(RASA_TEST_SET)
+        assert answer["response_selection_evaluation"] is None
+        one_intent = b'version: "3.1"\nnlu:\n- intent: greet\n  examples: |\n    - hello there\n'
+        null = httpx.post(
+            f"{r.served.url}/model/test/intents?{sent.query}",
+            content=one_intent,
+            headers={"Content-Type": "application/x-yaml"},
+        ).json()
+        assert null["intent_evaluation"] is None
+        assert [p.intent.name for p in parses] == ["greet", "greet", "book_flight"]
+        assert [(e.entity, e.value) for e in parses[2].entities] == [("city", "Paris")]
 
 
 # ------------------------------------------------------------------------------------------------- cognigy

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import yaml
 from contract_kit import SECRETS, make_emulator
 from prefect.blocks.core import Block
 from typer.testing import CliRunner
@@ -48,7 +49,7 @@ from nluflow.backends.cognigy import SNAPSHOT_PREFIX
 from nluflow.data.loaders import load_jsonl
 from nluflow.errors import BackendError
 from nluflow.evaluation.gates import Decision, GatePolicy, MustPassResult, decide
-from nluflow.evaluation.metrics import EvaluationResult
+from nluflow.evaluation.metrics import EvaluationResult, evaluate
 from nluflow.registry import ActivePointer, ModelStore
 from nluflow.testing.emulators import EmulatorSettings, ServedApp
 from nluflow.testing.emulators._base import Emulator, Receive, Scope, Send
@@ -72,20 +73,6 @@ PERMISSIVE = GatePolicy(
 
 
 # ------------------------------------------------------------------------------------------------ harness
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    """A Prefect API for blocks and flow runs (reuses one that is already configured)."""
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 class RefuseActivation:
@@ -223,7 +210,7 @@ def _block(kind: str, em: Emulator, url: str) -> Block:
 
 @pytest.fixture(scope="module", params=KINDS)
 def platform(
-    request: pytest.FixtureRequest, prefect_api: None, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
     kind = cast(str, request.param)
     home = tmp_path_factory.mktemp(f"flow-{kind}")
@@ -335,12 +322,48 @@ def test_second_run_is_decided_by_the_shared_gates_on_the_same_test_set(
         _assert_agree(p, result.candidate_id)
     else:
         assert result.active == first
-        assert p.stored() == [first]
+        # A rejected candidate is kept in the store, not active, for `nluflow models promote`.
+        assert p.stored() == sorted([first, result.candidate_id])
+        assert [e.model_id for e in p.store().rejected(p.project)] == [result.candidate_id]
         _assert_agree(p, first)
     line = p.audit().records()[-1]
     assert line["decision"] == ("promote" if result.decision.promote else "reject")
     assert line["promoted"] is result.promoted and line["previous_model_id"] == first
     assert p.emulator.jobs_started == 2
+    if p.kind == "rasa":
+        _assert_rasa_scores_are_real(p, {result.candidate_id: call.candidate, first: call.active})
+    if p.kind == "cognigy":  # its NLU scores carry no entities: entity metrics absent, gate skipped, no 0
+        for scored in (call.candidate, call.active):
+            assert scored.entity is None and scored.entity_absent_reason
+        assert "entity_f1" not in result.candidate_metrics and "entity_f1" not in result.active_metrics
+        [gate] = [g for g in result.decision.gates if g.name == "no_regression_entity_f1"]
+        assert gate.status == "skipped" and "no entity predictions" in gate.reason
+
+
+def _assert_rasa_scores_are_real(p: Platform, evaluations: dict[str, EvaluationResult]) -> None:
+    """Without evaluation_url, both models were scored through ``/model/test/intents`` (the test set sent
+    with its true labels, Rasa 3.x shapes): intent and entity metrics equal those of the served model's own
+    predictions on the test set, entity F1 included (not a zero)."""
+    em = p.emulator
+    assert isinstance(em, RasaEmulator)
+    block = RasaBackendBlock.load(p.block_ref.split("/", 1)[1])
+    assert block.evaluation_url is None
+    sent = [yaml.safe_load(r.body) for r in em.recorded("predict")]
+    test_set = load_jsonl(DEMO / "test.jsonl")
+    labels = {item["intent"] for body in sent for item in body["nlu"]}
+    assert labels >= set(test_set.intents) and "nluflow_unlabelled" not in labels
+    for model_id, scored in evaluations.items():
+        backend_model_id = p.store().manifest(p.project, model_id).backend_model_id
+        assert backend_model_id
+        loaded = em._load(backend_model_id)
+        assert loaded is not None
+        direct = evaluate(test_set, loaded[1].parse(test_set.texts), target_precision=scored.target_precision)
+        assert direct.test_sha256 == scored.test_sha256
+        assert scored.y_pred == direct.y_pred and scored.accuracy == direct.accuracy
+        assert scored.entity is not None and direct.entity is not None
+        assert scored.entity.f1 == pytest.approx(direct.entity.f1) and scored.entity.f1 > 0.0
+        assert scored.entity.precision == pytest.approx(direct.entity.precision)
+        assert scored.entity.recall == pytest.approx(direct.entity.recall)
 
 
 def _hook_add_model(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]) -> list[str]:
@@ -383,7 +406,10 @@ def test_refused_activation_fails_the_run_and_changes_nothing(
     assert added[0] not in p.stored(), "the rollback removed the candidate from the store"
     assert p.pointer() == pointer_before
     assert p.stored() == stored_before
-    assert len(p.audit().records()) == audit_before
+    # The failed run says so on the audit log, with the error as one line.
+    failed = p.audit().records()[audit_before:]
+    assert [line["decision"] for line in failed] == ["failed"]
+    assert failed[0]["error"].startswith("HTTPStatusError: ") and "answered 400" in failed[0]["error"]
     assert p.audit().verify().ok
     assert p.emulator.jobs_started == 3
     assert p.serving() == served_before, f"{p.kind} serves {p.serving()} after a failed promotion"
@@ -496,7 +522,11 @@ def test_every_distinct_training_set_was_trained_exactly_once(platform: Platform
     assert len(trained) == p.emulator.jobs_started == 3
     assert len(set(trained)) == len(trained), f"{p.kind} trained the same data twice: {trained}"
     assert p.audit().verify().ok
-    assert [r["promoted"] for r in p.audit().records()] == [True, p.results["second"].promoted, True]
+    second = "promote" if p.results["second"].promoted else "reject"
+    # Three runs failed on purpose (refused activation, failed after the switch, failed pointer switch); the
+    # store-level rollback is not on the log, the CLI's `models activate` is.
+    decisions = [r["decision"] for r in p.audit().records()]
+    assert decisions == ["promote", second, "failed", "failed", "failed", "promote", "activate"], decisions
 
 
 def test_uncached_evaluation_of_the_active_model_does_not_train_twice(

@@ -1,9 +1,10 @@
-"""The retrain flow deployed from ``prefect.yaml`` on a process work pool, run by a real worker against a
-real ``prefect server start``; then what a user sees of that run in the server's UI, in headless Chromium.
+"""The README's "Run it on a work pool" steps against a real ``prefect server start`` and a real process
+worker; then what a user sees of the runs in the server's UI, in headless Chromium.
 
-One module-scoped stack (see ``conftest.py``) serves every test here: server up, pool created, worker up,
-``prefect deploy --name retrain-local`` from the repo root, ``prefect deployment run``, run Completed.
-Screenshots land in ``tests/e2e/output/``.
+One module-scoped stack (see ``conftest.py``) serves every test here: server up, ``prefect work-pool
+create``, ``make blocks``, ``prefect deploy --all`` and ``prefect deployment ls`` (both rc 0), worker up,
+``prefect deployment run`` of retrain-local twice (promoted, then unchanged), and one run that the server's
+scheduler created for a test-only interval deployment. Screenshots land in ``tests/e2e/output/``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from nluflow.audit import AuditLog
 from nluflow.registry import ModelStore
 
 from .conftest import (
+    DEPLOYMENTS,
+    FLOW_NAME,
     OUTPUT,
     POOL,
     PROJECT,
+    SCHEDULE_DEPLOYMENT,
+    SERVER_LOG_ERRORS,
     Browser,
     FlowRunDone,
     Page,
@@ -51,12 +56,11 @@ def artifacts(work_pool_run: FlowRunDone) -> dict[str, dict[str, Any]]:
     with httpx.Client(base_url=work_pool_run.api_url, timeout=30.0, trust_env=False) as client:
         response = client.post(
             "/artifacts/filter",
-            # sort and limit given explicitly: prefect 3.8.8's client sends nulls, which get a 422.
+            # Filter on the artifact's own flow_run_id: a flow_runs/task_runs filter joins task runs and
+            # would hide the report, which belongs to the flow run itself.
             json={
-                "flow_runs": {"id": {"any_": [work_pool_run.flow_run_id]}},
+                "artifacts": {"flow_run_id": {"any_": [work_pool_run.flow_run_id]}},
                 "sort": "CREATED_DESC",
-                "limit": 200,
-                "offset": 0,
             },
         )
     response.raise_for_status()
@@ -68,7 +72,7 @@ def artifacts(work_pool_run: FlowRunDone) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def ui_bases(work_pool_run: FlowRunDone) -> dict[str, str]:
-    """Where each UI lives on this server (``/`` and ``/v2`` in prefect 3.8.8), from its /ui-settings."""
+    """Where each UI lives on this server (``/`` and ``/v2`` in prefect 3.9), from its /ui-settings."""
     response = httpx.get(f"{work_pool_run.ui_url}/ui-settings", timeout=30.0, trust_env=False)
     response.raise_for_status()
     settings = response.json()
@@ -201,14 +205,20 @@ def test_model_promoted_in_store(work_pool_run: FlowRunDone, progress: Reporter)
     audit = AuditLog(root / PROJECT / "audit.jsonl")
     verification = audit.verify()
     assert verification.ok, verification.reason
-    last = json.loads(audit.path.read_text(encoding="utf-8").splitlines()[-1])
-    assert last["flow_run_id"] == work_pool_run.flow_run_id
+    lines = {r["flow_run_id"]: r for r in (json.loads(x) for x in audit.path.read_text("utf-8").splitlines())}
+    last = lines[work_pool_run.flow_run_id]
+    assert last["decision"] == "promote"
     assert last["promoted"] is True and last["model_id"] == pointer.model_id
     assert last["manifest_sha256"] == pointer.manifest_sha256
+    # The rerun and the scheduled run trained nothing new: same model id, audited as unchanged.
+    for run_id in (work_pool_run.rerun_id, work_pool_run.scheduled_run_id):
+        assert lines[run_id]["decision"] == "unchanged" and lines[run_id]["promoted"] is False, lines[run_id]
+        assert lines[run_id]["model_id"] == pointer.model_id
+    assert [m.model_id for m in store.list_models(PROJECT)] == [pointer.model_id]
     progress(
         f"model promoted in the store: {PROJECT} active = {pointer.model_id} "
         f"({len(manifest.files)} files, sha256 verified; manifest {pointer.manifest_sha256[:12]}; "
-        f"audit line {last['seq']} verified) - {pointer.reason}"
+        f"audit line {last['seq']} verified) - {pointer.reason}; rerun and scheduled run audited unchanged"
     )
 
 
@@ -223,8 +233,13 @@ def test_artifacts_through_api(work_pool_run: FlowRunDone, artifacts: dict[str, 
     markdown = str(report["data"])
     assert markdown.startswith(f"# Retrain of `{PROJECT}`"), markdown[:200]
     assert pointer.model_id in markdown and "promoted" in markdown.splitlines()[0]
-    assert pointer.reason in markdown, "the report does not state the decision the store recorded"
-    assert report["description"] == f"{PROJECT}: {pointer.reason}"
+    with httpx.Client(base_url=work_pool_run.api_url, timeout=30.0, trust_env=False) as client:
+        message = client.get(f"/flow_runs/{work_pool_run.flow_run_id}").json()["state"]["message"]
+    assert message.startswith(f"promoted {pointer.model_id}: "), message
+    assert f"**{message}**" in markdown, "the report does not open with the run's outcome"
+    assert report["description"] == f"{PROJECT}: {message}"
+    # The flow run's own artifact (not a task run's): the run page lists it as the run's report.
+    assert report["task_run_id"] is None and report["flow_run_id"] == work_pool_run.flow_run_id, report
     figures = figures_in(markdown)
     assert len(figures) >= 1, "the report embeds no figure"
     for uri in figures:
@@ -242,6 +257,25 @@ def test_artifacts_through_api(work_pool_run: FlowRunDone, artifacts: dict[str, 
 # --------------------------------------------------------------------------------------------- the UI
 
 
+# The v2 run page's Artifacts tab: one card per artifact of the run (its key as the card's heading), each a
+# link to that artifact's page (/artifacts/artifact/<id>; prefect 3.9's v2 UI no longer links the key page).
+# Null until every wanted key has a card showing its description (rendered lazily, after the heading).
+CARDS_JS = """
+(() => {
+  const want = %(want)s;  // key -> its description
+  const cards = {};
+  for (const a of Array.from(document.querySelectorAll("a[href]"))) {
+    const heading = a.querySelector("h3, h4");
+    if (!heading) continue;
+    const key = heading.innerText.trim();
+    const text = a.innerText.replace(/\\s+/g, " ");
+    if (key in want && text.includes(want[key])) cards[key] = {href: a.getAttribute("href"), text};
+  }
+  return Object.keys(want).every(k => k in cards) ? cards : null;
+})()
+"""
+
+
 def test_ui_run_page_lists_the_artifacts(
     browser: Browser,
     work_pool_run: FlowRunDone,
@@ -251,21 +285,100 @@ def test_ui_run_page_lists_the_artifacts(
 ) -> None:
     if "v2" not in ui_bases:
         pytest.skip("this server has no v2 UI (the one that opens a run's Artifacts tab from the URL)")
+    keys = (REPORT_KEY, CONFUSION_KEY)
+    want = {key: normalise(str(artifacts[key]["description"])) for key in keys}
+    assert want[REPORT_KEY].startswith(f"{PROJECT}: promoted "), want  # the card says the outcome
     url = f"{work_pool_run.ui_url}{ui_bases['v2']}/runs/flow-run/{work_pool_run.flow_run_id}?tab=Artifacts"
     page = browser.open(url)
     try:
-        keys = json.dumps([REPORT_KEY, CONFUSION_KEY])
-        page.wait_for(
-            f"the run's artifacts {keys}",
-            f"{keys}.every(k => (document.body ? document.body.innerText : '').includes(k))",
+        cards: dict[str, dict[str, str]] = page.wait_for(
+            f"cards for the run's artifacts {sorted(want)} with their descriptions",
+            CARDS_JS % {"want": json.dumps(want)},
         )
-        hrefs: list[str] = page.evaluate("Array.from(document.links).map(a => a.getAttribute('href'))")
         shot = full_page_screenshot(page, OUTPUT / "ui-v2-run-artifacts.png")
+        for key in keys:
+            # The card links to this run's artifact, not to another run's of the same key.
+            artifact_id = artifacts[key]["id"]
+            assert cards[key]["href"].endswith(f"/artifacts/artifact/{artifact_id}"), (key, cards[key])
+        # Following the report's link opens the report.
+        page.evaluate(f"document.querySelector('a[href=\"{cards[REPORT_KEY]['href']}\"]').click()")
+        heading = report_phrases(str(artifacts[REPORT_KEY]["data"]))[0]
+        page.wait_for(
+            "the report after following its card's link",
+            f"location.pathname.endsWith('/artifacts/artifact/{artifacts[REPORT_KEY]['id']}') && "
+            f"document.body.innerText.includes({json.dumps(heading)})",
+        )
+        opened = full_page_screenshot(page, OUTPUT / "ui-v2-run-artifacts-report-opened.png")
     finally:
         page.close()
-    for key in (REPORT_KEY, CONFUSION_KEY):
-        assert any(h and h.endswith(f"/artifacts/key/{key}") for h in hrefs), f"no link to {key} on {url}"
-    progress(f"UI v2 run page lists {REPORT_KEY} and {CONFUSION_KEY}: {url} (screenshot {shot})")
+    progress(
+        f"UI v2 run page: cards {sorted(cards)} link to /artifacts/artifact/<id>; the report's link opens "
+        f"{heading!r} - {url} (screenshots {shot}, {opened})"
+    )
+
+
+# The artifact links of the page in document order: [href, the link's text].
+ARTIFACT_LINKS_JS = """
+Array.from(document.querySelectorAll("a[href*='/artifacts/artifact/']"))
+  .map(a => [a.getAttribute("href"), a.innerText.replace(/\\s+/g, " ")])
+"""
+
+
+# Clicks the tab labelled %(tab)s once it is on the page (the innermost element with exactly that text; the
+# click bubbles to the tab's handler); true when clicked.
+OPEN_TAB_JS = """
+(() => {
+  const label = %(tab)s;
+  const tab = Array.from(document.querySelectorAll("body *"))
+    .filter(e => e.tagName !== "OPTION" && e.offsetParent !== null)
+    .filter(e => e.innerText && e.innerText.trim() === label)
+    .find(e => !Array.from(e.children).some(c => c.innerText && c.innerText.trim() === label));
+  if (!tab) return false;
+  tab.click();
+  return true;
+})()
+"""
+
+
+def test_ui_v1_run_page_lists_the_report_first(
+    browser: Browser,
+    work_pool_run: FlowRunDone,
+    artifacts: dict[str, dict[str, Any]],
+    ui_bases: dict[str, str],
+    progress: Reporter,
+) -> None:
+    """The classic UI's Artifacts tab lists the flow run's own artifacts ("Flow run") above the task runs'
+    ones: the report, created in the flow, is the first card, with the outcome as its description."""
+    if "v1" not in ui_bases:
+        pytest.skip("this server has no classic UI")
+    ids = {str(a["id"]) for a in artifacts.values()}
+    url = f"{work_pool_run.ui_url}{ui_bases['v1']}/runs/flow-run/{work_pool_run.flow_run_id}"
+    page = browser.open(url)
+    try:
+        # The classic UI opens a run on its Logs tab (it ignores ?tab=); click "Artifacts" as a user does.
+        page.wait_for("the run page's Artifacts tab", OPEN_TAB_JS % {"tab": json.dumps("Artifacts")})
+        links: list[list[str]] = page.wait_for(
+            f"links to the run's {len(ids)} artifacts",
+            f"(() => {{ const l = {ARTIFACT_LINKS_JS}; "
+            f"return {json.dumps(sorted(ids))}.every(i => l.some(x => x[0].endsWith(i))) ? l : null; }})()",
+        )
+        text = normalise(page.evaluate("document.body.innerText"))
+        shot = full_page_screenshot(page, OUTPUT / "ui-v1-run-artifacts.png")
+    finally:
+        page.close()
+    report = artifacts[REPORT_KEY]
+    first_href, first_text = links[0]
+    assert first_href.endswith(f"/artifacts/artifact/{report['id']}"), f"{url}: the first card is {links[0]}"
+    assert REPORT_KEY in first_text, links[0]
+    # Under the "Flow run" heading; every task run's artifact comes under "Task runs", after it.
+    at = text.find(REPORT_KEY)
+    assert text.rfind("Flow run", 0, at) >= 0, text[:3000]
+    task_runs = text.find("Task runs", at)
+    assert task_runs > at, text[:3000]
+    for key in artifacts:
+        if key != REPORT_KEY:
+            assert text.find(key) > task_runs, f"{url}: {key} is not listed under 'Task runs'"
+    progress(f"UI v1 run page: the report is the first artifact, under 'Flow run' - {url} -> {shot}")
 
 
 @pytest.mark.parametrize("ui", UIS)
@@ -349,3 +462,134 @@ def test_ui_renders_the_confusion_matrix(
         f"UI {ui} confusion matrix rendered: natural {img['naturalWidth']}x{img['naturalHeight']} px, "
         f"on screen {img['width']:.0f}x{img['height']:.0f} px, crop {crop_w}x{crop_h} not blank - {url}"
     )
+
+
+# --------------------------------------------------------------------------------------------- the stack
+
+
+def test_deploy_all_and_deployment_ls_exit_0(work_pool_run: FlowRunDone, progress: Reporter) -> None:
+    """The README's ``prefect deploy --all`` and ``prefect deployment ls`` both exited 0 (the fixture fails
+    otherwise); every deployment of prefect.yaml is listed."""
+    for name in DEPLOYMENTS:
+        assert f"{FLOW_NAME}/{name}" in work_pool_run.deploy_output, work_pool_run.deploy_output
+        assert f"{FLOW_NAME}/{name}" in work_pool_run.deployment_ls, work_pool_run.deployment_ls
+    assert "422" not in work_pool_run.deploy_output and "Unprocessable" not in work_pool_run.deploy_output
+    progress(
+        "prefect deploy --all rc 0; prefect deployment ls rc 0:\n" + work_pool_run.deployment_ls.rstrip()
+    )
+
+
+def test_schedule_creates_a_run_that_the_worker_completes(
+    work_pool_run: FlowRunDone, progress: Reporter
+) -> None:
+    with httpx.Client(base_url=work_pool_run.api_url, timeout=30.0, trust_env=False) as client:
+        run = client.get(f"/flow_runs/{work_pool_run.scheduled_run_id}").json()
+        deployment = client.get(f"/deployments/{run['deployment_id']}").json()
+    assert deployment["name"] == SCHEDULE_DEPLOYMENT
+    assert run["auto_scheduled"] is True, "this run was not created by the server's scheduler"
+    assert "auto-scheduled" in run["tags"]
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert run["work_pool_name"] == POOL and run["infrastructure_pid"], "the worker did not run it"
+    assert run["state"]["message"].startswith("unchanged: nothing new to train"), run["state"]
+    progress(
+        f"scheduled run {run['name']!r} ({run['id']}): auto_scheduled, "
+        f"expected {run['expected_start_time']}, "
+        f"{run['state_name']} on pool {run['work_pool_name']} - {run['state']['message']}"
+    )
+
+
+def test_server_log_has_no_errors(work_pool_run: FlowRunDone, progress: Reporter) -> None:
+    text = work_pool_run.server_log.read_text(encoding="utf-8", errors="replace")
+    bad = [line for line in text.splitlines() if any(marker in line for marker in SERVER_LOG_ERRORS)]
+    assert not bad, f"{work_pool_run.server_log} has errors:\n" + "\n".join(bad[:40])
+    progress(
+        f"server log: {len(text.splitlines())} lines, no Traceback/ERROR/422 ({work_pool_run.server_log})"
+    )
+
+
+# --------------------------------------------------------------------------------------------- outcomes
+
+
+def _runs_by_id(work_pool_run: FlowRunDone) -> dict[str, dict[str, Any]]:
+    ids = [work_pool_run.flow_run_id, work_pool_run.rerun_id, work_pool_run.scheduled_run_id]
+    with httpx.Client(base_url=work_pool_run.api_url, timeout=30.0, trust_env=False) as client:
+        return {i: client.get(f"/flow_runs/{i}").json() for i in ids}
+
+
+def test_each_run_says_what_it_decided(work_pool_run: FlowRunDone, progress: Reporter) -> None:
+    """Name, tags and state message of each run carry its outcome (promoted, then unchanged)."""
+    pointer = ModelStore.local(work_pool_run.nluflow_home / "store").active(PROJECT)
+    assert pointer is not None
+    model = pointer.model_id
+    expected = {
+        work_pool_run.flow_run_id: ("promoted", f"promoted {model}: "),
+        work_pool_run.rerun_id: ("unchanged", f"unchanged: nothing new to train: candidate {model} is the"),
+        work_pool_run.scheduled_run_id: ("unchanged", "unchanged: nothing new to train: "),
+    }
+    for run_id, run in _runs_by_id(work_pool_run).items():
+        outcome, message = expected[run_id]
+        assert run["name"] == f"retrain-{PROJECT}-{outcome}-{model}", run["name"]
+        assert {"nluflow", f"project:{PROJECT}", f"outcome:{outcome}"} <= set(run["tags"]), run["tags"]
+        assert run["state"]["message"].startswith(message), run["state"]
+        progress(
+            f"{run['name']}: {run['state_name']}, tags {run['tags']}, message {run['state']['message']!r}"
+        )
+
+
+@pytest.mark.parametrize("ui", UIS)
+def test_ui_runs_list_shows_each_outcome(
+    ui: str,
+    browser: Browser,
+    work_pool_run: FlowRunDone,
+    ui_bases: dict[str, str],
+    progress: Reporter,
+) -> None:
+    """Must-show 3: the runs list tells promoted from unchanged without opening a run."""
+    if ui not in ui_bases:
+        pytest.skip(f"this server has no {ui} UI")
+    runs = _runs_by_id(work_pool_run)
+    outcomes = {
+        r["name"]: t.split(":", 1)[1] for r in runs.values() for t in r["tags"] if t.startswith("outcome:")
+    }
+    assert sorted(set(outcomes.values())) == ["promoted", "unchanged"], outcomes
+    url = f"{work_pool_run.ui_url}{ui_bases[ui]}/runs"
+    page = browser.open(url)
+    try:
+        rows: dict[str, list[str]] = page.wait_for(
+            f"the runs {sorted(outcomes)} in the runs list, each with its outcome tag",
+            ROWS_JS % {"names": json.dumps(sorted(outcomes))},
+        )
+        shot = full_page_screenshot(page, OUTPUT / f"ui-{ui}-runs-list.png")
+    finally:
+        page.close()
+    for name, outcome in outcomes.items():
+        for row in rows[name]:  # every row of that name shows its own outcome, and no other
+            assert f"outcome:{outcome}" in row, (
+                f"{url}: the row of {name} does not show outcome:{outcome}: {row}"
+            )
+            others = {f"outcome:{o}" for o in ("promoted", "rejected", "blocked", "unchanged", "failed")}
+            assert not (others - {f"outcome:{outcome}"}) & set(row.split()), row
+    progress(
+        f"UI {ui} runs list: "
+        + "; ".join(f"{len(rows[n])} x {n} tagged outcome:{o}" for n, o in sorted(outcomes.items()))
+        + f" - {url} -> {shot}"
+    )
+
+
+# Null until each named run has at least one row on the page; then name -> the text of each of its rows (the
+# nearest ancestor of the name's link that also holds the run's tags).
+ROWS_JS = """
+(() => {
+  const names = %(names)s;
+  const rows = {};
+  for (const a of Array.from(document.querySelectorAll("a"))) {
+    const name = a.innerText.trim();
+    if (!names.includes(name)) continue;
+    let row = a.parentElement;
+    while (row && !row.innerText.includes("outcome:")) row = row.parentElement;
+    if (!row || row === document.body) continue;
+    (rows[name] = rows[name] || []).push(row.innerText.replace(/\\s+/g, " "));
+  }
+  return names.every(n => n in rows) ? rows : null;
+})()
+"""

@@ -27,29 +27,13 @@ from starlette.routing import Route
 # Client log records outside a flow run are expected here (events, deployments made by the tests).
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
-LABEL_STUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "label-studio"
+LABEL_STUDIO = Path(__file__).resolve().parents[1] / "fixtures" / "label-studio"
 
 
 @pytest.fixture(scope="session")
 def label_studio() -> Path:
-    """The captured Label Studio 1.23.2 webhooks and exports."""
-    if not LABEL_STUDIO.is_dir():
-        pytest.skip(
-            f"Label Studio fixtures not found at {LABEL_STUDIO} (CI clones the repo with shared/ beside it)"
-        )
+    """The captured Label Studio 1.23.2 webhooks and exports (copies kept in the repo)."""
     return LABEL_STUDIO
-
-
-@pytest.fixture(scope="package")
-def prefect_api() -> Iterator[str]:
-    """One Prefect test harness for this folder; yields its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        url = PREFECT_API_URL.value()
-        assert url
-        yield str(url)
 
 
 def free_port() -> int:

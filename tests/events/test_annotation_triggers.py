@@ -37,8 +37,9 @@ from .conftest import free_port, serve
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "relay-secret-4f1c9a7e2b6d8035"  # a test value, not a credential
 BASE_PARAMS = {"backend": "local", "test_fraction": 0.25}
-WAIT_SECONDS = 30.0
-_KNOWN_WORKERS_FILTER_422 = "/workers/filter' - Response: {'exception_message': 'Invalid request received.'"
+# How long to wait for the trigger's run to appear: the server's event pipeline and triggers service run on
+# a shared, busy 2-core box in CI; a deadline for waiting, not a speed requirement.
+WAIT_SECONDS = 120.0
 
 
 def unique(prefix: str) -> str:
@@ -189,16 +190,20 @@ def test_emit_annotated_schedules_a_retrain_with_templated_params(deploy: Callab
 def test_burst_of_label_studio_webhooks_starts_exactly_one_run(
     deploy: Callable[..., uuid.UUID], prefect_api: str, label_studio: Path
 ) -> None:
-    """Five real webhooks through the relay over HTTP, within one window → one retrain run."""
+    """Six real webhooks through the relay over HTTP, within one window → one retrain run that pulls the
+    project's LabelStudioSource block (the event carries the block reference as ``data``)."""
     project, sentinel = unique("burst"), unique("sentinel")
-    data = "/srv/exports/label-studio.json"
+    data = "nluflow-label-studio-source/bookings"
     deployment_id = deploy(base_params=BASE_PARAMS)  # every project, one window per project
-    config = RelayConfig(secret=SECRET, label_studio={"1": LabelStudioRoute(project=project, data=data)})
+    config = RelayConfig(
+        secret=SECRET, label_studio={"1": LabelStudioRoute(project=project, source="bookings")}
+    )
     burst = [
         "ANNOTATION_CREATED",
         "ANNOTATION_CREATED",
         "ANNOTATIONS_CREATED",
         "ANNOTATION_UPDATED",
+        "ANNOTATIONS_DELETED",
         "ANNOTATION_CREATED",
     ]
 
@@ -221,8 +226,8 @@ def test_burst_of_label_studio_webhooks_starts_exactly_one_run(
         ).status_code
         stats = httpx.get(f"{relay}/healthz").json()["counts"]
 
-    assert codes == [202] * 5 and sentinel_code == 202
-    assert stats == {"emitted": 6}
+    assert codes == [202] * 6 and sentinel_code == 202
+    assert stats == {"emitted": 7}
     wait_for_runs(deployment_id, project, 1)
     print(f"\nburst of {len(burst)} webhooks → first run scheduled after {time.monotonic() - started:.2f} s")
     wait_for_runs(deployment_id, sentinel, 1)
@@ -311,6 +316,28 @@ def test_notify_annotated_keeps_a_path_that_only_exists_on_the_worker(
     assert "does not exist here" in caplog.text
 
 
+def test_notify_annotated_sends_a_source_reference_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # even where a folder of that name could exist, a reference stays a reference
+    sent: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(204)
+
+    event = notify_annotated(
+        "bookings",
+        "nluflow-label-studio-source/bookings",
+        api_url="http://prefect.test/api",
+        transport=httpx.MockTransport(handler),
+    )
+
+    assert event["payload"]["data"] == "nluflow-label-studio-source/bookings"
+    assert sent[0][0]["payload"]["data"] == "nluflow-label-studio-source/bookings"
+    assert "does not exist here" not in caplog.text
+
+
 def test_notify_annotated_fails_loudly_when_the_api_is_down(prefect_api: str) -> None:
     with pytest.raises(BackendError, match="Nothing was emitted"):
         notify_annotated("bookings", "/d.json", api_url=f"http://127.0.0.1:{free_port()}/api")
@@ -381,10 +408,7 @@ def test_prefect_deploy_of_the_yaml_snippet_triggers_with_the_right_params(
     )
     output = done.stdout + done.stderr
     assert f"Deployment 'nluflow-retrain/{name}' successfully created" in " ".join(output.split()), output
-    # Known environment issue, not ours: after creating the deployment and its trigger, `prefect deploy`
-    # asks for the pool's online workers with `"offset": null`, which this server's FastAPI (0.154)
-    # refuses with 422. Any other failure still fails the test.
-    assert done.returncode == 0 or _KNOWN_WORKERS_FILTER_422 in output, output
+    assert done.returncode == 0, output  # on prefect 3.9.1 + fastapi < 0.151 no 422 is tolerated
 
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(f"nluflow-retrain/{name}")

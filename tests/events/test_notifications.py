@@ -125,6 +125,20 @@ def test_slack_payload_of_a_rejection_escapes_and_bounds_its_text() -> None:
     assert payload["text"] == "nluflow · bookings: candidate m-20261123-a1b2c3 rejected (macro F1 +0.0310)"
 
 
+def test_an_unchanged_run_is_not_announced_as_a_rejection() -> None:
+    made = notice(
+        decision="unchanged",
+        promoted=False,
+        summary="unchanged: nothing new to train: candidate m-20261123-a1b2c3 is the active model",
+        reasons=["nothing new to train: candidate m-20261123-a1b2c3 is the active model"],
+        deltas={},
+    )
+    assert made.headline() == "nluflow · bookings: nothing new to train, m-20261123-a1b2c3 stays active"
+    header = slack_payload(made)["blocks"][0]
+    assert header["text"]["text"] == "bookings: unchanged, nothing new to train"
+    assert "reject" not in json.dumps(slack_payload(made))
+
+
 def test_slack_fields_stay_within_slacks_limit_of_ten() -> None:
     metrics = {f"metric_{i}": 0.5 for i in range(15)}
     payload = slack_payload(notice(metrics=metrics, deltas={}))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import anyio
 import httpx
 import pytest
 
+from nluflow import relay
 from nluflow.errors import ConfigError
 from nluflow.relay import (
     EVENT_NAME,
@@ -29,6 +32,7 @@ from .conftest import Receiver, free_port, serve
 SECRET = "relay-secret-4f1c9a7e2b6d8035"  # a test value, not a credential
 LS_PROJECT = "1"  # the project id in the captured payloads
 DATA = "/srv/exports/bookings.json"
+SOURCE = "nluflow-label-studio-source/bookings"  # the LabelStudioSource block the retrain pulls
 
 
 def ls_body(label_studio: Path, action: str, wire: bool = False) -> bytes:
@@ -73,7 +77,7 @@ class AppClient:
 def make_client(emitter: Any, **config: Any) -> AppClient:
     settings: dict[str, Any] = {
         "secret": SECRET,
-        "label_studio": {LS_PROJECT: LabelStudioRoute(project="bookings", data=DATA)},
+        "label_studio": {LS_PROJECT: LabelStudioRoute(project="bookings", source="bookings")},
         **config,
     }
     return AppClient(create_app(RelayConfig(**settings), emitter))
@@ -128,7 +132,13 @@ def test_label_studio_annotation_becomes_one_event(
     event = emitted[0]
     assert event["event"] == EVENT_NAME == "nlu.dataset.annotated"
     assert event["resource"] == {"prefect.resource.id": "nluflow.dataset.bookings"}
-    assert event["payload"] == {"project": "bookings", "data": DATA, "new_examples": new_examples}
+    assert event["payload"] == {
+        "project": "bookings",
+        "data": SOURCE,
+        "new_examples": new_examples,
+        "action": action,
+        "removed_examples": 0,
+    }
     assert response.json() == {
         "status": "emitted",
         "event": EVENT_NAME,
@@ -181,9 +191,7 @@ def test_a_skipped_task_adds_no_example_and_emits_nothing(
     [
         ("TASKS_CREATED", True),  # the byte-exact body, \\u escapes and a surrogate pair included
         ("TASKS_CREATED", False),
-        ("ANNOTATIONS_DELETED", False),
         ("PROJECT_UPDATED", False),
-        ("TASKS_DELETED", False),
     ],
 )
 def test_other_actions_are_acknowledged_counted_and_ignored(
@@ -195,6 +203,83 @@ def test_other_actions_are_acknowledged_counted_and_ignored(
     assert response.json()["status"] == "ignored"
     assert emitted == []
     assert client.get("/healthz").json()["counts"] == {f"ignored:{action}": 1}
+
+
+@pytest.mark.parametrize(
+    ("action", "key"), [("ANNOTATIONS_DELETED", "annotations"), ("TASKS_DELETED", "tasks")]
+)
+def test_deletions_emit_an_event_with_the_removed_count(
+    label_studio: Path, client: AppClient, emitted: Emitted, action: str, key: str
+) -> None:
+    body = json.loads(ls_body(label_studio, action))
+    assert body[key] == [{"id": 6}]  # as captured: ids only
+
+    response = post_ls(client, ls_body(label_studio, action))
+
+    assert response.status_code == 202, response.text
+    assert emitted[0]["payload"] == {
+        "project": "bookings",
+        "data": SOURCE,
+        "new_examples": 0,
+        "action": action,
+        "removed_examples": 1,
+    }
+
+
+def test_a_deletion_without_its_id_list_is_refused(
+    label_studio: Path, client: AppClient, emitted: Emitted
+) -> None:
+    body = json.loads(ls_body(label_studio, "TASKS_DELETED"))
+    del body["tasks"]
+
+    response = post_ls(client, json.dumps(body).encode())
+
+    assert response.status_code == 422
+    assert "TASKS_DELETED: found no list of deleted items under 'tasks'" in response.json()["detail"]
+    assert emitted == []
+
+
+def test_a_route_maps_to_a_source_block_or_a_path_never_both() -> None:
+    assert LabelStudioRoute(project="p", source="ls").target == "nluflow-label-studio-source/ls"
+    assert LabelStudioRoute(project="p", source="nluflow-folder-source/inbox").target == (
+        "nluflow-folder-source/inbox"
+    )
+    assert LabelStudioRoute(project="p", data="/srv/x.json").target == "/srv/x.json"
+    for bad in ({}, {"source": "ls", "data": "/x"}, {"source": "nluflow-rasa-backend/prod"}):
+        with pytest.raises(ValueError):
+            LabelStudioRoute(project="p", **bad)
+
+
+def test_each_emission_is_logged_at_info_and_never_sent_to_the_prefect_api(
+    label_studio: Path, client: AppClient, emitted: Emitted, caplog: pytest.LogCaptureFixture
+) -> None:
+    import warnings
+
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
+
+    relay_logger = logging.getLogger("nluflow.relay")
+    handler = APILogHandler()
+    relay_logger.addHandler(handler)  # what PREFECT_LOGGING_EXTRA_LOGGERS=nluflow attaches
+    try:
+        with (
+            temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "warn"}),
+            warnings.catch_warnings(record=True) as caught,
+            caplog.at_level(logging.INFO, logger="nluflow.relay"),
+        ):
+            warnings.simplefilter("always")
+            post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED"))
+            post_ls(client, ls_body(label_studio, "TASKS_DELETED"))
+    finally:
+        relay_logger.removeHandler(handler)
+
+    assert [str(w.message) for w in caught if "flow run id" in str(w.message)] == []
+    infos = [r for r in caplog.records if r.levelno == logging.INFO and r.name == "nluflow.relay"]
+    assert len(infos) == 2 and all(getattr(r, "send_to_api", True) is False for r in infos)
+    assert f"label-studio ANNOTATION_CREATED (project 1) → nlu.dataset.annotated {emitted[0]['id']}" in (
+        infos[0].getMessage()
+    )
+    assert "(0 new examples, 1 removed, data nluflow-label-studio-source/bookings)" in infos[1].getMessage()
 
 
 def test_the_captured_sequence_emits_for_annotation_actions_only(
@@ -209,14 +294,13 @@ def test_the_captured_sequence_emits_for_annotation_actions_only(
     ]  # fmt: skip
     codes = [post_ls(client, ls_body(label_studio, action)).status_code for action in sequence]
 
-    assert codes == [200, 202, 202, 202, 202, 202, 202, 202, 200, 200, 200, 202, 200]
-    assert [e["payload"]["new_examples"] for e in emitted] == [1, 1, 1, 1, 1, 0, 1, 1]
+    assert codes == [200, 202, 202, 202, 202, 202, 202, 202, 202, 200, 200, 202, 202]
+    assert [e["payload"]["new_examples"] for e in emitted] == [1, 1, 1, 1, 1, 0, 1, 0, 1, 0]
+    assert [e["payload"]["removed_examples"] for e in emitted] == [0, 0, 0, 0, 0, 0, 0, 1, 0, 1]
     assert client.get("/healthz").json()["counts"] == {
-        "emitted": 8,
-        "ignored:ANNOTATIONS_DELETED": 1,
+        "emitted": 10,
         "ignored:PROJECT_UPDATED": 1,
         "ignored:TASKS_CREATED": 2,
-        "ignored:TASKS_DELETED": 1,
     }
 
 
@@ -282,6 +366,122 @@ def test_malformed_json_is_a_400(client: AppClient, emitted: Emitted, body: byte
 
     assert response.status_code == 400
     assert response.json()["detail"].startswith("malformed JSON")
+    assert emitted == []
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        # a lone surrogate in the action was echoed into the "ignored" answer: plain-text 500
+        (b'{"action": "\\ud800"}', "the string at $.action holds an unpaired UTF-16 surrogate"),
+        (b'{"action": "ANNOTATION_CREATED\\udc00", "project": {"id": 1}}', "$.action"),
+        (
+            b'{"action": "ANNOTATION_CREATED", "annotation": {"id": 1}, "project": {"id": "\\ud83d"}}',
+            "$.project.id",
+        ),
+        (b'{"action": "\xed\xa0\x80"}', "unpaired UTF-16 surrogate"),  # a raw CESU-8 surrogate
+        (b'{"action": "X", "\\ud800": 1}', "(a key)"),
+        (
+            b'{"action": "ANNOTATION_CREATED", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+            "nested too deeply",
+        ),
+        (b'{"action": "ANNOTATION_CREATED", "id": ' + b"9" * 5000 + b"}", "an integer of 5000 digits"),
+    ],
+)
+def test_hostile_label_studio_bodies_are_a_json_400_and_emit_nothing(
+    client: AppClient, emitted: Emitted, body: bytes, fragment: str
+) -> None:
+    response = post_ls(client, body)
+
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert detail.startswith("malformed JSON") and fragment in detail
+    assert detail.endswith("nothing was emitted")
+    assert "sys.set_int_max_str_digits" not in detail
+    assert emitted == []
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json()["counts"] == {"rejected:400": 1}
+
+
+def disconnect_mid_body(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], *, stall: bool = False
+) -> list[dict[str, Any]]:
+    """Call ``app`` as an ASGI server would for a client that sends part of a body, then hangs up (or,
+    with ``stall``, sends nothing more)."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"text": "pl', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if stall and len(messages) == 1:
+            await asyncio.sleep(3600)
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"400"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 5005),
+    }
+    asyncio.run(app(scope, receive, send))  # a ClientDisconnect escaped here: uvicorn logged a traceback
+    return sent
+
+
+def test_a_client_that_disconnects_mid_body_is_one_warning_line(
+    emitted: Emitted, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_client(emitted).app
+    with caplog.at_level(logging.INFO, logger="nluflow"):
+        sent = disconnect_mid_body(app, "/hooks/label-studio", [(b"x-relay-secret", SECRET.encode())])
+
+    assert sent[0]["status"] == 400
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "the client disconnected after 12 bytes of its body" in lines[0], lines
+    assert not any(r.exc_info for r in caplog.records)
+    assert emitted == []
+
+
+def test_a_sender_that_stalls_mid_body_gets_a_408_and_nothing_is_emitted(
+    emitted: Emitted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay, "BODY_TIMEOUT_SECONDS", 0.3)
+    app = make_client(emitted).app
+    started = time.monotonic()
+    sent = disconnect_mid_body(app, "/hooks/label-studio", [(b"x-relay-secret", SECRET.encode())], stall=True)
+
+    assert sent[0]["status"] == 408
+    assert "did not arrive within 0.3 s" in json.loads(sent[1]["body"])["detail"]
+    assert time.monotonic() - started < 5
+    assert emitted == []
+
+
+def test_a_signed_generic_body_with_a_lone_surrogate_is_a_400(client: AppClient, emitted: Emitted) -> None:
+    response = post_generic(client, b'{"project": "faq-bot", "data": "d\\udfff.jsonl"}')
+
+    assert response.status_code == 400
+    assert "$.data" in response.json()["detail"]
+    assert emitted == []
+
+
+def test_a_surrogate_pair_is_valid_text(client: AppClient, emitted: Emitted) -> None:
+    response = post_ls(client, b'{"action": "PROJECT_\\ud83d\\ude00"}')
+
+    assert response.status_code == 200  # an action that starts no retrain, acknowledged as before
+    assert response.json()["status"] == "ignored"
     assert emitted == []
 
 
@@ -562,7 +762,13 @@ def test_relay_over_real_http_to_the_emitter(label_studio: Path, receiver: tuple
     assert response.status_code == 202
     [request] = recv.requests
     assert request.path == "/api/events"
-    assert json.loads(request.body)[0]["payload"] == {"project": "bookings", "data": DATA, "new_examples": 1}
+    assert json.loads(request.body)[0]["payload"] == {
+        "project": "bookings",
+        "data": DATA,
+        "new_examples": 1,
+        "action": "ANNOTATION_CREATED",
+        "removed_examples": 0,
+    }
 
 
 def test_build_relay_from_a_config_file(
@@ -571,13 +777,17 @@ def test_build_relay_from_a_config_file(
     from flows.events import build_relay
 
     path = tmp_path / "relay.yml"
-    path.write_text("label_studio:\n  1: {project: bookings, data: /srv/b.json}\n")
+    path.write_text(
+        "label_studio:\n"
+        "  1: {project: bookings, source: bookings-ls}\n"
+        "  2: {project: other, data: /srv/b.json}\n"
+    )
     monkeypatch.setenv("NLUFLOW_RELAY_SECRET", SECRET)
 
     client = AppClient(build_relay(path, emitter=emitted))
 
     assert post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED")).status_code == 202
-    assert emitted[0]["payload"]["data"] == "/srv/b.json"
+    assert emitted[0]["payload"]["data"] == "nluflow-label-studio-source/bookings-ls"
 
 
 def test_build_relay_without_a_prefect_api_is_a_config_error() -> None:
@@ -591,3 +801,127 @@ def test_build_relay_without_a_prefect_api_is_a_config_error() -> None:
         pytest.raises(ConfigError, match="PREFECT_API_URL"),
     ):
         build_relay(RelayConfig(secret=SECRET))
+
+
+def test_relay_logging_shows_info_lines_on_the_nluflow_logger() -> None:
+    from flows.events import relay_logging
+
+    log = logging.getLogger("nluflow")
+    level = log.level
+    log.setLevel(logging.NOTSET)  # inherits the root's WARNING: the emissions would not print
+    try:
+        relay_logging()
+        assert logging.getLogger("nluflow.relay").isEnabledFor(logging.INFO)
+    finally:
+        log.setLevel(level)
+
+
+def test_label_studio_emulator_webhooks_drive_the_relay(emitted: Emitted, label_studio: Path) -> None:
+    """The emulator's webhooks (captured shapes, custom header, no retry) → relay → one event per change."""
+    from nluflow.testing.emulators import LabelStudioEmulator
+
+    config = RelayConfig(
+        secret=SECRET, label_studio={LS_PROJECT: LabelStudioRoute(project="bookings", source="bookings")}
+    )
+    emulator = LabelStudioEmulator()
+    with serve(create_app(config, emitted)) as relay:
+        emulator.add_webhook(f"{relay}/hooks/label-studio", {"X-Relay-Secret": SECRET})
+        first = emulator.add_task("book a flight to Oslo")
+        emulator.annotate(first, "book_flight", [(17, 21, "city")])
+        second = emulator.add_task("hi there")
+        gone = emulator.annotate(second, "greet")
+        emulator.annotate(emulator.add_task("asdf"), None, cancelled=True)
+        emulator.delete_annotation(gone)
+        emulator.delete_task(first)
+        emulator.webhooks[0] = (emulator.webhooks[0][0], {"X-Relay-Secret": "wrong-secret-0123456789"})
+        emulator.annotate(second, "greet")
+
+    assert emulator.deliveries == [
+        ("ANNOTATION_CREATED", 202),
+        ("ANNOTATION_CREATED", 202),
+        ("ANNOTATION_CREATED", 200),  # a skip: acknowledged, nothing to retrain on
+        ("ANNOTATIONS_DELETED", 202),
+        ("TASKS_DELETED", 202),
+        ("ANNOTATION_CREATED", 403),  # Label Studio would not retry: the next scheduled run catches it
+    ]
+    assert [
+        (e["payload"]["action"], e["payload"]["new_examples"], e["payload"]["removed_examples"])
+        for e in emitted
+    ] == [
+        ("ANNOTATION_CREATED", 1, 0),
+        ("ANNOTATION_CREATED", 1, 0),
+        ("ANNOTATIONS_DELETED", 0, 1),
+        ("TASKS_DELETED", 0, 1),
+    ]
+    assert {e["payload"]["data"] for e in emitted} == {SOURCE}
+    captured = json.loads(ls_body(label_studio, "ANNOTATION_CREATED"))
+    sent = Emitted()
+    emulator.webhooks[:] = []
+    with serve(_recording_app(sent)) as url:
+        emulator.add_webhook(url)
+        emulator.annotate(second, "greet")
+    [body] = sent
+    assert set(body) == set(captured) and set(body["annotation"]) == set(captured["annotation"])
+    assert set(body["task"]) == set(captured["task"])
+
+
+def _recording_app(into: list[dict[str, Any]]) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def record(request: Request) -> Response:
+        into.append(json.loads(await request.body()))
+        return Response(status_code=200)
+
+    return Starlette(routes=[Route("/", record, methods=["POST"])])
+
+
+def test_the_relay_command_logs_emissions_at_info_without_prefect_warnings(
+    label_studio: Path, tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    """``nluflow relay`` as users start it, with nluflow's loggers handed to Prefect (as the docs suggest)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    recv, prefect_url = receiver
+    recv.status = 204
+    config = tmp_path / "relay.yml"
+    config.write_text("label_studio:\n  1: {project: bookings, source: label-studio}\n", encoding="utf-8")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": f"{prefect_url}/api",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "nluflow",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "warn",  # Prefect's default
+        "NLUFLOW_RELAY_SECRET": SECRET,
+    }
+    code = "from flows.cli import main; main()"
+    args = [sys.executable, "-c", code, "relay", "--config", str(config), "--port", str(port)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/hooks/label-studio",
+                    content=ls_body(label_studio, "ANNOTATION_CREATED"),
+                    headers={"Content-Type": "application/json", "X-Relay-Secret": SECRET},
+                )
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the relay did not start"
+                time.sleep(0.2)
+        assert response.status_code == 202
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=30)
+
+    assert (
+        "INFO" in output and "label-studio ANNOTATION_CREATED (project 1) → nlu.dataset.annotated" in output
+    )
+    assert "flow run id" not in output and "Warning" not in output, output
+    assert len(recv.requests) == 1

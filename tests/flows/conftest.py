@@ -1,15 +1,10 @@
-"""One Prefect test harness for every flow test (a cold server start costs 8-21 s on 2 cores)."""
+"""Every flow test runs against the session's one Prefect test harness (`prefect_api`, tests/conftest.py)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def prefect_harness(prefect_api: str) -> str:
+    return prefect_api

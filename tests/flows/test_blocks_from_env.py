@@ -437,7 +437,8 @@ def test_the_repo_blocks_file_parses_names_registered_types_and_holds_only_templ
     assert {item.slug for item in every} >= {
         "nluflow-s3-model-store", "s3-bucket", "aws-credentials", "nluflow-rasa-backend",
         "nluflow-cognigy-backend", "nluflow-neuralspace-backend", "nluflow-training-service",
-        "nluflow-gate-policy", "nluflow-webhook-notification",
+        "nluflow-gate-policy", "nluflow-webhook-notification", "nluflow-label-studio-source",
+        "nluflow-folder-source",
     }  # fmt: skip
     secret_count = 0
     for item in every:
@@ -449,7 +450,7 @@ def test_the_repo_blocks_file_parses_names_registered_types_and_holds_only_templ
                 assert isinstance(field.value, str) and WHOLE_TEMPLATE.fullmatch(field.value), (
                     f"blocks.yaml:{field.line}: {item.ref} field {name!r} must be a '{{{{ $VAR }}}}' template"
                 )
-    assert secret_count >= 9
+    assert secret_count >= 10
     # No URL in the file but templates: every http(s) value is built from a variable.
     text = (REPO / "blocks.yaml").read_text(encoding="utf-8")
     values = [
@@ -487,9 +488,11 @@ def test_the_repo_blocks_file_validates_with_every_variable_set() -> None:
         "NLUFLOW_GATES_MAX_INTENT_F1_DROP": "0.1",
         "NLUFLOW_GATES_MIN_INTENT_SUPPORT": "5",
         "NLUFLOW_REGISTRY_ONLY_PROMOTIONS": "false",
+        "NLUFLOW_LABEL_STUDIO_PROJECT_ID": "1",
+        "NLUFLOW_LABEL_STUDIO_TOKEN_KIND": "legacy",
     }
     report = create_blocks(REPO / "blocks.yaml", env, dry_run=True)
-    assert report.count("skipped") == 0 and len(report.outcomes) == 10
+    assert report.count("skipped") == 0 and len(report.outcomes) == 12
     # The repo file's names are fixed; a dry run saves nothing, so the shared harness is left as it was.
     nothing = create_blocks(REPO / "blocks.yaml", {}, dry_run=True)
     assert {o.name for o in nothing.outcomes if o.action != "skipped"} == {"gates"}

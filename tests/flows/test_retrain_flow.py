@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -19,7 +20,6 @@ from prefect.client.schemas.filters import (
     ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterId,
-    TaskRunFilter,
 )
 from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 
@@ -27,6 +27,7 @@ from flows.retrain import RetrainParams, RetrainResult, retrain
 from nluflow.audit import AuditLog
 from nluflow.errors import DataError
 from nluflow.registry import ModelStore
+from nluflow.testset import TestSetStore
 
 PROJECT = "flowtest"
 
@@ -58,7 +59,6 @@ def audit_lines(home: Path, project: str = PROJECT) -> list[dict[str, Any]]:
 
 async def _read_task_runs(flow_run_id: str) -> list[Any]:
     async with get_client() as client:
-        # prefect 3.8.8's server refuses null limit/sort, so every field is given.
         return await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
             sort=TaskRunSort.EXPECTED_START_TIME_ASC,
@@ -66,19 +66,53 @@ async def _read_task_runs(flow_run_id: str) -> list[Any]:
         )
 
 
+async def _read_flow_run(flow_run_id: str) -> Any:
+    async with get_client() as client:
+        return await client.read_flow_run(UUID(flow_run_id))
+
+
+def flow_run_of(flow_run_id: str) -> Any:
+    return asyncio.run(_read_flow_run(flow_run_id))
+
+
+def assert_run_says(flow_run_id: str, outcome: str, message: str, candidate_id: str | None) -> Any:
+    """What the runs list shows of a run: its name, tags and state message carry the outcome."""
+    run = flow_run_of(flow_run_id)
+    assert run.state.message == message, run.state
+    assert {"nluflow", f"project:{run.parameters['params']['project']}", f"outcome:{outcome}"} <= set(
+        run.tags
+    )
+    assert [t for t in run.tags if t.startswith("outcome:")] == [f"outcome:{outcome}"], run.tags
+    project = run.parameters["params"]["project"]
+    assert run.name == f"retrain-{project}-{outcome}" + (f"-{candidate_id}" if candidate_id else ""), run.name
+    return run
+
+
 async def _read_artifacts(flow_run_id: str) -> list[Any]:
     async with get_client() as client:
         return await client.read_artifacts(
+            # No task-run filter: an empty one still joins task runs and hides the flow run's own artifacts.
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])),
-            flow_run_filter=FlowRunFilter(),
-            task_run_filter=TaskRunFilter(),
             sort=ArtifactSort.CREATED_DESC,
             limit=200,
         )
 
 
+# Task-run states reach the API asynchronously (Prefect's events pipeline): right after a run returns, a
+# task run may still read Pending. Wait until every one is final; never accept a non-final state.
+STATES_TIMEOUT_SECONDS = 60.0
+
+
 def task_states(flow_run_id: str) -> dict[str, list[str]]:
-    runs = asyncio.run(_read_task_runs(flow_run_id))
+    deadline = time.monotonic() + STATES_TIMEOUT_SECONDS
+    while True:
+        runs = asyncio.run(_read_task_runs(flow_run_id))
+        if all(run.state is not None and run.state.is_final() for run in runs):
+            break
+        if time.monotonic() > deadline:
+            pending = sorted(f"{r.name}: {r.state.name if r.state else None}" for r in runs)
+            raise AssertionError(f"task runs not final after {STATES_TIMEOUT_SECONDS:.0f} s: {pending}")
+        time.sleep(0.5)
     states: dict[str, list[str]] = {}
     for run in runs:
         name = run.name.rsplit("-", 1)[0]
@@ -95,6 +129,11 @@ def test_first_run_promotes_the_first_model(home: Path, demo_data: Path) -> None
     result = retrain(params(home, demo_data, ["batch-1.jsonl"]))
     assert isinstance(result, RetrainResult)
     assert result.promoted and result.decision.first_model
+    assert result.outcome == "promoted"
+    assert result.message == f"promoted {result.candidate_id}: {result.decision.reasons[0]}"
+    assert result.message.startswith(f"promoted {result.candidate_id}: first model of the project; macro F1 ")
+    run = assert_run_says(str(result.flow_run_id), "promoted", result.message, result.candidate_id)
+    assert run.state.is_completed()
     assert result.previous_active is None and result.active == result.candidate_id
     pointer = store(home).active(PROJECT)
     assert pointer is not None and pointer.model_id == result.candidate_id
@@ -113,6 +152,9 @@ def test_larger_batch_beats_the_active_model_and_is_promoted(home: Path, demo_da
     assert result.previous_active == first.model_id
     assert result.promoted, result.decision.reasons
     assert result.deltas["macro_f1"] > 0
+    assert result.outcome == "promoted"
+    assert result.message.startswith(f"promoted {result.candidate_id}: beats active by +"), result.message
+    assert_run_says(str(result.flow_run_id), "promoted", result.message, result.candidate_id)
     pointer = store(home).active(PROJECT)
     assert pointer is not None and pointer.model_id == result.candidate_id
     assert pointer.history[0].model_id == first.model_id
@@ -138,6 +180,17 @@ def test_artifacts_are_published_with_stable_keys(home: Path) -> None:
     assert report.type == "markdown"
     assert "data:image/png;base64," in str(report.data)
     assert "Gates" in str(report.data)
+    # The report is the flow run's own artifact, not one of a task run's; it opens with the outcome.
+    assert report.task_run_id is None and str(report.flow_run_id) == line["flow_run_id"]
+    message = flow_run_of(line["flow_run_id"]).state.message
+    assert report.description == f"{PROJECT}: {message}"
+    markdown = str(report.data)
+    assert markdown.splitlines()[0] == f"# Retrain of `{PROJECT}`: candidate `{line['model_id']}` promoted"
+    assert f"**{message}**" in markdown
+    # Pass/fail marks are plain words: no emoji font needed to read them.
+    assert "| PASS |" in markdown and not {"\u2705", "\u274c"} & set(markdown)
+    others = [a for a in found.values() if a.key != report.key]
+    assert all(a.task_run_id is not None for a in others), [(a.key, a.task_run_id) for a in others]
     assert found[f"{PROJECT}-per-intent-metrics"].type == "table"
     assert found[f"{PROJECT}-confusion-matrix"].type == "image"
     assert found[f"{PROJECT}-training-progress"].type == "progress"
@@ -161,6 +214,22 @@ def test_unchanged_rerun_is_served_from_cache_and_adds_no_model(home: Path, demo
     assert not result.promoted  # the same model is already active
     assert [m.model_id for m in store(home).list_models(PROJECT)] == before
     assert store(home).active(PROJECT) == active_before
+    # The run says so: not "promoted, beats active by +0.000", not "rejected, does not beat the active model".
+    assert active_before is not None and result.candidate_id == active_before.model_id
+    assert result.outcome == "unchanged"
+    assert (
+        result.message
+        == f"unchanged: nothing new to train: candidate {result.candidate_id} is the active model"
+    )
+    assert_run_says(str(result.flow_run_id), "unchanged", result.message, result.candidate_id)
+    line = audit_lines(home)[-1]
+    assert line["flow_run_id"] == result.flow_run_id
+    assert line["decision"] == "unchanged" and line["promoted"] is False
+    assert line["reasons"] == [f"nothing new to train: candidate {result.candidate_id} is the active model"]
+    report = artifacts_of(str(result.flow_run_id))[f"{PROJECT}-retrain-report"]
+    markdown = str(report.data)
+    assert markdown.splitlines()[0].endswith("unchanged"), markdown.splitlines()[0]
+    assert "does not beat" not in markdown and "+0.000" not in markdown.split("## Metrics")[0]
 
 
 def test_mislabelled_batch_is_rejected_and_active_model_stays(home: Path, demo_data: Path) -> None:
@@ -170,10 +239,16 @@ def test_mislabelled_batch_is_rejected_and_active_model_stays(home: Path, demo_d
     assert not result.promoted
     assert result.decision.reasons
     assert store(home).active(PROJECT) == active_before
-    assert not store(home).has_model(PROJECT, result.candidate_id)
+    # Kept in the store, not active, so a person can still force it (`nluflow models promote`).
+    assert store(home).has_model(PROJECT, result.candidate_id)
+    assert [e.model_id for e in store(home).rejected(PROJECT)] == [result.candidate_id]
     line = audit_lines(home)[-1]
     assert line["decision"] == "reject" and line["promoted"] is False
+    assert line["manifest_sha256"] == store(home).manifest(PROJECT, result.candidate_id).sha256()
     assert line["reasons"] == result.decision.reasons
+    assert result.outcome == "rejected"
+    assert result.message == f"rejected {result.candidate_id}: {result.decision.reason()}"
+    assert_run_says(str(result.flow_run_id), "rejected", result.message, result.candidate_id)
     assert line["previous_model_id"] == active_before.model_id
 
 
@@ -194,7 +269,16 @@ def test_failure_during_promotion_rolls_back(
     pointer = store(home).active(project)
     assert pointer is not None and pointer.model_id == first.candidate_id
     assert [m.model_id for m in store(home).list_models(project)] == [first.candidate_id]
-    assert AuditLog(home / "store" / project / "audit.jsonl").verify().ok
+    log = AuditLog(home / "store" / project / "audit.jsonl")
+    assert log.verify().ok
+    promoted, failed = log.records()
+    assert promoted["decision"] == "promote"
+    assert failed["decision"] == "failed" and failed["promoted"] is False
+    assert failed["error"] == "OSError: disk full while writing active.json"
+    run = flow_run_of(failed["flow_run_id"])  # the runs list says it failed, and why
+    assert run.state.type.value == "FAILED" and "disk full" in (run.state.message or ""), run.state
+    assert [t for t in run.tags if t.startswith("outcome:")] == ["outcome:failed"], run.tags
+    assert run.name == f"retrain-{project}-failed", run.name
 
 
 def test_blocking_validation_stops_before_training(home: Path, tmp_path: Path) -> None:
@@ -212,6 +296,15 @@ def test_blocking_validation_stops_before_training(home: Path, tmp_path: Path) -
     [line] = audit_lines(home, project)
     assert line["decision"] == "blocked" and line["promoted"] is False
     assert store(home).active(project) is None
+    # The split it made is not kept: a bad first batch must not freeze the project's test set.
+    assert TestSetStore(store(home).fs, project).record() is None
+    # The run fails (the caller gets the DataError) with "blocked" and why as its state message.
+    run = flow_run_of(line["flow_run_id"])
+    assert run.state.is_failed()
+    assert run.state.message.startswith(
+        "blocked: data failed validation (1 blocking finding); first: [min_intents]"
+    )
+    assert_run_says(line["flow_run_id"], "blocked", run.state.message, None)
 
 
 def test_audit_chain_of_the_whole_history_verifies(home: Path) -> None:

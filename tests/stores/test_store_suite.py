@@ -794,3 +794,21 @@ def test_s3_model_store_block_refuses_a_prefix_that_climbs_out() -> None:
 
     with pytest.raises(ValidationError, match="key prefix"):
         S3ModelStore(s3_bucket=S3Bucket(bucket_name="models"), prefix="nlu/../../other")
+
+
+# --------------------------------------------------------------------------------------------- rejected
+
+
+def test_rejected_candidates_are_kept_and_pruned_the_same_way_on_every_store(env: Env) -> None:
+    env.add("m1")
+    env.store.activate("p", "m1")
+    for model_id in ("r1", "r2", "r3"):
+        env.add(model_id)
+        env.store.record_rejected("p", model_id, run_id=f"run-{model_id}", reason="reject")
+    env.store.activate("p", "r1")  # forced by hand, then replaced: a rollback target now
+    env.store.activate("p", "m1")
+    assert env.store.prune_rejected("p", 1) == ["r2"]
+    assert [e.model_id for e in env.store.rejected("p")] == ["r1", "r3"]
+    assert not env.store.has_model("p", "r2") and not env.fs.exists("p/models/r2")
+    assert sorted(m.model_id for m in env.store.list_models("p")) == ["m1", "r1", "r3"]
+    assert env.store.rollback("p").model_id == "r1"

@@ -227,3 +227,65 @@ def test_concurrent_appends_from_several_processes_keep_the_chain(tmp_path: Path
     assert sorted((r["worker"], r["i"]) for r in records) == [
         (w, i) for w in range(workers) for i in range(per_worker)
     ]
+
+
+def test_pointer_change_records_chain_with_run_lines_and_read_back_as_history(tmp_path: Path) -> None:
+    from nluflow.audit import history_rows, pointer_change_record
+
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append({"timestamp": "2026-01-02T03:04:05+00:00", "decision": "promote", "model_id": "m1"})
+    log.append(
+        pointer_change_record(
+            project="bot",
+            decision="forced-promote",
+            model_id="m2",
+            previous_model_id="m1",
+            manifest_sha256="a" * 64,
+            reason="the bad intent is retired",
+        )
+    )
+    assert log.verify().ok
+    [first, second] = history_rows(log.records())
+    assert first == {
+        "seq": 1,
+        "time": "2026-01-02 03:04:05",
+        "decision": "promote",
+        "model": "m1",
+        "note": "",
+    }
+    assert (second["seq"], second["decision"], second["model"]) == (2, "forced-promote", "m2")
+    assert second["note"] == "the bad intent is retired"
+    line = log.records()[1]
+    assert line["previous_model_id"] == "m1" and line["actor"] == "cli" and line["promoted"] is True
+    with pytest.raises(AuditError, match="not one of"):
+        pointer_change_record(
+            project="bot",
+            decision="promote",
+            model_id="m",
+            previous_model_id=None,
+            manifest_sha256=None,
+            reason="",
+        )
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError("disk full\nmore detail"), "OSError: disk full"),
+        (
+            ValueError("GET https://user:hunter2@host/x failed"),
+            "ValueError: GET https://[REDACTED]@host/x failed",
+        ),
+        (RuntimeError("401 for /api?token=s3cr3t&x=1"), "RuntimeError: 401 for /api?token=[REDACTED]&x=1"),
+        (
+            RuntimeError("sent Authorization: Bearer abcdefghijk123"),
+            "RuntimeError: sent Authorization: Bearer [REDACTED]",
+        ),
+        (KeyError(), "KeyError"),
+    ],
+)
+def test_error_summary_is_one_line_without_credentials(error: BaseException, expected: str) -> None:
+    from nluflow.audit import error_summary
+
+    assert error_summary(error) == expected
+    assert len(error_summary(RuntimeError("x" * 1000))) == 300

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -161,3 +164,130 @@ def test_audit_verify_names_the_first_broken_line(tmp_path: Path) -> None:
     out = runner.invoke(app, ["audit", "verify", "--project", "bot", "--store", str(root)])
     assert out.exit_code == 1
     assert "audit.jsonl:2" in out.output.replace("\n", "")
+
+
+def _audit(root: Path, project: str = "bot") -> list[dict[str, object]]:
+    return AuditLog(root / project / "audit.jsonl").records()
+
+
+def test_every_pointer_change_from_the_cli_writes_an_audit_line(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = _store_with_two_models(root)  # a active, then b active
+    args = ["--project", "bot", "--store", str(root)]
+    out = runner.invoke(app, ["models", "rollback", *args])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["models", "activate", "m-bbbbbbbbbbbb", *args])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["models", "activate", "m-bbbbbbbbbbbb", *args])  # already active: no change
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(
+        app, ["models", "promote", "m-aaaaaaaaaaaa", "--reason", "  rejected on a noisy intent  ", *args]
+    )
+    assert out.exit_code == 0, out.output
+    assert "forced promote" in out.output
+    lines = _audit(root)
+    assert [(x["decision"], x["model_id"], x["previous_model_id"]) for x in lines] == [
+        ("rollback", "m-aaaaaaaaaaaa", "m-bbbbbbbbbbbb"),
+        ("activate", "m-bbbbbbbbbbbb", "m-aaaaaaaaaaaa"),
+        ("forced-promote", "m-aaaaaaaaaaaa", "m-bbbbbbbbbbbb"),
+    ]
+    assert lines[2]["reasons"] == ["rejected on a noisy intent"]
+    pointer = store.active("bot")
+    assert pointer is not None and pointer.model_id == "m-aaaaaaaaaaaa"
+    assert pointer.reason == "forced promote: rejected on a noisy intent"
+    assert lines[2]["manifest_sha256"] == pointer.manifest_sha256
+    assert AuditLog(root / "bot" / "audit.jsonl").verify().ok
+
+
+def test_forced_promote_needs_a_reason_and_a_stored_model(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    _store_with_two_models(root)
+    before = (root / "bot" / "active.json").read_bytes()
+    args = ["--project", "bot", "--store", str(root)]
+    out = runner.invoke(app, ["models", "promote", "m-aaaaaaaaaaaa", *args])
+    assert out.exit_code == 2 and "--reason" in out.output
+    out = runner.invoke(app, ["models", "promote", "m-aaaaaaaaaaaa", "--reason", "   ", *args])
+    assert out.exit_code == 2 and "--reason is empty" in out.output
+    out = runner.invoke(app, ["models", "promote", "m-cccccccccccc", "--reason", "why not", *args])
+    assert out.exit_code == 2 and "does not exist" in out.output
+    out = runner.invoke(app, ["models", "promote", "m-bbbbbbbbbbbb", "--reason", "again", *args])
+    assert out.exit_code == 2 and "already the active model" in out.output
+    assert (root / "bot" / "active.json").read_bytes() == before
+    assert not (root / "bot" / "audit.jsonl").exists()
+
+
+def test_a_pointer_change_the_broken_log_cannot_record_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    _store_with_two_models(root)
+    log = root / "bot" / "audit.jsonl"
+    AuditLog(log).append({"decision": "promote"})
+    log.write_text(log.read_text().replace("promote", "reject"))
+    before = (root / "bot" / "active.json").read_bytes()
+    out = runner.invoke(app, ["models", "rollback", "--project", "bot", "--store", str(root)])
+    assert out.exit_code == 1
+    assert "the audit log is broken" in out.output and "nothing was changed" in out.output
+    assert (root / "bot" / "active.json").read_bytes() == before
+
+
+def test_audit_verify_without_project_checks_and_lists_every_project(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    for project, decisions in (("alpha", ["promote", "reject"]), ("beta", ["blocked"])):
+        log = AuditLog(root / project / "audit.jsonl")
+        for i, decision in enumerate(decisions):
+            log.append(
+                {"timestamp": f"2026-01-0{i + 1}T10:00:00+00:00", "decision": decision, "model_id": f"m-{i}"}
+            )
+    out = runner.invoke(app, ["audit", "verify", "--store", str(root)])
+    assert out.exit_code == 0, out.output
+    assert "alpha: intact, 2 lines" in out.output and "beta: intact, 1 lines" in out.output
+    rows = [line.split("│") for line in out.output.splitlines() if line.startswith("│")]
+    assert [[c.strip() for c in row[1:5]] for row in rows] == [
+        ["1", "2026-01-01 10:00:00", "promote", "m-0"],
+        ["2", "2026-01-02 10:00:00", "reject", "m-1"],
+        ["1", "2026-01-01 10:00:00", "blocked", "m-0"],
+    ]
+    (root / "beta" / "audit.jsonl").write_text("not json\n")
+    out = runner.invoke(app, ["audit", "verify", "--store", str(root)])
+    assert out.exit_code == 1
+    assert "alpha: intact" in out.output and "broken: beta" in out.output
+    out = runner.invoke(app, ["audit", "verify", "--store", str(tmp_path / "nowhere")])
+    assert out.exit_code == 2 and "no model store" in out.output
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"true" if self.path == "/api/health" else b"{}"
+        self.send_response(200 if self.path == "/api/health" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_console_script_uses_a_running_local_server_like_the_makefile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.cli import _use_running_server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = str(server.server_address[1])
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        monkeypatch.setenv("PREFECT_PORT", port)
+        assert _use_running_server() == f"http://127.0.0.1:{port}/api"
+        assert os.environ["PREFECT_API_URL"] == f"http://127.0.0.1:{port}/api"
+        # An explicit PREFECT_API_URL wins: nothing is probed or changed.
+        monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere:4200/api")
+        assert _use_running_server() is None
+        assert os.environ["PREFECT_API_URL"] == "http://elsewhere:4200/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Nothing listening: Prefect is left to start its ephemeral server.
+    monkeypatch.delenv("PREFECT_API_URL")
+    assert _use_running_server() is None
+    assert "PREFECT_API_URL" not in os.environ

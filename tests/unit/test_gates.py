@@ -78,7 +78,11 @@ def test_policy_parse_lists_every_problem() -> None:
 def test_first_model_needs_only_the_absolute_gates() -> None:
     decision = decide(ACTIVE, None, GatePolicy())
     assert decision.promote and decision.first_model
-    assert [g.name for g in decision.gates] == ["min_macro_f1", "min_precision"]
+    assert [(g.name, g.status) for g in decision.gates] == [
+        ("min_macro_f1", "pass"),
+        ("min_precision", "pass"),
+        ("must_pass", "skipped"),  # no must-pass file: listed as skipped, never as passed
+    ]
     assert decision.bootstrap is None and decision.deltas == {}
     assert decision.summary().startswith(
         f"promote: first model of the project; macro F1 {ACTIVE.macro_f1:.3f} and macro precision"
@@ -106,13 +110,15 @@ def test_better_candidate_is_promoted_with_its_interval() -> None:
         r"promote: beats active by \+0\.\d{3} macro F1 \(95% CI [+-]0\.\d{3}\.\.\+0\.\d{3}\)",
         decision.summary(),
     ), decision.summary()
-    names = [g.name for g in decision.gates]
+    names = [(g.name, g.status) for g in decision.gates]
     assert names == [
-        "min_macro_f1",
-        "min_precision",
-        "beats_active",
-        "no_regression_intent_accuracy",
-        "intent_regression",
+        ("min_macro_f1", "pass"),
+        ("min_precision", "pass"),
+        ("beats_active", "pass"),
+        ("no_regression_intent_accuracy", "pass"),
+        ("no_regression_entity_f1", "skipped"),  # the test set has no entities
+        ("intent_regression", "pass"),
+        ("must_pass", "skipped"),
     ]
     # promoting: the headline first, then every gate's (passing) reason
     assert len(decision.reasons) == 1 + len(decision.gates)
@@ -265,8 +271,8 @@ def test_markdown_table_lists_every_gate() -> None:
     header = lines.index("| gate | result | value | threshold | reason |")
     rows = [line for line in lines[header + 2 :] if line.startswith("| ")]
     assert len(rows) == len(decision.gates)
-    assert rows[0].startswith("| min_macro_f1 | ✅ pass | ")
-    assert rows[-1].startswith("| must_pass | ❌ fail | 0.000 | 1.000 | ")
+    assert rows[0].startswith("| min_macro_f1 | PASS | ")
+    assert rows[-1].startswith("| must_pass | FAIL | 0.000 | 1.000 | ")
     assert "'a \\| b'" in rows[-1]  # pipes inside a reason do not break the table
     assert all(row.count(" | ") == 4 for row in rows)
 
@@ -303,3 +309,96 @@ def test_entity_results_from_evaluate_feed_the_entity_gates() -> None:
     assert _gate(decision, "min_entity_f1")[0]
     assert not _gate(decision, "no_regression_entity_f1")[0]
     assert decision.deltas["entity_recall"] == pytest.approx(2 / 3 - 1)
+
+
+def _result_with_confidence(confidence: float, wrong: int = 0) -> EvaluationResult:
+    parses = [
+        Parse(text=t, intent=IntentScore(name="x" if n < wrong else i, confidence=confidence))
+        for n, (t, i) in enumerate(GOLD)
+    ]
+    return evaluate(TEST, parses)
+
+
+def test_gates_that_checked_nothing_are_skipped_with_the_reason_and_do_not_block() -> None:
+    decision = decide(_result({"e": 1}), ACTIVE, GatePolicy(min_intent_support=1000))
+    gates = {g.name: g for g in decision.gates}
+    guard = gates["intent_regression"]
+    assert guard.status == "skipped" and guard.skipped and guard.value is None
+    assert guard.reason.startswith("skipped: no intent has ≥ 1000 test utterances")
+    assert gates["no_regression_entity_f1"].reason.startswith("skipped: the test set has no entity")
+    assert gates["must_pass"].reason.startswith("skipped: no must-pass file")
+    assert decision.promote  # a skipped gate does not block
+    table = decision.to_markdown()
+    assert "| intent_regression | SKIP |" in table
+    assert "| must_pass | SKIP |" in table
+    # With supported intents and a must-pass file, the same gates really check something.
+    with_cases = decide(_result({"e": 1}), ACTIVE, GatePolicy(), MustPassResult(total=2, failures=[]))
+    statuses = {g.name: g.status for g in with_cases.gates}
+    assert statuses["intent_regression"] == "pass" and statuses["must_pass"] == "pass"
+
+
+def test_entity_regression_is_compared_when_the_test_set_has_entities() -> None:
+    city = Entity(start=0, end=5, entity="city", value="Paris")
+    test = Dataset.of(Example(text=f"Paris {t}", intent=i, entities=[city]) for t, i in GOLD)
+
+    def scored(found: int) -> EvaluationResult:
+        parses = [
+            Parse(
+                text=e.text,
+                intent=IntentScore(name=e.intent, confidence=0.9),
+                entities=(city,) if n < found else (),
+            )
+            for n, e in enumerate(test.examples)
+        ]
+        return evaluate(test, parses)
+
+    decision = decide(scored(50), scored(len(GOLD)), GatePolicy())
+    [gate] = [g for g in decision.gates if g.name == "no_regression_entity_f1"]
+    assert gate.status == "fail" and not gate.skipped
+    assert "entity F1" in gate.reason and "drops more than the tolerance" in gate.reason
+
+
+def test_degenerate_confidences_warn_but_do_not_block() -> None:
+    sure = _result_with_confidence(0.99999998, wrong=3)
+    decision = decide(sure, None, GatePolicy())
+    assert decision.promote
+    [warning] = decision.warnings
+    assert warning.startswith(
+        "degenerate confidences: 105 of 105 test answers (100%) have confidence > 0.999"
+    )
+    assert "**Warning:** degenerate confidences" in decision.to_markdown()
+    # Ordinary confidences (0.6 wrong, 0.9 right) raise no warning.
+    assert decide(_result({"e": 1}), ACTIVE, GatePolicy()).warnings == []
+
+
+def test_entity_metrics_are_absent_not_zero_when_the_platform_predicts_no_entities() -> None:
+    """A platform whose parses carry no entities at all (Cognigy's scores) is not scored 0 on entities: the
+    metrics are absent, with the reason, and both entity gates are skipped with it."""
+    city = Entity(start=0, end=5, entity="city", value="Paris")
+    test = Dataset.of(Example(text=f"Paris {t}", intent=i, entities=[city]) for t, i in GOLD)
+
+    def scored(entities_predicted: bool) -> EvaluationResult:
+        parses = [
+            Parse(
+                text=e.text,
+                intent=IntentScore(name=e.intent, confidence=0.9),
+                entities_predicted=entities_predicted,
+            )
+            for e in test.examples
+        ]
+        return evaluate(test, parses)
+
+    blind, seeing = scored(False), scored(True)
+    assert blind.entity is None and "entity_f1" not in blind.headline()
+    assert blind.entity_absent_reason and "no entity predictions" in blind.entity_absent_reason
+    # The same empty predictions from a platform that does predict entities are a real 0.
+    assert seeing.entity is not None and seeing.entity.f1 == 0.0 and seeing.entity_absent_reason is None
+    for active in (blind, seeing):
+        decision = decide(blind, active, GatePolicy(min_entity_f1=0.5))
+        gates = {g.name: g for g in decision.gates}
+        for name in ("min_entity_f1", "no_regression_entity_f1"):
+            assert gates[name].status == "skipped" and gates[name].value is None
+            assert gates[name].reason.startswith("skipped: the platform returned no entity predictions")
+        assert "| min_entity_f1 | SKIP |" in decision.to_markdown()
+    # A test set without entities still fails the entity floor closed, as before.
+    assert _gate(decide(ACTIVE, None, GatePolicy(min_entity_f1=0.5)), "min_entity_f1")[0] is False

@@ -684,3 +684,50 @@ def test_local_filesystem_basic_operations(tmp_path: Path) -> None:
     fs.remove_tree("a")
     fs.remove_tree("a")  # missing: nothing happens
     assert not fs.exists("a")
+
+
+# --------------------------------------------------------------------------------------------- rejected
+
+
+def test_rejected_candidates_are_kept_listed_and_pruned_beyond_the_newest_n(env: Env) -> None:
+    env.add("m-active")
+    env.store.activate("p", "m-active")
+    for i in range(4):
+        env.add(f"r{i}")
+        env.store.record_rejected("p", f"r{i}", run_id=f"run-{i}", reason="reject: does not beat")
+    assert [e.model_id for e in env.store.rejected("p")] == ["r0", "r1", "r2", "r3"]
+    assert env.store.rejected("p")[0].run_id == "run-0"
+    assert env.store.prune_rejected("p", 2) == ["r0", "r1"]
+    assert [e.model_id for e in env.store.rejected("p")] == ["r2", "r3"]
+    assert not env.store.has_model("p", "r0") and not env.store.has_model("p", "r1")
+    assert env.store.has_model("p", "r2") and env.store.has_model("p", "m-active")
+    assert env.store.prune_rejected("p", 2) == []  # within the limit: nothing to do
+
+
+def test_pruning_never_removes_the_active_model_or_a_rollback_target(env: Env) -> None:
+    env.add("m1")
+    env.store.activate("p", "m1")
+    for model_id in ("r1", "r2", "r3"):
+        env.add(model_id)
+        env.store.record_rejected("p", model_id)
+    env.store.activate("p", "r1")  # a rejected candidate promoted by hand, then replaced: in the history
+    env.store.activate("p", "r2")  # active
+    assert env.store.prune_rejected("p", 0) == ["r3"]
+    assert [e.model_id for e in env.store.rejected("p")] == ["r1", "r2"]
+    for model_id in ("m1", "r1", "r2"):
+        env.store.verify("p", model_id)
+    assert env.store.rollback("p").model_id == "r1"
+
+
+def test_forget_rejected_and_record_rejected_refuse_or_ignore_unknown_models(env: Env) -> None:
+    env.add("r1")
+    env.store.record_rejected("p", "r1")
+    env.store.record_rejected("p", "r1")  # recorded once
+    assert [e.model_id for e in env.store.rejected("p")] == ["r1"]
+    env.store.forget_rejected("p", "r1")
+    env.store.forget_rejected("p", "never-rejected")
+    assert env.store.rejected("p") == []
+    with pytest.raises(ModelNotFoundError):
+        env.store.record_rejected("p", "not-stored")
+    with pytest.raises(StoreError, match="keep must be 0 or more"):
+        env.store.prune_rejected("p", -1)

@@ -28,7 +28,7 @@ import sklearn
 import uvicorn
 from starlette.applications import Starlette
 
-from nluflow import __version__
+from nluflow import __version__, serve
 from nluflow.backends.base import IntentScore, LocalModelOptions, Parse
 from nluflow.data.loaders import load_file
 from nluflow.errors import ConfigError, ModelNotFoundError, StoreError, UnsafePathError
@@ -282,6 +282,102 @@ def test_bad_parse_bodies_get_rasa_400s(client: AppClient, content: bytes, fragm
     assert fragment in body["message"]
 
 
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        # a lone surrogate reached the CRF tagger: 500 "SystemError: <cyfunction Tagger.tag ...>"
+        (b'{"text": "\\ud800"}', "unpaired UTF-16 surrogate"),
+        (b'{"text": "play \\udfff by queen"}', "unpaired UTF-16 surrogate"),
+        (b'{"text": "play queen \\ud83d"}', "unpaired UTF-16 surrogate"),
+        (b'{"text": "\xed\xa0\x80"}', "unpaired UTF-16 surrogate"),  # a raw CESU-8 surrogate
+        # deep nesting: 500 "Internal server error." from a RecursionError
+        (b'{"text": "hi", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "nested too deeply"),
+        (b"[" * 50_000, "nested too deeply"),
+        # ValueError "Exceeds the limit (4300 digits)", with Python's advice to raise it
+        (b'{"text": "hi", "n": ' + b"9" * 5000 + b"}", "an integer of 5000 digits"),
+    ],
+)
+def test_hostile_parse_bodies_get_rasa_400s_without_internal_strings(
+    client: AppClient, content: bytes, fragment: str
+) -> None:
+    response = client.post("/model/parse", content=content)
+    body = assert_rasa_error(response, 400, "BadRequest")
+    assert fragment in body["message"]
+    assert "expected" in body["message"]
+    for internal in ("Error:", "Tagger", "cyfunction", "Recursion", "sys.set_int_max_str_digits"):
+        assert internal not in body["message"]
+    assert len(response.content) < 1000  # the body is never echoed
+    assert client.post("/model/parse", json={"text": TEXT}).status_code == 200  # and the server goes on
+
+
+def disconnect_mid_body(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], *, stall: bool = False
+) -> list[dict[str, Any]]:
+    """Call ``app`` as an ASGI server would for a client that sends part of a body, then hangs up (or,
+    with ``stall``, sends nothing more)."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"text": "pl', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if stall and len(messages) == 1:
+            await asyncio.sleep(3600)
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"400"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 5005),
+    }
+    asyncio.run(app(scope, receive, send))  # a ClientDisconnect escaped here: uvicorn logged a traceback
+    return sent
+
+
+def test_a_client_that_disconnects_mid_body_costs_one_log_line(
+    store: ModelStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="nluflow"):
+        sent = disconnect_mid_body(create_app(store, PROJECT, watch=False), "/model/parse", [])
+
+    assert sent[0]["status"] == 400
+    assert [r.getMessage() for r in caplog.records] == [
+        "/model/parse: the client disconnected after 12 bytes of its body; not processed"
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_client_that_stalls_mid_body_gets_a_408_after_the_body_timeout(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serve, "BODY_TIMEOUT_SECONDS", 0.3)
+    started = time.monotonic()
+    sent = disconnect_mid_body(create_app(store, PROJECT, watch=False), "/model/parse", [], stall=True)
+
+    assert sent[0]["status"] == 408  # before: the request waited for the rest of the body forever
+    assert json.loads(sent[1]["body"])["reason"] == "RequestTimeout"
+    assert time.monotonic() - started < 5
+
+
+def test_a_surrogate_pair_is_valid_text_and_parses(client: AppClient) -> None:
+    response = client.post("/model/parse", content=b'{"text": "play queen \\ud83d\\ude00"}')
+    assert response.status_code == 200, response.text
+    assert response.json()["text"] == "play queen \U0001f600"
+
+
 def test_unknown_routes_and_methods_get_rasa_error_bodies(client: AppClient) -> None:
     assert_rasa_error(client.get("/model/nope"), 404, "NotFound")
     response = client.get("/model/parse")
@@ -529,7 +625,8 @@ def test_concurrent_requests_are_batched_and_one_bad_text_fails_alone(tmp_path: 
     responses = asyncio.run(scenario())
 
     by_text = dict(zip(texts, responses, strict=True))
-    assert_rasa_error(by_text.pop("boom"), 500, "ParsingError")
+    failed = assert_rasa_error(by_text.pop("boom"), 500, "ParsingError")
+    assert "cannot parse" not in failed["message"] and "ValueError" not in failed["message"]  # log only
     assert all(r.status_code == 200 for r in by_text.values())
     assert [r.json()["text"] for r in by_text.values()] == list(by_text)
     served = parser.batches[1:]  # without the warm-up

@@ -4,8 +4,15 @@ Implemented: ``GET /``, ``GET /version``, ``GET /status`` (409 with no model loa
 (YAML body, fingerprint cache unless ``force_training``, the archive in the body and its name in the
 ``filename`` header, 400 ``BadRequest`` on bad YAML, 500 ``TrainingError``), ``PUT /model`` (204, 400 when the
 file cannot be loaded), ``POST /model/parse`` and ``POST /model/test/intents`` (YAML only when the
-Content-Type is exactly ``application/x-yaml``; ``entity_evaluation`` is null here). Auth: ``?token=`` or an
-HS256 JWT with role ``admin``. Every error has Rasa's ``ErrorResponse`` body.
+Content-Type is exactly ``application/x-yaml``). Auth: ``?token=`` or an HS256 JWT with role ``admin``. Every
+error has Rasa's ``ErrorResponse`` body.
+
+``/model/test/intents`` answers as Rasa 3.x's ``rasa.nlu.test.run_evaluation`` does: the test data is loaded
+as ``TrainingData``, whose ``sanitize_examples`` drops identical examples (``OrderedDict.fromkeys``), so there
+is one prediction per distinct example, not per one sent; ``intent_evaluation`` is null unless the data has
+at least 2 distinct intents (``get_eval_data``: ``len(set(intent_labels)) >= 2``); ``entity_evaluation`` is
+keyed by extractor (``DIETClassifier`` here) and carries no per-utterance predictions, only ``errors``: the
+examples whose predicted entities differ from the targets, as ``{"text", "entities", "predicted_entities"}``.
 """
 
 from __future__ import annotations
@@ -326,11 +333,13 @@ class RasaEmulator(Emulator):
                 agent = self.loaded
             else:
                 return rasa_error(409, "Conflict", "Loaded model file not found.")
+            data = _sanitize(data)
             parses = agent[1].parse(data.texts)
+            intents = _intent_evaluation(data, parses) if len(set(data.intents)) >= 2 else None
             return JSONResponse(
                 {
-                    "intent_evaluation": _intent_evaluation(data, parses),
-                    "entity_evaluation": None,
+                    "intent_evaluation": intents,
+                    "entity_evaluation": _entity_evaluation(data, parses) if len(data) else None,
                     "response_selection_evaluation": None,
                 }
             )
@@ -385,4 +394,61 @@ def _intent_evaluation(data: Dataset, parses: list[Any]) -> dict[str, Any]:
             for t, p in zip(targets, parses, strict=True)
             if t != p.intent.name
         ],
+    }
+
+
+def _sanitize(data: Dataset) -> Dataset:
+    """Rasa's ``TrainingData.sanitize_examples``: identical examples (text, intent, entities) kept once."""
+    seen: set[tuple[str, str, tuple[tuple[int, int, str, str], ...]]] = set()
+    kept = []
+    for example in data.examples:
+        key = (
+            example.text,
+            example.intent,
+            tuple((e.start, e.end, e.entity, e.value) for e in example.entities),
+        )
+        if key not in seen:
+            seen.add(key)
+            kept.append(example)
+    return Dataset.of(kept)
+
+
+def _entity_dicts(entities: Any, extractor: str | None) -> list[dict[str, Any]]:
+    out = []
+    for e in entities:
+        item: dict[str, Any] = {"start": e.start, "end": e.end, "value": e.value, "entity": e.entity}
+        if extractor is not None:
+            item.update(confidence_entity=0.99, extractor=extractor)
+        out.append(item)
+    return out
+
+
+def _entity_evaluation(data: Dataset, parses: list[Any]) -> dict[str, Any]:
+    """Rasa's ``evaluate_entities`` for one extractor: summary figures and the utterances it got wrong."""
+    extractor = "DIETClassifier"
+    tp = n_pred = n_gold = 0
+    errors = []
+    for example, parse in zip(data.examples, parses, strict=True):
+        gold = {(e.start, e.end, e.entity) for e in example.entities}
+        pred = {(e.start, e.end, e.entity) for e in parse.entities}
+        tp, n_pred, n_gold = tp + len(gold & pred), n_pred + len(pred), n_gold + len(gold)
+        if gold != pred:
+            errors.append(
+                {
+                    "text": example.text,
+                    "entities": _entity_dicts(example.entities, None),
+                    "predicted_entities": _entity_dicts(parse.entities, extractor),
+                }
+            )
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        extractor: {
+            "report": {},
+            "precision": precision,
+            "f1_score": f1,
+            "accuracy": 1.0 - len(errors) / len(data),
+            "errors": errors,
+        }
     }

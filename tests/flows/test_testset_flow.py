@@ -1,0 +1,218 @@
+"""The frozen test set grows with new annotations, and runs say what is new (under prefect_test_harness).
+
+The growth tests share one project history and run in file order, as a bot's retrains do.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.retrain import RetrainParams, retrain
+from nluflow.audit import AuditLog
+from nluflow.data.loaders import load_paths
+from nluflow.data.schema import Dataset
+from nluflow.data.validation import normalize_text
+from nluflow.errors import DataError
+from nluflow.evaluation.gates import GatePolicy
+from nluflow.registry import ModelStore
+from nluflow.testset import TestSetStore, example_key, stored_training_data
+
+PROJECT = "growtest"
+# The first model is judged on a 28-utterance split; these floors only make sure it becomes the active one.
+LENIENT = GatePolicy(min_macro_f1=0.5, min_precision=0.5)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("testset-home")
+
+
+def params(home: Path, demo_data: Path, files: list[str], project: str = PROJECT) -> RetrainParams:
+    return RetrainParams(
+        project=project,
+        data=[str(demo_data / f) for f in files],
+        store=str(home / "store"),
+        workspace=str(home / "work"),
+        gates=LENIENT,
+    )
+
+
+def frozen(home: Path, project: str = PROJECT) -> TestSetStore:
+    return TestSetStore(ModelStore.local(home / "store").fs, project)
+
+
+def audit_lines(home: Path, project: str = PROJECT) -> list[dict[str, Any]]:
+    return AuditLog(home / "store" / project / "audit.jsonl").records()
+
+
+@pytest.fixture
+def scored_on(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The sha256 of every test set a model was scored on during the test."""
+    from nluflow.evaluation.metrics import evaluate as real
+
+    seen: list[str] = []
+
+    def spy(test_set: Dataset, *args: Any, **kwargs: Any) -> Any:
+        seen.append(test_set.sha256())
+        return real(test_set, *args, **kwargs)
+
+    monkeypatch.setattr("tasks.evaluation.evaluate", spy)
+    return seen
+
+
+def test_first_run_freezes_version_1_and_keeps_its_training_data(home: Path, demo_data: Path) -> None:
+    result = retrain(params(home, demo_data, ["batch-1.jsonl"]))
+    assert result.promoted, result.decision.reasons
+    current = frozen(home).current()
+    assert current is not None
+    record, test = current
+    assert record.version == 1 and len(test) == 28  # 20 % of 20 utterances for each of 7 intents
+    assert record.intent_counts == dict.fromkeys(sorted(record.intent_counts), 4)
+    line = audit_lines(home)[-1]
+    assert line["test_sha256"] == record.sha256 and line["test_set_version"] == 1
+    assert (line["new_examples"], line["routed_to_test"]) == (140, 28)
+    assert (
+        result.data_info["new_since_active"]
+        == "+140 new (112 to training, 28 to the test set); no active model yet"
+    )
+    kept = stored_training_data(ModelStore.local(home / "store").fs, PROJECT, line["dataset_sha256"])
+    assert kept is not None and len(kept) == 112
+    assert not {normalize_text(t) for t in kept.texts} & {normalize_text(t) for t in test.texts}
+
+
+def test_new_annotations_grow_the_test_set_and_both_models_are_scored_on_it(
+    home: Path, demo_data: Path, scored_on: list[str]
+) -> None:
+    before, old_test = frozen(home).current() or (None, None)
+    assert before is not None and old_test is not None
+    active = ModelStore.local(home / "store").active(PROJECT)
+    assert active is not None
+    result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]))
+
+    after, test = frozen(home).current() or (None, None)
+    assert after is not None and test is not None
+    assert after.version == 2 and after.sha256 != before.sha256
+    assert [v.version for v in after.history] == [1, 2]
+    # The new version is the old one plus examples of batch 2 only (never one the active model trained on).
+    assert test.examples[: len(old_test)] == old_test.examples
+    added = test.examples[len(old_test) :]
+    batch2 = {example_key(e) for e in load_paths([demo_data / "batch-2.jsonl"])}
+    assert added and {example_key(e) for e in added} <= batch2
+    # Stratified: every intent keeps 20 % of its distinct texts in the test set (120 per intent → 24).
+    assert after.intent_counts == dict.fromkeys(sorted(after.intent_counts), 24)
+
+    # Both models were scored on the new version, and only on it.
+    assert scored_on and set(scored_on) == {after.sha256}
+    assert len(scored_on) == 2
+    assert result.previous_active == active.model_id and result.active_metrics is not None
+
+    new = len(batch2 - {example_key(e) for e in load_paths([demo_data / "batch-1.jsonl"])})
+    routed = len(added)
+    line = audit_lines(home)[-1]
+    assert line["test_sha256"] == after.sha256 and line["test_set_version"] == 2
+    assert (line["new_examples"], line["removed_examples"], line["routed_to_test"]) == (new, 0, routed)
+    summary = f"+{new} new ({new - routed} to training, {routed} to the test set), 0 removed"
+    assert result.data_info["new_since_active"] == summary
+    report = Path(result.report_path).read_text(encoding="utf-8")
+    assert summary in report and f"Test set version 2, sha256 `{after.sha256[:16]}" in report
+    trained = stored_training_data(ModelStore.local(home / "store").fs, PROJECT, line["dataset_sha256"])
+    assert trained is not None
+    assert not {normalize_text(t) for t in trained.texts} & {normalize_text(t) for t in test.texts}
+
+
+def test_an_unchanged_rerun_does_not_grow_the_test_set(home: Path, demo_data: Path) -> None:
+    before = frozen(home).record()
+    previous = audit_lines(home)[-1]
+    result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]))
+    assert frozen(home).record() == before
+    line = audit_lines(home)[-1]
+    assert (
+        line["dataset_sha256"] == previous["dataset_sha256"]
+        and line["test_sha256"] == previous["test_sha256"]
+    )
+    assert result.data_info["routed_to_test"] == 0
+    # Compared with the model now active: the last run's candidate if it was promoted, else the one before
+    # (counted from the test set that model was scored on, so the figures repeat the last run's).
+    expected = "+0 new, 0 removed" if previous["promoted"] else previous["new_since_active"]
+    assert result.data_info["new_since_active"] == expected
+
+
+def test_an_explicit_test_set_wins_over_the_frozen_one(home: Path, demo_data: Path) -> None:
+    before = frozen(home).record()
+    p = params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]).model_copy(
+        update={"test": [str(demo_data / "test.jsonl")]}
+    )
+    result = retrain(p)
+    given = load_paths([demo_data / "test.jsonl"])
+    assert audit_lines(home)[-1]["test_sha256"] == given.sha256()
+    assert result.data_info["test_set_version"] is None and result.data_info["routed_to_test"] == 0
+    assert frozen(home).record() == before
+
+
+def test_an_active_model_without_kept_training_data_is_unknown_and_routes_nothing(
+    home: Path, demo_data: Path
+) -> None:
+    project = "growtest-legacy"
+    first = retrain(params(home, demo_data, ["batch-1.jsonl"], project=project))
+    assert first.promoted, first.decision.reasons
+    # As a model stored before training data was kept in the store.
+    shutil.rmtree(home / "store" / project / "datasets")
+    before = frozen(home, project).record()
+    result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"], project=project))
+    assert result.data_info["new_since_active"].startswith(
+        f"unknown: the training data of the active model {first.candidate_id} is not in the store"
+    )
+    assert frozen(home, project).record() == before  # no guess, so nothing was routed
+    line = audit_lines(home, project)[-1]
+    assert line["new_examples"] is None and line["removed_examples"] is None and line["test_set_version"] == 1
+
+
+def test_a_tiny_first_run_is_refused_and_freezes_nothing(home: Path, tmp_path: Path) -> None:
+    data = tmp_path / "first-annotations.jsonl"
+    rows = [("hello there", "greet"), ("hi bot", "greet"), ("good morning", "greet")]
+    rows += [("bye now", "goodbye"), ("see you", "goodbye"), ("later", "goodbye")]
+    data.write_text("".join(json.dumps({"text": t, "intent": i}) + "\n" for t, i in rows), encoding="utf-8")
+    project = "growtest-tiny"
+    p = RetrainParams(
+        project=project, data=[str(data)], store=str(home / "store"), workspace=str(home / "work")
+    )
+    with pytest.raises(DataError) as err:
+        retrain(p)
+    message = str(err.value)
+    assert message.startswith(f"{data}: cannot freeze a test set from these 6 examples")
+    assert "--test" in message and "Nothing was frozen" in message
+    assert str(home / "work") not in message
+    assert frozen(home, project).record() is None
+    assert not (home / "store" / project / "testset").exists()
+    assert ModelStore.local(home / "store").active(project) is None
+
+
+def test_growth_history_verifies(home: Path) -> None:
+    assert AuditLog(home / "store" / PROJECT / "audit.jsonl").verify().ok
+
+
+def test_a_test_set_frozen_after_a_reset_holds_nothing_the_active_model_trained_on(
+    tmp_path: Path, demo_data: Path
+) -> None:
+    project = "resettest"
+    first = retrain(params(tmp_path, demo_data, ["batch-1.jsonl"], project=project))
+    assert first.promoted, first.decision.reasons
+    store = ModelStore.local(tmp_path / "store")
+    trained = stored_training_data(
+        store.fs, project, store.manifest(project, first.candidate_id).dataset_sha256
+    )
+    assert trained is not None and len(trained) == 112
+    assert frozen(tmp_path, project).reset() is not None  # what `nluflow testset reset` does
+
+    retrain(params(tmp_path, demo_data, ["batch-1.jsonl", "batch-2.jsonl"], project=project))
+    current = frozen(tmp_path, project).current()
+    assert current is not None
+    record, test = current
+    assert record.version == 1 and len(test) > 0
+    trained_texts = {normalize_text(e.text) for e in trained}
+    assert not [e.text for e in test if normalize_text(e.text) in trained_texts]

@@ -1,0 +1,68 @@
+"""The frozen test set and the kept training data on both store filesystems: a local folder and S3 (moto)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from nluflow.data.schema import Dataset, Example
+from nluflow.errors import StoreError
+from nluflow.registry import FileSystem, LocalFileSystem
+from nluflow.s3 import S3FileSystem
+from nluflow.testset import TestSetStore, keep_training_data, stored_training_data
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+@pytest.fixture(params=["local", "s3"])
+def fs(request: pytest.FixtureRequest, tmp_path: Path) -> FileSystem:
+    if request.param == "local":
+        return LocalFileSystem(tmp_path / "store", create=True)
+    client: S3Client = request.getfixturevalue("s3_client")
+    return S3FileSystem(client, request.getfixturevalue("s3_bucket"), "root/store")
+
+
+def ds(*texts: str) -> Dataset:
+    return Dataset.of([Example(text=t, intent=t.split()[0]) for t in texts])
+
+
+class CrashBeforePointer:
+    """Writes go through until the test set pointer, which fails (a crash after the data was written)."""
+
+    def __init__(self, inner: FileSystem) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        if key.endswith("testset/testset.json"):
+            raise StoreError(f"simulated crash writing {key}")
+        self.inner.write_bytes(key, data)
+
+
+def test_versions_grow_reset_and_training_data_round_trip(fs: FileSystem) -> None:
+    store = TestSetStore(fs, "bot")
+    v1 = store.freeze(ds("book one", "book two", "greet hi"), "/data/nlu.jsonl", "split")
+    record, data = store.current() or (None, None)
+    assert record == v1 and data is not None
+    v2 = store.grow(v1, data, ds("book three"), "+1")
+    assert (v2.version, v2.n_examples) == (2, 4) and fs.exists(f"bot/testset/versions/{v1.sha256}.jsonl")
+    assert store.reset() == v2 and store.current() is None
+    train = ds("greet hello", "book a table")
+    key = keep_training_data(fs, "bot", train)
+    assert fs.exists(key)
+    back = stored_training_data(fs, "bot", train.sha256())
+    assert back is not None and back.sha256() == train.sha256()
+
+
+def test_a_crash_before_the_pointer_keeps_the_previous_version(fs: FileSystem) -> None:
+    v1 = TestSetStore(fs, "bot").freeze(ds("book one", "greet hi"), "/data/nlu.jsonl", "split")
+    crashing = TestSetStore(CrashBeforePointer(fs), "bot")  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="simulated crash"):
+        crashing.grow(v1, ds("book one", "greet hi"), ds("book two"), "+1")
+    record, data = TestSetStore(fs, "bot").current() or (None, None)
+    assert record == v1 and data is not None and data.sha256() == v1.sha256
