@@ -750,6 +750,29 @@ def test_a_failed_emission_is_not_remembered_so_the_retry_emits(label_studio: Pa
     assert len(emitted) == 2
 
 
+def test_two_concurrent_copies_emit_once(label_studio: Path) -> None:
+    emitted = Emitted()
+
+    def slow(event: dict[str, Any]) -> None:
+        time.sleep(0.3)  # the first copy is still emitting when the second arrives
+        emitted(event)
+
+    app = create_app(
+        RelayConfig(secret=SECRET, label_studio={LS_PROJECT: LabelStudioRoute(project="b", source="b")}), slow
+    )
+    body = ls_body(label_studio, "ANNOTATION_CREATED")
+
+    async def both() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as client:
+            post = client.post("/hooks/label-studio", content=body, headers={"X-Relay-Secret": SECRET})
+            again = client.post("/hooks/label-studio", content=body, headers={"X-Relay-Secret": SECRET})
+            return sorted(r.status_code for r in await asyncio.gather(post, again))
+
+    assert anyio.run(both) == [200, 202]
+    assert len(emitted) == 1
+
+
 def test_the_replay_memory_is_a_bounded_lru(label_studio: Path, emitted: Emitted) -> None:
     memory = relay.ReplayMemory(2)
     assert memory.claim([("a",)]) == [("a",)] and memory.claim([("b",)]) == [("b",)]
