@@ -1,11 +1,13 @@
 """The ``nluflow`` command line: validate data, run retrains, manage models, verify the audit log.
 
 Exit codes: 0 the command did its job (a retrain that the gates rejected included), 2 bad input,
-1 other failures.
+1 other failures, including the environment's (a full disk, a read-only or unwritable store), whatever error
+carried them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -134,13 +136,48 @@ def _use_running_server() -> str | None:
     return url
 
 
+# The environment's failures, not the user's input: they end with exit 1 and say what to do.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "the disk is full: free space on the disk that holds {where}, then run the command again",
+    errno.EDQUOT: "the disk quota is used up: free space on the disk that holds {where}, then run the "
+    "command again",
+    errno.EROFS: "the file system is read-only: remount it read-write, or pass a writable --store, then run "
+    "the command again",
+    errno.EACCES: "permission denied: make {where} writable (and readable) for this user, or pass another "
+    "--store, then run the command again",
+    errno.EPERM: "operation not permitted: make {where} writable (and readable) for this user, or pass "
+    "another --store, then run the command again",
+}
+
+
+def _environment_problem(exc: BaseException) -> str | None:
+    """What to do when ``exc`` (or an error that caused it) is a full disk or a read-only / unwritable
+    file system; None for anything else."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _ENVIRONMENT_ERRNOS:
+            where = current.filename or "the model store"
+            return _ENVIRONMENT_ERRNOS[current.errno].format(where=where)
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _guard(fn: Callable[[], T]) -> T:
-    """Run ``fn``; a known error becomes one clear paragraph and its exit code, never a traceback."""
+    """Run ``fn``; a known error becomes one clear paragraph and its exit code, never a traceback.
+
+    A full disk or a read-only / unwritable store is the environment's failure, not bad input: exit 1 with
+    what to do, whichever error carried it (a StoreError, an AuditError or a bare OSError)."""
     try:
         return fn()
-    except NluflowError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+    except (NluflowError, OSError) as exc:
+        problem = _environment_problem(exc)
+        if problem is None and not isinstance(exc, NluflowError):
+            raise
+        text = str(exc) if problem is None else f"{exc}. {problem[0].upper()}{problem[1:]}"
+        err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1 if problem is not None else getattr(exc, "exit_code", 1)) from None
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
@@ -441,7 +478,8 @@ def models_list(project: ProjectOpt = "default", store: StoreOpt = None) -> None
         table.add_column("model", no_wrap=True, min_width=14)
         for col in ("created", "backend", "accuracy", "macro F1", "entity F1"):
             table.add_column(col, overflow="fold")
-        for m in ms.list_models(project):
+        models, problems = ms.scan_models(project)
+        for m in models:
             mark = "*" if pointer and pointer.model_id == m.model_id else ""
             table.add_row(
                 mark,
@@ -453,6 +491,10 @@ def models_list(project: ProjectOpt = "default", store: StoreOpt = None) -> None
                 _fmt(m.metrics.get("entity_f1")),
             )
         console.print(table)
+        for model_id, reason in problems:
+            err_console.print(
+                f"[bold yellow]refused:[/] {escape(model_id)}: {escape(reason)}", highlight=False
+            )
 
     _guard(run)
 
