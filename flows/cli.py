@@ -149,6 +149,8 @@ _ENVIRONMENT_ERRNOS = {
     "another --store, then run the command again",
 }
 
+_ERRNO_IN_MESSAGE = re.compile(r"\[Errno (\d+)\]")
+
 
 def _environment_problem(exc: BaseException) -> str | None:
     """What to do when ``exc`` (or an error that caused it) is a full disk or a read-only / unwritable
@@ -161,6 +163,10 @@ def _environment_problem(exc: BaseException) -> str | None:
             where = current.filename or "the model store"
             return _ENVIRONMENT_ERRNOS[current.errno].format(where=where)
         current = current.__cause__ or current.__context__
+    # An error that crossed a process or a stored result has lost its cause; its message still names it.
+    found = _ERRNO_IN_MESSAGE.search(str(exc))
+    if found is not None and int(found.group(1)) in _ENVIRONMENT_ERRNOS:
+        return _ENVIRONMENT_ERRNOS[int(found.group(1))].format(where="the model store")
     return None
 
 

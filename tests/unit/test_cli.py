@@ -363,3 +363,19 @@ def test_a_full_disk_under_a_bare_os_error_exits_1(tmp_path: Path, monkeypatch: 
 def test_bad_input_still_exits_2(tmp_path: Path) -> None:
     out = runner.invoke(app, ["models", "show", "nope", "--project", "bot", "--store", str(tmp_path)])
     assert out.exit_code == 2
+
+
+def test_a_read_only_store_whose_error_lost_its_cause_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that crossed a Prefect task result keeps only its message; the errno in it still counts."""
+    import nluflow.registry as registry
+    from nluflow.errors import StoreError
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise StoreError(f"cannot write 'bot/active.json': [Errno {errno.EROFS}] Read-only file system")
+
+    monkeypatch.setattr(registry.ModelStore, "local", read_only)
+    out = runner.invoke(app, ["models", "list", "--project", "bot", "--store", str(tmp_path)])
+    assert out.exit_code == 1
+    assert "remount it read-write" in out.output.replace("\n", "")
