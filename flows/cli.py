@@ -714,7 +714,9 @@ def audit_verify(
             return [path]
         if not root.is_dir():
             raise StoreError(f"no model store at {root}; expected the folder a retrain wrote (--store)")
-        paths = sorted(p for p in root.glob("*/audit.jsonl") if p.is_file())
+        # Symbolic links too (glob skips dangling ones): verify refuses them, never skips them.
+        logs = (d / "audit.jsonl" for d in root.iterdir() if d.is_dir())
+        paths = sorted(p for p in logs if p.is_file() or p.is_symlink())
         if not paths:
             raise StoreError(f"no audit logs in {root}; no project has run a retrain in this store")
         return paths

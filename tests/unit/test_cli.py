@@ -317,6 +317,10 @@ def test_audit_verify_refuses_a_symlinked_log(tmp_path: Path) -> None:
     out = runner.invoke(app, ["audit", "verify", "--project", "bot", "--store", str(root)])
     assert out.exit_code == 1
     assert "symbolic link" in out.output.replace("\n", "")
+    outside.unlink()  # a dangling link is still listed and refused when every project is checked
+    out = runner.invoke(app, ["audit", "verify", "--store", str(root)])
+    assert out.exit_code == 1
+    assert "broken: bot" in out.output and "symbolic link" in out.output.replace("\n", "")
 
 
 @pytest.mark.parametrize(
