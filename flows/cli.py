@@ -7,7 +7,6 @@ carried them.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flows.cli_blocks import blocks_app
+from flows.cli_env import environment_problem, error_text_and_exit_code
 from flows.cli_testset import testset_app
 from nluflow.errors import ConfigError, NluflowError
 
@@ -136,40 +136,6 @@ def _use_running_server() -> str | None:
     return url
 
 
-# The environment's failures, not the user's input: they end with exit 1 and say what to do.
-_ENVIRONMENT_ERRNOS = {
-    errno.ENOSPC: "the disk is full: free space on the disk that holds {where}, then run the command again",
-    errno.EDQUOT: "the disk quota is used up: free space on the disk that holds {where}, then run the "
-    "command again",
-    errno.EROFS: "the file system is read-only: remount it read-write, or pass a writable --store, then run "
-    "the command again",
-    errno.EACCES: "permission denied: make {where} writable (and readable) for this user, or pass another "
-    "--store, then run the command again",
-    errno.EPERM: "operation not permitted: make {where} writable (and readable) for this user, or pass "
-    "another --store, then run the command again",
-}
-
-_ERRNO_IN_MESSAGE = re.compile(r"\[Errno (\d+)\]")
-
-
-def _environment_problem(exc: BaseException) -> str | None:
-    """What to do when ``exc`` (or an error that caused it) is a full disk or a read-only / unwritable
-    file system; None for anything else."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _ENVIRONMENT_ERRNOS:
-            where = current.filename or "the model store"
-            return _ENVIRONMENT_ERRNOS[current.errno].format(where=where)
-        current = current.__cause__ or current.__context__
-    # An error that crossed a process or a stored result has lost its cause; its message still names it.
-    found = _ERRNO_IN_MESSAGE.search(str(exc))
-    if found is not None and int(found.group(1)) in _ENVIRONMENT_ERRNOS:
-        return _ENVIRONMENT_ERRNOS[int(found.group(1))].format(where="the model store")
-    return None
-
-
 def _guard(fn: Callable[[], T]) -> T:
     """Run ``fn``; a known error becomes one clear paragraph and its exit code, never a traceback.
 
@@ -178,12 +144,11 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except (NluflowError, OSError) as exc:
-        problem = _environment_problem(exc)
-        if problem is None and not isinstance(exc, NluflowError):
+        if environment_problem(exc) is None and not isinstance(exc, NluflowError):
             raise
-        text = str(exc) if problem is None else f"{exc}. {problem[0].upper()}{problem[1:]}"
+        text, code = error_text_and_exit_code(exc)
         err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1 if problem is not None else getattr(exc, "exit_code", 1)) from None
+        raise typer.Exit(code) from None
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
