@@ -593,26 +593,34 @@ class RasaBackend:
         and renamed, so the server never sees half an archive."""
         filename = PurePosixPath(path).name
         archive = Path(model.path) / filename if model.path else None
-        if archive is None or not archive.is_file():
-            raise BackendError(
-                f"the Rasa server cannot load {path} ({refused}) and nluflow has no copy of it either "
-                f"(expected {archive or 'a model folder in the store'}); activate another model or retrain"
-            )
+        has_copy = archive is not None and archive.is_file()
+        no_copy = f"nluflow has no copy of it either (expected {archive or 'a model folder in the store'})"
         if self.server_models_folder is None:
-            raise BackendError(
-                f"the Rasa server cannot load {path}: its archive is no longer in the server's models folder "
-                f"({refused}). nluflow holds it at {archive}: copy that file to the server as {path} and "
-                "activate again, or set the Rasa block's server_models_folder to where the server's models "
-                "folder is mounted on this machine, so nluflow puts it back itself; the served model did not "
-                "change"
+            where = (
+                f"nluflow holds it at {archive}: copy that file to the server as {path}"
+                if has_copy
+                else no_copy
             )
+            raise BackendError(
+                f"the Rasa server cannot load {path} ({refused}). If its archive is no longer in the "
+                f"server's models folder, {where} and activate again, or set the Rasa block's "
+                "server_models_folder to where the server's models folder is mounted on this machine, so "
+                "nluflow puts it back itself; the served model did not change"
+            ) from refused
         folder = Path(self.server_models_folder)
         if not folder.is_dir():
             raise BackendError(
-                f"the Rasa server cannot load {path} and the block's server_models_folder {folder} is not a "
-                "folder on this machine; mount the server's models folder there (or fix the block) and "
-                "activate again; the served model did not change"
-            )
+                f"the Rasa server cannot load {path} ({refused}) and the block's server_models_folder "
+                f"{folder} is not a folder on this machine; mount the server's models folder there (or fix "
+                "the block) and activate again; the served model did not change"
+            ) from refused
+        if (folder / filename).is_file():
+            raise refused  # the server has the archive: it refused the model for another reason
+        if not has_copy or archive is None:
+            raise BackendError(
+                f"the Rasa server cannot load {path}: its archive is gone from {folder} and {no_copy}; "
+                "activate another model or retrain; the served model did not change"
+            ) from refused
         target = folder / filename
         tmp = target.with_name(f".{filename}.nluflow.part")
         try:
