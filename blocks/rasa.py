@@ -64,6 +64,16 @@ class RasaBackendBlock(Block):
         title="Models folder on the server",
         description="Where the server saves trained archives, relative to its working folder.",
     )
+    server_models_folder: str | None = Field(
+        default=None,
+        title="Server's models folder, as mounted here",
+        description=(
+            "The server's models folder as this machine sees it (a shared volume), e.g. /mnt/rasa/models. "
+            "When set, an activation or rollback whose archive the server no longer has copies it back there "
+            "from nluflow's store (Rasa's API cannot upload a model); when empty, such an activation fails "
+            "with an error that says which file to copy where."
+        ),
+    )
     language: str = Field(
         default="en", title="Language", description="The `language` key of the Rasa config."
     )
@@ -98,6 +108,7 @@ class RasaBackendBlock(Block):
             jwt=self.jwt.get_secret_value() if self.jwt else None,
             evaluation_url=self.evaluation_url,
             models_dir=self.models_dir,
+            server_models_folder=self.server_models_folder,
             language=self.language,
             pipeline=self.pipeline,
             workdir=workdir,

@@ -1,7 +1,8 @@
 """The ``nluflow`` command line: validate data, run retrains, manage models, verify the audit log.
 
 Exit codes: 0 the command did its job (a retrain that the gates rejected included), 2 bad input,
-1 other failures.
+1 other failures, including the environment's (a full disk, a read-only or unwritable store), whatever error
+carried them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flows.cli_blocks import blocks_app
+from flows.cli_env import environment_problem, error_text_and_exit_code
 from flows.cli_testset import testset_app
 from nluflow.errors import ConfigError, NluflowError
 
@@ -135,12 +137,18 @@ def _use_running_server() -> str | None:
 
 
 def _guard(fn: Callable[[], T]) -> T:
-    """Run ``fn``; a known error becomes one clear paragraph and its exit code, never a traceback."""
+    """Run ``fn``; a known error becomes one clear paragraph and its exit code, never a traceback.
+
+    A full disk or a read-only / unwritable store is the environment's failure, not bad input: exit 1 with
+    what to do, whichever error carried it (a StoreError, an AuditError or a bare OSError)."""
     try:
         return fn()
-    except NluflowError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+    except (NluflowError, OSError) as exc:
+        if environment_problem(exc) is None and not isinstance(exc, NluflowError):
+            raise
+        text, code = error_text_and_exit_code(exc)
+        err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code) from None
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
@@ -441,7 +449,8 @@ def models_list(project: ProjectOpt = "default", store: StoreOpt = None) -> None
         table.add_column("model", no_wrap=True, min_width=14)
         for col in ("created", "backend", "accuracy", "macro F1", "entity F1"):
             table.add_column(col, overflow="fold")
-        for m in ms.list_models(project):
+        models, problems = ms.scan_models(project)
+        for m in models:
             mark = "*" if pointer and pointer.model_id == m.model_id else ""
             table.add_row(
                 mark,
@@ -453,6 +462,10 @@ def models_list(project: ProjectOpt = "default", store: StoreOpt = None) -> None
                 _fmt(m.metrics.get("entity_f1")),
             )
         console.print(table)
+        for model_id, reason in problems:
+            err_console.print(
+                f"[bold yellow]refused:[/] {escape(model_id)}: {escape(reason)}", highlight=False
+            )
 
     _guard(run)
 
@@ -666,7 +679,9 @@ def audit_verify(
             return [path]
         if not root.is_dir():
             raise StoreError(f"no model store at {root}; expected the folder a retrain wrote (--store)")
-        paths = sorted(p for p in root.glob("*/audit.jsonl") if p.is_file())
+        # Symbolic links too (glob skips dangling ones): verify refuses them, never skips them.
+        logs = (d / "audit.jsonl" for d in root.iterdir() if d.is_dir())
+        paths = sorted(p for p in logs if p.is_file() or p.is_symlink())
         if not paths:
             raise StoreError(f"no audit logs in {root}; no project has run a retrain in this store")
         return paths

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from flows.cli_env import error_text_and_exit_code
 from nluflow.errors import NluflowError
 
 testset_app = typer.Typer(
@@ -36,8 +37,9 @@ StoreOpt = Annotated[
 
 def _fail(exc: NluflowError) -> typer.Exit:
     """A known error becomes one clear paragraph and its exit code, never a traceback."""
-    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    return typer.Exit(exc.exit_code)
+    text, code = error_text_and_exit_code(exc)  # a full or read-only store: exit 1 and what to do
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
 
 
 def _store_path(store: Path | None) -> Path:

@@ -54,6 +54,7 @@ from nluflow.relay import (
     RESOURCE_PREFIX,
     Emitter,
     PrefectApiEmitter,
+    QueryRedactor,
     RelayConfig,
     annotated_event,
     create_app,
@@ -381,7 +382,10 @@ def serve_relay(
             extra=local,
         )
     logger.info("relay on http://%s:%d/hooks/label-studio and /hooks/generic", host, port, extra=local)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    # After Config (which configures uvicorn's loggers): a query string never reaches the access log.
+    logging.getLogger("uvicorn.access").addFilter(QueryRedactor())
+    server.run()
 
 
 def relay_logging() -> None:

@@ -19,10 +19,14 @@ Appends from several processes are safe: ``append`` holds an exclusive ``fcntl.f
 it reads the last line and appends the new one, then flushes and fsyncs. Readers take a shared lock, so they
 never see half a line. ``flock`` is advisory and POSIX-only, and it does not work reliably on some network
 filesystems (older NFS); keep the log on a local disk.
+
+The log file itself is never a symbolic link: it is opened with ``O_NOFOLLOW``, so a link planted in place of
+``audit.jsonl`` (to a file outside the store, say) is refused instead of being read or appended to.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -96,7 +100,7 @@ class AuditLog:
             ) from exc
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a+b") as fh:
+            with self._open(os.O_RDWR | os.O_CREAT | os.O_APPEND, "a+b") as fh:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
                 try:
                     seq, prev_hash = self._tail(fh)
@@ -110,6 +114,28 @@ class AuditLog:
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot append to the audit log: {exc}") from exc
         return line
+
+    def _open(self, flags: int, mode: str) -> IO[bytes]:
+        """Open the log without following a symbolic link in its place (AuditError naming the link)."""
+        try:
+            fd = os.open(self.path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or self.path.is_symlink():
+                raise AuditError(self._link_message()) from None
+            raise
+        return os.fdopen(fd, mode)
+
+    def _link_message(self) -> str:
+        try:
+            target = os.readlink(self.path)
+        except OSError:
+            target = "?"
+        return (
+            f"{self.path} is a symbolic link (to {target}), not a file; the audit log must be a regular file "
+            "in the store, or retrains would write their history somewhere else. Nothing was read or "
+            "written. Replace the link with a copy of the log (check it with `nluflow audit verify`), or "
+            "remove it to start a new log"
+        )
 
     def _tail(self, fh: IO[bytes]) -> tuple[int, str]:
         """``(seq, hash)`` of the last line, ``(0, GENESIS)`` for an empty log; AuditError if it is broken."""
@@ -149,7 +175,7 @@ class AuditLog:
     def _read_lines(self) -> list[bytes]:
         """The raw lines, read under a shared lock so a concurrent append is never seen half-written."""
         try:
-            with open(self.path, "rb") as fh:
+            with self._open(os.O_RDONLY, "rb") as fh:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
                 try:
                     data = fh.read()
@@ -187,7 +213,10 @@ class AuditLog:
         return out
 
     def verify(self) -> AuditVerification:
-        """Check every line and the chain; the result names the first bad line. A missing log is empty, ok."""
+        """Check every line and the chain; the result names the first bad line. A missing log is empty, ok;
+        a symbolic link in place of the log is not ok (nothing behind it is read)."""
+        if self.path.is_symlink():
+            return AuditVerification(ok=False, lines=0, reason=self._link_message())
         lines = self._read_lines()
         prev_hash = GENESIS
         for number, raw in enumerate(lines, start=1):

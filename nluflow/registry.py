@@ -764,22 +764,36 @@ class ModelStore:
         logger.info("removed %s", self._where(project, model_id))
 
     def list_models(self, project: str) -> list[Manifest]:
-        """The complete models of a project, newest first; incomplete or unreadable folders are skipped."""
+        """The complete models of a project, newest first; incomplete or unreadable folders are skipped
+        (logged; :meth:`scan_models` also returns them, with their reasons)."""
+        manifests, problems = self.scan_models(project)
+        for model_id, reason in problems:
+            logger.warning("skipping %s: %s", self._where(project, model_id), reason)
+        return manifests
+
+    def scan_models(self, project: str) -> tuple[list[Manifest], list[tuple[str, str]]]:
+        """``(models, problems)``: the complete models, newest first, and ``(model_id, reason)`` for each
+        folder that was refused (a link that leaves the store, an invalid or foreign manifest, a read error).
+
+        One bad folder never hides the others: each entry is checked on its own. Incomplete folders (no
+        manifest yet) and names that are not model ids (temporary files) are not problems and are skipped.
+        """
         check_id(project, "project")
         manifests: list[Manifest] = []
+        problems: list[tuple[str, str]] = []
         for name in self.fs.list_dir(f"{project}/{MODELS_DIR}"):
             try:
                 check_id(name, "model id")
             except UnsafePathError:
                 continue  # temporary files and foreign names
-            if not self.has_model(project, name):
-                continue
             try:
+                if not self.has_model(project, name):
+                    continue
                 manifests.append(self.manifest(project, name))
-            except IntegrityError as exc:
-                logger.warning("skipping %s: %s", self._where(project, name), exc)
+            except StoreError as exc:  # UnsafePathError (a link out of the store), IntegrityError, reads
+                problems.append((name, str(exc)))
         manifests.sort(key=lambda m: (datetime.fromisoformat(m.created_at), m.model_id), reverse=True)
-        return manifests
+        return manifests, sorted(problems)
 
     def list_projects(self) -> list[str]:
         """Projects with at least a models folder or an active pointer, sorted."""

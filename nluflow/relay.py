@@ -15,13 +15,25 @@ Routes:
   Label Studio (1.23) signs nothing: the only authenticity is a custom header configured on the webhook
   (``X-Relay-Secret`` by default), compared in constant time.
 * ``POST /hooks/generic`` — ``{"project": ..., "data": ..., "new_examples": ...}`` from scripts; needs the
-  same header **and** ``X-Nluflow-Signature: sha256=<hex HMAC-SHA256 of the raw body>``.
+  same header **and** ``X-Nluflow-Timestamp: <Unix seconds>`` with
+  ``X-Nluflow-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>">`` (as Stripe and Slack sign
+  webhooks): a delivery signed more than 5 minutes away from the relay's clock
+  (``signature_tolerance_seconds``) is refused (403), and so is a signed delivery seen before (409).
 * ``GET /healthz`` — liveness and the outcome counters (no secrets).
 
-Answers: 202 emitted; 200 acknowledged and ignored; 400 malformed JSON; 401 secret or signature missing;
-403 secret or signature wrong; 404 Label Studio project not mapped; 413 body too large; 422 JSON of the
+Replays: Label Studio deliveries are de-duplicated by annotation id and ``updated_at`` (deleted ids for
+deletions): a delivery whose every annotation was already emitted in that state is acknowledged (200,
+counted ``ignored:replay``) and emits nothing; an update (new ``updated_at``) emits. Generic deliveries are
+remembered by signature. The memory is an LRU of the newest ``replay_memory`` keys (default 10,000) per
+relay process: bounded, and forgotten on restart (a replay after a restart, or after more than
+``replay_memory`` newer keys, emits again; the generic timestamp still bounds that to 5 minutes).
+
+Answers: 202 emitted; 200 acknowledged and ignored; 400 malformed JSON, or a secret in the URL's query;
+401 secret, timestamp or signature missing; 403 secret or signature wrong, or timestamp stale; 404 Label
+Studio project not mapped; 409 a signed generic delivery seen before; 413 body too large; 422 JSON of the
 wrong shape; 503 the emitter failed. On every 4xx/5xx nothing was emitted. The secret never appears in an
-answer or a log line: answers name the header, never its value.
+answer or a log line: answers name the header, never its value; a URL whose query carries the secret is
+refused, and :class:`QueryRedactor` keeps query strings out of uvicorn's access log.
 
 The Label Studio project id is mapped to an nluflow project and a ``LabelStudioSource`` block by
 :class:`RelayConfig`; the event's ``data`` is that block reference, so the triggered retrain exports the
@@ -41,8 +53,9 @@ import hmac
 import json
 import logging
 import os
+import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,6 +100,11 @@ EVENT_NAME = "nlu.dataset.annotated"
 RESOURCE_PREFIX = "nluflow.dataset."
 DEFAULT_SECRET_HEADER = "X-Relay-Secret"
 DEFAULT_SIGNATURE_HEADER = "X-Nluflow-Signature"
+DEFAULT_TIMESTAMP_HEADER = "X-Nluflow-Timestamp"
+DEFAULT_SIGNATURE_TOLERANCE_SECONDS = 300  # Stripe's and Slack's window: a signed body is good for 5 minutes
+DEFAULT_REPLAY_MEMORY = 10_000  # delivery keys remembered (an LRU): ~1-2 MB at most
+# Query parameter names that can only mean a credential; the relay's routes take no query at all.
+SECRET_QUERY_NAMES = frozenset({"secret", "token", "key", "api_key", "apikey", "password", "signature"})
 BODY_TIMEOUT_SECONDS = 10.0  # a sender that trickles its body this long holds a connection for nothing
 DEFAULT_SECRET_ENV = "NLUFLOW_RELAY_SECRET"
 # Label Studio bodies are 3-8 KB per task; a bulk ANNOTATIONS_CREATED over thousands of tasks is megabytes.
@@ -138,9 +156,19 @@ def annotated_event(
     }
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The ``X-Nluflow-Signature`` value of ``body``: ``sha256=`` + hex HMAC-SHA256 with the shared secret."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(body: bytes, secret: str, timestamp: int | str) -> str:
+    """The ``X-Nluflow-Signature`` value of ``body`` sent at ``timestamp`` (Unix seconds, the
+    ``X-Nluflow-Timestamp`` header): ``sha256=`` + hex HMAC-SHA256 of ``b"<timestamp>." + body`` with the
+    shared secret. Signing the time with the body is what lets the relay refuse a stale or replayed copy."""
+    message = f"{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(body: bytes, secret: str, *, timestamp: int | None = None) -> dict[str, str]:
+    """The timestamp and signature headers of a generic delivery of ``body``, signed now (or at
+    ``timestamp``)."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    return {DEFAULT_TIMESTAMP_HEADER: ts, DEFAULT_SIGNATURE_HEADER: sign(body, secret, ts)}
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -210,6 +238,21 @@ class RelayConfig(BaseModel):
         default=DEFAULT_SIGNATURE_HEADER,
         pattern=r"^[A-Za-z0-9_-]+$",
         description="Header carrying the HMAC-SHA256 signature of generic payloads.",
+    )
+    timestamp_header: str = Field(
+        default=DEFAULT_TIMESTAMP_HEADER,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Header carrying the Unix time (seconds) a generic payload was signed at.",
+    )
+    signature_tolerance_seconds: int = Field(
+        default=DEFAULT_SIGNATURE_TOLERANCE_SECONDS,
+        gt=0,
+        description="How far a generic payload's signed timestamp may be from the relay's clock.",
+    )
+    replay_memory: int = Field(
+        default=DEFAULT_REPLAY_MEMORY,
+        gt=0,
+        description="Delivery keys remembered to refuse replays (an LRU; bounded memory, lost on restart).",
     )
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0, description="Largest accepted body.")
     label_studio: dict[str, LabelStudioRoute] = Field(
@@ -368,12 +411,85 @@ class _Reject(Exception):
         self.counter = counter
 
 
+class ReplayMemory:
+    """The keys of deliveries already emitted, the newest ``capacity`` of them (an LRU): bounded memory.
+
+    A delivery is a replay when every one of its keys was seen. Keys are claimed before the event is
+    emitted (no ``await`` between the check and the claim, so two concurrent copies cannot both pass) and
+    released if the emission fails, so the sender's retry still emits.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[tuple[str, ...], None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def claim(self, keys: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]] | None:
+        """``None`` if all ``keys`` were seen (a replay); otherwise the keys newly remembered."""
+        if keys and all(key in self._keys for key in keys):
+            for key in keys:
+                self._keys.move_to_end(key)
+            return None
+        new = [key for key in dict.fromkeys(keys) if key not in self._keys]
+        for key in keys:
+            self._keys[key] = None
+            self._keys.move_to_end(key)
+        while len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return new
+
+    def release(self, keys: Sequence[tuple[str, ...]]) -> None:
+        for key in keys:
+            self._keys.pop(key, None)
+
+
+class QueryRedactor(logging.Filter):
+    """Keeps query strings out of uvicorn's access log (``GET /hooks/generic?[query redacted]``): a secret
+    put in a URL by mistake is refused by the relay, and must not be written to a log either."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                arg.split("?", 1)[0] + "?[query redacted]" if isinstance(arg, str) and "?" in arg else arg
+                for arg in record.args
+            )
+        return True
+
+
+class _Replay(Exception):
+    """Every key of a delivery was already emitted; each route says what that answers."""
+
+
 @dataclass(frozen=True)
 class _LabelStudioHook:
     action: str
     project_id: str
     new_examples: int
     removed: int = 0
+    keys: tuple[tuple[str, ...], ...] = ()  # de-duplication keys; empty: the delivery cannot be told apart
+
+
+def _delivery_keys(
+    project_id: str, items: Sequence[Mapping[str, Any]], kind: str
+) -> tuple[tuple[str, ...], ...]:
+    """One key per item: ``(annotation, project, id, updated_at)`` for created/updated annotations (the same
+    annotation in the same state is the same data), ``(kind, project, id)`` for deleted ones. Empty when an
+    item lacks what identifies it: such a delivery is never taken for a replay."""
+    keys: list[tuple[str, ...]] = []
+    for item in items:
+        item_id = item.get("id")
+        if isinstance(item_id, bool) or not isinstance(item_id, int | str):
+            return ()
+        if kind == "annotation":
+            updated = item.get("updated_at")
+            if not isinstance(updated, str) or not updated:
+                return ()
+            keys.append((kind, project_id, str(item_id), updated))
+        else:
+            keys.append((kind, project_id, str(item_id)))
+    return tuple(keys)
 
 
 class _GenericPayload(BaseModel):
@@ -423,15 +539,16 @@ def _parse_label_studio(body: object) -> _LabelStudioHook:
     if project_id is None:
         raise _Reject(422, f"{action}: found no project id ('project.id'); nothing emitted")
     created = sum(1 for item in items if not item.get("was_cancelled"))
+    keys = _delivery_keys(project_id, items, "annotation")
     if action == "ANNOTATION_UPDATED":
-        return _LabelStudioHook(action, project_id, 0)
+        return _LabelStudioHook(action, project_id, 0, keys=keys)
     if created == 0:
         raise _Reject(
             200,
             f"{action}: only skipped (cancelled) annotations, no new example; ignored",
             f"ignored:{action}",
         )
-    return _LabelStudioHook(action, project_id, created)
+    return _LabelStudioHook(action, project_id, created, keys=keys)
 
 
 def _parse_deletion(body: Mapping[str, Any], action: str) -> _LabelStudioHook:
@@ -444,7 +561,10 @@ def _parse_deletion(body: Mapping[str, Any], action: str) -> _LabelStudioHook:
     project_id = _label_studio_project_id(body, None)
     if project_id is None:
         raise _Reject(422, f"{action}: found no project id ('project'); nothing emitted")
-    return _LabelStudioHook(action, project_id, 0, removed=len(items))
+    kind = "deleted-annotation" if action == "ANNOTATIONS_DELETED" else "deleted-task"
+    return _LabelStudioHook(
+        action, project_id, 0, removed=len(items), keys=_delivery_keys(project_id, items, kind)
+    )
 
 
 class _Relay:
@@ -453,8 +573,25 @@ class _Relay:
         self.emitter = emitter
         self.stats = stats
         self._secret = config.secret.get_secret_value().encode()
+        self.seen = ReplayMemory(config.replay_memory)
 
-    # -- checks, cheapest first: the secret header needs no body
+    # -- checks, cheapest first: the URL and the secret header need no body
+    def check_query(self, request: Request) -> None:
+        """Refuse a credential in the URL: URLs end up in access logs, proxies and browser histories."""
+        secret = self.config.secret.get_secret_value()
+        raw = request.scope.get("query_string", b"").decode("latin-1")
+        params = request.query_params.multi_items()
+        if secret in raw or any(
+            name.strip().lower() in SECRET_QUERY_NAMES or secret in name or secret in value
+            for name, value in params
+        ):
+            raise _Reject(
+                400,
+                "the URL's query string carries a secret (or a parameter named like one); the relay takes no "
+                f"query: send the shared secret only in header {self.config.header}, and rotate a secret "
+                "that was put in a URL",
+            )
+
     def check_secret(self, request: Request) -> None:
         given = request.headers.get(self.config.header)
         if given is None:
@@ -485,14 +622,48 @@ class _Relay:
             raise _Reject(400, f"the client disconnected after {len(body)} bytes of its body") from None
         return bytes(body)
 
-    def check_signature(self, request: Request, body: bytes) -> None:
-        name = self.config.signature_header
+    def check_signature(self, request: Request, body: bytes) -> str:
+        """Check timestamp and signature; returns the signature (the delivery's replay key)."""
+        ts_name, name = self.config.timestamp_header, self.config.signature_header
+        stamp = request.headers.get(ts_name)
+        if stamp is None:
+            raise _Reject(
+                401, f"missing header {ts_name}: expected the Unix time (seconds) the body was signed at"
+            )
+        stamp = stamp.strip()
+        if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+            raise _Reject(400, f"header {ts_name} is not a Unix time in whole seconds")
         given = request.headers.get(name)
         if given is None:
-            raise _Reject(401, f"missing header {name}: expected sha256=<hex HMAC-SHA256 of the body>")
-        expected = sign(body, self.config.secret.get_secret_value())
+            raise _Reject(
+                401, f"missing header {name}: expected sha256=<hex HMAC-SHA256 of '<timestamp>.<body>'>"
+            )
+        expected = sign(body, self.config.secret.get_secret_value(), stamp)
         if not hmac.compare_digest(given.strip().lower().encode(), expected.encode()):
-            raise _Reject(403, f"header {name} does not match the HMAC-SHA256 of the body")
+            raise _Reject(403, f"header {name} does not match the HMAC-SHA256 of '<{ts_name}>.<body>'")
+        age = int(time.time()) - int(stamp)
+        limit = self.config.signature_tolerance_seconds
+        if abs(age) > limit:
+            when = f"{age} s ago" if age > 0 else f"{-age} s in the future"
+            raise _Reject(
+                403,
+                f"header {ts_name} says the body was signed {when}, expected within {limit} s of the relay's "
+                "clock: a stale or replayed delivery (sign each delivery when sending it; check the clocks)",
+            )
+        return expected
+
+    async def emit_once(
+        self, keys: Sequence[tuple[str, ...]], emit: Callable[[], Awaitable[JSONResponse]]
+    ) -> JSONResponse:
+        """Emit unless ``keys`` were all seen; forget the claimed keys if the emission fails."""
+        claimed = self.seen.claim(keys) if keys else []
+        if claimed is None:
+            raise _Replay
+        try:
+            return await emit()
+        except BaseException:
+            self.seen.release(claimed)
+            raise
 
     @staticmethod
     def parse_json(body: bytes) -> Any:
@@ -571,6 +742,7 @@ class _Relay:
     # -- routes
     async def label_studio(self, request: Request) -> JSONResponse:
         async def handle() -> JSONResponse:
+            self.check_query(request)
             self.check_secret(request)
             hook = _parse_label_studio(self.parse_json(await self.read_body(request)))
             route = self.config.label_studio.get(hook.project_id)
@@ -581,22 +753,34 @@ class _Relay:
                     "add it under 'label_studio' in the relay config",
                 )
             source = f"label-studio {hook.action} (project {hook.project_id})"
-            return await self.emit(
-                route.project,
-                route.target,
-                hook.new_examples,
-                source,
-                action=hook.action,
-                removed_examples=hook.removed,
-            )
+            try:
+                return await self.emit_once(
+                    hook.keys,
+                    lambda: self.emit(
+                        route.project,
+                        route.target,
+                        hook.new_examples,
+                        source,
+                        action=hook.action,
+                        removed_examples=hook.removed,
+                    ),
+                )
+            except _Replay:
+                raise _Reject(
+                    200,
+                    f"{hook.action}: a replay (every annotation in it was already emitted in this state, "
+                    "same id and updated_at); acknowledged, nothing emitted",
+                    "ignored:replay",
+                ) from None
 
         return await self.answer(request, handle)
 
     async def generic(self, request: Request) -> JSONResponse:
         async def handle() -> JSONResponse:
+            self.check_query(request)
             self.check_secret(request)
             body = await self.read_body(request)
-            self.check_signature(request, body)
+            signature = self.check_signature(request, body)
             raw = self.parse_json(body)
             if not isinstance(raw, dict):
                 raise _Reject(
@@ -606,7 +790,17 @@ class _Relay:
                 payload = _GenericPayload.model_validate(raw)
             except ValidationError as exc:
                 raise _Reject(422, _problems(exc)) from None
-            return await self.emit(payload.project, payload.data, payload.new_examples, "generic")
+            try:
+                return await self.emit_once(
+                    [("generic", signature)],
+                    lambda: self.emit(payload.project, payload.data, payload.new_examples, "generic"),
+                )
+            except _Replay:
+                raise _Reject(
+                    409,
+                    f"this signed delivery (same {self.config.timestamp_header} and body) was already "
+                    "accepted: a replay; sign each new delivery with its own timestamp",
+                ) from None
 
         return await self.answer(request, handle)
 

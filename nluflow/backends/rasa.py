@@ -14,7 +14,9 @@
   with ≥ 2 distinct intents and de-duplicates identical examples), predictions are matched back by text (the
   top intent and its confidence), and entity predictions are rebuilt from ``entity_evaluation``'s errors.
 - activate: ``PUT /model {"model_file": path}`` (204), checked with ``GET /status``; rollback is the same
-  call with the previous model's path.
+  call with the previous model's path. Rasa answers 400 when the archive is gone from its models folder and
+  has no upload call: with ``server_models_folder`` (that folder as mounted here) the archive is copied back
+  from nluflow's copy and loaded again; without it the error says which file to copy where.
 - auth: ``?token=`` or ``Authorization: Bearer <jwt>``. Errors have Rasa's body
   ``{"status": "failure", "reason", "message", "code"}``.
 """
@@ -23,14 +25,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import re
+import shutil
 import tarfile
 import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
@@ -260,6 +264,7 @@ class RasaBackend:
         jwt: str | None = None,
         evaluation_url: str | None = None,
         models_dir: str = "models",
+        server_models_folder: str | Path | None = None,
         language: str = "en",
         pipeline: list[dict[str, Any]] | None = None,
         workdir: str | Path | None = None,
@@ -277,6 +282,9 @@ class RasaBackend:
         if token and jwt:
             raise ConfigError("give the Rasa server either a token or a JWT, not both")
         self.models_dir = models_dir.rstrip("/")
+        # The server's models folder as mounted on this machine (shared volume), or None: lets activate put
+        # back an archive the server lost (Rasa's API cannot upload one).
+        self.server_models_folder = str(server_models_folder) if server_models_folder else None
         self.language = language
         self.pipeline = pipeline
         self.train_timeout = train_timeout
@@ -319,8 +327,12 @@ class RasaBackend:
         body = _rasa_error(response)
         message = redact(str(body.get("message") or "no message"))[:300]
         if response.status_code == 500 and body.get("reason") == "TrainingError":
+            # Rasa answers 500 TrainingError for any exception raised while training: a pipeline or data
+            # problem and a server failure (memory, disk, a crash) look alike, so neither is blamed alone.
             return TrainingFailedError(
-                f"Rasa training failed ({message}); the data or pipeline needs fixing; no model was produced"
+                f"the Rasa server's training failed ({message}); Rasa reports every error during training "
+                "this way, whether from the pipeline or data (a component named above) or from the server "
+                "itself (out of memory or disk, a crash: see the server's log); no model was produced"
             )
         if response.status_code == 400:
             return HTTPStatusError(
@@ -556,8 +568,16 @@ class RasaBackend:
     # ----------------------------------------------------------------------------------------- activating
 
     def activate(self, model: ModelRef) -> None:
+        """``PUT /model`` with the model's path on the server; when the server no longer has the archive
+        (a 400: it was cleaned from its models folder), put nluflow's copy back there and load it again."""
         path = self._model_path(model)
-        self._session.request("PUT", "/model", json_body={"model_file": path})
+        try:
+            self._session.request("PUT", "/model", json_body={"model_file": path})
+        except HTTPStatusError as exc:
+            if exc.status != 400:
+                raise
+            self._restore_archive(model, path, exc)
+            self._session.request("PUT", "/model", json_body={"model_file": path})
         status = self._status(self._session)
         served = status.get("model_file") if status else None
         if not _same_model(served, path):
@@ -565,6 +585,53 @@ class RasaBackend:
                 f"Rasa accepted PUT /model for {path} but GET /status reports {served!r}; the served model "
                 "did not change as expected"
             )
+
+    def _restore_archive(self, model: ModelRef, path: str, refused: HTTPStatusError) -> None:
+        """Copy the model's archive from nluflow's copy (the store's model folder) into the server's models
+        folder. Rasa's HTTP API has no upload call, so this needs ``server_models_folder``: the server's
+        models folder as this machine sees it (a shared volume). The copy is written under a temporary name
+        and renamed, so the server never sees half an archive."""
+        filename = PurePosixPath(path).name
+        archive = Path(model.path) / filename if model.path else None
+        has_copy = archive is not None and archive.is_file()
+        no_copy = f"nluflow has no copy of it either (expected {archive or 'a model folder in the store'})"
+        if self.server_models_folder is None:
+            where = (
+                f"nluflow holds it at {archive}: copy that file to the server as {path}"
+                if has_copy
+                else no_copy
+            )
+            raise BackendError(
+                f"the Rasa server cannot load {path} ({refused}). If its archive is no longer in the "
+                f"server's models folder, {where} and activate again, or set the Rasa block's "
+                "server_models_folder to where the server's models folder is mounted on this machine, so "
+                "nluflow puts it back itself; the served model did not change"
+            ) from refused
+        folder = Path(self.server_models_folder)
+        if not folder.is_dir():
+            raise BackendError(
+                f"the Rasa server cannot load {path} ({refused}) and the block's server_models_folder "
+                f"{folder} is not a folder on this machine; mount the server's models folder there (or fix "
+                "the block) and activate again; the served model did not change"
+            ) from refused
+        if (folder / filename).is_file():
+            raise refused  # the server has the archive: it refused the model for another reason
+        if not has_copy or archive is None:
+            raise BackendError(
+                f"the Rasa server cannot load {path}: its archive is gone from {folder} and {no_copy}; "
+                "activate another model or retrain; the served model did not change"
+            ) from refused
+        target = folder / filename
+        tmp = target.with_name(f".{filename}.nluflow.part")
+        try:
+            shutil.copyfile(archive, tmp)
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise BackendError(
+                f"could not copy {archive} into the Rasa server's models folder {folder} ({exc.strerror}); "
+                "the served model did not change"
+            ) from exc
 
     def served_model(self) -> str | None:
         """The model file the Rasa server serves now, or None when it has none loaded."""

@@ -20,7 +20,7 @@ from nluflow.backends.neuralspace import NeuralSpaceBackend, check_minimum, stat
 from nluflow.backends.rasa import PADDING_INTENT, PLACEHOLDER_INTENT, RasaBackend
 from nluflow.backends.service import TrainingServiceBackend
 from nluflow.data.schema import Dataset, Entity, Example
-from nluflow.errors import ConfigError, TrainingFailedError
+from nluflow.errors import BackendError, ConfigError, TrainingFailedError
 from nluflow.testing.emulators import Fault, JobOutcome
 from nluflow.testing.emulators.cognigy import CognigyEmulator
 from nluflow.testing.emulators.rasa import RasaEmulator, make_jwt
@@ -215,6 +215,78 @@ def test_rasa_evaluation_server_gives_full_parses(tmp_path: Path, model_kw: dict
             assert prod.emulator.loaded[0] == serving  # type: ignore[index]
             assert evaluation.loaded is not None and evaluation.loaded[0] == job.job_id
             assert [json.loads(r.body)["text"] for r in evaluation.recorded("parse")] == TEST_TEXTS
+
+
+def test_rasa_server_side_training_failure_is_not_blamed_on_the_data(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    """Rasa's 500 TrainingError covers any error while training: the message says so and shows Rasa's."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+        r.emulator.outcome = JobOutcome.FAIL
+        with pytest.raises(TrainingFailedError) as caught:
+            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        message = str(caught.value)
+        assert "needs fixing" not in message and "server's log" in message
+        assert "An unexpected error occurred during training" in message
+        assert "no model was produced" in message
+        assert r.jobs_started == 1
+
+
+def test_rasa_rollback_reuploads_an_archive_the_server_lost(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    """The previous archive was removed from the server's models folder: with that folder configured the
+    client copies the archive from nluflow's copy (the store's) back there, and the server serves it."""
+    server_models = tmp_path / "rasa-server" / "models"  # the rig's server folder, as a shared volume
+    with rig("rasa", tmp_path, model_kw, preload=variant(32), server_models_folder=str(server_models)) as r:
+        em = r.emulator
+        assert isinstance(em, RasaEmulator) and em.models_folder == server_models
+        first, _ = r.cycle(variant(0), "key-first", tmp_path / "first", TEST_TEXTS)
+        second, _ = r.cycle(variant(1), "key-second", tmp_path / "second", TEST_TEXTS)
+        assert r.served_model() == second.model_id
+        em.lose_archive(first.model_id)
+        refused = len(em.recorded("activate"))
+        r.backend.activate(first)  # rollback
+        assert r.served_model() == first.model_id, "pointer and served model agree"
+        stored = (Path(first.path or "") / first.model_id).read_bytes()
+        assert (server_models / first.model_id).read_bytes() == stored
+        assert not list(server_models.glob("*.part")), "no half-written archive is left on the server"
+        assert len(em.recorded("activate")) == refused + 2  # refused once, loaded after the copy
+        assert r.jobs_started == 2, "a rollback never trains"
+
+
+def test_rasa_rollback_without_the_models_folder_says_what_to_do(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    """Without the server's models folder in the block the archive cannot be put back over Rasa's API (it has
+    no upload call): the error names the archive nluflow holds and where it must go; nothing changes."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+        em = r.emulator
+        assert isinstance(em, RasaEmulator)
+        first, _ = r.cycle(variant(0), "key-first", tmp_path / "first", TEST_TEXTS)
+        second, _ = r.cycle(variant(1), "key-second", tmp_path / "second", TEST_TEXTS)
+        em.lose_archive(first.model_id)
+        with pytest.raises(BackendError) as caught:
+            r.backend.activate(first)
+        message = str(caught.value)
+        assert f"models/{first.model_id}" in message
+        assert str(Path(first.path or "") / first.model_id) in message
+        assert "server_models_folder" in message and SECRETS["rasa"] not in message
+        assert r.served_model() == second.model_id, "the served model did not change"
+
+
+def test_rasa_rollback_with_the_archive_missing_everywhere_is_a_clear_error(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    server_models = tmp_path / "rasa-server" / "models"
+    with rig("rasa", tmp_path, model_kw, preload=variant(32), server_models_folder=str(server_models)) as r:
+        em = r.emulator
+        assert isinstance(em, RasaEmulator)
+        first, _ = r.cycle(variant(0), "key-first", tmp_path / "first", TEST_TEXTS)
+        second, _ = r.cycle(variant(1), "key-second", tmp_path / "second", TEST_TEXTS)
+        em.lose_archive(first.model_id)
+        (Path(first.path or "") / first.model_id).unlink()
+        with pytest.raises(BackendError, match="nluflow has no copy of it either"):
+            r.backend.activate(first)
+        assert r.served_model() == second.model_id and not (server_models / first.model_id).exists()
 
 
 def test_rasa_bad_training_data_fails_at_once(tmp_path: Path, model_kw: dict[str, Any]) -> None:

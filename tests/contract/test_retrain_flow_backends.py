@@ -193,7 +193,9 @@ class Platform:
 def _block(kind: str, em: Emulator, url: str) -> Block:
     secret = SECRETS[kind]
     if kind == "rasa":
-        return RasaBackendBlock(url=url, token=secret)
+        assert isinstance(em, RasaEmulator)
+        # The server's models folder as mounted here, so a rollback can put back an archive it lost.
+        return RasaBackendBlock(url=url, token=secret, server_models_folder=str(em.models_folder))
     if kind == "cognigy":
         assert isinstance(em, CognigyEmulator)
         return CognigyBackendBlock(
@@ -501,6 +503,11 @@ def test_rollback_returns_store_and_platform_to_the_previous_model(platform: Pla
     manifest = p.store().manifest(p.project, previous)
     assert manifest.backend_block == p.block_ref, "the manifest names the block that trained it"
     ref = ModelRef.stored(manifest, p.store().materialize(p.project, previous))
+    if isinstance(p.emulator, RasaEmulator):
+        # The previous archive was cleaned from the server's models folder: PUT /model alone answers 400;
+        # the client puts the store's copy back there and the server serves it again.
+        assert ref.backend_model_id is not None
+        p.emulator.lose_archive(Path(ref.backend_model_id).name)
     backend = BackendSpec(name=p.block_ref, workspace=str(p.home / "work")).build()
     backend.activate(ref)
     _assert_agree(p, previous)

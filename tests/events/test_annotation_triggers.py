@@ -30,7 +30,14 @@ from flows.events import (
     notify_annotated,
 )
 from nluflow.errors import BackendError, ConfigError
-from nluflow.relay import LabelStudioRoute, PrefectApiEmitter, RelayConfig, annotated_event, create_app, sign
+from nluflow.relay import (
+    LabelStudioRoute,
+    PrefectApiEmitter,
+    RelayConfig,
+    annotated_event,
+    create_app,
+    signed_headers,
+)
 
 from .conftest import free_port, serve
 
@@ -155,8 +162,18 @@ def deploy(prefect_api: str) -> Iterator[Callable[..., uuid.UUID]]:
             client.delete_deployment(deployment_id)
 
 
-def ls_body(label_studio: Path, action: str) -> bytes:
-    return (label_studio / f"webhook-{action}.json").read_bytes()
+def ls_body(label_studio: Path, action: str, n: int | None = None) -> bytes:
+    """A captured webhook body; with ``n``, as the n-th distinct delivery (its annotation/deleted ids made
+    unique: the relay takes identical copies for replays)."""
+    body = (label_studio / f"webhook-{action}.json").read_bytes()
+    if n is None:
+        return body
+    document = json.loads(body)
+    for key in ("annotation", "annotations", "tasks"):
+        items = document.get(key)
+        for item in items if isinstance(items, list) else [items] if isinstance(items, dict) else []:
+            item["id"] = 1000 + n
+    return json.dumps(document).encode()
 
 
 # ------------------------------------------------------------------------------------------ event → run
@@ -212,17 +229,17 @@ def test_burst_of_label_studio_webhooks_starts_exactly_one_run(
         codes = [
             httpx.post(
                 f"{relay}/hooks/label-studio",
-                content=ls_body(label_studio, action),
+                content=ls_body(label_studio, action, n),
                 headers={"Content-Type": "application/json", "X-Relay-Secret": SECRET},
             ).status_code
-            for action in burst
+            for n, action in enumerate(burst)
         ]
         # A later event for another project: once its run exists, the burst has been evaluated too.
         body = json.dumps({"project": sentinel, "data": "/srv/other.json", "new_examples": 1}).encode()
         sentinel_code = httpx.post(
             f"{relay}/hooks/generic",
             content=body,
-            headers={"X-Relay-Secret": SECRET, "X-Nluflow-Signature": sign(body, SECRET)},
+            headers={"X-Relay-Secret": SECRET, **signed_headers(body, SECRET)},
         ).status_code
         stats = httpx.get(f"{relay}/healthz").json()["counts"]
 

@@ -25,6 +25,7 @@ from nluflow.relay import (
     annotated_event,
     create_app,
     sign,
+    signed_headers,
 )
 
 from .conftest import Receiver, free_port, serve
@@ -94,25 +95,49 @@ def client(emitted: Emitted) -> Iterator[AppClient]:
         yield c
 
 
-def post_ls(client: AppClient, body: bytes, secret: str | None = SECRET) -> httpx.Response:
+def post_ls(
+    client: AppClient, body: bytes, secret: str | None = SECRET, url: str = "/hooks/label-studio"
+) -> httpx.Response:
     headers = {"Content-Type": "application/json", "User-Agent": "python-requests/2.34.2"}
     if secret is not None:
         headers["X-Relay-Secret"] = secret
-    return client.post("/hooks/label-studio", content=body, headers=headers)
+    return client.post(url, content=body, headers=headers)
 
 
 def post_generic(
-    client: AppClient, payload: Any, *, secret: str | None = SECRET, signature: str | None = "auto"
+    client: AppClient,
+    payload: Any,
+    *,
+    secret: str | None = SECRET,
+    signature: str | None = "auto",
+    timestamp: int | None = None,
+    url: str = "/hooks/generic",
 ) -> httpx.Response:
+    """A generic delivery signed at ``timestamp`` (default: now), or with the ``signature`` given."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
     if secret is not None:
         headers["X-Relay-Secret"] = secret
+    signed = signed_headers(body, SECRET, timestamp=timestamp)
+    headers["X-Nluflow-Timestamp"] = signed["X-Nluflow-Timestamp"]
     if signature == "auto":
-        headers["X-Nluflow-Signature"] = sign(body, SECRET)
+        headers["X-Nluflow-Signature"] = signed["X-Nluflow-Signature"]
     elif signature is not None:
         headers["X-Nluflow-Signature"] = signature
-    return client.post("/hooks/generic", content=body, headers=headers)
+    return client.post(url, content=body, headers=headers)
+
+
+def as_delivery(body: bytes, n: int) -> bytes:
+    """A captured Label Studio body as the ``n``-th distinct delivery: its annotation/deleted ids made unique.
+
+    One capture per action stands for several real deliveries, each about its own annotation; the relay
+    would take identical copies for replays (as it should)."""
+    document = json.loads(body)
+    for key in ("annotation", "annotations", "tasks"):
+        items = document.get(key)
+        for item in items if isinstance(items, list) else [items] if isinstance(items, dict) else []:
+            item["id"] = 1000 + n
+    return json.dumps(document).encode()
 
 
 # ------------------------------------------------------------------------------------------ Label Studio
@@ -292,7 +317,10 @@ def test_the_captured_sequence_emits_for_annotation_actions_only(
         "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_CREATED", "ANNOTATIONS_DELETED",
         "PROJECT_UPDATED", "TASKS_CREATED", "ANNOTATION_CREATED", "TASKS_DELETED",
     ]  # fmt: skip
-    codes = [post_ls(client, ls_body(label_studio, action)).status_code for action in sequence]
+    codes = [
+        post_ls(client, as_delivery(ls_body(label_studio, action), n)).status_code
+        for n, action in enumerate(sequence)
+    ]
 
     assert codes == [200, 202, 202, 202, 202, 202, 202, 202, 202, 200, 200, 202, 202]
     assert [e["payload"]["new_examples"] for e in emitted] == [1, 1, 1, 1, 1, 0, 1, 0, 1, 0]
@@ -563,13 +591,17 @@ def test_signed_generic_payload_becomes_one_event(client: AppClient, emitted: Em
     assert emitted[0]["payload"] == {"project": "faq-bot", "data": "data/faq.jsonl", "new_examples": 12}
 
 
-def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
+def test_signature_is_hmac_sha256_of_the_timestamp_dot_raw_body() -> None:
     # Reference value from the standard library, computed independently of nluflow.relay.sign.
     import hashlib
     import hmac
 
     body = b'{"project": "x", "data": "d"}'
-    assert sign(body, SECRET) == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    reference = hmac.new(SECRET.encode(), b"1764990000." + body, hashlib.sha256).hexdigest()
+    assert sign(body, SECRET, 1764990000) == sign(body, SECRET, "1764990000") == "sha256=" + reference
+    assert sign(body, SECRET, 1764990001) != "sha256=" + reference  # the time is signed too
+    headers = signed_headers(body, SECRET, timestamp=1764990000)
+    assert headers == {"X-Nluflow-Timestamp": "1764990000", "X-Nluflow-Signature": "sha256=" + reference}
 
 
 @pytest.mark.parametrize(
@@ -597,8 +629,9 @@ def test_generic_payload_needs_secret_and_signature(
 def test_a_tampered_body_fails_the_signature(client: AppClient, emitted: Emitted) -> None:
     signed = json.dumps({"project": "faq-bot", "data": "d.jsonl"}).encode()
     tampered = signed.replace(b"faq-bot", b"evil-bot")
+    now = int(time.time())
 
-    response = post_generic(client, tampered, signature=sign(signed, SECRET))
+    response = post_generic(client, tampered, signature=sign(signed, SECRET, now), timestamp=now)
 
     assert response.status_code == 403
     assert emitted == []
@@ -627,6 +660,240 @@ def test_bad_generic_payloads_are_refused(
 def test_generic_default_new_examples_is_zero(client: AppClient, emitted: Emitted) -> None:
     assert post_generic(client, {"project": "faq-bot", "data": "d.jsonl"}).status_code == 202
     assert emitted[0]["payload"]["new_examples"] == 0
+
+
+# ------------------------------------------------------------------------------------------ replays
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "ANNOTATION_CREATED",
+        "ANNOTATIONS_CREATED",
+        "ANNOTATION_UPDATED",
+        "ANNOTATIONS_DELETED",
+        "TASKS_DELETED",
+    ],
+)
+def test_a_replayed_label_studio_delivery_is_acknowledged_and_emits_nothing(
+    label_studio: Path, client: AppClient, emitted: Emitted, action: str
+) -> None:
+    body = ls_body(label_studio, action)
+
+    first, replay = post_ls(client, body), post_ls(client, body)
+
+    assert (first.status_code, replay.status_code) == (202, 200), replay.text
+    assert "replay" in replay.json()["detail"]
+    assert len(emitted) == 1
+    assert client.get("/healthz").json()["counts"] == {"emitted": 1, "ignored:replay": 1}
+
+
+def test_a_real_update_with_a_new_updated_at_still_emits(
+    label_studio: Path, client: AppClient, emitted: Emitted
+) -> None:
+    created = ls_body(label_studio, "ANNOTATION_CREATED")
+    updated = json.loads(ls_body(label_studio, "ANNOTATION_UPDATED"))
+    assert updated["annotation"]["id"] == json.loads(created)["annotation"]["id"]  # the same annotation
+    again = json.loads(json.dumps(updated))
+    again["annotation"]["updated_at"] = "2026-11-22T23:30:00.000001Z"  # edited once more
+
+    codes = [
+        post_ls(client, body).status_code
+        for body in (
+            created,
+            json.dumps(updated).encode(),
+            json.dumps(updated).encode(),
+            json.dumps(again).encode(),
+        )
+    ]
+
+    assert codes == [202, 202, 200, 202]
+    assert [e["payload"]["action"] for e in emitted] == ["ANNOTATION_CREATED", "ANNOTATION_UPDATED"] * 1 + [
+        "ANNOTATION_UPDATED"
+    ]
+
+
+def test_a_bulk_delivery_is_a_replay_only_if_every_annotation_was_seen(
+    label_studio: Path, client: AppClient, emitted: Emitted
+) -> None:
+    bulk = json.loads(ls_body(label_studio, "ANNOTATIONS_CREATED"))
+    one_more = json.loads(json.dumps(bulk))
+    extra = json.loads(json.dumps(bulk["annotation"][0]))
+    extra["id"] = 99
+    one_more["annotation"].append(extra)
+
+    codes = [post_ls(client, json.dumps(b).encode()).status_code for b in (bulk, one_more, one_more, bulk)]
+
+    assert codes == [202, 202, 200, 200]
+    assert [e["payload"]["new_examples"] for e in emitted] == [1, 2]
+
+
+def test_a_failed_emission_is_not_remembered_so_the_retry_emits(label_studio: Path) -> None:
+    emitted = Emitted()
+    calls = []
+
+    def flaky(event: dict[str, Any]) -> None:
+        calls.append(event)
+        if len(calls) == 1:
+            raise httpx.ConnectError("connection refused")
+        emitted(event)
+
+    with make_client(flaky) as client:
+        codes = [post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED")).status_code for _ in range(3)]
+    with make_client(flaky) as client:
+        generic = [
+            post_generic(client, {"project": "p", "data": "d"}, timestamp=int(time.time())).status_code
+        ]
+
+    assert codes == [503, 202, 200]
+    assert generic == [202]
+    assert len(emitted) == 2
+
+
+def test_two_concurrent_copies_emit_once(label_studio: Path) -> None:
+    emitted = Emitted()
+
+    def slow(event: dict[str, Any]) -> None:
+        time.sleep(0.3)  # the first copy is still emitting when the second arrives
+        emitted(event)
+
+    app = create_app(
+        RelayConfig(secret=SECRET, label_studio={LS_PROJECT: LabelStudioRoute(project="b", source="b")}), slow
+    )
+    body = ls_body(label_studio, "ANNOTATION_CREATED")
+
+    async def both() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as client:
+            post = client.post("/hooks/label-studio", content=body, headers={"X-Relay-Secret": SECRET})
+            again = client.post("/hooks/label-studio", content=body, headers={"X-Relay-Secret": SECRET})
+            return sorted(r.status_code for r in await asyncio.gather(post, again))
+
+    assert anyio.run(both) == [200, 202]
+    assert len(emitted) == 1
+
+
+def test_the_replay_memory_is_a_bounded_lru(label_studio: Path, emitted: Emitted) -> None:
+    memory = relay.ReplayMemory(2)
+    assert memory.claim([("a",)]) == [("a",)] and memory.claim([("b",)]) == [("b",)]
+    assert memory.claim([("a",)]) is None  # seen; now the most recent
+    assert memory.claim([("c",)]) == [("c",)]  # evicts b, the least recently used
+    assert len(memory) == 2
+    assert memory.claim([("a",)]) is None and memory.claim([("b",)]) == [("b",)]
+
+    # Through the app: with room for one key, a copy sent after another delivery is no longer known.
+    with make_client(emitted, replay_memory=1) as client:
+        created, deleted = ls_body(label_studio, "ANNOTATION_CREATED"), ls_body(label_studio, "TASKS_DELETED")
+        codes = [post_ls(client, body).status_code for body in (created, created, deleted, created)]
+    assert codes == [202, 200, 202, 202]
+
+
+def test_a_replayed_signed_generic_delivery_is_a_409_and_emits_nothing(
+    client: AppClient, emitted: Emitted
+) -> None:
+    payload = {"project": "faq-bot", "data": "d.jsonl", "new_examples": 3}
+    now = int(time.time())
+
+    first = post_generic(client, payload, timestamp=now)
+    replay = post_generic(client, payload, timestamp=now)
+    resent = post_generic(client, payload, timestamp=now + 1)  # the same body, signed anew: a new delivery
+
+    assert (first.status_code, replay.status_code, resent.status_code) == (202, 409, 202)
+    assert "replay" in replay.json()["detail"] and SECRET not in replay.text
+    assert len(emitted) == 2
+
+
+@pytest.mark.parametrize(
+    ("offset", "status"), [(-301, 403), (301, 403), (-3600, 403), (-290, 202), (200, 202)]
+)
+def test_a_stale_or_future_timestamp_is_refused(
+    client: AppClient, emitted: Emitted, offset: int, status: int
+) -> None:
+    response = post_generic(client, {"project": "faq-bot", "data": "d"}, timestamp=int(time.time()) + offset)
+
+    assert response.status_code == status, response.text
+    assert len(emitted) == (1 if status == 202 else 0)
+    if status == 403:
+        assert "X-Nluflow-Timestamp" in response.json()["detail"]
+
+
+def test_the_timestamp_tolerance_is_configurable(emitted: Emitted) -> None:
+    with make_client(emitted, signature_tolerance_seconds=10) as client:
+        stale = post_generic(client, {"project": "faq-bot", "data": "d"}, timestamp=int(time.time()) - 60)
+
+    assert stale.status_code == 403
+    assert "within 10 s" in stale.json()["detail"]
+    assert emitted == []
+
+
+@pytest.mark.parametrize(("stamp", "status"), [(None, 401), ("yesterday", 400), ("-5", 400), ("1" * 40, 400)])
+def test_a_missing_or_malformed_timestamp_is_refused(
+    client: AppClient, emitted: Emitted, stamp: str | None, status: int
+) -> None:
+    body = json.dumps({"project": "faq-bot", "data": "d"}).encode()
+    headers = {"X-Relay-Secret": SECRET, "X-Nluflow-Signature": sign(body, SECRET, stamp or "0")}
+    if stamp is not None:
+        headers["X-Nluflow-Timestamp"] = stamp
+
+    response = client.post("/hooks/generic", content=body, headers=headers)
+
+    assert response.status_code == status
+    assert emitted == []
+
+
+@pytest.mark.parametrize("route", ["/hooks/label-studio", "/hooks/generic"])
+@pytest.mark.parametrize(
+    "query", [f"?secret={SECRET}", f"?x=1&s={SECRET}", "?token=anything", "?Secret=x", f"?{SECRET}"]
+)
+def test_a_secret_in_the_query_string_is_refused_and_never_logged(
+    label_studio: Path,
+    client: AppClient,
+    emitted: Emitted,
+    caplog: pytest.LogCaptureFixture,
+    route: str,
+    query: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = route + query
+    if route == "/hooks/generic":
+        response = post_generic(client, {"project": "faq-bot", "data": "d"}, url=url)
+    else:
+        response = post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED"), url=url)
+
+    assert response.status_code == 400, response.text
+    assert "X-Relay-Secret" in response.json()["detail"]
+    assert emitted == []
+    assert SECRET not in response.text
+    # Every record but the test client's own httpx line (the sender's URL, not the relay's log).
+    relay_lines = [r.getMessage() for r in caplog.records if r.name != "httpx"]
+    assert not [line for line in relay_lines if SECRET in line]
+    assert any("HTTP 400" in line for line in relay_lines)  # the refusal is logged, without the URL's query
+
+
+def test_an_unrelated_query_parameter_is_not_a_secret(
+    label_studio: Path, client: AppClient, emitted: Emitted
+) -> None:
+    assert (
+        post_ls(
+            client, ls_body(label_studio, "ANNOTATION_CREATED"), url="/hooks/label-studio?v=2"
+        ).status_code
+        == 202
+    )
+
+
+def test_the_query_redactor_keeps_query_strings_out_of_the_access_log() -> None:
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "POST", f"/hooks/generic?secret={SECRET}", "1.1", 400),
+        None,
+    )
+
+    assert relay.QueryRedactor().filter(record)
+    assert record.getMessage() == '127.0.0.1:5000 - "POST /hooks/generic?[query redacted] HTTP/1.1" 400'
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -916,6 +1183,12 @@ def test_the_relay_command_logs_emissions_at_info_without_prefect_warnings(
                 assert proc.poll() is None and time.monotonic() < deadline, "the relay did not start"
                 time.sleep(0.2)
         assert response.status_code == 202
+        in_query = httpx.post(
+            f"http://127.0.0.1:{port}/hooks/label-studio?secret={SECRET}",
+            content=ls_body(label_studio, "TASKS_DELETED"),
+            headers={"Content-Type": "application/json", "X-Relay-Secret": SECRET},
+        )
+        assert in_query.status_code == 400
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=30)
@@ -924,4 +1197,8 @@ def test_the_relay_command_logs_emissions_at_info_without_prefect_warnings(
         "INFO" in output and "label-studio ANNOTATION_CREATED (project 1) → nlu.dataset.annotated" in output
     )
     assert "flow run id" not in output and "Warning" not in output, output
+    assert "/hooks/label-studio?[query redacted]" in output, (
+        output
+    )  # uvicorn's access line, without the query
+    assert SECRET not in output
     assert len(recv.requests) == 1

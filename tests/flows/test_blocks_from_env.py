@@ -477,6 +477,8 @@ def test_the_repo_blocks_file_validates_with_every_variable_set() -> None:
         "NLUFLOW_S3_PREFIX": "nlu",
         "NLUFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
         "NLUFLOW_RASA_PIPELINE": '[{"name": "WhitespaceTokenizer"}]',
+        "NLUFLOW_RASA_TRAIN_TIMEOUT_SECONDS": "900",
+        "NLUFLOW_RASA_IDLE_WAIT_SECONDS": "1800",
         "NLUFLOW_COGNIGY_LOCALE": "de-DE",
         "NLUFLOW_SERVICE_GPU_TIER": "t4",
         "NLUFLOW_GATES_MIN_MACRO_F1": "0.8",

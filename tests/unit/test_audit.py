@@ -289,3 +289,31 @@ def test_error_summary_is_one_line_without_credentials(error: BaseException, exp
 
     assert error_summary(error) == expected
     assert len(error_summary(RuntimeError("x" * 1000))) == 300
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
+def test_a_symlinked_log_is_refused_and_the_file_behind_it_is_untouched(
+    tmp_path: Path, dangling: bool
+) -> None:
+    outside = tmp_path / "outside" / "history.jsonl"
+    outside.parent.mkdir()
+    if not dangling:
+        AuditLog(outside).append(_record(1))
+    before = outside.read_bytes() if not dangling else None
+    store_log = tmp_path / "store" / "bot" / "audit.jsonl"
+    store_log.parent.mkdir(parents=True)
+    store_log.symlink_to(outside)
+    log = AuditLog(store_log)
+    with pytest.raises(
+        AuditError, match=r"is a symbolic link \(to .*history\.jsonl\).*Nothing was read or written"
+    ):
+        log.append(_record(2))
+    with pytest.raises(AuditError, match="symbolic link"):
+        log.records()
+    result = log.verify()
+    assert not result.ok and result.reason is not None and "symbolic link" in result.reason
+    if dangling:
+        assert not outside.exists()  # not created through the link
+    else:
+        assert outside.read_bytes() == before
+    assert store_log.is_symlink()

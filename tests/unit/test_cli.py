@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import http.server
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -291,3 +293,93 @@ def test_the_console_script_uses_a_running_local_server_like_the_makefile(
     monkeypatch.delenv("PREFECT_API_URL")
     assert _use_running_server() is None
     assert "PREFECT_API_URL" not in os.environ
+
+
+def test_models_list_shows_a_linked_out_model_as_refused_and_lists_the_others(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    _store_with_two_models(root)
+    outside = tmp_path / "outside"
+    shutil.copytree(root / "bot" / "models" / "m-aaaaaaaaaaaa", outside)
+    (root / "bot" / "models" / "m-cccccccccccc").symlink_to(outside, target_is_directory=True)
+    out = runner.invoke(app, ["models", "list", "--project", "bot", "--store", str(root)])
+    assert out.exit_code == 0, out.output
+    text = out.output.replace("\n", "")
+    assert "m-aaaaaaaaaaaa" in text and "m-bbbbbbbbbbbb" in text
+    assert "refused: m-cccccccccccc" in text and "outside the local folder" in text
+
+
+def test_audit_verify_refuses_a_symlinked_log(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    outside = tmp_path / "elsewhere.jsonl"
+    AuditLog(outside).append({"decision": "promote"})
+    (root / "bot").mkdir(parents=True)
+    (root / "bot" / "audit.jsonl").symlink_to(outside)
+    out = runner.invoke(app, ["audit", "verify", "--project", "bot", "--store", str(root)])
+    assert out.exit_code == 1
+    assert "symbolic link" in out.output.replace("\n", "")
+    outside.unlink()  # a dangling link is still listed and refused when every project is checked
+    out = runner.invoke(app, ["audit", "verify", "--store", str(root)])
+    assert out.exit_code == 1
+    assert "broken: bot" in out.output and "symbolic link" in out.output.replace("\n", "")
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.ENOSPC, "free space"),
+        (errno.EROFS, "read-write"),
+        (errno.EACCES, "writable"),
+    ],
+    ids=["disk-full", "read-only", "permission-denied"],
+)
+def test_a_full_or_read_only_store_exits_1_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, advice: str
+) -> None:
+    import nluflow.registry as registry
+
+    root = tmp_path / "store"
+    _store_with_two_models(root)
+    pointer = (root / "bot" / "active.json").read_bytes()
+
+    def failing_write(target: Path, chunks: object) -> None:
+        raise OSError(code, os.strerror(code), str(target))
+
+    monkeypatch.setattr(registry, "_atomic_write", failing_write)
+    out = runner.invoke(app, ["models", "rollback", "--project", "bot", "--store", str(root)])
+    text = out.output.replace("\n", "")
+    assert out.exit_code == 1, text
+    assert "Traceback" not in text and advice in text and os.strerror(code) in text
+    assert (root / "bot" / "active.json").read_bytes() == pointer
+
+
+def test_a_full_disk_under_a_bare_os_error_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nluflow.registry as registry
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(registry.ModelStore, "local", full)
+    out = runner.invoke(app, ["models", "list", "--project", "bot", "--store", str(tmp_path)])
+    assert out.exit_code == 1
+    assert "free space on the disk that holds the model store" in out.output.replace("\n", "")
+
+
+def test_bad_input_still_exits_2(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["models", "show", "nope", "--project", "bot", "--store", str(tmp_path)])
+    assert out.exit_code == 2
+
+
+def test_a_read_only_store_whose_error_lost_its_cause_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that crossed a Prefect task result keeps only its message; the errno in it still counts."""
+    import nluflow.registry as registry
+    from nluflow.errors import StoreError
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise StoreError(f"cannot write 'bot/active.json': [Errno {errno.EROFS}] Read-only file system")
+
+    monkeypatch.setattr(registry.ModelStore, "local", read_only)
+    out = runner.invoke(app, ["models", "list", "--project", "bot", "--store", str(tmp_path)])
+    assert out.exit_code == 1
+    assert "remount it read-write" in out.output.replace("\n", "")

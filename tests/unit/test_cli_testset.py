@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -69,3 +72,19 @@ def test_testset_commands_refuse_unsafe_projects_and_missing_stores(tmp_path: Pa
     missing = runner.invoke(app, ["testset", "reset", "--project", "bot", "--store", str(tmp_path / "nope")])
     assert missing.exit_code == 2, missing.output
     assert "Traceback" not in missing.output
+
+
+def test_reset_on_a_full_disk_exits_1_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "store"
+    _grown_test_set(root)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    result = runner.invoke(app, ["testset", "reset", "--project", "bot", "--store", str(root)])
+    text = result.output.replace("\n", "")
+    assert result.exit_code == 1, text
+    assert "No space left on device" in text and "free space on the disk" in text and "Traceback" not in text

@@ -337,6 +337,26 @@ def test_list_models_is_newest_first(env: Env) -> None:
     assert env.store.list_projects() == ["other", "p"]
 
 
+def test_a_model_folder_linked_out_of_the_store_is_refused_and_hides_no_other_model(local_env: Env) -> None:
+    env = local_env
+    env.add("m0")
+    env.add("m1")
+    # A complete model folder outside the store (the victim's), linked in as an inactive model.
+    outside = env.tmp / "outside-model"
+    shutil.copytree(env.tmp / "store" / "p" / "models" / "m0", outside)
+    (env.tmp / "store" / "p" / "models" / "m2").symlink_to(outside, target_is_directory=True)
+    # A link that stays inside the store but names another model: its manifest says it is m0, not m3.
+    (env.tmp / "store" / "p" / "models" / "m3").symlink_to(
+        env.tmp / "store" / "p" / "models" / "m0", target_is_directory=True
+    )
+    models, problems = env.store.scan_models("p")
+    assert [m.model_id for m in models] == ["m1", "m0"]
+    assert [model_id for model_id, _ in problems] == ["m2", "m3"]
+    assert "outside the local folder" in problems[0][1] and str(outside) in problems[0][1]
+    assert "expected 'm3'" in problems[1][1]
+    assert [m.model_id for m in env.store.list_models("p")] == ["m1", "m0"]
+
+
 # --------------------------------------------------------------------------------------------- integrity
 
 

@@ -179,6 +179,17 @@ class RasaEmulator(Emulator):
         self.loaded = self._load(f"models/{filename}")
         return f"models/{filename}"
 
+    def lose_archive(self, filename: str) -> None:
+        """Delete a trained archive from the models folder (and its unpacked copy), as an operator cleaning
+        old models or a fresh container would: ``PUT /model`` for it then answers 400, like Rasa's."""
+        (self.workdir / "models" / filename).unlink()
+        shutil.rmtree(self.workdir / "loaded" / filename, ignore_errors=True)
+
+    @property
+    def models_folder(self) -> Path:
+        """The server's models folder on disk (what a shared volume would expose to nluflow)."""
+        return self.workdir / "models"
+
     def _dataset(self, text: str) -> Dataset:
         path = self.workdir / "requests" / f"{uuid.uuid4().hex}.yml"
         path.parent.mkdir(parents=True, exist_ok=True)
