@@ -4,6 +4,7 @@ the pointer is written last and atomically, so it is either the old one or the n
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -13,7 +14,7 @@ from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 
 from nluflow.backends.base import ModelRef, TrainingBackend
-from nluflow.registry import ActivePointer, Manifest
+from nluflow.registry import ActivePointer, Manifest, ModelStore
 from tasks.common import BACKEND_RETRY_DELAYS, BackendSpec, StoreSpec, is_transient
 
 
@@ -28,6 +29,36 @@ def ensure_promotion_limit(project: str) -> str:
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, limit=1)
     return name
+
+
+def _add_model(
+    model_store: ModelStore,
+    project: str,
+    model: ModelRef,
+    dataset_sha256: str,
+    test_sha256: str,
+    config: dict[str, Any],
+    metrics: dict[str, float],
+    run_id: str | None,
+    backend_block: str | None,
+) -> Manifest:
+    """Copy a trained candidate's files into the store with its manifest: the one place both a promoted and a
+    kept rejected candidate are stored, so their manifests cannot drift apart."""
+    assert model.path is not None
+    return model_store.add_model(
+        project,
+        model.model_id,
+        Path(model.path),
+        backend=model.backend,
+        dataset_sha256=dataset_sha256,
+        test_sha256=test_sha256,
+        config=config,
+        metrics=metrics,
+        training_metrics=dict(model.metrics),
+        backend_model_id=model.backend_model_id,
+        run_id=run_id,
+        backend_block=backend_block,
+    )
 
 
 @task(name="store-candidate", cache_policy=NO_CACHE)
@@ -54,21 +85,8 @@ def store_candidate(
         txn.set("model_id", model.model_id)
         txn.set("existed", existed)
     assert model.path is not None
-    from pathlib import Path
-
-    manifest = model_store.add_model(
-        project,
-        model.model_id,
-        Path(model.path),
-        backend=model.backend,
-        dataset_sha256=dataset_sha256,
-        test_sha256=test_sha256,
-        config=config,
-        metrics=metrics,
-        training_metrics=dict(model.metrics),
-        backend_model_id=model.backend_model_id,
-        run_id=run_id,
-        backend_block=backend_block,
+    manifest = _add_model(
+        model_store, project, model, dataset_sha256, test_sha256, config, metrics, run_id, backend_block
     )
     model_store.verify(project, model.model_id)
     return manifest
@@ -167,21 +185,8 @@ def keep_rejected_candidate(
     logger = get_run_logger()
     model_store = store.build(create=True)
     if keep > 0 and model.path is not None and not model_store.has_model(project, model.model_id):
-        from pathlib import Path
-
-        model_store.add_model(
-            project,
-            model.model_id,
-            Path(model.path),
-            backend=model.backend,
-            dataset_sha256=dataset_sha256,
-            test_sha256=test_sha256,
-            config=config,
-            metrics=metrics,
-            training_metrics=dict(model.metrics),
-            backend_model_id=model.backend_model_id,
-            run_id=run_id,
-            backend_block=backend_block,
+        _add_model(
+            model_store, project, model, dataset_sha256, test_sha256, config, metrics, run_id, backend_block
         )
         model_store.record_rejected(project, model.model_id, run_id=run_id, reason=reason)
         logger.info(
