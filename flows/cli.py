@@ -537,7 +537,14 @@ def _audit_log_for_change(store: Path | None, project: str) -> Any:
     from nluflow.errors import AuditError
     from nluflow.registry import check_id
 
-    log = AuditLog(_store_path(store) / check_id(project, "project") / "audit.jsonl")
+    root = _store_path(store)
+    log = AuditLog(root / check_id(project, "project") / "audit.jsonl")
+    from nluflow.recovery import recover_and_describe
+    from nluflow.registry import ModelStore
+
+    # A promotion a killed run left half-way is closed (and said) before a person moves the pointer.
+    for note in recover_and_describe(log, ModelStore.local(root), project, actor="cli"):
+        err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     result = log.verify()
     if not result.ok:
         raise AuditError(
@@ -695,6 +702,8 @@ def audit_verify(
                 f"[bold red]broken:[/] {path.parent.name}: {escape(str(result.reason))}", highlight=False
             )
             continue
+        for sealed in result.sealed:
+            console.print(f"[yellow]{path.parent.name}: {escape(sealed)}[/]; the chain is intact after it")
         title = f"{path.parent.name}: intact, {result.lines} lines in {path}"
         table = Table(title=title, title_justify="left")
         for col in ("seq", "time (UTC)", "decision", "model", "note"):
@@ -706,6 +715,39 @@ def audit_verify(
         console.print(f"[green]intact:[/] {result.lines} lines in {path}")
     if broken:
         raise typer.Exit(1)
+
+
+@audit_app.command("seal")
+def audit_seal(
+    project: Annotated[str, typer.Option("--project", "-p", help="Project whose audit log is broken.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Who found the break and why it is sealed (recorded in the log).")
+    ],
+    store: StoreOpt = None,
+) -> None:
+    """Seal a broken audit chain so retrains can append again: a `sealed` line chained to the last good
+    line records where the chain broke and why you sealed it; `audit verify` then reports "sealed at line N"
+    and checks the chain after it. Keep a copy of the broken log first. A torn last line is moved aside
+    instead (a `repaired` line names the file)."""
+    from nluflow.audit import AuditLog
+    from nluflow.errors import StoreError
+    from nluflow.registry import check_id
+
+    def run() -> dict[str, Any]:
+        path = _store_path(store) / check_id(project, "project") / "audit.jsonl"
+        if not path.exists() and not path.is_symlink():
+            raise StoreError(f"no audit log at {path}; has project {project!r} run a retrain in this store?")
+        return AuditLog(path).seal(reason)
+
+    line = _guard(run)
+    if line.get("decision") == "sealed":
+        console.print(
+            f"sealed {project}'s audit log at line {line['seq']}: lines {line['sealed_from_line']}-"
+            f"{line['seq'] - 1} were broken ({escape(str(line['break']))}); the chain continues after it",
+            highlight=False,
+        )
+    else:
+        console.print(f"repaired {project}'s audit log: {escape(line['reasons'][0])}", highlight=False)
 
 
 @app.command("notify-annotated")

@@ -102,19 +102,24 @@ def reset(
 
     Earlier versions' data stays in the store under testset/versions/ for the audit trail."""
     from nluflow.audit import AuditLog, audit_record
-    from nluflow.registry import ModelStore
+    from nluflow.recovery import recover_and_describe
+    from nluflow.registry import ModelStore, check_id
     from nluflow.testset import TestSetStore
 
     root = _store_path(store)
     try:
         model_store = ModelStore.local(root)
+        log = AuditLog(root / check_id(project, "project") / "audit.jsonl")
+        # A promotion a killed run left half-way is closed (and said) before the reset is recorded.
+        for note in recover_and_describe(log, model_store, project, actor="cli"):
+            err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
         testsets = TestSetStore(model_store.fs, project)
         pointer = model_store.active(project)
         removed = testsets.reset()
         if removed is None:
             console.print(f"no frozen test set for {project!r} in {testsets.where()}; nothing was changed")
             return
-        line = AuditLog(root / project / "audit.jsonl").append(
+        line = log.append(
             audit_record(
                 run_id=f"cli-{uuid.uuid4().hex[:12]}",
                 flow_run_id=None,

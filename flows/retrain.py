@@ -26,9 +26,16 @@ from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.notify import DecisionNotice
 from nluflow.outcome import Outcome, RunOutcome, blocked_by_validation, decided
 from nluflow.pipeline import DatasetSnapshot, files_sha256, headline_delta, model_id_for, training_key
+from nluflow.recovery import is_run_line, recover_promotions, release_promotion_lock
 from nluflow.registry import ID_PATTERN
 from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT, audit_fields
-from tasks.audit import notify, upload_audit, write_audit
+from tasks.audit import (
+    notify,
+    recover_promotions_task,
+    upload_audit,
+    write_audit,
+    write_promotion_intent,
+)
 from tasks.common import BackendSpec, StoreSpec
 from tasks.data import (
     current_test_set,
@@ -166,7 +173,12 @@ def _resolve(params: RetrainParams) -> tuple[StoreSpec, BackendSpec, GatePolicy,
 
 def _audit_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
     """``on_failure`` hook: a run that ended in an error writes a ``failed`` audit line (its error as one
-    line, credentials redacted), unless it already wrote its line (a blocked run raises after writing it)."""
+    line, credentials redacted), unless it already wrote its line (a blocked run raises after writing it).
+
+    First it closes its own promotion if it stopped half-way (after its intent line): a ``promote`` line with
+    ``recovered: true`` when the pointer had switched (then that is the run's line), else
+    ``promotion-abandoned``. A run that failed after its ``promote`` line (the sync of its report, say) keeps
+    it: the promotion stands, and the run is labelled promoted with the error."""
     logger = get_run_logger()
     try:
         params = RetrainParams.model_validate(flow_run.parameters["params"])
@@ -174,10 +186,31 @@ def _audit_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
         path = store.audit_path(params.project)
         run_id = str(flow_run.id)
         log = AuditLog(path)
-        if any(line.get("flow_run_id") == run_id for line in log.records()):
-            return
+        release_promotion_lock(path)  # this run is over: its promotion, if any, is no longer live
         error = state.result(raise_on_failure=False)
         message = error_summary(error) if isinstance(error, BaseException) else str(state.message or "failed")
+        for line in recover_promotions(log, store.build(), params.project, actor=f"run {run_id} (failed)"):
+            logger.warning("audit line %s: %s", line["seq"], line["reasons"][0])
+        own = [line for line in log.records() if is_run_line(line, run_id)]
+        if own:
+            if own[-1].get("decision") == "promote":
+                logger.error(
+                    "the run promoted %s (audit line %s) and then failed: %s. The promotion stands",
+                    own[-1].get("model_id"),
+                    own[-1].get("seq"),
+                    message,
+                )
+                label_flow_run(
+                    RunOutcome(
+                        outcome="promoted",
+                        project=params.project,
+                        candidate_id=own[-1].get("model_id"),
+                        reason=f"audit line {own[-1].get('seq')}; the run then failed: {message}",
+                    ),
+                    run_id,
+                )
+            upload_audit(store, params.project)
+            return
         start = flow_run.start_time
         elapsed = (state.timestamp - start).total_seconds() if start and state.timestamp else 0.0
         log.append(
@@ -223,6 +256,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
     run_id = str(flow_run.get_id() or "local")
     store, backend, gates, work = _resolve(params)
     project = params.project
+    recover_promotions_task(store, project, actor=f"run {run_id}")  # an earlier run killed mid-promotion
 
     # 1. Data: load, fix the frozen test set, validate.
     data_paths, sources = resolve_data(params.data, str(work))  # pulls Label Studio / folder / S3 sources
@@ -344,6 +378,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
                     None if backend.name == "local" else backend.name,
                 )
                 activate_on_backend(backend, candidate, active_ref)
+                write_promotion_intent(store, project, model_id, run_id)  # the pointer never moves unaudited
                 switch_active_pointer(store, project, model_id, run_id, decision.summary())
         pointer = store.build().active(project)
         active_now = pointer.model_id if pointer else None

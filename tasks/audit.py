@@ -1,4 +1,5 @@
-"""The last stages of a run: the audit line and the notification."""
+"""The audit stages of a run: recover promotions that stopped half-way, the promotion's intent line, the
+run's audit line, and the notification."""
 
 from __future__ import annotations
 
@@ -7,17 +8,92 @@ from typing import Any, cast
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.transactions import Transaction, get_transaction
 
 from blocks.notify import WebhookNotification
 from nluflow.audit import AuditLog
 from nluflow.notify import DecisionNotice
-from tasks.common import StoreSpec
+from nluflow.recovery import (
+    hold_promotion_lock,
+    intent_record,
+    pending_intents,
+    recover_promotions,
+    release_promotion_lock,
+)
+from tasks.common import StoreSpec, crash_point
+
+
+@task(name="recover-promotions", cache_policy=NO_CACHE)
+def recover_promotions_task(store: StoreSpec, project: str, actor: str) -> list[dict[str, Any]]:
+    """Before a run: move a torn audit tail aside, refuse a broken chain (with the command that seals it), and
+    close every promotion an earlier run left half-way (killed between its intent and completion lines)."""
+    log = AuditLog(store.audit_path(project))
+    written = recover_promotions(log, store.build(create=True), project, actor=actor)
+    if written or log.repairs:
+        upload_audit(store, project)
+    logger = get_run_logger()
+    for line in written:
+        logger.warning("audit line %s: %s", line["seq"], line["reasons"][0])
+    return written
+
+
+@task(name="write-promotion-intent", cache_policy=NO_CACHE)
+def write_promotion_intent(store: StoreSpec, project: str, model_id: str, run_id: str) -> dict[str, Any]:
+    """Inside the promotion, just before the pointer switch: take the promotion lock and append the
+    ``promote-intent`` line (model, the model it replaces as the pointer says now, run). The run's
+    ``promote`` line after the switch completes it; if the run stops in between, recovery completes it from
+    the pointer."""
+    path = store.audit_path(project)
+    active = store.build().active(project)
+    hold_promotion_lock(path)
+    try:
+        line = AuditLog(path).append(
+            intent_record(
+                project=project,
+                model_id=model_id,
+                previous_model_id=active.model_id if active else None,
+                run_id=run_id,
+            )
+        )
+        upload_audit(store, project)
+    except BaseException:
+        release_promotion_lock(path)
+        raise
+    txn = get_transaction()
+    if txn is not None:
+        txn.set("audit_store", store)
+        txn.set("audit_project", project)
+    crash_point("intent")
+    return line
+
+
+@write_promotion_intent.on_rollback
+def _close_rolled_back_intent(txn: Transaction) -> None:
+    """The promotion rolled back: let go of the lock and say on the log that it was abandoned."""
+    store: StoreSpec = txn.get("audit_store")
+    project: str = txn.get("audit_project")
+    release_promotion_lock(store.audit_path(project))
+    try:
+        recover_promotions_task.fn(store, project, actor="rollback")
+    except Exception as exc:  # the other rollback hooks must still run; the next run recovers the intent
+        get_run_logger().warning("could not close the rolled-back promotion on the audit log: %s", exc)
 
 
 @task(name="write-audit", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def write_audit(audit_path: str, record: dict[str, Any]) -> dict[str, Any]:
-    """Append one hash-chained line for this run."""
-    return AuditLog(audit_path).append(record)
+    """Append one hash-chained line for this run. A ``promote`` line completes the run's pending
+    ``promote-intent`` line (``intent_seq``), after which the promotion lock is let go."""
+    log = AuditLog(audit_path)
+    run_id = record.get("run_id")
+    if record.get("decision") == "promote" and "intent_seq" not in record:
+        intents = [i for i in pending_intents(log.records()) if i.get("run_id") == run_id]
+        if intents:
+            record = {**record, "intent_seq": intents[-1]["seq"]}
+    line = log.append(record)
+    release_promotion_lock(audit_path)
+    if record.get("decision") == "promote":
+        crash_point("audit")
+    return line
 
 
 def upload_audit(store: StoreSpec, project: str) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import signal
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,18 @@ from nluflow.registry import ModelStore
 
 # Retry delays (seconds) for stages that talk to a backend: transient errors only.
 BACKEND_RETRY_DELAYS: list[float] = [2.0, 10.0, 30.0]
+
+
+# Test-only crash hook (tests/flows/test_crash_points.py): a run with NLUFLOW_TEST_KILL_AT=<step> kills its
+# own process with SIGKILL right after that step, to prove that every crash point leaves store and audit log
+# recoverable. Steps: store, activate, intent, pointer, audit, sync. Unset in normal use: a no-op.
+KILL_AT_ENV = "NLUFLOW_TEST_KILL_AT"
+
+
+def crash_point(step: str) -> None:
+    """Test-only: SIGKILL this process after ``step`` when ``$NLUFLOW_TEST_KILL_AT`` names it."""
+    if os.environ.get(KILL_AT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def is_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:

@@ -15,7 +15,7 @@ from prefect.transactions import Transaction, get_transaction
 
 from nluflow.backends.base import ModelRef, TrainingBackend
 from nluflow.registry import ActivePointer, Manifest, ModelStore
-from tasks.common import BACKEND_RETRY_DELAYS, BackendSpec, StoreSpec, is_transient
+from tasks.common import BACKEND_RETRY_DELAYS, BackendSpec, StoreSpec, crash_point, is_transient
 
 
 def promotion_limit_name(project: str) -> str:
@@ -89,6 +89,7 @@ def store_candidate(
         model_store, project, model, dataset_sha256, test_sha256, config, metrics, run_id, backend_block
     )
     model_store.verify(project, model.model_id)
+    crash_point("store")
     return manifest
 
 
@@ -132,6 +133,7 @@ def activate_on_backend(backend: BackendSpec, model: ModelRef, previous: ModelRe
         if previous is not None:
             _restore(client, previous)
         raise
+    crash_point("activate")
 
 
 def _restore(client: TrainingBackend, previous: ModelRef) -> None:
@@ -206,4 +208,5 @@ def switch_active_pointer(
     """Point the project at the new model: verified first, written atomically, written last."""
     pointer = store.build().activate(project, model_id, run_id=run_id, reason=reason)
     get_run_logger().info("active model of %s is now %s", project, pointer.model_id)
+    crash_point("pointer")
     return pointer

@@ -31,7 +31,7 @@ from nluflow.hashing import sha256_json
 from nluflow.outcome import RUN_TAG, RunOutcome
 from nluflow.report import FIGURE_TITLES, render_run_report
 from nluflow.s3 import sync_folder
-from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy
+from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy, crash_point
 
 logger = logging.getLogger("nluflow.publish")
 
@@ -193,4 +193,5 @@ def sync_run_to_store(store: StoreSpec, project: str, run_id: str, outdir: str, 
     if not store.is_local():
         model_store.fs.put_file(Path(audit_path), f"{project}/audit.jsonl")
         keys.append(f"{project}/audit.jsonl")
+    crash_point("sync")
     return keys

@@ -129,26 +129,99 @@ def test_reordered_lines_are_named(tmp_path: Path) -> None:
     assert not result.ok and result.first_bad_line == 3
 
 
-def test_truncated_last_line_is_named_and_blocks_appends(tmp_path: Path) -> None:
+def test_truncated_last_line_is_named_then_moved_aside_with_a_repaired_line(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = _write_chain(path, 5)
     data = path.read_bytes()
-    path.write_bytes(data[:-40])
+    path.write_bytes(data[:-40])  # a full disk cut the fifth line off part-way
     result = log.verify()
     assert not result.ok and result.first_bad_line == 5 and result.lines == 5
-    with pytest.raises(AuditError, match="cut off"):
-        log.append(_record(6))
-    assert path.read_bytes() == data[:-40]  # nothing appended onto the broken chain
+    assert result.reason is not None and "moves it aside" in result.reason
     with pytest.raises(AuditError, match=r"audit\.jsonl:5:"):
         log.records()
 
+    line = log.append(_record(6))
 
-def test_last_line_without_its_line_end_is_named(tmp_path: Path) -> None:
+    [aside] = tmp_path.glob("audit.jsonl.torn-*")
+    fifth = data.split(b"\n")[4]
+    assert aside.read_bytes() == fifth[:-39]  # exactly the torn bytes, kept for a person to read
+    records = log.records()
+    assert [(r["seq"], r["decision"]) for r in records][-3:] == [(4, "keep"), (5, "repaired"), (6, "keep")]
+    repaired = records[4]
+    assert repaired["torn_file"] == aside.name and repaired["torn_bytes"] == len(fifth) - 39
+    assert aside.name in repaired["reasons"][0] and "cut off" in repaired["reasons"][0]
+    assert line["seq"] == 6 and log.repairs == repaired["reasons"]
+    assert log.verify().ok
+
+
+def test_last_line_without_its_line_end_is_named_and_given_it_back(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = _write_chain(path, 3)
-    path.write_bytes(path.read_bytes()[:-1])  # only the final "\n" is gone
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1])  # only the final "\n" is gone: the line itself is whole
     result = log.verify()
     assert not result.ok and result.first_bad_line == 3
+    log.append(_record(4))
+    assert path.read_bytes().startswith(whole)  # nothing moved aside, nothing lost
+    assert [r["decision"] for r in log.records()] == ["promote", "keep", "promote", "keep"]
+    assert not list(tmp_path.glob("audit.jsonl.torn-*")) and log.verify().ok
+
+
+def test_a_broken_chain_is_never_extended_and_the_error_names_the_seal_command(tmp_path: Path) -> None:
+    path = tmp_path / "bot" / "audit.jsonl"
+    log = _write_chain(path, 4)
+    lines = _lines(path)
+    lines[1] = lines[1].replace('"reason 2"', '"edited"')
+    path.write_text("".join(lines), encoding="utf-8")
+    before = path.read_bytes()
+    with pytest.raises(AuditError) as err:
+        log.append(_record(5))
+    assert "audit.jsonl:2:" in str(err.value)
+    assert "nluflow audit seal --project bot --reason TEXT" in str(err.value)
+    assert path.read_bytes() == before
+    result = log.verify()
+    assert result.reason is not None and "nluflow audit seal --project bot" in result.reason
+
+
+def test_seal_records_the_break_and_the_chain_continues_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "bot" / "audit.jsonl"
+    log = _write_chain(path, 5)
+    lines = _lines(path)
+    lines[2] = lines[2][:40] + "\n"  # line 3 is garbage; lines 4-5 chain to the old line 3
+    path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(AuditError, match="intact"):
+        AuditLog(tmp_path / "other" / "audit.jsonl").seal("nothing to seal")
+
+    sealed = log.seal("restored from backup failed; sealed by ops")
+
+    assert sealed["decision"] == "sealed" and sealed["seq"] == 6 and sealed["sealed_from_line"] == 3
+    assert sealed["broken_lines"] == 3 and "not valid JSON" in sealed["break"]
+    assert sealed["prev_hash"] == json.loads(lines[1])["hash"]  # chained to the last good line
+    result = log.verify()
+    assert result.ok and result.lines == 6
+    assert result.sealed and result.sealed[0].startswith("sealed at line 6: lines 3-5 were broken")
+    log.append(_record(7))
+    assert log.verify().ok
+    # The sealed lines are not part of the history any more; the seal line says what they were.
+    assert [r["seq"] for r in log.records()] == [1, 2, 6, 7]
+    # An edit after the seal is a new break.
+    lines = _lines(path)
+    lines[-1] = lines[-1].replace('"reason 7"', '"edited"')
+    path.write_text("".join(lines), encoding="utf-8")
+    result = log.verify()
+    assert not result.ok and result.first_bad_line == 7
+
+
+def test_a_forged_seal_that_is_not_chained_to_the_last_good_line_does_not_seal(tmp_path: Path) -> None:
+    path = tmp_path / "bot" / "audit.jsonl"
+    log = _write_chain(path, 3)
+    lines = _lines(path)
+    lines[1] = lines[1].replace('"reason 2"', '"edited"')
+    forged = {"decision": "sealed", "sealed_from_line": 2, "seq": 4, "prev_hash": GENESIS, "reasons": ["x"]}
+    forged["hash"] = sha256_text(canonical_json(forged))
+    path.write_text("".join(lines) + canonical_json(forged) + "\n", encoding="utf-8")
+    result = log.verify()
+    assert not result.ok and result.first_bad_line == 2 and not result.sealed
 
 
 def test_broken_json_in_the_middle_is_named(tmp_path: Path) -> None:
@@ -317,3 +390,24 @@ def test_a_symlinked_log_is_refused_and_the_file_behind_it_is_untouched(
     else:
         assert outside.read_bytes() == before
     assert store_log.is_symlink()
+
+
+def test_a_log_whose_project_folder_links_out_of_the_store_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    AuditLog(outside / "audit.jsonl").append(_record(1))
+    before = (outside / "audit.jsonl").read_bytes()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "bot").symlink_to(outside, target_is_directory=True)
+    log = AuditLog(tmp_path / "store" / "bot" / "audit.jsonl")
+    with pytest.raises(AuditError, match=r"store/bot is a symbolic link to .*outside.*Nothing was read"):
+        log.append(_record(2))
+    with pytest.raises(AuditError, match="symbolic link"):
+        log.records()
+    result = log.verify()
+    assert not result.ok and result.reason is not None and "symbolic link" in result.reason
+    assert (outside / "audit.jsonl").read_bytes() == before
+    # A link that stays inside the store is a folder of the store like any other.
+    (tmp_path / "store" / "real").mkdir()
+    (tmp_path / "store" / "alias").symlink_to(tmp_path / "store" / "real", target_is_directory=True)
+    AuditLog(tmp_path / "store" / "alias" / "audit.jsonl").append(_record(1))
+    assert AuditLog(tmp_path / "store" / "real" / "audit.jsonl").verify().ok

@@ -1,0 +1,215 @@
+"""Promotions that stopped half-way: find them on the audit log and say on the log how they ended.
+
+A retrain promotes in this order (see :mod:`nluflow.audit`)::
+
+    store candidate → activate on backend → promote-intent line → switch active pointer → promote line
+
+A run killed or failed after its ``promote-intent`` line and before its ``promote`` line leaves an intent
+without a completion line. :func:`recover_promotions` resolves each such intent from the active pointer, the
+one place that says what happened: a pointer entry of the intent's run naming the intent's model means the
+switch happened (a ``promote`` line with ``recovered: true``); otherwise it did not
+(``promotion-abandoned``). Both name the intent by ``intent_seq``.
+
+A live promotion holds an exclusive ``flock`` on ``audit.jsonl.promoting`` (next to the log) from its intent
+line to its completion line (:func:`hold_promotion_lock` / :func:`release_promotion_lock`); recovery takes the
+same lock without waiting and skips when it cannot, so a running promotion is never "recovered" by another
+process. A killed process loses its lock with its file descriptors, so its intent is recoverable at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nluflow.audit import ABANDONED, INTENT, RUN_DECISIONS, AuditLog
+from nluflow.errors import AuditError
+from nluflow.registry import ModelStore
+
+logger = logging.getLogger(__name__)
+
+# The lock files this process holds for its promotions in progress (path → open descriptor). Module state,
+# because the lock spans several Prefect tasks of one flow run: the intent task takes it, the audit task
+# (or the run's failure hook) lets it go.
+_held: dict[str, int] = {}
+_held_guard = threading.Lock()
+
+
+def promotion_lock_path(audit_path: str | Path) -> Path:
+    path = Path(audit_path)
+    return path.with_name(path.name + ".promoting")
+
+
+def _open_lock(audit_path: str | Path) -> int:
+    lock = promotion_lock_path(audit_path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise AuditError(f"{lock}: cannot open the promotion lock: {exc}") from exc
+
+
+def hold_promotion_lock(audit_path: str | Path) -> None:
+    """Take the project's promotion lock for this process until :func:`release_promotion_lock` (waits for a
+    holder; promotions are serialised before this, so a wait means a recovery is writing its lines)."""
+    key = str(Path(audit_path))
+    with _held_guard:
+        if key in _held:
+            return
+    fd = _open_lock(audit_path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        os.close(fd)
+        raise AuditError(f"{promotion_lock_path(audit_path)}: cannot take the promotion lock: {exc}") from exc
+    with _held_guard:
+        _held[key] = fd
+
+
+def release_promotion_lock(audit_path: str | Path) -> bool:
+    """Let go of the promotion lock this process holds for ``audit_path``; False when it held none."""
+    with _held_guard:
+        fd = _held.pop(str(Path(audit_path)), None)
+    if fd is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    return True
+
+
+@contextmanager
+def _try_lock(audit_path: str | Path) -> Iterator[bool]:
+    """Hold the promotion lock for the block if it is free now (True), else yield False at once."""
+    fd = _open_lock(audit_path)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def pending_intents(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``promote-intent`` lines that no later line completes (by ``intent_seq``), oldest first."""
+    done = {rec.get("intent_seq") for rec in records if rec.get("intent_seq") is not None}
+    return [rec for rec in records if rec.get("decision") == INTENT and rec.get("seq") not in done]
+
+
+def intent_record(
+    *, project: str, model_id: str, previous_model_id: str | None, run_id: str
+) -> dict[str, Any]:
+    """The line written before a retrain switches the active pointer (no ``flow_run_id``: it is not the
+    run's own line, which is the ``promote`` line after the switch, or ``failed``)."""
+    return {
+        "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "decision": INTENT,
+        "project": project,
+        "run_id": run_id,
+        "model_id": model_id,
+        "previous_model_id": previous_model_id,
+        "promoted": False,
+        "reasons": [f"run {run_id} is about to make {model_id} the active model (was {previous_model_id})"],
+    }
+
+
+def _switched(store: ModelStore, project: str, intent: dict[str, Any]) -> tuple[bool, str | None, str | None]:
+    """Did the intent's run move the pointer to its model? ``(switched, active model id, manifest sha)``."""
+    pointer = store.active(project)
+    if pointer is None:
+        return False, None, None
+    model_id, run_id = intent.get("model_id"), intent.get("run_id")
+    entries = [pointer.entry(), *pointer.history]
+    switched = any(e.model_id == model_id and e.run_id == run_id for e in entries)
+    sha = next((e.manifest_sha256 for e in entries if e.model_id == model_id), None)
+    return switched, pointer.model_id, sha
+
+
+def resolve_intent(store: ModelStore, project: str, intent: dict[str, Any], actor: str) -> dict[str, Any]:
+    """The completion line of one pending intent, decided from the active pointer."""
+    switched, active, sha = _switched(store, project, intent)
+    model_id, run_id, seq = intent.get("model_id"), intent.get("run_id"), intent.get("seq")
+    base = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "project": project,
+        "run_id": run_id,
+        "model_id": model_id,
+        "previous_model_id": intent.get("previous_model_id"),
+        "intent_seq": seq,
+        "actor": actor,
+    }
+    if switched:
+        return {
+            **base,
+            "flow_run_id": run_id,  # the run's own line: it did promote
+            "decision": "promote",
+            "promoted": True,
+            "recovered": True,
+            "manifest_sha256": sha,
+            "reasons": [
+                f"recovered by {actor}: run {run_id} switched the active pointer to {model_id} and stopped "
+                f"before its audit line (intent line {seq}); the pointer names its model"
+            ],
+        }
+    return {
+        **base,
+        "decision": ABANDONED,
+        "promoted": False,
+        "active_model_id": active,
+        "reasons": [
+            f"found by {actor}: run {run_id} stopped after its intent line {seq} and before it switched the "
+            f"active pointer; the active model is still {active}. Its stored files, if any, stay (`nluflow "
+            "models promote` can still activate them); a remote platform may serve it: `nluflow models "
+            f"activate {active}` makes it serve the active model again"
+            if active
+            else f"found by {actor}: run {run_id} stopped after its intent line {seq} and before it switched "
+            "the active pointer; the project has no active model"
+        ],
+    }
+
+
+def recover_promotions(log: AuditLog, store: ModelStore, project: str, actor: str) -> list[dict[str, Any]]:
+    """Repair a torn tail, then close every promotion that stopped half-way; return the lines written.
+
+    Skips (returns ``[]``) while another process holds the promotion lock: its promotion is live. Raises
+    AuditError when the chain is broken (with the command that seals it)."""
+    log.repair()
+    with _try_lock(log.path) as free:
+        if not free:
+            logger.info("%s: a promotion is in progress (lock held); nothing to recover now", log.path)
+            return []
+        written = []
+        for intent in pending_intents(log.records()):
+            line = log.append(resolve_intent(store, project, intent, actor))
+            logger.warning("%s: %s", log.path, line["reasons"][0])
+            written.append(line)
+        return written
+
+
+def recover_and_describe(log: AuditLog, store: ModelStore, project: str, actor: str) -> list[str]:
+    """:func:`recover_promotions` for a person: one sentence per repair and per line written (a missing log
+    has nothing to recover)."""
+    if not log.path.exists() and not log.path.is_symlink():
+        return []
+    lines = recover_promotions(log, store, project, actor=actor)
+    notes = [f"audit log repaired: {repair}" for repair in log.repairs]
+    notes += [f"audit line {line['seq']} ({line['decision']}): {line['reasons'][0]}" for line in lines]
+    return notes
+
+
+def is_run_line(record: dict[str, Any], run_id: str) -> bool:
+    """True for the line that records run ``run_id``'s outcome (not its intent or an abandoned intent)."""
+    return record.get("flow_run_id") == run_id and record.get("decision") in RUN_DECISIONS
