@@ -297,6 +297,8 @@ class AuditLog:
             record = {
                 "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "decision": SEALED,
+                "run_id": None,
+                "flow_run_id": None,
                 "actor": actor,
                 "project": self.path.parent.name,
                 "promoted": False,
@@ -419,6 +421,8 @@ class AuditLog:
         record = {
             "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
             "decision": REPAIRED,
+            "run_id": None,
+            "flow_run_id": None,
             "project": self.path.parent.name,
             "promoted": False,
             "model_id": None,

@@ -112,13 +112,14 @@ def pending_intents(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def intent_record(
     *, project: str, model_id: str, previous_model_id: str | None, run_id: str
 ) -> dict[str, Any]:
-    """The line written before a retrain switches the active pointer (no ``flow_run_id``: it is not the
+    """The line written before a retrain switches the active pointer (``flow_run_id`` empty: it is not the
     run's own line, which is the ``promote`` line after the switch, or ``failed``)."""
     return {
         "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
         "decision": INTENT,
         "project": project,
         "run_id": run_id,
+        "flow_run_id": None,  # not the run's own line: that is the completion line (or ``failed``)
         "model_id": model_id,
         "previous_model_id": previous_model_id,
         "promoted": False,
@@ -166,6 +167,7 @@ def resolve_intent(store: ModelStore, project: str, intent: dict[str, Any], acto
         }
     return {
         **base,
+        "flow_run_id": None,
         "decision": ABANDONED,
         "promoted": False,
         "active_model_id": active,
@@ -194,7 +196,7 @@ def recover_promotions(log: AuditLog, store: ModelStore, project: str, actor: st
         written = []
         for intent in pending_intents(log.records()):
             line = log.append(resolve_intent(store, project, intent, actor))
-            logger.warning("%s: %s", log.path, line["reasons"][0])
+            logger.info("%s: %s", log.path, line["reasons"][0])
             written.append(line)
         return written
 

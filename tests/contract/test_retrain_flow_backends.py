@@ -286,7 +286,9 @@ def test_first_run_promotes_and_the_platform_serves_it(
     manifest = p.store().verify(p.project, result.candidate_id)
     assert manifest.backend == p.kind and manifest.backend_model_id
     _assert_agree(p, result.candidate_id)
-    [line] = p.audit().records()
+    intent, line = p.audit().records()  # the intent before the pointer switch, the run's line after it
+    assert intent["decision"] == "promote-intent" and intent["model_id"] == result.candidate_id
+    assert line["decision"] == "promote" and line["intent_seq"] == intent["seq"]
     assert line["promoted"] is True and line["backend"] == p.block_ref
     assert line["model_id"] == result.candidate_id and line["manifest_sha256"] == manifest.sha256()
     assert p.emulator.jobs_started == 1
@@ -476,6 +478,15 @@ def test_failed_pointer_switch_rolls_the_platform_back(
     assert added[0] not in p.stored() and p.stored() == stored_before
     _assert_agree(p, pointer_before.model_id)
     assert p.emulator.jobs_started == 3, "a rerun of the same data does not train again"
+    # On the log: the intent written before the switch, closed as abandoned, then the run's failed line.
+    intent, abandoned, failed = p.audit().records()[-3:]
+    assert (intent["decision"], abandoned["decision"], failed["decision"]) == (
+        "promote-intent",
+        "promotion-abandoned",
+        "failed",
+    )
+    assert abandoned["intent_seq"] == intent["seq"] and abandoned["model_id"] == added[0]
+    assert p.audit().verify().ok
 
 
 def test_rerun_after_the_faults_promotes_without_training_again(platform: Platform) -> None:
@@ -529,11 +540,24 @@ def test_every_distinct_training_set_was_trained_exactly_once(platform: Platform
     assert len(trained) == p.emulator.jobs_started == 3
     assert len(set(trained)) == len(trained), f"{p.kind} trained the same data twice: {trained}"
     assert p.audit().verify().ok
-    second = "promote" if p.results["second"].promoted else "reject"
-    # Three runs failed on purpose (refused activation, failed after the switch, failed pointer switch); the
-    # store-level rollback is not on the log, the CLI's `models activate` is.
+    second = ["promote-intent", "promote"] if p.results["second"].promoted else ["reject"]
+    # Three runs failed on purpose (refused activation, failed after the switch, failed pointer switch: only
+    # the last had written its intent line, closed as abandoned); the store-level rollback is not on the log,
+    # the CLI's `models activate` is. Each promotion is an intent line plus its completion line.
     decisions = [r["decision"] for r in p.audit().records()]
-    assert decisions == ["promote", second, "failed", "failed", "failed", "promote", "activate"], decisions
+    assert decisions == [
+        "promote-intent",
+        "promote",
+        *second,
+        "failed",
+        "failed",
+        "promote-intent",
+        "promotion-abandoned",
+        "failed",
+        "promote-intent",
+        "promote",
+        "activate",
+    ], decisions
 
 
 def test_uncached_evaluation_of_the_active_model_does_not_train_twice(

@@ -71,23 +71,36 @@ def test_audit_verify_lists_every_decision_and_pointer_change(tmp_path: Path, de
 
     lines = AuditLog(home / "store" / PROJECT / "audit.jsonl").records()
     a, c = first.candidate_id, second.candidate_id
+    # A retrain's promotion is two lines: its intent before the pointer switch, its completion after it.
     assert [(x["seq"], x["decision"], x["model_id"]) for x in lines] == [
-        (1, "promote", a),
-        (2, "reject", c),
-        (3, "forced-promote", c),
-        (4, "rollback", a),
-        (5, "activate", c),
-        (6, "blocked", None),
-        (7, "failed", None),
+        (1, "promote-intent", a),
+        (2, "promote", a),
+        (3, "reject", c),
+        (4, "forced-promote", c),
+        (5, "rollback", a),
+        (6, "activate", c),
+        (7, "blocked", None),
+        (8, "failed", None),
     ]
-    assert lines[2]["reasons"] == ["reviewed by hand: noise in test"]
-    assert "missing.jsonl" in lines[6]["error"]
+    assert lines[1]["intent_seq"] == 1 and lines[0]["run_id"] == lines[1]["run_id"] == first.flow_run_id
+    assert all("intent_seq" not in x for x in lines[2:])
+    assert lines[3]["reasons"] == ["reviewed by hand: noise in test"]
+    assert "missing.jsonl" in lines[7]["error"]
     pointer = store.active(PROJECT)
     assert pointer is not None and pointer.model_id == c
 
     out = runner.invoke(app, ["audit", "verify", "--store", str(home / "store")])
     assert out.exit_code == 0, out.output
-    assert f"{PROJECT}: intact, 7 lines" in out.output
+    assert f"{PROJECT}: intact, 8 lines" in out.output
     rows = [[c.strip() for c in line.split("│")[1:5]] for line in out.output.splitlines() if "│" in line]
     decisions = [row[2] for row in rows if row and row[0].isdigit()]
-    assert decisions == ["promote", "reject", "forced-promote", "rollback", "activate", "blocked", "failed"]
+    assert decisions == [
+        "promote-intent",
+        "promote",
+        "reject",
+        "forced-promote",
+        "rollback",
+        "activate",
+        "blocked",
+        "failed",
+    ]

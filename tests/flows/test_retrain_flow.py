@@ -140,9 +140,14 @@ def test_first_run_promotes_the_first_model(home: Path, demo_data: Path) -> None
     manifest = store(home).verify(PROJECT, result.candidate_id)
     for metric in ("intent_accuracy", "macro_f1", "entity_f1"):
         assert 0.0 < manifest.metrics[metric] <= 1.0
-    [line] = audit_lines(home)
+    # Exactly two lines: the intent before the pointer switch, then the run's line after it, completing it.
+    intent, line = audit_lines(home)
+    assert intent["decision"] == "promote-intent" and intent["model_id"] == result.candidate_id
+    assert intent["previous_model_id"] is None and intent["run_id"] == result.flow_run_id
+    assert intent["flow_run_id"] is None  # the run's own line is the completion line
+    assert line["decision"] == "promote" and line["intent_seq"] == intent["seq"] == 1
     assert line["promoted"] is True and line["model_id"] == result.candidate_id
-    assert line["manifest_sha256"] == manifest.sha256()
+    assert line["manifest_sha256"] == manifest.sha256() and "recovered" not in line
 
 
 def test_larger_batch_beats_the_active_model_and_is_promoted(home: Path, demo_data: Path) -> None:
@@ -158,7 +163,14 @@ def test_larger_batch_beats_the_active_model_and_is_promoted(home: Path, demo_da
     pointer = store(home).active(PROJECT)
     assert pointer is not None and pointer.model_id == result.candidate_id
     assert pointer.history[0].model_id == first.model_id
-    assert len(audit_lines(home)) == 2
+    lines = audit_lines(home)
+    assert [(x["decision"], x.get("intent_seq")) for x in lines] == [
+        ("promote-intent", None),
+        ("promote", 1),
+        ("promote-intent", None),
+        ("promote", 3),
+    ]
+    assert lines[2]["previous_model_id"] == first.model_id == lines[3]["previous_model_id"]
 
 
 def test_artifacts_are_published_with_stable_keys(home: Path) -> None:
@@ -271,8 +283,12 @@ def test_failure_during_promotion_rolls_back(
     assert [m.model_id for m in store(home).list_models(project)] == [first.candidate_id]
     log = AuditLog(home / "store" / project / "audit.jsonl")
     assert log.verify().ok
-    promoted, failed = log.records()
-    assert promoted["decision"] == "promote"
+    # The intent line before the failed switch is closed as abandoned (by the rollback), then the run's line.
+    intent_1, promoted, intent, abandoned, failed = log.records()
+    assert (intent_1["decision"], promoted["decision"]) == ("promote-intent", "promote")
+    assert intent["decision"] == "promote-intent" and intent["previous_model_id"] == first.candidate_id
+    assert abandoned["decision"] == "promotion-abandoned" and abandoned["intent_seq"] == intent["seq"]
+    assert abandoned["active_model_id"] == first.candidate_id and abandoned["promoted"] is False
     assert failed["decision"] == "failed" and failed["promoted"] is False
     assert failed["error"] == "OSError: disk full while writing active.json"
     run = flow_run_of(failed["flow_run_id"])  # the runs list says it failed, and why
@@ -309,4 +325,4 @@ def test_blocking_validation_stops_before_training(home: Path, tmp_path: Path) -
 
 def test_audit_chain_of_the_whole_history_verifies(home: Path) -> None:
     result = AuditLog(home / "store" / PROJECT / "audit.jsonl").verify()
-    assert result.ok and result.lines == 4
+    assert result.ok and result.lines == 6  # two promotions (intent + completion each), unchanged, reject

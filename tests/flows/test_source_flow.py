@@ -124,7 +124,8 @@ def test_a_label_studio_source_trains_on_the_exported_annotations(
     assert (source["cancelled"], source["skipped_tasks"], source["unannotated_tasks"]) == (1, 1, 1)
     assert result.data_info["train_examples"] == 140
     assert emulator.refreshes >= 1  # the PAT was exchanged for an access token
-    [line] = audit(home)
+    intent, line = audit(home)  # a promotion: its intent line, then the run's line
+    assert intent["decision"] == "promote-intent" and line["intent_seq"] == intent["seq"]
     assert line["data_sources"][0]["tasks"] == 142
     assert snapshot_texts(home, line["dataset_sha256"]) == {
         e["text"] for e in _examples(demo_data / "batch-1.jsonl")

@@ -334,7 +334,8 @@ def test_sweep_on_a_dask_local_cluster_promotes_the_configuration_cv_chose(
     assert pointer is not None and pointer.model_id == retrained.candidate_id
     manifest = store.verify(PROJECT, retrained.candidate_id)
     assert TrainingConfig.model_validate(manifest.config) == result.best_config
-    [line] = AuditLog(home / "store" / PROJECT / "audit.jsonl").records()
+    intent, line = AuditLog(home / "store" / PROJECT / "audit.jsonl").records()
+    assert intent["decision"] == "promote-intent" and line["intent_seq"] == intent["seq"]
     assert line["config"] == result.best_config.model_dump(mode="json")
     # Training data only: what the workers hashed is the retrain's training set, which lacks the test set.
     assert {s.dataset_sha256 for s in result.scores} == {line["dataset_sha256"]}

@@ -83,7 +83,7 @@ def test_an_intent_whose_run_stopped_before_the_switch_is_abandoned(tmp_path: Pa
     [line] = recover_promotions(log, store, PROJECT, actor="cli")
 
     assert line["decision"] == "promotion-abandoned" and line["promoted"] is False
-    assert line["intent_seq"] == intent["seq"] and "flow_run_id" not in line
+    assert line["intent_seq"] == intent["seq"] and line["flow_run_id"] is None
     assert line["active_model_id"] == (None if first else "m-old")
     assert "before it switched the active pointer" in line["reasons"][0]
     pointer = store.active(PROJECT)
