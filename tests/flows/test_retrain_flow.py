@@ -25,7 +25,7 @@ from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 
 from flows.retrain import RetrainParams, RetrainResult, retrain
 from nluflow.audit import AuditLog
-from nluflow.errors import DataError
+from nluflow.errors import AuditError, DataError, StoreError
 from nluflow.registry import ModelStore
 from nluflow.testset import TestSetStore
 
@@ -326,3 +326,69 @@ def test_blocking_validation_stops_before_training(home: Path, tmp_path: Path) -
 def test_audit_chain_of_the_whole_history_verifies(home: Path) -> None:
     result = AuditLog(home / "store" / PROJECT / "audit.jsonl").verify()
     assert result.ok and result.lines == 6  # two promotions (intent + completion each), unchanged, reject
+
+
+def test_a_failed_audit_line_after_the_switch_is_recovered_by_the_failure_hook(
+    home: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pointer switched, then the run's own audit line could not be written (disk full): the run fails,
+    and its failure hook closes the intent from the pointer with a recovered ``promote`` line, the run's
+    line. It does not claim the run did not promote."""
+    project = "flowtest-audit-fails"
+    real_append = AuditLog.append
+
+    def append(self: AuditLog, record: dict[str, Any]) -> dict[str, Any]:
+        if record.get("decision") == "promote" and not record.get("recovered"):
+            raise AuditError(
+                f"{self.path}: cannot append to the audit log: [Errno 28] No space left on device"
+            )
+        return real_append(self, record)
+
+    monkeypatch.setattr(AuditLog, "append", append)
+    with pytest.raises(AuditError, match="No space left"):
+        retrain(params(home, demo_data, ["batch-1.jsonl"], project=project))
+    monkeypatch.undo()
+    pointer = store(home).active(project)
+    assert pointer is not None
+    log = AuditLog(home / "store" / project / "audit.jsonl")
+    intent, line = log.records()
+    assert intent["decision"] == "promote-intent" and intent["model_id"] == pointer.model_id
+    assert line["decision"] == "promote" and line["recovered"] is True and line["promoted"] is True
+    assert line["intent_seq"] == intent["seq"] and line["flow_run_id"] == intent["run_id"] == pointer.run_id
+    assert "(failed)" in line["reasons"][0] and log.verify().ok
+    run = flow_run_of(line["flow_run_id"])
+    assert run.state.is_failed()
+    assert [t for t in run.tags if t.startswith("outcome:")] == ["outcome:promoted"], run.tags
+
+
+def test_a_failed_sync_after_the_audit_line_keeps_the_promotion(
+    home: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's promote line is written, then copying its report to the store fails: the run fails with
+    the error, writes no ``failed`` line over its ``promote`` line, and is labelled promoted."""
+    import flows.retrain
+    import tasks.publish
+
+    project = "flowtest-sync-fails"
+
+    def broken_sync(*args: Any, **kwargs: Any) -> list[str]:
+        raise StoreError("store key 'flowtest-sync-fails/runs' resolves outside the local folder store")
+
+    monkeypatch.setattr(tasks.publish, "sync_folder", broken_sync)
+    monkeypatch.setattr(
+        flows.retrain, "sync_run_to_store", tasks.publish.sync_run_to_store.with_options(retries=0)
+    )
+    with pytest.raises(StoreError, match="resolves outside"):
+        retrain(params(home, demo_data, ["batch-1.jsonl"], project=project))
+    monkeypatch.undo()
+    pointer = store(home).active(project)
+    assert pointer is not None
+    log = AuditLog(home / "store" / project / "audit.jsonl")
+    intent, line = log.records()  # no `failed` line: the run did promote
+    assert (intent["decision"], line["decision"]) == ("promote-intent", "promote")
+    assert line["intent_seq"] == intent["seq"] and "recovered" not in line
+    assert line["model_id"] == pointer.model_id and line["flow_run_id"] == pointer.run_id
+    run = flow_run_of(line["flow_run_id"])
+    assert run.state.is_failed() and "resolves outside" in (run.state.message or "")
+    assert [t for t in run.tags if t.startswith("outcome:")] == ["outcome:promoted"], run.tags
+    assert run.name == f"retrain-{project}-promoted-{pointer.model_id}", run.name
