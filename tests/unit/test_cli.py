@@ -383,3 +383,59 @@ def test_a_read_only_store_whose_error_lost_its_cause_exits_1(
     out = runner.invoke(app, ["models", "list", "--project", "bot", "--store", str(tmp_path)])
     assert out.exit_code == 1
     assert "remount it read-write" in out.output.replace("\n", "")
+
+
+def test_a_promotion_a_killed_run_left_half_way_is_closed_before_a_pointer_change(tmp_path: Path) -> None:
+    from nluflow.recovery import intent_record
+
+    root = tmp_path / "store"
+    store = _store_with_two_models(root)  # a, then b active
+    log = AuditLog(root / "bot" / "audit.jsonl")
+    log.append(
+        intent_record(
+            project="bot", model_id="m-aaaaaaaaaaaa", previous_model_id="m-bbbbbbbbbbbb", run_id="r-7"
+        )
+    )
+    store.activate("bot", "m-aaaaaaaaaaaa", run_id="r-7")  # the run switched the pointer, then was killed
+    out = runner.invoke(app, ["models", "rollback", "--project", "bot", "--store", str(root)])
+    assert out.exit_code == 0, out.output
+    assert "audit line 2 (promote): recovered by cli: run r-7 switched the active pointer" in " ".join(
+        out.output.split()
+    )
+    lines = _audit(root)
+    assert [(x["decision"], x["model_id"], x.get("intent_seq")) for x in lines] == [
+        ("promote-intent", "m-aaaaaaaaaaaa", None),
+        ("promote", "m-aaaaaaaaaaaa", 1),
+        ("rollback", "m-bbbbbbbbbbbb", None),
+    ]
+    assert lines[1]["recovered"] is True and log.verify().ok
+
+
+def test_audit_seal_records_a_break_so_changes_can_be_recorded_again(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    _store_with_two_models(root)
+    path = root / "bot" / "audit.jsonl"
+    log = AuditLog(path)
+    for i in range(3):
+        log.append({"run": i, "decision": "promote"})
+    path.write_text(path.read_text().replace('"run":1', '"run":5'))
+    args = ["--project", "bot", "--store", str(root)]
+    out = runner.invoke(app, ["models", "rollback", *args])
+    assert out.exit_code == 1
+    assert "nluflow audit seal --project bot --reason TEXT" in " ".join(out.output.split())
+    out = runner.invoke(app, ["audit", "seal", *args])
+    assert out.exit_code == 2 and "--reason" in out.output  # a seal always says why
+
+    out = runner.invoke(app, ["audit", "seal", *args, "--reason", "line 2 edited by hand; copy kept"])
+
+    assert out.exit_code == 0, out.output
+    assert "sealed bot's audit log at line 4: lines 2-3 were broken" in " ".join(out.output.split())
+    out = runner.invoke(app, ["audit", "verify", *args])
+    assert out.exit_code == 0, out.output
+    assert "bot: sealed at line 4: lines 2-3 were broken" in " ".join(out.output.split())
+    assert "intact, 4 lines" in out.output
+    out = runner.invoke(app, ["models", "rollback", *args])
+    assert out.exit_code == 0, out.output
+    assert [x["decision"] for x in _audit(root)] == ["promote", "sealed", "rollback"]
+    out = runner.invoke(app, ["audit", "seal", *args, "--reason", "again"])
+    assert out.exit_code == 1 and "nothing to seal" in out.output

@@ -88,3 +88,23 @@ def test_reset_on_a_full_disk_exits_1_with_what_to_do(
     text = result.output.replace("\n", "")
     assert result.exit_code == 1, text
     assert "No space left on device" in text and "free space on the disk" in text and "Traceback" not in text
+
+
+def test_reset_first_closes_a_promotion_a_killed_run_left_half_way(tmp_path: Path) -> None:
+    from nluflow.recovery import intent_record
+
+    root = tmp_path / "store"
+    _grown_test_set(root)
+    log = AuditLog(root / "bot" / "audit.jsonl")
+    log.append(intent_record(project="bot", model_id="m-aaaaaaaaaaaa", previous_model_id=None, run_id="r-1"))
+    result = runner.invoke(
+        app, ["testset", "reset", "--project", "bot", "--store", str(root), "--reason", "x"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "audit line 2 (promotion-abandoned)" in result.output
+    assert [x["decision"] for x in log.records()] == [
+        "promote-intent",
+        "promotion-abandoned",
+        "testset-reset",
+    ]
+    assert log.verify().ok
