@@ -186,11 +186,9 @@ def _audit_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
         path = store.audit_path(params.project)
         run_id = str(flow_run.id)
         log = AuditLog(path)
-        release_promotion_lock(path)  # this run is over: its promotion, if any, is no longer live
         error = state.result(raise_on_failure=False)
         message = error_summary(error) if isinstance(error, BaseException) else str(state.message or "failed")
-        for line in recover_promotions(log, store.build(), params.project, actor=f"run {run_id} (failed)"):
-            logger.warning("audit line %s: %s", line["seq"], line["reasons"][0])
+        _close_own_promotion(flow, flow_run, state)
         own = [line for line in log.records() if is_run_line(line, run_id)]
         if own:
             if own[-1].get("decision") == "promote":
@@ -243,11 +241,31 @@ def _audit_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
         logger.warning("could not write the audit line of the failed run: %s", error_summary(exc))
 
 
+def _close_own_promotion(flow: Any, flow_run: Any, state: Any = None) -> None:
+    """Hook (and first step of the failure hook): the run is over, so its promotion is no longer live. Let
+    go of the promotion lock and close the run's intent line from the pointer if it stopped half-way."""
+    logger = get_run_logger()
+    try:
+        params = RetrainParams.model_validate(flow_run.parameters["params"])
+        store, _, _, _ = _resolve(params)
+        path = store.audit_path(params.project)
+        release_promotion_lock(path)
+        if not path.exists():
+            return
+        actor = f"run {flow_run.id} ({state.type.value.lower() if state is not None else 'ended'})"
+        for line in recover_promotions(AuditLog(path), store.build(), params.project, actor=actor):
+            logger.warning("audit line %s: %s", line["seq"], line["reasons"][0])
+    except Exception as exc:  # a hook must not hide the run's own error; the next run recovers
+        logger.warning("could not close the run's promotion on the audit log: %s", error_summary(exc))
+
+
 @flow(
     name="nluflow-retrain",
     flow_run_name="retrain-{params.project}",
     log_prints=False,
     on_failure=[_audit_failed_run],
+    on_cancellation=[_close_own_promotion],
+    on_crashed=[_close_own_promotion],
 )
 def retrain(params: RetrainParams) -> RetrainResult:
     """Retrain a project's NLU model and promote it only if it passes the gates and beats the active one."""

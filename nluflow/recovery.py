@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,6 +34,9 @@ from nluflow.errors import AuditError
 from nluflow.registry import ModelStore
 
 logger = logging.getLogger(__name__)
+
+LOCK_WAIT_SECONDS = 120.0  # a recovery holds the lock for milliseconds; a promotion holds it for seconds
+_LOCK_POLL_SECONDS = 0.1
 
 # The lock files this process holds for its promotions in progress (path → open descriptor). Module state,
 # because the lock spans several Prefect tasks of one flow run: the intent task takes it, the audit task
@@ -55,21 +59,50 @@ def _open_lock(audit_path: str | Path) -> int:
         raise AuditError(f"{lock}: cannot open the promotion lock: {exc}") from exc
 
 
-def hold_promotion_lock(audit_path: str | Path) -> None:
-    """Take the project's promotion lock for this process until :func:`release_promotion_lock` (waits for a
-    holder; promotions are serialised before this, so a wait means a recovery is writing its lines)."""
+def hold_promotion_lock(
+    audit_path: str | Path, holder: str = "", wait_seconds: float = LOCK_WAIT_SECONDS
+) -> None:
+    """Take the project's promotion lock for this process until :func:`release_promotion_lock`.
+
+    Promotions are serialised before this (the project's concurrency slot), so a short wait means a recovery
+    is writing its lines; a holder that keeps it past ``wait_seconds`` is a promotion that should not be
+    running: AuditError naming it (the lock file says which process and run took it)."""
     key = str(Path(audit_path))
     with _held_guard:
         if key in _held:
             return
+    lock = promotion_lock_path(audit_path)
     fd = _open_lock(audit_path)
+    deadline = time.monotonic() + wait_seconds
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise AuditError(
+                        f"{lock} is held by another promotion ({_holder(lock)}) after {wait_seconds:.0f} s; "
+                        "nothing was written. If that process is gone, its lock went with it: retry"
+                    ) from None
+                time.sleep(_LOCK_POLL_SECONDS)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} {holder}".strip().encode("utf-8"), 0)
     except OSError as exc:
         os.close(fd)
-        raise AuditError(f"{promotion_lock_path(audit_path)}: cannot take the promotion lock: {exc}") from exc
+        raise AuditError(f"{lock}: cannot take the promotion lock: {exc}") from exc
+    except BaseException:
+        os.close(fd)
+        raise
     with _held_guard:
         _held[key] = fd
+
+
+def _holder(lock: Path) -> str:
+    try:
+        return lock.read_text("utf-8", errors="replace")[:200] or "unknown holder"
+    except OSError:
+        return "unknown holder"
 
 
 def release_promotion_lock(audit_path: str | Path) -> bool:

@@ -45,7 +45,7 @@ def write_promotion_intent(store: StoreSpec, project: str, model_id: str, run_id
     the pointer."""
     path = store.audit_path(project)
     active = store.build().active(project)
-    hold_promotion_lock(path)
+    hold_promotion_lock(path, holder=f"run {run_id}")
     try:
         line = AuditLog(path).append(
             intent_record(

@@ -100,7 +100,7 @@ def test_the_same_model_activated_by_another_run_is_not_this_intents_promotion(t
 
 
 def _hold_then_wait(audit_path: str, held: Any, done: Any) -> None:
-    hold_promotion_lock(audit_path)
+    hold_promotion_lock(audit_path, holder="run run-live")
     held.set()
     done.wait(30)
     release_promotion_lock(audit_path)
@@ -118,6 +118,9 @@ def test_a_live_promotion_is_not_recovered_while_its_lock_is_held(tmp_path: Path
         assert held.wait(60)
         assert recover_promotions(log, store, PROJECT, actor="cli") == []  # skipped: the run is live
         assert len(pending_intents(log.records())) == 1
+        # A second promotion does not wait for ever on a holder: it names it.
+        with pytest.raises(AuditError, match=rf"held by another promotion \(pid {holder.pid} run run-live\)"):
+            hold_promotion_lock(log.path, holder="run other", wait_seconds=0.3)
     finally:
         done.set()
         holder.join(30)
