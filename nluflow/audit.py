@@ -311,7 +311,7 @@ class AuditLog:
             line = {**record, "seq": len(scan.lines) + 1, "prev_hash": scan.last_hash}
             line["hash"] = _line_hash(line)
             self._write_line(fh, line)
-            logger.warning(
+            logger.info(
                 "%s: sealed the break at line %d (%s) with line %d", self.path, broken_from, why, line["seq"]
             )
             return line
@@ -433,7 +433,7 @@ class AuditLog:
         line = {**record, "seq": scan.last_seq + 1, "prev_hash": scan.last_hash}
         line["hash"] = _line_hash(line)
         self._write_line(fh, line)
-        logger.warning("%s", message)
+        logger.info("%s", message)  # callers say it where people look (run log, CLI)
         self.repairs.append(message)
         return self._scan(fh)
 

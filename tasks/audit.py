@@ -32,6 +32,8 @@ def recover_promotions_task(store: StoreSpec, project: str, actor: str) -> list[
     if written or log.repairs:
         upload_audit(store, project)
     logger = get_run_logger()
+    for repair in log.repairs:
+        logger.warning("audit log repaired: %s", repair)
     for line in written:
         logger.warning("audit line %s: %s", line["seq"], line["reasons"][0])
     return written
@@ -91,6 +93,8 @@ def write_audit(audit_path: str, record: dict[str, Any]) -> dict[str, Any]:
             record = {**record, "intent_seq": intents[-1]["seq"]}
     line = log.append(record)
     release_promotion_lock(audit_path)
+    for repair in log.repairs:  # a torn last line was moved aside before this line
+        get_run_logger().warning("audit log repaired: %s", repair)
     if record.get("decision") == "promote":
         crash_point("audit")
     return line
