@@ -392,3 +392,55 @@ def test_a_failed_sync_after_the_audit_line_keeps_the_promotion(
     assert run.state.is_failed() and "resolves outside" in (run.state.message or "")
     assert [t for t in run.tags if t.startswith("outcome:")] == ["outcome:promoted"], run.tags
     assert run.name == f"retrain-{project}-promoted-{pointer.model_id}", run.name
+
+
+def test_a_torn_audit_tail_is_moved_aside_and_a_broken_chain_stops_the_run_until_sealed(
+    home: Path, demo_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Disk full cut the last line off: the next run moves it aside (a `repaired` line, a warning in the run's
+    log) and promotes. A chain edited by hand stops the next run before it trains, with the command that
+    seals it; after `nluflow audit seal` the run promotes again."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    project = "flowtest-torn"
+    first = retrain(params(home, demo_data, ["batch-1.jsonl"], project=project))
+    log = AuditLog(home / "store" / project / "audit.jsonl")
+    with log.path.open("ab") as fh:
+        fh.write(b'{"decision":"promote","model_id":"m-')  # a write cut off by a full disk
+    caplog.set_level("WARNING")
+
+    second = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"], project=project))
+
+    assert second.promoted
+    [torn] = list(log.path.parent.glob("audit.jsonl.torn-*"))
+    assert torn.read_bytes() == b'{"decision":"promote","model_id":"m-'
+    lines = log.records()
+    assert [x["decision"] for x in lines] == [
+        "promote-intent",
+        "promote",
+        "repaired",
+        "promote-intent",
+        "promote",
+    ]
+    assert lines[2]["torn_file"] == torn.name and log.verify().ok
+    assert any("audit log repaired" in r.getMessage() and torn.name in r.getMessage() for r in caplog.records)
+
+    text = log.path.read_text("utf-8")
+    log.path.write_text(text.replace(first.candidate_id, "m-000000000000", 1), "utf-8")
+    with pytest.raises(AuditError, match=f"nluflow audit seal --project {project} --reason TEXT"):
+        retrain(params(home, demo_data, ["batch-1.jsonl"], project=project, keep_rejected=0))
+    assert log.path.read_text("utf-8") == text.replace(first.candidate_id, "m-000000000000", 1)
+    pointer = store(home).active(project)
+    assert pointer is not None and pointer.model_id == second.candidate_id
+
+    cli = ["--project", project, "--store", str(home / "store")]
+    out = CliRunner().invoke(app, ["audit", "seal", *cli, "--reason", "line 1 edited in a test"])
+    assert out.exit_code == 0, out.output
+    third = retrain(params(home, demo_data, ["batch-1.jsonl"], project=project, keep_rejected=0))
+    assert not third.promoted  # batch 1 alone does not beat batch 1 + 2: a reject line, after the seal
+    decisions = [x["decision"] for x in log.records()]
+    assert decisions[-2:] == ["sealed", "reject"], decisions
+    result = log.verify()
+    assert result.ok and result.sealed and result.sealed[0].startswith("sealed at line 6: lines 1-5")
