@@ -249,7 +249,7 @@ def _close_own_promotion(flow: Any, flow_run: Any, state: Any = None) -> None:
         params = RetrainParams.model_validate(flow_run.parameters["params"])
         store, _, _, _ = _resolve(params)
         path = store.audit_path(params.project)
-        release_promotion_lock(path)
+        release_promotion_lock(path, f"run {flow_run.id}")
         if not path.exists():
             return
         actor = f"run {flow_run.id} ({state.type.value.lower() if state is not None else 'ended'})"

@@ -38,10 +38,11 @@ logger = logging.getLogger(__name__)
 LOCK_WAIT_SECONDS = 120.0  # a recovery holds the lock for milliseconds; a promotion holds it for seconds
 _LOCK_POLL_SECONDS = 0.1
 
-# The lock files this process holds for its promotions in progress (path → open descriptor). Module state,
-# because the lock spans several Prefect tasks of one flow run: the intent task takes it, the audit task
-# (or the run's failure hook) lets it go.
-_held: dict[str, int] = {}
+# The lock files this process holds for its promotions in progress: path → (open descriptor, holder). Module
+# state, because the lock spans several Prefect tasks of one flow run: the intent task takes it, the audit
+# task (or the run's hooks) lets it go. Keyed by holder too: two flow runs in one process (threads) are two
+# promotions, and flock alone cannot tell them apart.
+_held: dict[str, tuple[int, str]] = {}
 _held_guard = threading.Lock()
 
 
@@ -59,62 +60,69 @@ def _open_lock(audit_path: str | Path) -> int:
         raise AuditError(f"{lock}: cannot open the promotion lock: {exc}") from exc
 
 
-def hold_promotion_lock(
-    audit_path: str | Path, holder: str = "", wait_seconds: float = LOCK_WAIT_SECONDS
-) -> None:
-    """Take the project's promotion lock for this process until :func:`release_promotion_lock`.
+def hold_promotion_lock(audit_path: str | Path, holder: str, wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
+    """Take the project's promotion lock for ``holder`` (e.g. ``"run <id>"``) until
+    :func:`release_promotion_lock`; taking it again for the same holder is a no-op.
 
     Promotions are serialised before this (the project's concurrency slot), so a short wait means a recovery
     is writing its lines; a holder that keeps it past ``wait_seconds`` is a promotion that should not be
     running: AuditError naming it (the lock file says which process and run took it)."""
     key = str(Path(audit_path))
-    with _held_guard:
-        if key in _held:
-            return
     lock = promotion_lock_path(audit_path)
-    fd = _open_lock(audit_path)
     deadline = time.monotonic() + wait_seconds
+    fd: int | None = None
     try:
         while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise AuditError(
-                        f"{lock} is held by another promotion ({_holder(lock)}) after {wait_seconds:.0f} s; "
-                        "nothing was written. If that process is gone, its lock went with it: retry"
-                    ) from None
-                time.sleep(_LOCK_POLL_SECONDS)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} {holder}".strip().encode("utf-8"), 0)
+            with _held_guard:
+                mine = _held.get(key)
+                if mine is not None and mine[1] == holder:
+                    break
+                if mine is None:
+                    fd = _open_lock(audit_path) if fd is None else fd
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        pass
+                    else:
+                        os.ftruncate(fd, 0)
+                        os.pwrite(fd, f"pid {os.getpid()} {holder}".encode(), 0)
+                        _held[key], fd = (fd, holder), None
+                        break
+            if time.monotonic() >= deadline:
+                raise AuditError(
+                    f"{lock} is held by another promotion ({_holder(lock, mine)}) after "
+                    f"{wait_seconds:.0f} s; nothing was written. If that process is gone, its lock went with "
+                    "it: retry"
+                )
+            time.sleep(_LOCK_POLL_SECONDS)
     except OSError as exc:
-        os.close(fd)
         raise AuditError(f"{lock}: cannot take the promotion lock: {exc}") from exc
-    except BaseException:
-        os.close(fd)
-        raise
-    with _held_guard:
-        _held[key] = fd
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
-def _holder(lock: Path) -> str:
+def _holder(lock: Path, mine: tuple[int, str] | None) -> str:
+    if mine is not None:
+        return f"pid {os.getpid()} {mine[1]}"
     try:
         return lock.read_text("utf-8", errors="replace")[:200] or "unknown holder"
     except OSError:
         return "unknown holder"
 
 
-def release_promotion_lock(audit_path: str | Path) -> bool:
-    """Let go of the promotion lock this process holds for ``audit_path``; False when it held none."""
+def release_promotion_lock(audit_path: str | Path, holder: str) -> bool:
+    """Let go of the promotion lock ``holder`` holds for ``audit_path``; False when it held none."""
+    key = str(Path(audit_path))
     with _held_guard:
-        fd = _held.pop(str(Path(audit_path)), None)
-    if fd is None:
-        return False
+        mine = _held.get(key)
+        if mine is None or mine[1] != holder:
+            return False
+        del _held[key]
     try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.flock(mine[0], fcntl.LOCK_UN)
     finally:
-        os.close(fd)
+        os.close(mine[0])
     return True
 
 

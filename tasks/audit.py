@@ -59,12 +59,13 @@ def write_promotion_intent(store: StoreSpec, project: str, model_id: str, run_id
         )
         upload_audit(store, project)
     except BaseException:
-        release_promotion_lock(path)
+        release_promotion_lock(path, f"run {run_id}")
         raise
     txn = get_transaction()
     if txn is not None:
         txn.set("audit_store", store)
         txn.set("audit_project", project)
+        txn.set("audit_run_id", run_id)
     crash_point("intent")
     return line
 
@@ -74,7 +75,7 @@ def _close_rolled_back_intent(txn: Transaction) -> None:
     """The promotion rolled back: let go of the lock and say on the log that it was abandoned."""
     store: StoreSpec = txn.get("audit_store")
     project: str = txn.get("audit_project")
-    release_promotion_lock(store.audit_path(project))
+    release_promotion_lock(store.audit_path(project), f"run {txn.get('audit_run_id')}")
     try:
         recover_promotions_task.fn(store, project, actor="rollback")
     except Exception as exc:  # the other rollback hooks must still run; the next run recovers the intent
@@ -92,7 +93,7 @@ def write_audit(audit_path: str, record: dict[str, Any]) -> dict[str, Any]:
         if intents:
             record = {**record, "intent_seq": intents[-1]["seq"]}
     line = log.append(record)
-    release_promotion_lock(audit_path)
+    release_promotion_lock(audit_path, f"run {run_id}")
     for repair in log.repairs:  # a torn last line was moved aside before this line
         get_run_logger().warning("audit log repaired: %s", repair)
     if record.get("decision") == "promote":

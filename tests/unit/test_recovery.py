@@ -103,7 +103,7 @@ def _hold_then_wait(audit_path: str, held: Any, done: Any) -> None:
     hold_promotion_lock(audit_path, holder="run run-live")
     held.set()
     done.wait(30)
-    release_promotion_lock(audit_path)
+    release_promotion_lock(audit_path, "run run-live")
 
 
 def test_a_live_promotion_is_not_recovered_while_its_lock_is_held(tmp_path: Path) -> None:
@@ -125,6 +125,14 @@ def test_a_live_promotion_is_not_recovered_while_its_lock_is_held(tmp_path: Path
         done.set()
         holder.join(30)
     [line] = recover_promotions(log, store, PROJECT, actor="cli")  # the holder let go (or died)
+    # Two promotions in one process (flow runs in threads) are told apart by their holder.
+    hold_promotion_lock(log.path, holder="run a")
+    hold_promotion_lock(log.path, holder="run a")  # the same run again: a no-op
+    with pytest.raises(AuditError, match=r"held by another promotion \(pid \d+ run a\)"):
+        hold_promotion_lock(log.path, holder="run b", wait_seconds=0.2)
+    assert not release_promotion_lock(log.path, "run b") and release_promotion_lock(log.path, "run a")
+    hold_promotion_lock(log.path, holder="run b", wait_seconds=0.2)
+    assert release_promotion_lock(log.path, "run b")
     assert line["decision"] == "promotion-abandoned"
     assert promotion_lock_path(log.path).name == "audit.jsonl.promoting"
 
