@@ -235,6 +235,14 @@ class Pipeline:
         assert verification.ok, verification.reason
         lines = [r for r in audit.records() if r.get("flow_run_id") == flow_run_id]
         assert len(lines) == 1, f"expected one audit line of flow run {flow_run_id}, found {len(lines)}"
+        # A promotion also has its intent line (written before the pointer switch), which the line names.
+        intents = [
+            r for r in audit.records() if r["decision"] == "promote-intent" and r["run_id"] == flow_run_id
+        ]
+        if lines[0]["decision"] == "promote":
+            assert [r["seq"] for r in intents] == [lines[0]["intent_seq"]], intents
+        else:
+            assert intents == [], intents
         return lines[0]
 
     def report(self, flow_run_id: str) -> str:

@@ -208,6 +208,9 @@ def test_model_promoted_in_store(work_pool_run: FlowRunDone, progress: Reporter)
     lines = {r["flow_run_id"]: r for r in (json.loads(x) for x in audit.path.read_text("utf-8").splitlines())}
     last = lines[work_pool_run.flow_run_id]
     assert last["decision"] == "promote"
+    # Its promotion is two lines: the intent written before the pointer switch, completed by this one.
+    intents = [r for r in audit.records() if r["decision"] == "promote-intent"]
+    assert [(r["run_id"], r["seq"]) for r in intents] == [(work_pool_run.flow_run_id, last["intent_seq"])]
     assert last["promoted"] is True and last["model_id"] == pointer.model_id
     assert last["manifest_sha256"] == pointer.manifest_sha256
     # The rerun and the scheduled run trained nothing new: same model id, audited as unchanged.
