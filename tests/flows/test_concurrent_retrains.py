@@ -131,7 +131,7 @@ def _check(home: Path, project: str, results: list[dict[str, Any]], baseline: st
     # Every promote line names the model it actually replaced.
     activations = _activations(store, project)
     promotes = [line for line in lines if line["decision"] == "promote"]
-    assert [line["model_id"] for line in promotes] == activations[1 if baseline else 0 :]
+    assert [line["model_id"] for line in promotes] == activations
     replaced: dict[str, str | None] = {}
     for k, model_id in enumerate(activations):
         replaced[model_id] = activations[k - 1] if k else None
