@@ -138,6 +138,10 @@ def test_a_killed_holder_frees_the_slot_about_a_lease_later_and_ends_crashed(
         prefect_logger.removeHandler(caplog.handler)
     freed_after = time.monotonic() - killed_at
 
+    print(
+        f"\nslot freed {freed_after:.1f} s after the SIGKILL "
+        f"(lease {LEASE_SECONDS:.0f} s, bound {SLOT_FREED_WITHIN:.0f} s)"
+    )
     # Freed about a lease after the kill, not after Prefect's default 300 s lease.
     assert freed_after <= SLOT_FREED_WITHIN < PREFECT_DEFAULT_LEASE_SECONDS, freed_after
     # While it waited, the next promotion said who held the slot and until when, more than once.
@@ -153,6 +157,7 @@ def test_a_killed_holder_frees_the_slot_about_a_lease_later_and_ends_crashed(
         while _state_of(killed_run) != "CRASHED" and time.monotonic() < crash_deadline:
             time.sleep(2)
         assert _state_of(killed_run) == "CRASHED"
+        print(f"killed run {killed_run} Crashed {time.monotonic() - killed_at:.1f} s after the SIGKILL")
     finally:
         with get_client(sync_client=True) as client:
             client.delete_automation(automation_id)
