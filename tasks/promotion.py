@@ -170,18 +170,29 @@ def _keep_holder_record(
             _record_holder(project, run_id, lease_seconds, lease_id, since)
 
 
-def _free_dead_holder(project: str, holder: SlotHolder) -> bool:
-    """Release the lease of a holder whose lease ran out ``STALE_GRACE_SECONDS`` ago (it was killed and the
-    server has no repossessor running). Releasing a lease the server already revoked changes nothing."""
+def _free_dead_holder(project: str, limit: str, holder: SlotHolder, released: set[str]) -> str | None:
+    """Free the slot of a holder whose lease ran out ``STALE_GRACE_SECONDS`` ago (it was killed, and the
+    server runs no repossessor, or lost the lease); returns how, or None when the holder may be alive.
+
+    First by its lease id (releasing a lease the server already revoked changes nothing). If a look later the
+    same dead holder's record is still there and the slot is still taken, the server no longer knows the lease
+    (an ephemeral server keeps leases in memory and restarted with the next run): the slot is released by
+    the limit's name. A new holder records itself the moment it takes the slot, so an unchanged stale
+    record means nobody else holds it."""
     if holder.lease_id is None:
-        return False
+        return None
     if (_now() - holder.until()).total_seconds() < STALE_GRACE_SECONDS:
-        return False
+        return None
     with get_client(sync_client=True) as client:
-        client.release_concurrency_slots_with_lease(lease_id=UUID(holder.lease_id))
+        if holder.lease_id not in released:
+            released.add(holder.lease_id)
+            client.release_concurrency_slots_with_lease(lease_id=UUID(holder.lease_id))
+            return "released its lease"
+        held = (_now() - datetime.fromisoformat(holder.since)).total_seconds()
+        client.release_concurrency_slots(names=[limit], slots=1, occupancy_seconds=max(held, 1.0))
     with suppress(Exception):
         Variable.unset(_holder_variable(project))
-    return True
+    return "released its slot by name (the server no longer knew its lease: it restarted)"
 
 
 def _lease_ids() -> set[UUID]:
@@ -205,6 +216,7 @@ def promotion_slot(project: str, run_id: str, *, lease_seconds: float | None = N
     except ValueError:
         holder = None  # not a flow run (a bare call in a test)
     waited = 0.0
+    released: set[str] = set()  # lease ids of dead holders this run released
     current = read_slot_holder(project)
     if current is not None:
         logger.info("promotion slot of %s is %s; waiting for it", project, current.describe(_now()))
@@ -227,13 +239,14 @@ def promotion_slot(project: str, run_id: str, *, lease_seconds: float | None = N
             except TimeoutError:
                 waited += time.monotonic() - started
                 current = read_slot_holder(project)
-                if current is not None and _free_dead_holder(project, current):
+                freed = _free_dead_holder(project, limit, current, released) if current else None
+                if current is not None and freed is not None:
                     logger.warning(
-                        "promotion slot of %s: freed the lease of flow run %s, which ran out at %s "
-                        "(the run was killed); taking the slot",
+                        "promotion slot of %s: flow run %s looks dead (its lease ran out at %s): %s",
                         project,
                         current.flow_run_id,
                         current.lease_until,
+                        freed,
                     )
                     continue
                 who = current.describe(_now()) if current else "holder unknown (it recorded no holder)"

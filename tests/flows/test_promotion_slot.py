@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.events.schemas.automations import AutomationCore
 from prefect.runtime import flow_run
+from prefect.variables import Variable
 
 from flows.cli_automations import ZOMBIE_AUTOMATION, apply_automations, load_automations
 from nluflow.errors import ConfigError, DataError
@@ -26,6 +28,8 @@ from tasks.promotion import (
     LEASE_ENV,
     STALE_GRACE_SECONDS,
     WAIT_LOG_SECONDS,
+    _holder_variable,
+    ensure_promotion_limit,
     promotion_lease_seconds,
     promotion_slot,
     read_slot_holder,
@@ -148,7 +152,7 @@ def test_a_killed_holder_frees_the_slot_about_a_lease_later_and_ends_crashed(
     waits = [r.getMessage() for r in caplog.records if "promotion slot of" in r.getMessage()]
     holding = [m for m in waits if killed_run in m and "lease" in m]
     assert len(holding) >= 2, waits
-    assert any("freed the lease of flow run " + killed_run in m for m in waits), waits
+    assert any(f"flow run {killed_run} looks dead" in m and "released its lease" in m for m in waits), waits
     assert read_slot_holder(project) is None  # the next holder removed its record on release
 
     # The killed run stops sending heartbeats: the zombie automation marks it Crashed.
@@ -161,6 +165,45 @@ def test_a_killed_holder_frees_the_slot_about_a_lease_later_and_ends_crashed(
     finally:
         with get_client(sync_client=True) as client:
             client.delete_automation(automation_id)
+
+
+def test_a_slot_whose_lease_the_server_lost_is_freed_by_name(
+    prefect_api: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ephemeral server keeps leases in memory: a run killed with it leaves the slot taken in the database
+    and a lease nobody knows. The next promotion frees it once the dead holder's record stays stale."""
+    project = f"slotlost-{uuid.uuid4().hex[:8]}"
+    limit = ensure_promotion_limit.fn(project)
+    dead_run = str(uuid.uuid4())
+    ran_out = datetime.now(UTC) - timedelta(seconds=LEASE_SECONDS)
+    with get_client(sync_client=True) as client:
+        client.increment_concurrency_slots(names=[limit], slots=1, mode="concurrency")  # no lease
+    Variable.set(
+        _holder_variable(project),
+        {
+            "project": project,
+            "flow_run_id": dead_run,
+            "host": "gone",
+            "pid": 1,
+            "since": (ran_out - timedelta(seconds=LEASE_SECONDS)).isoformat(),
+            "lease_seconds": LEASE_SECONDS,
+            "lease_until": ran_out.isoformat(),
+            "lease_id": str(uuid.uuid4()),
+        },
+    )
+    prefect_logger = logging.getLogger("prefect.flow_runs")
+    prefect_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="prefect.flow_runs"):
+            next_promotion(project)
+    finally:
+        prefect_logger.removeHandler(caplog.handler)
+    said = [r.getMessage() for r in caplog.records if dead_run in r.getMessage()]
+    assert any("looks dead" in m and "released its lease" in m for m in said), said
+    assert any("released its slot by name" in m for m in said), said
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit).active_slots == 0
+    assert read_slot_holder(project) is None
 
 
 def test_the_zombie_automation_is_accepted_and_applying_it_again_updates_it(prefect_api: str) -> None:
