@@ -326,7 +326,12 @@ def retrain(params: RetrainParams) -> RetrainResult:
     active_now = active_id
     compared_with = active_id
     if decision.promote and active_now != model_id:
-        with promotion_slot(project, run_id):
+        # Keyed by run: a retried flow run that already committed its promotion does not promote again.
+        # No try/except in here: a failure must propagate so the transaction rolls back every step.
+        with (
+            promotion_slot(project, run_id),
+            transaction(key=f"promote-{project}-{model_id}-{run_id}") as txn,
+        ):
             again = recheck_active(
                 store,
                 project,
@@ -343,24 +348,22 @@ def retrain(params: RetrainParams) -> RetrainResult:
                 active_ref, active_eval, decision = again.active, again.active_eval, again.decision
                 active_id = active_ref.model_id if active_ref else None
                 report_of.update(active_id=active_id, active=active_eval, decision=decision)
-            # Keyed by run: a retried flow run that already committed its promotion does not promote again.
-            # No try/except in here: a failure must propagate so the transaction rolls back every step.
-            if decision.promote and active_id != model_id:
-                with transaction(key=f"promote-{project}-{model_id}-{run_id}") as txn:
-                    if not txn.is_committed():
-                        store_candidate(
-                            store,
-                            project,
-                            candidate,
-                            train.sha256,
-                            test.sha256,
-                            params.config.model_dump(mode="json"),
-                            cand_eval.headline(),
-                            run_id,
-                            None if backend.name == "local" else backend.name,
-                        )
-                        activate_on_backend(backend, candidate, active_ref)
-                        switch_active_pointer(store, project, model_id, run_id, decision.summary())
+            if not decision.promote or active_id == model_id:
+                txn.rollback()  # nothing to promote now: no record of a promotion
+            elif not txn.is_committed():
+                store_candidate(
+                    store,
+                    project,
+                    candidate,
+                    train.sha256,
+                    test.sha256,
+                    params.config.model_dump(mode="json"),
+                    cand_eval.headline(),
+                    run_id,
+                    None if backend.name == "local" else backend.name,
+                )
+                activate_on_backend(backend, candidate, active_ref)
+                switch_active_pointer(store, project, model_id, run_id, decision.summary())
         pointer = store.build().active(project)
         active_now = pointer.model_id if pointer else None
     promoted = decision.promote and active_now == model_id

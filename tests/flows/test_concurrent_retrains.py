@@ -18,6 +18,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +189,72 @@ def test_concurrent_runs_against_an_active_model_promote_the_best(
     results = _run_concurrently(tmp_path, demo_data, "conc-active", prefect_api)
     assert len({r["candidate_id"] for r in results} | {first.candidate_id}) == RUNS + 1
     _check(tmp_path, "conc-active", results, baseline=first.candidate_id)
+
+
+# ------------------------------------------------------------------ the re-check, one race at a time
+
+
+WEAK: dict[str, Any] = {"C": 0.02, "word_ngram_max": 1, "calibration_folds": 0}
+MEDIUM: dict[str, Any] = {"C": 0.1, "word_ngram_max": 1, "calibration_folds": 0}
+STRONG: dict[str, Any] = {"C": 2.0, "word_ngram_max": 2, "calibration_folds": 0}
+
+
+def _another_run_promotes_first(
+    monkeypatch: pytest.MonkeyPatch, home: Path, project: str, model_id: str
+) -> None:
+    """Make the next promotion find ``model_id`` active when it takes the slot, as if another run had
+    promoted it between this run's decision and its promotion."""
+    import flows.retrain as retrain_module
+    from tasks.promotion import promotion_slot
+
+    real = promotion_slot
+
+    @contextmanager
+    def slot_after_another_run(project_: str, run_id: str) -> Iterator[None]:
+        with real(project_, run_id):
+            ModelStore.local(home / "store").activate(project_, model_id, run_id="another-run", reason="race")
+            yield
+
+    monkeypatch.setattr(retrain_module, "promotion_slot", slot_after_another_run)
+
+
+def test_a_promotion_is_judged_again_against_the_model_that_got_there_first(
+    tmp_path: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = "recheck"
+    store = ModelStore.local(tmp_path / "store", create=True)
+    weak = retrain(_params(tmp_path, demo_data, project, 0, WEAK))
+    strong = retrain(_params(tmp_path, demo_data, project, 1, STRONG))
+    assert weak.promoted and strong.promoted
+    store.activate(project, weak.candidate_id, reason="test: back to the weak model")
+
+    # A medium candidate beats the weak model it compared with, but the strong one got there first.
+    _another_run_promotes_first(monkeypatch, tmp_path, project, strong.candidate_id)
+    medium = retrain(_params(tmp_path, demo_data, project, 2, MEDIUM))
+    monkeypatch.undo()
+    assert medium.outcome == "superseded" and not medium.promoted, medium.message
+    assert medium.message.startswith(
+        f"superseded {medium.candidate_id}: {strong.candidate_id} became active first (this run had compared "
+        f"with {weak.candidate_id}); against {strong.candidate_id}: "
+    )
+    assert medium.previous_active == medium.active == strong.candidate_id
+    line = AuditLog(tmp_path / "store" / project / "audit.jsonl").records()[-1]
+    assert (line["decision"], line["promoted"], line["previous_model_id"]) == (
+        "superseded",
+        False,
+        strong.candidate_id,
+    )
+    assert line["reasons"][0] == medium.message.removeprefix(f"superseded {medium.candidate_id}: ")
+    assert medium.candidate_id in {e.model_id for e in store.rejected(project)}  # kept, can be promoted
+
+    # A strong candidate compared with the weak model; the medium one got there first; it beats that too.
+    store.activate(project, weak.candidate_id, reason="test: back to the weak model")
+    _another_run_promotes_first(monkeypatch, tmp_path, project, medium.candidate_id)
+    again = retrain(_params(tmp_path, demo_data, project, 3, {**STRONG, "C": 0.5}))
+    monkeypatch.undo()
+    assert again.outcome == "promoted" and again.promoted, again.message
+    assert again.previous_active == medium.candidate_id and again.active == again.candidate_id
+    line = AuditLog(tmp_path / "store" / project / "audit.jsonl").records()[-1]
+    assert (line["decision"], line["previous_model_id"]) == ("promote", medium.candidate_id)
+    pointer = store.active(project)
+    assert pointer is not None and pointer.history[0].model_id == medium.candidate_id  # what it replaced
