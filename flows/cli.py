@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from flows.cli_automations import automations_app
 from flows.cli_blocks import blocks_app
 from flows.cli_env import environment_problem, error_text_and_exit_code
 from flows.cli_testset import testset_app
@@ -33,6 +34,13 @@ app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")
 app.add_typer(blocks_app, name="blocks")
 app.add_typer(testset_app, name="testset")
+app.add_typer(automations_app, name="automations")
+
+# Runs started here send a heartbeat every 30 s (Prefect's shortest; its default is 180), so the zombie
+# automation (`nluflow automations apply`) marks a killed run Crashed after 90 s instead of leaving it
+# RUNNING. Set before prefect is imported, which reads its settings then; an explicit setting wins.
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+os.environ.setdefault(HEARTBEAT_ENV, "30")
 
 # Piped output keeps full lines (ids, paths) instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -421,7 +429,9 @@ def print_summary(result: Any) -> None:
     console.print(gates)
     for warning in decision.warnings:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
-    colour = {"promoted": "green", "rejected": "yellow", "unchanged": "cyan"}.get(result.outcome, "red")
+    colour = {"promoted": "green", "rejected": "yellow", "superseded": "yellow", "unchanged": "cyan"}.get(
+        result.outcome, "red"
+    )
     rest = result.message.removeprefix(result.outcome)  # the message starts with the outcome word
     console.print(f"[bold {colour}]{result.outcome.upper()}[/]{escape(rest)}", highlight=False)
     info = result.data_info

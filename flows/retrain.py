@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from prefect import flow, get_run_logger
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.transactions import transaction
@@ -24,7 +23,7 @@ from nluflow.errors import DataError
 from nluflow.evaluation.gates import Decision, GatePolicy, decide
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.notify import DecisionNotice
-from nluflow.outcome import Outcome, RunOutcome, blocked_by_validation, decided
+from nluflow.outcome import Outcome, RunOutcome, blocked_by_validation, decided, superseded
 from nluflow.pipeline import DatasetSnapshot, files_sha256, headline_delta, model_id_for, training_key
 from nluflow.recovery import is_run_line, recover_promotions, release_promotion_lock
 from nluflow.registry import ID_PATTERN
@@ -48,8 +47,9 @@ from tasks.data import (
 from tasks.evaluation import check_must_pass_utterances, evaluate_model, fetch_active_model
 from tasks.promotion import (
     activate_on_backend,
-    ensure_promotion_limit,
     keep_rejected_candidate,
+    promotion_slot,
+    recheck_active,
     store_candidate,
     switch_active_pointer,
 )
@@ -373,17 +373,36 @@ def retrain(params: RetrainParams) -> RetrainResult:
     logger.info(intended.message())
     artifacts = publish_report(**report_of, outdir=str(outdir), outcome=intended)
 
-    # 7. Promote: one promotion per project at a time; all-or-nothing.
-    active_now = active_ref.model_id if active_ref else None
+    # 7. Promote: one promotion per project at a time; all-or-nothing. Under the slot the active model is
+    #    read again: one that another run promoted meanwhile must be beaten too, on the same test set.
+    active_now = active_id
+    compared_with = active_id
     if decision.promote and active_now != model_id:
-        limit = ensure_promotion_limit(project)
         # Keyed by run: a retried flow run that already committed its promotion does not promote again.
         # No try/except in here: a failure must propagate so the transaction rolls back every step.
         with (
-            concurrency(limit, occupy=1, strict=True),
+            promotion_slot(project, run_id),
             transaction(key=f"promote-{project}-{model_id}-{run_id}") as txn,
         ):
-            if not txn.is_committed():
+            again = recheck_active(
+                store,
+                project,
+                backend,
+                test,
+                params.target_precision,
+                cand_eval,
+                active_id,
+                gates,
+                must_pass,
+                run_id,
+            )
+            if again is not None:
+                active_ref, active_eval, decision = again.active, again.active_eval, again.decision
+                active_id = active_ref.model_id if active_ref else None
+                report_of.update(active_id=active_id, active=active_eval, decision=decision)
+            if not decision.promote or active_id == model_id:
+                txn.rollback()  # nothing to promote now: no record of a promotion
+            elif not txn.is_committed():
                 store_candidate(
                     store,
                     project,
@@ -400,7 +419,12 @@ def retrain(params: RetrainParams) -> RetrainResult:
                 switch_active_pointer(store, project, model_id, run_id, decision.summary())
         pointer = store.build().active(project)
         active_now = pointer.model_id if pointer else None
-    elif not decision.promote and active_now != model_id:
+    promoted = decision.promote and active_now == model_id
+    if active_id != compared_with and not promoted and active_id != model_id:
+        outcome = superseded(project, model_id, compared_with, active_id or "none", decision)
+    else:
+        outcome = decided(project, decision, model_id, active_id, promoted=promoted)
+    if not promoted and active_now != model_id:
         # Kept (not active) so a person can still force it: `nluflow models promote`.
         keep_rejected_candidate(
             store,
@@ -413,12 +437,10 @@ def retrain(params: RetrainParams) -> RetrainResult:
             run_id,
             None if backend.name == "local" else backend.name,
             params.keep_rejected,
-            decision.summary(),
+            outcome.message(),
         )
 
     # 8. The outcome; audit and notify.
-    promoted = decision.promote and active_now == model_id
-    outcome = decided(project, decision, model_id, active_id, promoted=promoted)
     model_store = store.build()
     stored = model_store.has_model(project, model_id)
     manifest_sha = model_store.manifest(project, model_id).sha256() if stored else None
@@ -438,7 +460,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
             metrics=cand_eval.headline(),
             decision=outcome.audit_decision,
             promoted=promoted,
-            reasons=[outcome.reason] if outcome.outcome == "unchanged" else decision.reasons,
+            reasons=_audit_reasons(outcome, decision),
             previous_model_id=active_ref.model_id if active_ref else None,
             manifest_sha256=manifest_sha,
             validation_loss=candidate.metrics.get("val_loss"),
@@ -460,9 +482,13 @@ def retrain(params: RetrainParams) -> RetrainResult:
         run_url=flow_run.get_flow_run_ui_url(),
         flow_run_id=run_id,
     )
-    if outcome.outcome == "unchanged":  # not a rejection: there was nothing new to judge
+    if outcome.outcome in ("unchanged", "superseded"):  # not a plain gate decision: say what happened
         notice = notice.model_copy(
-            update={"decision": "unchanged", "summary": outcome.message(), "reasons": [outcome.reason]}
+            update={
+                "decision": outcome.audit_decision,
+                "summary": outcome.message(),
+                "reasons": _audit_reasons(outcome, decision),
+            }
         )
     notify(notice, params.notify)
     artifacts["report"] = publish_run_report(**report_of, outcome=outcome)
@@ -494,6 +520,16 @@ def retrain(params: RetrainParams) -> RetrainResult:
         duration_seconds=round(time.monotonic() - started, 3),
     )
     return _final_state(Completed(message=outcome.message(), data=result))
+
+
+def _audit_reasons(outcome: RunOutcome, decision: Decision) -> list[str]:
+    """The reasons an audit line and a notice list: the outcome's own for unchanged (nothing was judged) and
+    superseded (who got there first, then the gates against it), else the gates'."""
+    if outcome.outcome == "unchanged":
+        return [outcome.reason]
+    if outcome.outcome == "superseded":
+        return [outcome.reason, *decision.reasons]
+    return list(decision.reasons)
 
 
 def _final_state(state: Any) -> RetrainResult:

@@ -38,7 +38,7 @@ _SLACK_MAX_FIELDS = 10
 _SLACK_MAX_REASONS = 10
 
 NotificationKind = Literal["json", "slack"]
-DecisionKind = Literal["promote", "reject", "blocked", "unchanged"]
+DecisionKind = Literal["promote", "reject", "superseded", "blocked", "unchanged"]
 
 _METRIC_LABELS = {"macro_f1": "macro F1", "accuracy": "accuracy", "entity_f1": "entity F1"}
 
@@ -50,7 +50,8 @@ class DecisionNotice(BaseModel):
 
     project: str = Field(description="Project (bot) name.")
     decision: DecisionKind = Field(
-        description="promote, reject, blocked (validation stopped the run) or unchanged (the candidate is "
+        description="promote, reject, superseded (another run's model became active first and the "
+        "candidate does not beat it), blocked (validation stopped the run) or unchanged (the candidate is "
         "the active model: nothing new to train)."
     )
     promoted: bool = Field(description="The candidate is now the active model.")
@@ -102,6 +103,8 @@ class DecisionNotice(BaseModel):
             what = "retrain blocked by data validation"
         elif self.decision == "unchanged":
             what = f"nothing new to train, {self.candidate_id} stays active"
+        elif self.decision == "superseded":
+            what = f"candidate {self.candidate_id} superseded: {self.active} became active first"
         elif self.decision == "promote":
             what = f"candidate {self.candidate_id} passed the gates but was not activated"
         else:

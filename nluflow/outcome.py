@@ -7,6 +7,9 @@ outcome         when                                                            
 ==============  ====================================================================  ================
 ``promoted``    the candidate passed the gates and is now the active model            ``promote``
 ``rejected``    the candidate failed a gate; the active model stays                   ``reject``
+``superseded``  the candidate passed the gates, but another run's model became active  ``superseded``
+                first and the candidate does not beat that one (judged again under
+                the promotion slot, on the same frozen test set); kept, not active
 ``unchanged``   the candidate *is* the active model (same training key: same data,    ``unchanged``
                 config and code give the same model id), so there is nothing to judge
 ``blocked``     the data failed validation; nothing was trained                       ``blocked``
@@ -28,11 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from nluflow.data.validation import ValidationReport
 from nluflow.evaluation.gates import Decision
 
-Outcome = Literal["promoted", "rejected", "blocked", "unchanged", "failed"]
+Outcome = Literal["promoted", "rejected", "superseded", "blocked", "unchanged", "failed"]
 
 AUDIT_DECISION: dict[str, str] = {
     "promoted": "promote",
     "rejected": "reject",
+    "superseded": "superseded",
     "blocked": "blocked",
     "unchanged": "unchanged",
     "failed": "failed",
@@ -96,6 +100,24 @@ def decided(
         project=project,
         candidate_id=candidate_id,
         reason=decision.reason(),
+    )
+
+
+def superseded(
+    project: str, candidate_id: str, compared_with: str | None, winner_id: str, again: Decision
+) -> RunOutcome:
+    """The outcome of a run whose candidate passed the gates against ``compared_with`` (None: no active model
+    then), but found ``winner_id`` active when it held the promotion slot, and did not beat it (``again``:
+    the gates run again against ``winner_id`` on the same frozen test set)."""
+    before = compared_with if compared_with is not None else "no active model"
+    return RunOutcome(
+        outcome="superseded",
+        project=project,
+        candidate_id=candidate_id,
+        reason=(
+            f"{winner_id} became active first (this run had compared with {before}); "
+            f"against {winner_id}: {again.reason()}"
+        ),
     )
 
 

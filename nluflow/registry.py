@@ -125,6 +125,12 @@ class FileSystem(Protocol):
         """Write a whole file atomically: readers see the old bytes or the new ones, never a mix."""
         ...
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write a whole new file only if ``key`` does not exist yet, atomically (compare-and-swap on
+        absence): True when this call created it, False when it was there already (nothing written).
+        Of two callers at the same moment exactly one gets True."""
+        ...
+
     def exists(self, key: str) -> bool: ...
 
     def list_dir(self, key: str) -> list[str]:
@@ -262,6 +268,34 @@ class LocalFileSystem:
             raise StoreError(
                 f"cannot write {key!r} to the {self.describe()}: {exc}; the previous content is unchanged"
             ) from exc
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Temp file beside the target, fsync, then ``os.link`` to the target: a hard link fails if the
+        target exists (unlike ``os.replace``), so the file appears whole and only once."""
+        _split_key(key, allow_root=False)
+        target = self.local_path(key)
+        tmp: Path | None = None
+        try:
+            _make_dirs(target.parent)
+            fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=target.parent)
+            tmp = Path(tmp_name)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            _fsync_dir(target.parent)
+            return True
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create {key!r} in the {self.describe()}: {exc}; nothing was written"
+            ) from exc
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self.local_path(key).exists()

@@ -24,8 +24,9 @@ What S3 guarantees, and what the store builds on it:
   and write it back at the same time would lose one update (and its history entry). The retrain flow's
   per-project Prefect concurrency limit serialises promotions, so there is only ever one writer of a
   project's pointer; manual ``nluflow models`` commands should not run while a promotion of the same project
-  is in flight. (S3's conditional writes, ``If-Match`` on the ETag, could turn that into a detected conflict;
-  the ``FileSystem`` interface has no compare-and-swap, so they are not used.)
+  is in flight. Creating a file that must exist once (a project's first frozen test set) uses S3's
+  conditional write instead: ``create_exclusive`` is a ``PutObject`` with ``If-None-Match: *``, which S3
+  (and MinIO, and moto) refuse with 412 when the key exists, so of two concurrent creators exactly one wins.
 
 Errors: a missing object is :class:`~nluflow.errors.ModelNotFoundError`; everything else S3 or the transport
 reports (missing bucket, access denied, connection refused) is :class:`~nluflow.errors.StoreError` naming the
@@ -40,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +64,9 @@ MAX_KEYS_PER_CALL = 1000
 _CHUNK = 1 << 20
 _TMP_PREFIX = ".nluflow-tmp-"
 _MESSAGE_EXCERPT = 200
+# A conditional PutObject racing another one on the same key may get 409 ConditionalRequestConflict.
+_CONFLICT_RETRIES = 3
+_CONFLICT_DELAY_SECONDS = 0.2
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 _DENIED = frozenset(
     {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
@@ -276,6 +281,32 @@ class S3FileSystem:
             self.client.put_object(Bucket=self.bucket, Key=full, Body=bytes(data))
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "write", key, "the previous object is unchanged") from None
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """One conditional PutObject (``If-None-Match: *``): S3 stores it only if no object has the key,
+        and answers 412 Precondition Failed otherwise (False, nothing written). A 409 (another conditional
+        write of the key in flight) is retried, then read as lost to that writer."""
+        if key == "":
+            raise UnsafePathError("the empty store key names the store root itself; refusing to write it")
+        full = self.object_key(key)
+        for attempt in range(_CONFLICT_RETRIES + 1):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=bytes(data), IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if code == "PreconditionFailed" or status == 412:
+                    return False
+                if (code == "ConditionalRequestConflict" or status == 409) and attempt < _CONFLICT_RETRIES:
+                    time.sleep(_CONFLICT_DELAY_SECONDS * (attempt + 1))
+                    continue
+                if code == "ConditionalRequestConflict" or status == 409:
+                    return False
+                raise self._error(exc, "create", key, "nothing was written") from None
+            except BotoCoreError as exc:
+                raise self._error(exc, "create", key, "nothing was written") from None
+        return False  # pragma: no cover - the loop returns
 
     def put_file(self, local: Path, key: str) -> None:
         """Upload a local file in one PutObject (atomic like ``write_bytes``)."""

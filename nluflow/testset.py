@@ -409,6 +409,39 @@ class TestSetStore:
         self.fs.write_bytes(self._key(TESTSET_META), record.model_dump_json(indent=2).encode("utf-8"))
         return record
 
+    def freeze_first(self, data: Dataset, source: str, reason: str) -> TestSetRecord | None:
+        """Freeze ``data`` as version 1 unless a test set is frozen already; None when another writer froze
+        one first (then use :meth:`current`). The pointer is created with the filesystem's
+        ``create_exclusive`` (compare-and-swap on absence), so of two runs freezing at the same moment exactly
+        one wins and both use its set. The version's data is written first (content-addressed, so a loser's
+        leftover is harmless), ``test.jsonl`` only by the winner."""
+        sha = data.sha256()
+        now = self._clock()
+        record = TestSetRecord(
+            sha256=sha,
+            created_at=now,
+            source=source,
+            n_examples=len(data),
+            version=1,
+            intent_counts=dict(sorted(data.intent_counts().items())),
+            history=[
+                TestSetVersion(version=1, sha256=sha, created_at=now, n_examples=len(data), reason=reason)
+            ],
+        )
+        body = data.to_jsonl().encode("utf-8")
+        version_key = self._key(f"{TESTSET_VERSIONS}/{sha}.jsonl")
+        if not self.fs.exists(version_key):
+            self.fs.write_bytes(version_key, body)
+        if self.fs.exists(self._key(TESTSET_DATA)):  # frozen by hand, or by a run from before pointers
+            return None
+        created = self.fs.create_exclusive(
+            self._key(TESTSET_META), record.model_dump_json(indent=2).encode("utf-8")
+        )
+        if not created:
+            return None
+        self.fs.write_bytes(self._key(TESTSET_DATA), body)
+        return record
+
     def freeze(self, data: Dataset, source: str, reason: str) -> TestSetRecord:
         """Freeze ``data`` as version 1 (or the next version, if a set is frozen already)."""
         return self._write_version(data, source, 0, reason, self.record())

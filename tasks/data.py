@@ -112,6 +112,7 @@ def freeze_test_set(
     else:
         testsets = TestSetStore(model_store.fs, project)
         current = testsets.current()
+        frozen: TestSetRecord | None = None
         if current is None:
             pool = full
             if previous is not None:
@@ -127,9 +128,18 @@ def freeze_test_set(
                 )
             _, split = stratified_split(pool, test_fraction=test_fraction, seed=seed)
             refuse_unmeasurable(split, pool, min_test_per_intent, test_fraction, data.source)
-            record = testsets.freeze(split, data.source, f"split off the data ({test_fraction:.0%})")
-            test_set, baseline = split, Dataset()
+            frozen = testsets.freeze_first(split, data.source, f"split off the data ({test_fraction:.0%})")
+            if frozen is None:  # another run froze the project's first test set a moment before: use it
+                current = testsets.current()
+                logger.info("another run froze the test set of %s first; this run uses it", project)
+        if frozen is not None:
+            record, test_set, baseline = frozen, split, Dataset()
             info["test_source"] = f"split off the data ({test_fraction:.0%}) and frozen in the store"
+        elif current is None:
+            raise StoreError(
+                f"{model_store.describe()}: the test set of {project!r} was frozen by another run and then "
+                "removed before this run could read it; nothing was trained. Run again"
+            )
         else:
             record, test_set = current
             # "New" counts from the test set the active model was scored on, whichever run grew it since.

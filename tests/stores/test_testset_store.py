@@ -66,3 +66,51 @@ def test_a_crash_before_the_pointer_keeps_the_previous_version(fs: FileSystem) -
         crashing.grow(v1, ds("book one", "greet hi"), ds("book two"), "+1")
     record, data = TestSetStore(fs, "bot").current() or (None, None)
     assert record == v1 and data is not None and data.sha256() == v1.sha256
+
+
+def test_create_exclusive_creates_once_and_never_overwrites(fs: FileSystem) -> None:
+    assert fs.create_exclusive("bot/testset/testset.json", b"first") is True
+    assert fs.create_exclusive("bot/testset/testset.json", b"second") is False
+    assert fs.read_bytes("bot/testset/testset.json") == b"first"
+    assert [n for n in fs.list_dir("bot/testset") if n.startswith(".")] == []  # no temp file lingers
+
+
+def test_concurrent_first_freezes_leave_exactly_one_test_set(fs: FileSystem) -> None:
+    """Eight writers freeze different splits at the same moment: one wins, the others read its set."""
+    import threading
+
+    writers = 8
+    barrier = threading.Barrier(writers)
+    won: list[bool] = []
+    seen: list[str] = []
+
+    def freeze(i: int) -> None:
+        store = TestSetStore(fs, "bot")
+        split = ds(f"book case {i}", f"greet case {i}", "greet hi")
+        barrier.wait()
+        record = store.freeze_first(split, f"/data/run-{i}.jsonl", "split")
+        won.append(record is not None)
+        current = store.current()
+        assert current is not None
+        seen.append(current[0].sha256)
+
+    threads = [threading.Thread(target=freeze, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert won.count(True) == 1 and len(won) == writers
+    assert len(set(seen)) == 1
+    record, data = TestSetStore(fs, "bot").current() or (None, None)
+    assert record is not None and data is not None
+    assert (record.version, len(record.versions())) == (1, 1) and data.sha256() == seen[0]
+    # test.jsonl (for people) is the winner's data, too.
+    assert fs.read_bytes("bot/testset/test.jsonl") == data.to_jsonl().encode("utf-8")
+
+
+def test_freeze_first_after_a_freeze_changes_nothing(fs: FileSystem) -> None:
+    store = TestSetStore(fs, "bot")
+    v1 = store.freeze_first(ds("book one", "greet hi"), "/data/a.jsonl", "split")
+    assert v1 is not None
+    assert store.freeze_first(ds("book two", "greet yo"), "/data/b.jsonl", "split") is None
+    assert store.record() == v1

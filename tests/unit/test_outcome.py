@@ -7,7 +7,8 @@ from nluflow.data.schema import Dataset, Example
 from nluflow.data.validation import Finding, Severity, ValidationReport
 from nluflow.evaluation import GatePolicy, decide, evaluate
 from nluflow.evaluation.metrics import EvaluationResult
-from nluflow.outcome import RunOutcome, blocked_by_validation, decided
+from nluflow.notify import DecisionNotice, slack_payload
+from nluflow.outcome import RunOutcome, blocked_by_validation, decided, superseded
 
 TEST = Dataset.of(Example(text=f"{intent} {i}", intent=intent) for intent in ("a", "b") for i in range(20))
 
@@ -70,3 +71,35 @@ def test_message_of_a_run_without_candidate() -> None:
     failed = RunOutcome(outcome="failed", project="bot", candidate_id=None, reason="disk full")
     assert failed.message() == "failed: disk full"
     assert failed.tags()[-1] == "outcome:failed"
+
+
+def test_a_candidate_beaten_to_the_slot_is_superseded_naming_the_winner_and_the_comparison() -> None:
+    """It passed against the model it first compared with (none), but m-won became active first and the
+    gates, run again against m-won, reject it."""
+    again = decide(_scored(3), _scored(0), GatePolicy())
+    outcome = superseded("bot", "m-late", None, "m-won", again)
+    assert outcome.outcome == "superseded" and outcome.audit_decision == "superseded"
+    assert outcome.message() == (
+        "superseded m-late: m-won became active first (this run had compared with no active model); "
+        f"against m-won: {again.reason()}"
+    )
+    assert "does not beat the active model" in outcome.message()
+    assert outcome.tags()[-1] == "outcome:superseded"
+    assert outcome.run_name() == "retrain-bot-superseded-m-late"
+    named = superseded("bot", "m-late", "m-old", "m-won", again)
+    assert "(this run had compared with m-old)" in named.reason
+
+
+def test_a_superseded_notice_says_who_got_there_first() -> None:
+    again = decide(_scored(3), _scored(0), GatePolicy())
+    outcome = superseded("bot", "m-late", None, "m-won", again)
+    notice = DecisionNotice.from_decision(
+        "bot", again, promoted=False, candidate_id="m-late", previous_active="m-won", active="m-won"
+    ).model_copy(update={"decision": outcome.audit_decision, "summary": outcome.message()})
+    delta = again.deltas["macro_f1"]
+    assert delta < 0
+    assert notice.headline() == (
+        f"nluflow · bot: candidate m-late superseded: m-won became active first (macro F1 {delta:+.4f})"
+    )
+    header = slack_payload(notice)["blocks"][0]["text"]["text"]
+    assert header == "❌ bot: candidate not promoted"

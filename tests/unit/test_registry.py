@@ -58,6 +58,12 @@ class MemoryFileSystem:
     def write_bytes(self, key: str, data: bytes) -> None:
         self.files[key] = bytes(data)
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        if key in self.files:
+            return False
+        self.files[key] = bytes(data)
+        return True
+
     def exists(self, key: str) -> bool:
         return key == "" or key in self.files or any(k.startswith(key + "/") for k in self.files)
 
