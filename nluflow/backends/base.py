@@ -156,6 +156,14 @@ class TrainingBackend(Protocol):
 
 
 @runtime_checkable
+class ProjectScoped(Protocol):
+    """A backend whose platform serves one model for everyone (Rasa): told the project it trains for, it
+    names its models per project and refuses to act when the platform serves another project's model."""
+
+    def bind_project(self, project: str) -> None: ...
+
+
+@runtime_checkable
 class LabelledPredictor(Protocol):
     """A backend that predicts better with the test set's true labels (Rasa's ``/model/test/intents`` needs
     them). The labels are never used to score: metrics are nluflow's, computed from the predictions."""

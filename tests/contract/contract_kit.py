@@ -176,13 +176,13 @@ def make_backend(
     if kind == "service":
         return TrainingServiceBackend(url, "nluflow", SECRETS[kind], **common)
     if kind == "rasa":
-        assert isinstance(em, RasaEmulator)
         # The server's models folder as mounted here (a shared volume): where a lost train answer's archive
         # is found. Tests of the client without it pass server_models_folder=None.
+        folder = str(em.models_folder) if isinstance(em, RasaEmulator) else None
         rasa_kw = {
             "train_timeout": RASA_TRAIN_TIMEOUT,
             "idle_wait": MAX_WAIT,
-            "server_models_folder": str(em.models_folder),
+            "server_models_folder": folder,
             **common,
         }
         return RasaBackend(url, token=SECRETS[kind], workdir=workdir, **rasa_kw)

@@ -15,12 +15,17 @@ from contract_kit import BACKENDS, SECRETS, TEST_TEXTS, rig, tiny_dataset
 from nluflow.backends._http import default_timeout, wait_for_job
 from nluflow.backends.base import JobState, ModelRef, TrainingBackend, TrainingConfig
 from nluflow.backends.cognigy import CognigyBackend
-from nluflow.backends.errors import AuthenticationError, ContractError, TransientHTTPError
+from nluflow.backends.errors import (
+    AuthenticationError,
+    ContractError,
+    TrainingOutcomeUnknownError,
+    TransientHTTPError,
+)
 from nluflow.backends.neuralspace import NeuralSpaceBackend, check_minimum, state_of
-from nluflow.backends.rasa import PADDING_INTENT, PLACEHOLDER_INTENT, RasaBackend
+from nluflow.backends.rasa import PADDING_INTENT, PLACEHOLDER_INTENT, RasaBackend, archive_tag, tag_project
 from nluflow.backends.service import TrainingServiceBackend
 from nluflow.data.schema import Dataset, Entity, Example
-from nluflow.errors import BackendError, ConfigError, TrainingFailedError
+from nluflow.errors import BackendError, ConfigError, TrainingFailedError, TransientBackendError
 from nluflow.testing.emulators import Fault, JobOutcome
 from nluflow.testing.emulators.cognigy import CognigyEmulator
 from nluflow.testing.emulators.rasa import RasaEmulator, make_jwt
@@ -144,35 +149,71 @@ def test_service_field_names_and_paths_are_configurable() -> None:
 # ---------------------------------------------------------------------------------------------------- rasa
 
 
-def test_rasa_unchanged_data_is_answered_from_the_fingerprint_cache(
+def test_rasa_3_trains_unchanged_data_again_and_tags_each_archive_with_its_run(
     tmp_path: Path, model_kw: dict[str, Any]
 ) -> None:
+    """Rasa 3.x has no "Nothing changed" reply: the same data trains again into a new archive. Each archive's
+    metadata.json carries the assistant_id nluflow sent: the project and a hash of the run's training key."""
     with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
-        assert isinstance(r.emulator, RasaEmulator)
-        one = r.backend.submit(variant(0), TrainingConfig(), "k1")
-        two = r.backend.submit(variant(0), TrainingConfig(), "k2")
-        assert one.job_id == two.job_id and r.jobs_started == 1 and r.emulator.cache_hits == 1
+        em, backend = r.emulator, r.backend
+        assert isinstance(em, RasaEmulator) and isinstance(backend, RasaBackend)
+        backend.bind_project("shop")
+        one = backend.submit(variant(0), TrainingConfig(), "k1")
+        two = backend.submit(variant(0), TrainingConfig(), "k2")
+        assert one.job_id != two.job_id and r.jobs_started == 2
+        assert em.assistant_id_of(one.job_id) == archive_tag("shop", "k1") == one.data["assistant_id"]
+        assert em.assistant_id_of(two.job_id) == archive_tag("shop", "k2")
+        assert archive_tag("shop", "k1").startswith("nluflow.shop.") and tag_project(one.data["assistant_id"])
+        assert em.trainings == [archive_tag("shop", "k1"), archive_tag("shop", "k2")]
         body = r.emulator.recorded("train")[0]
         assert body.headers["content-type"] == "application/x-yaml"
         assert "force_training=false" in body.query and "save_to_default_model_directory=true" in body.query
 
 
-def test_rasa_lost_answer_without_a_loaded_model_is_not_resent(
+def test_rasa_lost_answer_is_found_in_the_models_folder_without_a_loaded_model(
     tmp_path: Path, model_kw: dict[str, Any]
 ) -> None:
-    """With no model loaded, GET /status answers 409: running trainings cannot be counted, so no resend."""
+    """No model loaded: GET /status answers 409 and cannot count trainings. The dropped answer's training
+    ran; its archive, found by assistant_id in the server's models folder, is the job's model."""
     with rig("rasa", tmp_path, model_kw) as r:
         r.emulator.faults.inject("train", Fault.DROP)
-        with pytest.raises(TransientHTTPError, match="no model loaded"):
-            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        job = r.backend.submit(variant(0), TrainingConfig(), "k1")
         assert r.jobs_started == 1 and len(r.emulator.recorded("train")) == 1
+        assert isinstance(r.emulator, RasaEmulator) and job.job_id == r.emulator.latest
+        model = r.backend.fetch(job, tmp_path / "m")
+        assert (Path(model.path or "") / job.job_id).read_bytes() == (
+            r.emulator.models_folder / job.job_id
+        ).read_bytes()
 
 
-def test_rasa_training_that_never_ends_is_a_typed_failure(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+def test_rasa_lost_answer_without_the_models_folder_is_not_resent_and_not_retried(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    """Without the server's models folder nothing can find the archive the lost request wrote: the error is
+    not transient (a task retry would train again) and says what happened and what to set."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32), server_models_folder=None) as r:
+        r.emulator.faults.inject("train", Fault.SLOW)
+        with pytest.raises(TrainingOutcomeUnknownError) as caught:
+            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        message = str(caught.value)
+        assert not isinstance(caught.value, TransientBackendError)
+        assert "no answer within the train timeout" in message and "not resent" in message
+        assert "server_models_folder" in message and "train_timeout_seconds" in message
+        assert archive_tag(None, "k1") in message and SECRETS["rasa"] not in message
+        assert r.jobs_started == 1 and len(r.emulator.recorded("train")) == 1
+        # Run again (the message says so): it trains once more, now with an answer.
+        r.emulator.faults.clear()
+        r.backend.submit(variant(0), TrainingConfig(), "k1")
+        assert r.jobs_started == 2
+
+
+def test_rasa_training_that_never_ends_is_never_resent(tmp_path: Path, model_kw: dict[str, Any]) -> None:
     with rig("rasa", tmp_path, model_kw, preload=variant(32), train_timeout=1.0, idle_wait=1.0) as r:
         r.emulator.outcome = JobOutcome.NEVER_FINISH
-        with pytest.raises(TrainingFailedError, match="did not finish"):
-            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        for _ in range(2):  # the call, then a task retry
+            with pytest.raises(TransientHTTPError) as caught:
+                r.backend.submit(variant(0), TrainingConfig(), "k1")
+            assert "still training" in str(caught.value) and "not resent" in str(caught.value)
         assert r.jobs_started == 1 and len(r.emulator.recorded("train")) == 1
 
 
@@ -258,7 +299,7 @@ def test_rasa_rollback_without_the_models_folder_says_what_to_do(
 ) -> None:
     """Without the server's models folder in the block the archive cannot be put back over Rasa's API (it has
     no upload call): the error names the archive nluflow holds and where it must go; nothing changes."""
-    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+    with rig("rasa", tmp_path, model_kw, preload=variant(32), server_models_folder=None) as r:
         em = r.emulator
         assert isinstance(em, RasaEmulator)
         first, _ = r.cycle(variant(0), "key-first", tmp_path / "first", TEST_TEXTS)

@@ -178,7 +178,7 @@ def test_print_fault_matrix() -> None:
         pytest.skip("the fault runs did not run in this session (e.g. -m 'not slow')")
     rows = [f.value for f in FAULTS] + [s.value for s in Scenario]
     width = max(len(r) for r in rows) + 2
-    col = 30
+    col = 34
     lines = ["fault".ljust(width) + "".join(k.ljust(col) for k in BACKENDS)]
     for row in rows:
         lines.append(row.ljust(width) + "".join(MATRIX.get((k, row), "-").ljust(col) for k in BACKENDS))
