@@ -218,6 +218,12 @@ def _rasa_error(response: httpx.Response) -> dict[str, Any]:
 
 
 _FILENAME = re.compile(r"^[\w.-]+\.tar\.gz$")
+# What Rasa's TrainingError message says when the server itself failed (not the data or the pipeline).
+_SERVER_FAULT = re.compile(
+    r"MemoryError|out of memory|\bOOM\b|ResourceExhausted|Cannot allocate memory|No space left|Errno 28|"
+    r"Errno 12|Disk quota|Read-only file system|Too many open files|finished without a trained model",
+    re.IGNORECASE,
+)
 
 
 def _check_archive(response: httpx.Response) -> None:
@@ -396,8 +402,14 @@ class RasaBackend:
         body = _rasa_error(response)
         message = redact(str(body.get("message") or "no message"))[:300]
         if response.status_code == 500 and body.get("reason") == "TrainingError":
+            if _SERVER_FAULT.search(message):
+                return TrainingFailedError(
+                    f"the Rasa server failed while training ({message}): a failure of the server (memory, "
+                    "disk or process), not of the data or the pipeline; fix the server (see its log) and run "
+                    "again; no model was produced"
+                )
             # Rasa answers 500 TrainingError for any exception raised while training: a pipeline or data
-            # problem and a server failure (memory, disk, a crash) look alike, so neither is blamed alone.
+            # problem and a server failure look alike, so neither is blamed alone.
             return TrainingFailedError(
                 f"the Rasa server's training failed ({message}); Rasa reports every error during training "
                 "this way, whether from the pipeline or data (a component named above) or from the server "

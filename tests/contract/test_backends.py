@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from contract_kit import BACKENDS, SECRETS, TEST_TEXTS, rig, tiny_dataset
+from contract_kit import BACKENDS, SECRETS, TEST_TEXTS, make_backend, rig, tiny_dataset
 
 from nluflow.backends._http import default_timeout, wait_for_job
 from nluflow.backends.base import JobState, ModelRef, TrainingBackend, TrainingConfig
@@ -18,6 +18,7 @@ from nluflow.backends.cognigy import CognigyBackend
 from nluflow.backends.errors import (
     AuthenticationError,
     ContractError,
+    ServedModelMismatchError,
     TrainingOutcomeUnknownError,
     TransientHTTPError,
 )
@@ -271,6 +272,65 @@ def test_rasa_server_side_training_failure_is_not_blamed_on_the_data(
         assert "An unexpected error occurred during training" in message
         assert "no model was produced" in message
         assert r.jobs_started == 1
+
+
+def test_rasa_server_failure_while_training_is_reported_as_the_server_s(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    """Rasa's TrainingError carrying the server's own failure (disk full here) names the server, not the
+    data; a bare 5xx to the train call says the server failed or never started it, and is not resent."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+        r.emulator.outcome = JobOutcome.ERROR
+        with pytest.raises(TrainingFailedError) as caught:
+            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        message = str(caught.value)
+        assert "No space left on device" in message and "failure of the server" in message
+        assert "not of the data or the pipeline" in message and "fix the data" not in message
+        r.emulator.faults.inject("train", Fault.SERVER_ERROR)
+        with pytest.raises(TransientHTTPError) as lost:
+            r.backend.submit(variant(0), TrainingConfig(), "k2")
+        message = str(lost.value)
+        assert "answered 500" in message and "a server failure, not a problem with the data" in message
+        assert "not resent" in message and "the next retry trains once more" in message
+        assert r.jobs_started == 1 and len(r.emulator.recorded("train")) == 2
+
+
+def test_rasa_two_projects_on_one_server_are_refused(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    """Rasa serves one model. With project A's model served, project B may not train, evaluate or activate
+    there; when B's model got served anyway (by hand), A's evaluation and rollback are refused, and the
+    served model does not change."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+        em, a = r.emulator, r.backend
+        assert isinstance(em, RasaEmulator) and isinstance(a, RasaBackend)
+        b = make_backend("rasa", em, r.served.url, r.sleep, tmp_path / "rasa-client-b")
+        assert isinstance(b, RasaBackend)
+        a.bind_project("shop")
+        b.bind_project("bank")
+        b_job = b.submit(variant(2), TrainingConfig(), "key-b")  # nothing of A's is served yet: allowed
+        b_model = b.fetch(b_job, tmp_path / "b1")
+        first, _ = r.cycle(variant(0), "key-a1", tmp_path / "a1", TEST_TEXTS)
+        second, _ = r.cycle(variant(1), "key-a2", tmp_path / "a2", TEST_TEXTS)
+        assert r.served_model() == second.model_id
+        trained = r.jobs_started
+        with pytest.raises(ServedModelMismatchError) as caught:
+            b.submit(variant(3), TrainingConfig(), "key-b2")
+        message = str(caught.value)
+        assert second.model_id in message and "'shop'" in message and "'bank'" in message
+        assert "its own Rasa server" in message and SECRETS["rasa"] not in message
+        with pytest.raises(ServedModelMismatchError):
+            b.activate(b_model)
+        assert r.jobs_started == trained and r.served_model() == second.model_id
+        # B's model is loaded by hand: A's active pointer now names a model the server no longer serves.
+        httpx.put(
+            f"{r.served.url}/model",
+            params={"token": SECRETS["rasa"]},
+            json={"model_file": f"models/{b_model.model_id}"},
+        ).raise_for_status()
+        with pytest.raises(ServedModelMismatchError, match="refuses to evaluate"):
+            a.predict_labelled(second, [Example(text="hello", intent="greet")])
+        with pytest.raises(ServedModelMismatchError, match="refuses to activate or roll back"):
+            a.activate(first)  # a rollback
+        assert r.served_model() == b_model.model_id, "the served model did not change"
 
 
 def test_rasa_rollback_reuploads_an_archive_the_server_lost(tmp_path: Path, model_kw: dict[str, Any]) -> None:

@@ -50,6 +50,8 @@ from nluflow.testing.emulators._base import ASGIApp, Emulator, JobPhase, routes
 from nluflow.testing.emulators._model import Predictor
 
 RASA_VERSION = "3.6.20"
+# What a Rasa server answers when it fails while training (JobOutcome.ERROR): the exception it caught.
+SERVER_FAILURE = "[Errno 28] No space left on device: '/app/.rasa/cache/tmp'"
 _ADJECTIVES = ["brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lucky", "proud"]
 _NOUNS = ["owl", "fox", "yak", "emu", "elk", "cod", "ant", "bee", "cat", "dog"]
 
@@ -316,8 +318,10 @@ class RasaEmulator(Emulator):
                     with self.lock:
                         self.active_trainings -= 1
             if job.phase is not JobPhase.SUCCEEDED or job.model_dir is None:
+                # A job "error" is the server's own failure; Rasa shows the exception it caught.
+                error = SERVER_FAILURE if job.phase is JobPhase.ERROR else job.error
                 return rasa_error(
-                    500, "TrainingError", f"An unexpected error occurred during training. Error: {job.error}"
+                    500, "TrainingError", f"An unexpected error occurred during training. Error: {error}"
                 )
             language = document.get("language")
             filename = self._write_archive(
