@@ -81,6 +81,8 @@ ARCHIVE_CLOCK_SLACK = 600.0
 # assistant_id of nluflow's trainings: "nluflow.<project>.<key hash>"; Rasa 3.x writes it into the archive's
 # metadata.json, which is how an archive is found again after its answer was lost.
 TAG_PREFIX = "nluflow"
+# A lost train request is never taken as over sooner than this when the server cannot count trainings.
+MIN_STALE_SECONDS = 3600.0
 YAML_CONTENT_TYPE = "application/x-yaml"
 # Intent given to unlabelled texts sent to /model/test/intents (Rasa needs one; its value is ignored).
 PLACEHOLDER_INTENT = "nluflow_unlabelled"
@@ -186,7 +188,7 @@ def _lost_answer(exc: TransientHTTPError | MalformedResponseError, train_timeout
     kind = re.search(r"failed with (\w+)", exc.message)
     name = kind.group(1) if kind else "a transport error"
     if "Timeout" in name:
-        return f"POST /model/train got no answer within the train timeout of {train_timeout:.0f} s ({name})"
+        return f"POST /model/train got no answer within the train timeout of {train_timeout:g} s ({name})"
     return f"POST /model/train lost its connection before the answer arrived ({name})"
 
 
@@ -561,16 +563,22 @@ class RasaBackend:
             raise TransientHTTPError(
                 f"{lost}. The server has no model loaded, so GET /status cannot say whether that training "
                 f"still runs, and {folder} holds no archive with assistant_id {tag!r} yet; POST /model/train "
-                "was not resent; the next retry looks for that archive again (and trains only once the "
-                f"request is {self.idle_wait + self.train_timeout:.0f} s old)"
+                "was not resent; the next retry looks for that archive again (and trains again only once "
+                f"the request is {self._stale_after():g} s old; loading any model on the server lets nluflow "
+                "count its trainings)"
             )
         if running is not None and running > 0:
             raise TransientHTTPError(
-                f"{lost}. The server is still training ({running} running after waiting {self.idle_wait:.0f} "
+                f"{lost}. The server is still training ({running} running after waiting {self.idle_wait:g} "
                 f"s more); POST /model/train was not resent (Rasa 3.x would train again); the next retry "
                 f"waits for that training and takes the archive with assistant_id {tag!r} from {folder}"
             )
         return None
+
+    def _stale_after(self) -> float:
+        """Seconds after which a lost train request that nothing can account for is taken as over (only
+        used when the server cannot count its trainings: no model loaded)."""
+        return max(self.train_timeout + self.idle_wait, MIN_STALE_SECONDS)
 
     def _running_quietly(self) -> str:
         """``GET /status``'s count of running trainings, as words for an error message (never raises)."""
@@ -655,7 +663,7 @@ class RasaBackend:
             # An earlier attempt sent this training and lost its answer: it may have trained, or still train.
             lost = f"an earlier attempt sent POST /model/train for assistant_id {tag!r} and lost its answer"
             # With no model loaded the server cannot count its trainings: after this long, train again.
-            stale = self._wall_clock() - sent_at > self.idle_wait + self.train_timeout
+            stale = self._wall_clock() - sent_at > self._stale_after()
             job = self._pick_up(tag, key, sent_at, lost, stale=stale)
             if job is not None:
                 return job
@@ -663,7 +671,7 @@ class RasaBackend:
         running = self._wait_until_idle(self.idle_wait)
         if running:
             raise TransientHTTPError(
-                f"the Rasa server still runs {running} training(s) after waiting {self.idle_wait:.0f} s; "
+                f"the Rasa server still runs {running} training(s) after waiting {self.idle_wait:g} s; "
                 "nothing was sent (a training started now would run beside it); the step can be retried later"
             )
         self._check_served_owner("train a model")
