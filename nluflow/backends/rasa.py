@@ -3,10 +3,17 @@
 - train: ``POST /model/train`` with one YAML document (config + NLU data); the answer is the model archive,
   its name in the ``filename`` header. Training is synchronous, so the read timeout is long
   (``TRAIN_READ_TIMEOUT``) and ``submit`` returns a job that has already succeeded.
-- Rasa has no idempotency key. A train request whose answer was lost is never blindly resent: the client
-  first waits until ``GET /status`` shows no active training, then resends the same document with
-  ``force_training=false``, which Rasa answers from its fingerprint cache ("Nothing changed") without
-  training again.
+- Rasa has no idempotency key, and Rasa 3.x trains again on every request (no "Nothing changed" reply as
+  in 2.x; the HTTP API takes no ``fixed_model_name``). So a train request is sent once and never resent
+  after its answer may have been lost. Each training's config carries ``assistant_id`` =
+  ``archive_tag(project, key)``, which Rasa writes into the archive's ``metadata.json``; after a lost answer
+  the client waits for the server's training to end and takes that archive from the server's models folder
+  (``server_models_folder``, a shared volume). A marker in ``workdir`` makes a retry of the step (a Prefect
+  task retry, a fresh client) do the same before it trains. Without the models folder a lost answer is a
+  ``TrainingOutcomeUnknownError`` (not retried: a retry would train a second time).
+- one model served: Rasa serves one model, so a server whose served archive was trained for another project
+  (its ``assistant_id``) is refused for training, evaluation, activation and rollback
+  (``ServedModelMismatchError``): one server per project.
 - predict: with ``evaluation_url`` (a second Rasa server used for evaluation) the model is loaded there and
   each text is parsed with ``POST /model/parse`` (intents, ranking and entities). Without it,
   ``POST /model/test/intents?model=<path>`` evaluates the model without replacing the served one: the frozen
@@ -734,11 +741,15 @@ class RasaBackend:
         return JobStatus(state=JobState.SUCCEEDED, progress=1.0, message=f"trained {job.job_id}")
 
     def fetch(self, job: JobRef, dest: Path) -> ModelRef:
-        archive = Path(str(job.data.get("archive", "")))
+        kept = Path(str(job.data.get("archive", "")))
+        archive = kept
+        if not archive.is_file() and self.server_models_folder is not None:
+            archive = Path(self.server_models_folder) / job.job_id  # the server's own copy
         if not archive.is_file():
             raise BackendError(
-                f"the archive of Rasa model {job.job_id} is not in {archive.parent} any more (it is kept "
-                "where the job was submitted); submit again: Rasa answers unchanged data from its cache"
+                f"the archive of Rasa model {job.job_id} is neither in {kept} (where the job was submitted) "
+                "nor in the server's models folder as mounted here; run the step again: it trains once "
+                "more (Rasa 3.x does not answer unchanged data from a cache)"
             )
         dest.mkdir(parents=True, exist_ok=True)
         (dest / job.job_id).write_bytes(archive.read_bytes())
