@@ -162,6 +162,11 @@ class ProjectScoped(Protocol):
 
     def bind_project(self, project: str) -> None: ...
 
+    def check_active_served(self, active: ModelRef, project: str) -> None:
+        """Raise when the platform does not serve the project's active model (the store's pointer and the
+        platform disagree: another project or a hand-made change replaced it)."""
+        ...
+
 
 @runtime_checkable
 class LabelledPredictor(Protocol):

@@ -633,6 +633,30 @@ class RasaBackend:
             "(PUT /model) and run again"
         )
 
+    def check_active_served(self, active: ModelRef, project: str) -> None:
+        """Refuse to work against a server that does not serve ``project``'s active model: ``GET /status``
+        names the loaded archive, the store's pointer names ``active``. A server with no model loaded (a
+        restart) is only logged: nothing of another project's is at stake."""
+        if active.backend != self.name:
+            return  # trained on another platform: this server never served it
+        path = self._model_path(active)
+        status = self._status(self._session)
+        served = status.get("model_file") if status else None
+        if not isinstance(served, str):
+            logger.warning("the Rasa server has no model loaded; %s's active model is %s", project, path)
+            return
+        if _same_model(served, path):
+            return
+        owner = self._owner_of(Path(served).name)
+        whose = f"a model trained for project {owner!r}" if owner else "a model nluflow did not activate"
+        raise ServedModelMismatchError(
+            f"project {project!r}'s active model is {path} (the store's pointer), but the Rasa server serves "
+            f"{served}, {whose}: another project shares this server, or the model was changed by hand. "
+            f"nluflow refuses to evaluate or promote for {project!r} against it; nothing was changed. Give "
+            f"each project its own Rasa server (README, Rasa section), or make pointer and server agree: "
+            f"`nluflow models activate {active.model_id} --project {project}` serves the active model again"
+        )
+
     @staticmethod
     def _project_of(model: ModelRef) -> str | None:
         """The project recorded with a fetched model (``rasa-model.json``), if any."""

@@ -331,6 +331,9 @@ def test_rasa_two_projects_on_one_server_are_refused(tmp_path: Path, model_kw: d
         with pytest.raises(ServedModelMismatchError, match="refuses to activate or roll back"):
             a.activate(first)  # a rollback
         assert r.served_model() == b_model.model_id, "the served model did not change"
+        with pytest.raises(ServedModelMismatchError, match="a model trained for project 'bank'"):
+            a.check_active_served(second, "shop")  # what fetch-active-model asks before a run evaluates
+        b.check_active_served(b_model, "bank")  # the served model is bank's active one: fine
 
 
 def test_rasa_rollback_reuploads_an_archive_the_server_lost(tmp_path: Path, model_kw: dict[str, Any]) -> None:

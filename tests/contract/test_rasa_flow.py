@@ -26,6 +26,7 @@ from flows.retrain import RetrainParams, retrain
 from nluflow.audit import AuditLog
 from nluflow.backends.errors import ServedModelMismatchError
 from nluflow.backends.rasa import archive_tag
+from nluflow.data.loaders import load_jsonl
 from nluflow.errors import TrainingFailedError
 from nluflow.registry import ModelStore
 from nluflow.testing.emulators import EmulatorSettings, JobOutcome, ServedApp
@@ -153,3 +154,20 @@ def test_second_project_on_the_same_server_is_refused_before_it_trains(server: S
     assert line["decision"] == "failed" and line["error"].startswith("ServedModelMismatchError: ")
     assert [rec["decision"] for rec in s.audit("shop")] == ["promote"]
     assert archive_tag("shop", "x").split(".")[1] == "shop"
+
+
+def test_a_served_model_that_is_not_the_active_one_stops_the_run_before_it_trains(server: Server) -> None:
+    """Project shop's active pointer names a model the server no longer serves (another model was loaded by
+    hand): the run refuses at once, names both, trains nothing and changes nothing."""
+    s = server
+    ref = s.block("rasa-replaced")
+    first = retrain(s.params("shop", ref))
+    assert first.promoted
+    by_hand = s.emulator.preload(load_jsonl(DEMO / "batch-2.jsonl"))  # a model loaded by hand
+    with pytest.raises(ServedModelMismatchError) as caught:
+        retrain(s.params("shop", ref))
+    message = str(caught.value)
+    assert "active model" in message and Path(by_hand).name in message and "changed by hand" in message
+    assert f"nluflow models activate {first.candidate_id} --project shop" in message
+    assert s.emulator.jobs_started == 1 and s.served_model() == Path(by_hand).name
+    assert [rec["decision"] for rec in s.audit("shop")] == ["promote", "failed"]
