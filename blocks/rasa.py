@@ -15,8 +15,11 @@ from nluflow.backends.rasa import IDLE_WAIT, TRAIN_READ_TIMEOUT, RasaBackend
 class RasaBackendBlock(Block):
     """A Rasa Open Source server (``rasa run --enable-api``) that trains, evaluates and serves NLU models.
 
-    Training is synchronous over ``POST /model/train``; candidates are evaluated without replacing the
-    served model; promotion is ``PUT /model``. Give either a token (``--auth-token``) or a JWT.
+    Training is synchronous over ``POST /model/train``, sent once per run's training and never resent after
+    its answer was lost (Rasa 3.x would train again); with ``server_models_folder`` the archive of such a
+    training is found there. Candidates are evaluated without replacing the served model; promotion is
+    ``PUT /model``. One Rasa server serves one project: another project's served model is refused. Give
+    either a token (``--auth-token``) or a JWT.
 
     Example:
         Load the block and build the backend client:
@@ -69,9 +72,12 @@ class RasaBackendBlock(Block):
         title="Server's models folder, as mounted here",
         description=(
             "The server's models folder as this machine sees it (a shared volume), e.g. /mnt/rasa/models. "
-            "When set, an activation or rollback whose archive the server no longer has copies it back there "
-            "from nluflow's store (Rasa's API cannot upload a model); when empty, such an activation fails "
-            "with an error that says which file to copy where."
+            "When set, a training whose answer was lost (slower than the training timeout, a dropped "
+            "connection) is picked up from there instead of trained again, an activation or rollback whose "
+            "archive the server no longer has copies it back there from nluflow's store (Rasa's API cannot "
+            "upload a model), and another project's served model is recognised. When empty, a lost training "
+            "answer fails the run (not retried) and such an activation fails with an error that says which "
+            "file to copy where."
         ),
     )
     language: str = Field(
@@ -86,13 +92,20 @@ class RasaBackendBlock(Block):
         default=TRAIN_READ_TIMEOUT,
         gt=0,
         title="Training timeout (s)",
-        description="How long one synchronous training request may take before it counts as lost.",
+        description=(
+            "How long one synchronous training request may take before its answer counts as lost (the "
+            "request is never resent: the server may still be training)."
+        ),
     )
     idle_wait_seconds: float = Field(
         default=IDLE_WAIT,
         gt=0,
         title="Wait for a running training (s)",
-        description="How long to wait for a running training to end before resending a lost request.",
+        description=(
+            "How long to wait for the server's running training to end: before training, and after a lost "
+            "answer (then its archive is looked for in server_models_folder; a retry of the step waits "
+            "again)."
+        ),
     )
 
     def get_client(

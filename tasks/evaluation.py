@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
-from nluflow.backends.base import LabelledPredictor, ModelRef
+from nluflow.backends.base import LabelledPredictor, ModelRef, ProjectScoped
 from nluflow.data.loaders import load_must_pass
 from nluflow.errors import DataError
 from nluflow.evaluation.gates import MustPassResult, check_must_pass
@@ -40,7 +40,12 @@ def fetch_active_model(
     dest = workspace(backend.workspace).champion(project, pointer.model_id)
     path = model_store.materialize(project, pointer.model_id, dest)
     manifest = model_store.manifest(project, pointer.model_id)
-    return ModelRef.stored(manifest, path), manifest
+    active = ModelRef.stored(manifest, path)
+    if backend.name != "local":
+        client = backend.build()
+        if isinstance(client, ProjectScoped):  # one served model per server (Rasa): it must be this one
+            client.check_active_served(active, project)
+    return active, manifest
 
 
 def _evaluate_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:

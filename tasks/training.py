@@ -11,7 +11,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
-from nluflow.backends.base import JobRef, JobState, ModelRef, TrainingConfig
+from nluflow.backends.base import JobRef, JobState, ModelRef, ProjectScoped, TrainingConfig
 from nluflow.errors import TrainingFailedError
 from nluflow.pipeline import DatasetSnapshot
 from tasks.common import (
@@ -64,10 +64,17 @@ def submit_training(
     config: TrainingConfig,
     key: str,
 ) -> JobRef:
-    """Start training; the idempotency key makes a retried submit reuse the job it already started."""
+    """Start training; the idempotency key makes a retried submit reuse the job it already started.
+
+    Retried on transient errors only. On Rasa (no idempotency key; 3.x trains again on every request) the
+    client never resends a train request whose answer was lost: a retry of this task first waits for the
+    server's running training and takes the archive tagged with this key from its models folder.
+    """
     logger = get_run_logger()
     progress = ProgressReporter(artifact_key(project, "training-progress"), logger)
     client = backend.build(on_progress=progress)
+    if isinstance(client, ProjectScoped):  # Rasa: archives name the project; another project's served model
+        client.bind_project(project)  # is refused
     logger.info("submitting %s examples to the %s backend (key %s)", train.n_examples, backend.name, key[:12])
     job = client.submit(train.load(), config, idempotency_key=key)
     if progress.reported:  # the backend trained while submitting (the local one): wait-for-training adds none

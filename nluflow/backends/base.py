@@ -156,6 +156,19 @@ class TrainingBackend(Protocol):
 
 
 @runtime_checkable
+class ProjectScoped(Protocol):
+    """A backend whose platform serves one model for everyone (Rasa): told the project it trains for, it
+    names its models per project and refuses to act when the platform serves another project's model."""
+
+    def bind_project(self, project: str) -> None: ...
+
+    def check_active_served(self, active: ModelRef, project: str) -> None:
+        """Raise when the platform does not serve the project's active model (the store's pointer and the
+        platform disagree: another project or a hand-made change replaced it)."""
+        ...
+
+
+@runtime_checkable
 class LabelledPredictor(Protocol):
     """A backend that predicts better with the test set's true labels (Rasa's ``/model/test/intents`` needs
     them). The labels are never used to score: metrics are nluflow's, computed from the predictions."""

@@ -6,6 +6,9 @@ What to catch::
     ├── HTTPStatusError               a 4xx other than 408/429: a bug or bad input; never retried
     │   └── AuthenticationError       401/403 that a token refresh did not cure, or a refused token request
     ├── ContractError                 a 2xx answer that does not have the documented shape
+    ├── TrainingOutcomeUnknownError   a train request's answer was lost and nluflow cannot find out what the
+    │                                 server did (not retried: a retry could train a second time)
+    ├── ServedModelMismatchError      the server serves another project's model (one server per project)
     └── TransientBackendError (nluflow.errors)
         ├── TransientHTTPError        408/429/5xx or a transport error that outlasted the retry budget,
         │                             or that was not retried because a retry could start a second job
@@ -131,3 +134,13 @@ class MalformedResponseError(_Evidence, TransientBackendError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), self._args())
+
+
+class TrainingOutcomeUnknownError(BackendError):
+    """A training request was sent, its answer was lost, and nothing can tell whether (or what) the server
+    trained. Not transient on purpose: retrying the step would send the training again."""
+
+
+class ServedModelMismatchError(BackendError):
+    """The platform serves a model of another project: serving it from two projects would let each replace
+    the other's model, so nothing is activated, rolled back or evaluated against it."""

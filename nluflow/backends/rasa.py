@@ -3,10 +3,17 @@
 - train: ``POST /model/train`` with one YAML document (config + NLU data); the answer is the model archive,
   its name in the ``filename`` header. Training is synchronous, so the read timeout is long
   (``TRAIN_READ_TIMEOUT``) and ``submit`` returns a job that has already succeeded.
-- Rasa has no idempotency key. A train request whose answer was lost is never blindly resent: the client
-  first waits until ``GET /status`` shows no active training, then resends the same document with
-  ``force_training=false``, which Rasa answers from its fingerprint cache ("Nothing changed") without
-  training again.
+- Rasa has no idempotency key, and Rasa 3.x trains again on every request (no "Nothing changed" reply as
+  in 2.x; the HTTP API takes no ``fixed_model_name``). So a train request is sent once and never resent
+  after its answer may have been lost. Each training's config carries ``assistant_id`` =
+  ``archive_tag(project, key)``, which Rasa writes into the archive's ``metadata.json``; after a lost answer
+  the client waits for the server's training to end and takes that archive from the server's models folder
+  (``server_models_folder``, a shared volume). A marker in ``workdir`` makes a retry of the step (a Prefect
+  task retry, a fresh client) do the same before it trains. Without the models folder a lost answer is a
+  ``TrainingOutcomeUnknownError`` (not retried: a retry would train a second time).
+- one model served: Rasa serves one model, so a server whose served archive was trained for another project
+  (its ``assistant_id``) is refused for training, evaluation, activation and rollback
+  (``ServedModelMismatchError``): one server per project.
 - predict: with ``evaluation_url`` (a second Rasa server used for evaluation) the model is loaded there and
   each text is parsed with ``POST /model/parse`` (intents, ranking and entities). Without it,
   ``POST /model/test/intents?model=<path>`` evaluates the model without replacing the served one: the frozen
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -42,6 +50,9 @@ import yaml
 
 from nluflow.backends._http import (
     MAX_RETRIES,
+    POLL_FACTOR,
+    POLL_FIRST_DELAY,
+    POLL_MAX_DELAY,
     Auth,
     HttpSession,
     QueryTokenAuth,
@@ -49,21 +60,36 @@ from nluflow.backends._http import (
     default_timeout,
     make_client,
     require,
-    wait_for_job,
 )
 from nluflow.backends.base import IntentScore, JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
-from nluflow.backends.errors import ContractError, HTTPStatusError, MalformedResponseError, TransientHTTPError
+from nluflow.backends.errors import (
+    ContractError,
+    HTTPStatusError,
+    MalformedResponseError,
+    ServedModelMismatchError,
+    TrainingOutcomeUnknownError,
+    TransientHTTPError,
+)
 from nluflow.backends.service import parse_from_json
 from nluflow.data.schema import Dataset, Entity, Example
-from nluflow.errors import BackendError, ConfigError, TrainingFailedError
+from nluflow.errors import BackendError, ConfigError, NluflowError, TrainingFailedError
 from nluflow.hashing import sha256_text
+
+logger = logging.getLogger("nluflow.backends.rasa")
 
 # Training runs inside the request: allow hours before the read gives up.
 TRAIN_READ_TIMEOUT = 3 * 3600.0
-# How long to wait for a running training to end before resending a train request whose answer was lost.
+# How long to wait for a running training to end: before sending one, and after a train answer was lost
+# (then the archive that training wrote is looked for in the server's models folder).
 IDLE_WAIT = 3 * 3600.0
-# Resends after a lost train answer (each one after the server showed no active training).
-MAX_RESUBMITS = 2
+# Archives older than the lost request by more than this are not opened when looking for its archive
+# (the server's clock and this machine's may differ a little; the tag, not the time, decides).
+ARCHIVE_CLOCK_SLACK = 600.0
+# assistant_id of nluflow's trainings: "nluflow.<project>.<key hash>"; Rasa 3.x writes it into the archive's
+# metadata.json, which is how an archive is found again after its answer was lost.
+TAG_PREFIX = "nluflow"
+# A lost train request is never taken as over sooner than this when the server cannot count trainings.
+MIN_STALE_SECONDS = 3600.0
 YAML_CONTENT_TYPE = "application/x-yaml"
 # Intent given to unlabelled texts sent to /model/test/intents (Rasa needs one; its value is ignored).
 PLACEHOLDER_INTENT = "nluflow_unlabelled"
@@ -127,15 +153,65 @@ def nlu_yaml(examples: Sequence[Example]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def archive_tag(project: str | None, key: str) -> str:
+    """The ``assistant_id`` of the training for ``key`` in ``project``: one per training, per project."""
+    digest = sha256_text(key)[:16]
+    return f"{TAG_PREFIX}.{project}.{digest}" if project else f"{TAG_PREFIX}.{digest}"
+
+
+def tag_project(tag: object) -> str | None:
+    """The project an ``archive_tag`` names, or None (another tool's archive, or no project bound)."""
+    if not isinstance(tag, str):
+        return None
+    parts = tag.split(".")
+    if len(parts) < 3 or parts[0] != TAG_PREFIX:
+        return None
+    return ".".join(parts[1:-1])
+
+
+def archive_metadata(path: Path) -> dict[str, Any] | None:
+    """The ``metadata.json`` of a Rasa 3.x model archive (at its top level), or None if unreadable."""
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            for member in tar:
+                if member.isfile() and member.name.lstrip("./") == "metadata.json":
+                    handle = tar.extractfile(member)
+                    if handle is None:
+                        return None
+                    value = json.loads(handle.read())
+                    return value if isinstance(value, dict) else None
+    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError):
+        return None
+    return None
+
+
+def _lost_answer(exc: TransientHTTPError | MalformedResponseError, train_timeout: float) -> str:
+    """What happened to a train request whose answer did not arrive, in words."""
+    if isinstance(exc, MalformedResponseError):
+        return f"POST /model/train answered {exc.status} with a model archive that cannot be read"
+    if exc.status is not None:
+        excerpt = f": {exc.body_excerpt[:120]}" if exc.body_excerpt else ""
+        return f"POST /model/train answered {exc.status}{excerpt}"
+    kind = re.search(r"failed with (\w+)", exc.message)
+    name = kind.group(1) if kind else "a transport error"
+    if "Timeout" in name:
+        return f"POST /model/train got no answer within the train timeout of {train_timeout:g} s ({name})"
+    return f"POST /model/train lost its connection before the answer arrived ({name})"
+
+
 def training_document(
-    train: Dataset, config: TrainingConfig, language: str, pipeline: list[dict[str, Any]] | None
+    train: Dataset,
+    config: TrainingConfig,
+    language: str,
+    pipeline: list[dict[str, Any]] | None,
+    assistant_id: str = TAG_PREFIX,
 ) -> str:
     """The one YAML document ``POST /model/train`` takes: config keys, then the NLU data."""
     head = {
         "version": FORMAT_VERSION,
         "recipe": "default.v1",
         "language": language,
-        "assistant_id": "nluflow",
+        "assistant_id": assistant_id,
         "pipeline": pipeline if pipeline is not None else default_pipeline(config),
         "policies": [],
     }
@@ -151,10 +227,16 @@ def _rasa_error(response: httpx.Response) -> dict[str, Any]:
 
 
 _FILENAME = re.compile(r"^[\w.-]+\.tar\.gz$")
+# What Rasa's TrainingError message says when the server itself failed (not the data or the pipeline).
+_SERVER_FAULT = re.compile(
+    r"MemoryError|out of memory|\bOOM\b|ResourceExhausted|Cannot allocate memory|No space left|Errno 28|"
+    r"Errno 12|Disk quota|Read-only file system|Too many open files|finished without a trained model",
+    re.IGNORECASE,
+)
 
 
 def _check_archive(response: httpx.Response) -> None:
-    """A truncated or garbled archive is a lost answer, not a model: the caller resends (Rasa's cache)."""
+    """A truncated or garbled archive is a lost answer, not a model: the caller looks for the archive."""
     try:
         with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
             for _ in tar:  # reading every member checks the gzip stream to its end
@@ -162,7 +244,7 @@ def _check_archive(response: httpx.Response) -> None:
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise MalformedResponseError(
             f"POST /model/train answered {response.status_code} with a model archive that cannot be read "
-            f"({type(exc).__name__}: {exc}); it is asked for again",
+            f"({type(exc).__name__}: {exc})",
             "POST",
             "/model/train",
             response.status_code,
@@ -265,6 +347,7 @@ class RasaBackend:
         evaluation_url: str | None = None,
         models_dir: str = "models",
         server_models_folder: str | Path | None = None,
+        project: str | None = None,
         language: str = "en",
         pipeline: list[dict[str, Any]] | None = None,
         workdir: str | Path | None = None,
@@ -285,6 +368,7 @@ class RasaBackend:
         # The server's models folder as mounted on this machine (shared volume), or None: lets activate put
         # back an archive the server lost (Rasa's API cannot upload one).
         self.server_models_folder = str(server_models_folder) if server_models_folder else None
+        self.project = project
         self.language = language
         self.pipeline = pipeline
         self.train_timeout = train_timeout
@@ -309,7 +393,7 @@ class RasaBackend:
             self._eval = HttpSession(
                 make_client(evaluation_url, transport=transport, timeout=self._timeout), **common
             )
-        self._sleep, self._clock = sleep, clock
+        self._sleep, self._clock, self._wall_clock = sleep, clock, wall_clock
 
     def __repr__(self) -> str:
         return f"RasaBackend({self._session!r}, evaluation={self._eval!r})"
@@ -327,8 +411,14 @@ class RasaBackend:
         body = _rasa_error(response)
         message = redact(str(body.get("message") or "no message"))[:300]
         if response.status_code == 500 and body.get("reason") == "TrainingError":
+            if _SERVER_FAULT.search(message):
+                return TrainingFailedError(
+                    f"the Rasa server failed while training ({message}): a failure of the server (memory, "
+                    "disk or process), not of the data or the pipeline; fix the server (see its log) and run "
+                    "again; no model was produced"
+                )
             # Rasa answers 500 TrainingError for any exception raised while training: a pipeline or data
-            # problem and a server failure (memory, disk, a crash) look alike, so neither is blamed alone.
+            # problem and a server failure look alike, so neither is blamed alone.
             return TrainingFailedError(
                 f"the Rasa server's training failed ({message}); Rasa reports every error during training "
                 "this way, whether from the pipeline or data (a component named above) or from the server "
@@ -358,89 +448,314 @@ class RasaBackend:
             raise ContractError(f"GET /status: expected a JSON object, found {type(body).__name__}")
         return body
 
-    def _await_idle(self, must_know: bool) -> None:
-        """Wait until the server runs no training; refuse to guess when it cannot tell (no model loaded)."""
+    def _running(self) -> int | None:
+        """How many trainings the server runs now (``GET /status``), or None when it cannot say (409: no
+        model loaded)."""
+        body = self._status(self._session)
+        if body is None:
+            return None
+        active = body.get("num_active_training_jobs", 0)
+        if not isinstance(active, int):
+            raise ContractError(f"GET /status: num_active_training_jobs is {active!r}, expected an integer")
+        return active
 
-        def probe() -> JobStatus:
-            body = self._status(self._session)
-            if body is None:
-                if must_know:
-                    raise TransientHTTPError(
-                        "the Rasa server has no model loaded, so GET /status answers 409 and its running "
-                        "trainings cannot be counted; the lost train request was not resent, to avoid a "
-                        "second training; retry the step later (Rasa then answers the same data from its "
-                        "fingerprint cache)"
-                    )
-                return JobStatus(state=JobState.SUCCEEDED)
-            active = body.get("num_active_training_jobs", 0)
-            if not isinstance(active, int):
-                raise ContractError(
-                    f"GET /status: num_active_training_jobs is {active!r}, expected an integer"
-                )
-            if active > 0:
-                return JobStatus(
-                    state=JobState.RUNNING, progress=0.5, message=f"{active} training(s) running"
-                )
-            return JobStatus(state=JobState.SUCCEEDED)
+    def _wait_until_idle(self, max_wait: float) -> int | None:
+        """Poll ``GET /status`` until no training runs or ``max_wait`` has passed; the number still running
+        (0 when idle, None when the server cannot say)."""
+        deadline = self._clock() + max_wait
+        delay = POLL_FIRST_DELAY
+        while True:
+            running = self._running()
+            if not running:
+                return running
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return running
+            if self.on_progress is not None:
+                self.on_progress(0.0, f"waiting for {running} training(s) on the Rasa server to end")
+            self._sleep(min(delay, remaining))
+            delay = min(delay * POLL_FACTOR, POLL_MAX_DELAY)
 
-        wait_for_job(
-            probe,
-            max_wait=self.idle_wait,
-            what="the training already running on the Rasa server",
-            sleep=self._sleep,
-            clock=self._clock,
-            on_progress=None,
+    # A lost train answer is recorded here (per archive tag) until the outcome of that request is known, so
+    # a retry of the step (a Prefect task retry) looks for its archive instead of training again.
+    def _sent_marker(self, tag: str) -> Path:
+        return self.workdir / "sent" / f"{sha256_text(tag)[:16]}.json"
+
+    def _sent_at(self, tag: str) -> float | None:
+        try:
+            record = json.loads(self._sent_marker(tag).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        sent_at = record.get("sent_at") if isinstance(record, dict) else None
+        return float(sent_at) if isinstance(sent_at, int | float) else None
+
+    def _mark_sent(self, tag: str) -> float:
+        now = self._wall_clock()
+        marker = self._sent_marker(tag)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name(marker.name + ".part")
+        tmp.write_text(json.dumps({"assistant_id": tag, "sent_at": now}), encoding="utf-8")
+        tmp.replace(marker)
+        return now
+
+    def _clear_sent(self, tag: str) -> None:
+        self._sent_marker(tag).unlink(missing_ok=True)
+
+    def _find_archive(self, tag: str, since: float) -> Path | None:
+        """The archive in the server's models folder whose ``metadata.json`` has ``assistant_id == tag``
+        (Rasa 3.x writes the config's ``assistant_id`` there), among those written since ``since``."""
+        if self.server_models_folder is None:
+            return None
+        folder = Path(self.server_models_folder)
+        try:
+            candidates = [p for p in folder.glob("*.tar.gz") if not p.name.startswith(".")]
+            dated = [(p.stat().st_mtime, p) for p in candidates]
+        except OSError:
+            return None
+        for mtime, path in sorted(dated, reverse=True):
+            if mtime < since - ARCHIVE_CLOCK_SLACK:
+                break
+            metadata = archive_metadata(path)
+            if metadata is not None and metadata.get("assistant_id") == tag:
+                return path
+        return None
+
+    def _adopt(self, found: Path, key: str, tag: str) -> JobRef:
+        """The job of a training whose answer was lost, from its archive in the server's models folder."""
+        archive = self._archive_path(key, found.name)
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        tmp = archive.with_name(archive.name + ".part")
+        shutil.copyfile(found, tmp)
+        tmp.replace(archive)
+        self._clear_sent(tag)
+        logger.info("took the archive %s (assistant_id %s) from the server's models folder", found.name, tag)
+        if self.on_progress is not None:
+            self.on_progress(1.0, f"trained {found.name} (answer lost; archive taken from the models folder)")
+        return self._job(key, found.name, archive, tag)
+
+    def _job(self, key: str, filename: str, archive: Path, tag: str) -> JobRef:
+        return JobRef(
+            backend=self.name,
+            job_id=filename,
+            idempotency_key=key,
+            data={
+                "model_path": f"{self.models_dir}/{filename}",
+                "archive": str(archive),
+                "assistant_id": tag,
+                **({"project": self.project} if self.project else {}),
+            },
         )
 
+    def _pick_up(self, tag: str, key: str, since: float, lost: str, stale: bool = False) -> JobRef | None:
+        """After a train request whose answer was lost: wait for the server to end its training, then take
+        the archive it wrote for ``tag``. None when the server is idle and wrote none (the training failed
+        on the server or never started), or when it cannot count its trainings (no model loaded) and the
+        request is ``stale``. Raises when the outcome cannot be known yet."""
+        if self.server_models_folder is None:
+            raise TrainingOutcomeUnknownError(
+                f"{lost}. The server may still be training ({self._running_quietly()}) or may have "
+                "finished; POST /model/train was not resent, because Rasa 3.x trains again on every "
+                "request, and Rasa's HTTP API cannot list the archives it wrote, so nluflow cannot find the "
+                "model this request trained without the server's models folder. Set the Rasa block's "
+                "server_models_folder (that folder as mounted here): a retry then waits for the training "
+                f"and takes the archive whose metadata.json has assistant_id {tag!r}; or raise "
+                "train_timeout_seconds above the longest training. Then run again (it trains once more)"
+            )
+        folder = self.server_models_folder
+        running = self._wait_until_idle(self.idle_wait)
+        found = self._find_archive(tag, since)
+        if found is not None:
+            return self._adopt(found, key, tag)
+        if running is None and not stale:
+            raise TransientHTTPError(
+                f"{lost}. The server has no model loaded, so GET /status cannot say whether that training "
+                f"still runs, and {folder} holds no archive with assistant_id {tag!r} yet; POST /model/train "
+                "was not resent; the next retry looks for that archive again (and trains again only once "
+                f"the request is {self._stale_after():g} s old; loading any model on the server lets nluflow "
+                "count its trainings)"
+            )
+        if running is not None and running > 0:
+            raise TransientHTTPError(
+                f"{lost}. The server is still training ({running} running after waiting {self.idle_wait:g} "
+                f"s more); POST /model/train was not resent (Rasa 3.x would train again); the next retry "
+                f"waits for that training and takes the archive with assistant_id {tag!r} from {folder}"
+            )
+        return None
+
+    def _stale_after(self) -> float:
+        """Seconds after which a lost train request that nothing can account for is taken as over (only
+        used when the server cannot count its trainings: no model loaded)."""
+        return max(self.train_timeout + self.idle_wait, MIN_STALE_SECONDS)
+
+    def _running_quietly(self) -> str:
+        """``GET /status``'s count of running trainings, as words for an error message (never raises)."""
+        try:
+            running = self._running()
+        except NluflowError:
+            return "GET /status could not be read"
+        if running is None:
+            return "GET /status cannot count trainings: no model is loaded"
+        return f"GET /status: {running} training(s) running"
+
+    # ------------------------------------------------------------------------------------ one model served
+
+    def _owner_of(self, filename: str) -> str | None:
+        """The project an archive was trained for (its ``metadata.json`` ``assistant_id``), read from the
+        server's models folder or from this client's own copy; None when unknown."""
+        places = [Path(self.server_models_folder) / filename] if self.server_models_folder else []
+        places += sorted(self.workdir.glob(f"*/{filename}"))
+        for path in places:
+            if path.is_file():
+                metadata = archive_metadata(path)
+                if metadata is not None:
+                    return tag_project(metadata.get("assistant_id"))
+        return None
+
+    def _check_served_owner(self, action: str, project: str | None = None) -> None:
+        """Refuse when the server serves a model trained for another project: Rasa serves one model, so two
+        projects on one server replace each other's served model with every promotion or rollback."""
+        project = project or self.project
+        if not project:
+            return
+        status = self._status(self._session)
+        served = status.get("model_file") if status else None
+        if not isinstance(served, str):
+            return
+        owner = self._owner_of(Path(served).name)
+        if owner is None or owner == project:
+            return
+        raise ServedModelMismatchError(
+            f"the Rasa server serves {served}, a model trained for project {owner!r}, not for project "
+            f"{project!r}: two projects share this server, and each promotion or rollback of one replaces "
+            f"the other's served model. nluflow refuses to {action} for project {project!r} against it; "
+            "nothing was changed. Give each project its own Rasa server (README, Rasa section); if project "
+            f"{owner!r} no longer uses this server, load a model of {project!r} on it once by hand "
+            "(PUT /model) and run again"
+        )
+
+    def check_active_served(self, active: ModelRef, project: str) -> None:
+        """Refuse to work against a server that does not serve ``project``'s active model: ``GET /status``
+        names the loaded archive, the store's pointer names ``active``. A server with no model loaded (a
+        restart) is only logged: nothing of another project's is at stake."""
+        if active.backend != self.name:
+            return  # trained on another platform: this server never served it
+        path = self._model_path(active)
+        status = self._status(self._session)
+        served = status.get("model_file") if status else None
+        if not isinstance(served, str):
+            logger.warning("the Rasa server has no model loaded; %s's active model is %s", project, path)
+            return
+        if _same_model(served, path):
+            return
+        owner = self._owner_of(Path(served).name)
+        whose = f"a model trained for project {owner!r}" if owner else "a model nluflow did not activate"
+        raise ServedModelMismatchError(
+            f"project {project!r}'s active model is {path} (the store's pointer), but the Rasa server serves "
+            f"{served}, {whose}: another project shares this server, or the model was changed by hand. "
+            f"nluflow refuses to evaluate or promote for {project!r} against it; nothing was changed. Give "
+            f"each project its own Rasa server (README, Rasa section), or make pointer and server agree: "
+            f"`nluflow models activate {active.model_id} --project {project}` serves the active model again"
+        )
+
+    @staticmethod
+    def _project_of(model: ModelRef) -> str | None:
+        """The project recorded with a fetched model (``rasa-model.json``), if any."""
+        if not model.path:
+            return None
+        try:
+            record = json.loads((Path(model.path) / "rasa-model.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        project = record.get("project") if isinstance(record, dict) else None
+        return project if isinstance(project, str) and project else None
+
+    def bind_project(self, project: str) -> None:
+        """Name the project this client trains for: its archives carry it (``assistant_id``), and a
+        server that serves another project's model is refused (one Rasa server serves one model)."""
+        self.project = project
+
     def submit(self, train: Dataset, config: TrainingConfig, idempotency_key: str) -> JobRef:
-        """Train synchronously; the archive is kept in ``workdir`` until ``fetch`` copies it."""
+        """Train synchronously; the archive is kept in ``workdir`` until ``fetch`` copies it.
+
+        One call sends ``POST /model/train`` at most once, and only when no archive for this key exists and
+        no answer of an earlier attempt is pending; what a lost answer means is settled by ``_pick_up``.
+        """
         if len(train) == 0:
             raise ConfigError("the training set is empty; nothing was sent to Rasa")
-        document = training_document(train, config, self.language, self.pipeline)
-        self._await_idle(must_know=False)
+        key = idempotency_key
+        tag = archive_tag(self.project, key)
+        document = training_document(train, config, self.language, self.pipeline, assistant_id=tag)
+        sent_at = self._sent_at(tag)
+        if sent_at is not None and self.server_models_folder is None:
+            # That attempt failed for good ("cannot find the model ... run again"): this is the rerun.
+            logger.warning("training %s again: an earlier attempt's answer was lost and cannot be found", tag)
+            sent_at = None
+        if sent_at is not None:
+            # An earlier attempt sent this training and lost its answer: it may have trained, or still train.
+            lost = f"an earlier attempt sent POST /model/train for assistant_id {tag!r} and lost its answer"
+            # With no model loaded the server cannot count its trainings: after this long, train again.
+            stale = self._wall_clock() - sent_at > self._stale_after()
+            job = self._pick_up(tag, key, sent_at, lost, stale=stale)
+            if job is not None:
+                return job
+            self._clear_sent(tag)
+        running = self._wait_until_idle(self.idle_wait)
+        if running:
+            raise TransientHTTPError(
+                f"the Rasa server still runs {running} training(s) after waiting {self.idle_wait:g} s; "
+                "nothing was sent (a training started now would run beside it); the step can be retried later"
+            )
+        self._check_served_owner("train a model")
         if self.on_progress is not None:
             self.on_progress(0.0, "training on the Rasa server")
-        resubmits = 0
-        while True:
-            try:
-                response = self._session.request(
-                    "POST",
-                    "/model/train",
-                    content=document.encode("utf-8"),
-                    headers={"Content-Type": YAML_CONTENT_TYPE},
-                    params={"save_to_default_model_directory": "true", "force_training": "false"},
-                    timeout=default_timeout(read=self.train_timeout),
-                    retry_safe=False,
-                    classify=self._classify_train,
-                )
-                _check_archive(response)
-                break
-            except (TransientHTTPError, MalformedResponseError):
-                if resubmits >= MAX_RESUBMITS:
-                    raise
-                resubmits += 1
-                # The answer was lost; the training may have run. Resend only once none is running: Rasa's
-                # fingerprint check then returns the model it just trained instead of training again.
-                self._await_idle(must_know=True)
+        since = self._mark_sent(tag)
+        try:
+            response = self._session.request(
+                "POST",
+                "/model/train",
+                content=document.encode("utf-8"),
+                headers={"Content-Type": YAML_CONTENT_TYPE},
+                params={"save_to_default_model_directory": "true", "force_training": "false"},
+                timeout=default_timeout(read=self.train_timeout),
+                retry_safe=False,
+                classify=self._classify_train,
+            )
+            _check_archive(response)
+        except (TransientHTTPError, MalformedResponseError) as exc:
+            lost = _lost_answer(exc, self.train_timeout)
+            job = self._pick_up(tag, key, since, lost)
+            if job is not None:
+                return job
+            self._clear_sent(tag)
+            raise TransientHTTPError(
+                f"{lost}. The server runs no training now and {self.server_models_folder} holds no archive "
+                f"with assistant_id {tag!r}: the training failed on the server or never started (a server "
+                "failure, not a problem with the data; see the Rasa server's log); POST /model/train was not "
+                "resent; the next retry trains once more",
+                exc.method,
+                exc.url,
+                exc.status,
+                exc.request_id,
+                exc.body_excerpt,
+            ) from None
+        except BaseException:
+            self._clear_sent(tag)  # a definite answer (a refusal, a failed training): nothing runs for it
+            raise
+        self._clear_sent(tag)
         filename = response.headers.get("filename", "")
         if not _FILENAME.match(filename):
             raise ContractError(
                 f"POST /model/train answered without a model file name (filename header {filename!r}); "
                 "expected e.g. 'nlu-20240101-120000-brave-owl.tar.gz'"
             )
-        archive = self._archive_path(idempotency_key, filename)
+        archive = self._archive_path(key, filename)
         archive.parent.mkdir(parents=True, exist_ok=True)
         tmp = archive.with_name(archive.name + ".part")
         tmp.write_bytes(response.content)
         tmp.replace(archive)
         if self.on_progress is not None:
             self.on_progress(1.0, f"trained {filename}")
-        return JobRef(
-            backend=self.name,
-            job_id=filename,
-            idempotency_key=idempotency_key,
-            data={"model_path": f"{self.models_dir}/{filename}", "archive": str(archive)},
-        )
+        return self._job(key, filename, archive, tag)
 
     def _archive_path(self, key: str, filename: str) -> Path:
         return self.workdir / sha256_text(key)[:16] / filename
@@ -450,16 +765,23 @@ class RasaBackend:
         return JobStatus(state=JobState.SUCCEEDED, progress=1.0, message=f"trained {job.job_id}")
 
     def fetch(self, job: JobRef, dest: Path) -> ModelRef:
-        archive = Path(str(job.data.get("archive", "")))
+        kept = Path(str(job.data.get("archive", "")))
+        archive = kept
+        if not archive.is_file() and self.server_models_folder is not None:
+            archive = Path(self.server_models_folder) / job.job_id  # the server's own copy
         if not archive.is_file():
             raise BackendError(
-                f"the archive of Rasa model {job.job_id} is not in {archive.parent} any more (it is kept "
-                "where the job was submitted); submit again: Rasa answers unchanged data from its cache"
+                f"the archive of Rasa model {job.job_id} is neither in {kept} (where the job was submitted) "
+                "nor in the server's models folder as mounted here; run the step again: it trains once "
+                "more (Rasa 3.x does not answer unchanged data from a cache)"
             )
         dest.mkdir(parents=True, exist_ok=True)
         (dest / job.job_id).write_bytes(archive.read_bytes())
         model_path = str(job.data["model_path"])
-        record = {"rasa_model_file": model_path, "filename": job.job_id}
+        record: dict[str, Any] = {"rasa_model_file": model_path, "filename": job.job_id}
+        for field in ("project", "assistant_id"):
+            if job.data.get(field):
+                record[field] = str(job.data[field])
         (dest / "rasa-model.json").write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
         return ModelRef(backend=self.name, model_id=job.job_id, path=str(dest), backend_model_id=model_path)
 
@@ -476,6 +798,7 @@ class RasaBackend:
         path = self._model_path(model)
         if not texts:
             return []
+        self._check_served_owner("evaluate models", self._project_of(model))
         if self._eval is not None:
             return self._parse_on(self._eval, path, texts)
         return self._test_intents(path, [Example(text=t, intent=PLACEHOLDER_INTENT) for t in texts])
@@ -497,6 +820,7 @@ class RasaBackend:
         path = self._model_path(model)
         if not examples:
             return []
+        self._check_served_owner("evaluate models", self._project_of(model))
         if self._eval is not None:
             return self._parse_on(self._eval, path, [e.text for e in examples])
         return self._test_intents(path, examples)
@@ -571,6 +895,7 @@ class RasaBackend:
         """``PUT /model`` with the model's path on the server; when the server no longer has the archive
         (a 400: it was cleaned from its models folder), put nluflow's copy back there and load it again."""
         path = self._model_path(model)
+        self._check_served_owner(f"activate or roll back to {path}", self._project_of(model))
         try:
             self._session.request("PUT", "/model", json_body={"model_file": path})
         except HTTPStatusError as exc:

@@ -176,7 +176,15 @@ def make_backend(
     if kind == "service":
         return TrainingServiceBackend(url, "nluflow", SECRETS[kind], **common)
     if kind == "rasa":
-        rasa_kw = {"train_timeout": RASA_TRAIN_TIMEOUT, "idle_wait": MAX_WAIT, **common}
+        # The server's models folder as mounted here (a shared volume): where a lost train answer's archive
+        # is found. Tests of the client without it pass server_models_folder=None.
+        folder = str(em.models_folder) if isinstance(em, RasaEmulator) else None
+        rasa_kw = {
+            "train_timeout": RASA_TRAIN_TIMEOUT,
+            "idle_wait": MAX_WAIT,
+            "server_models_folder": folder,
+            **common,
+        }
         return RasaBackend(url, token=SECRETS[kind], workdir=workdir, **rasa_kw)
     if kind in ("cognigy", "cognigy-oauth2"):
         assert isinstance(em, CognigyEmulator)

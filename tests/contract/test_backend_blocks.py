@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite  # type: ignore[attr-defined]
 
 from blocks.cognigy import CognigyBackendBlock
 from blocks.neuralspace import NeuralSpaceBackendBlock
+from blocks.provision import create_blocks
 from blocks.rasa import RasaBackendBlock
 from blocks.service import TrainingServiceBlock
 from nluflow.backends.base import JobState, TrainingBackend
@@ -27,6 +31,7 @@ BLOCKS: list[type[Block]] = [
 ]
 
 SECRET = "block-S3CRET-61d0"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def configured(block: type[Block]) -> Block:
@@ -118,3 +123,30 @@ def test_docstring_example_runs(
     exec(_example_code(block).replace('"BLOCK_NAME"', f'"{name}"'), {})
     loaded: Any = block.load(name)
     assert capsys.readouterr().out.strip() == loaded.get_client().name
+
+
+def test_blocks_yaml_sets_the_rasa_models_folders_and_timeouts(prefect_api: str, tmp_path: Path) -> None:
+    """The repo's blocks.yaml entry for Rasa, created from environment variables (numbers arrive as text),
+    gives a client with that models folder, its mount here, and both timeouts."""
+    entries = yaml.safe_load((REPO / "blocks.yaml").read_text(encoding="utf-8"))["blocks"]
+    [rasa] = [e for e in entries if e["type"] == "nluflow-rasa-backend"]
+    name = f"rasa-yaml-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "blocks.yaml"
+    path.write_text(yaml.safe_dump({"blocks": [{**rasa, "name": name}]}), encoding="utf-8")
+    env = {
+        "NLUFLOW_RASA_URL": "http://rasa.test:5005",
+        "NLUFLOW_RASA_TOKEN": SECRET,
+        "NLUFLOW_RASA_MODELS_DIR": "/app/models",
+        "NLUFLOW_RASA_SERVER_MODELS_FOLDER": str(tmp_path / "mnt-models"),
+        "NLUFLOW_RASA_TRAIN_TIMEOUT_SECONDS": "900",
+        "NLUFLOW_RASA_IDLE_WAIT_SECONDS": "1800.5",
+    }
+    report = create_blocks(path, env)
+    assert [o.action for o in report.outcomes] == ["created"]
+    block = RasaBackendBlock.load(name)
+    assert isinstance(block, RasaBackendBlock)
+    assert block.models_dir == "/app/models" and block.server_models_folder == str(tmp_path / "mnt-models")
+    assert block.train_timeout_seconds == 900.0 and block.idle_wait_seconds == 1800.5
+    client = block.get_client(workdir=str(tmp_path / "work"))
+    assert client.models_dir == "/app/models" and client.server_models_folder == str(tmp_path / "mnt-models")
+    assert client.train_timeout == 900.0 and client.idle_wait == 1800.5

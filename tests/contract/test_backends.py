@@ -10,17 +10,23 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from contract_kit import BACKENDS, SECRETS, TEST_TEXTS, rig, tiny_dataset
+from contract_kit import BACKENDS, SECRETS, TEST_TEXTS, make_backend, rig, tiny_dataset
 
 from nluflow.backends._http import default_timeout, wait_for_job
 from nluflow.backends.base import JobState, ModelRef, TrainingBackend, TrainingConfig
 from nluflow.backends.cognigy import CognigyBackend
-from nluflow.backends.errors import AuthenticationError, ContractError, TransientHTTPError
+from nluflow.backends.errors import (
+    AuthenticationError,
+    ContractError,
+    ServedModelMismatchError,
+    TrainingOutcomeUnknownError,
+    TransientHTTPError,
+)
 from nluflow.backends.neuralspace import NeuralSpaceBackend, check_minimum, state_of
-from nluflow.backends.rasa import PADDING_INTENT, PLACEHOLDER_INTENT, RasaBackend
+from nluflow.backends.rasa import PADDING_INTENT, PLACEHOLDER_INTENT, RasaBackend, archive_tag, tag_project
 from nluflow.backends.service import TrainingServiceBackend
 from nluflow.data.schema import Dataset, Entity, Example
-from nluflow.errors import BackendError, ConfigError, TrainingFailedError
+from nluflow.errors import BackendError, ConfigError, TrainingFailedError, TransientBackendError
 from nluflow.testing.emulators import Fault, JobOutcome
 from nluflow.testing.emulators.cognigy import CognigyEmulator
 from nluflow.testing.emulators.rasa import RasaEmulator, make_jwt
@@ -144,35 +150,71 @@ def test_service_field_names_and_paths_are_configurable() -> None:
 # ---------------------------------------------------------------------------------------------------- rasa
 
 
-def test_rasa_unchanged_data_is_answered_from_the_fingerprint_cache(
+def test_rasa_3_trains_unchanged_data_again_and_tags_each_archive_with_its_run(
     tmp_path: Path, model_kw: dict[str, Any]
 ) -> None:
+    """Rasa 3.x has no "Nothing changed" reply: the same data trains again into a new archive. Each archive's
+    metadata.json carries the assistant_id nluflow sent: the project and a hash of the run's training key."""
     with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
-        assert isinstance(r.emulator, RasaEmulator)
-        one = r.backend.submit(variant(0), TrainingConfig(), "k1")
-        two = r.backend.submit(variant(0), TrainingConfig(), "k2")
-        assert one.job_id == two.job_id and r.jobs_started == 1 and r.emulator.cache_hits == 1
+        em, backend = r.emulator, r.backend
+        assert isinstance(em, RasaEmulator) and isinstance(backend, RasaBackend)
+        backend.bind_project("shop")
+        one = backend.submit(variant(0), TrainingConfig(), "k1")
+        two = backend.submit(variant(0), TrainingConfig(), "k2")
+        assert one.job_id != two.job_id and r.jobs_started == 2
+        assert em.assistant_id_of(one.job_id) == archive_tag("shop", "k1") == one.data["assistant_id"]
+        assert em.assistant_id_of(two.job_id) == archive_tag("shop", "k2")
+        assert archive_tag("shop", "k1").startswith("nluflow.shop.") and tag_project(one.data["assistant_id"])
+        assert em.trainings == [archive_tag("shop", "k1"), archive_tag("shop", "k2")]
         body = r.emulator.recorded("train")[0]
         assert body.headers["content-type"] == "application/x-yaml"
         assert "force_training=false" in body.query and "save_to_default_model_directory=true" in body.query
 
 
-def test_rasa_lost_answer_without_a_loaded_model_is_not_resent(
+def test_rasa_lost_answer_is_found_in_the_models_folder_without_a_loaded_model(
     tmp_path: Path, model_kw: dict[str, Any]
 ) -> None:
-    """With no model loaded, GET /status answers 409: running trainings cannot be counted, so no resend."""
+    """No model loaded: GET /status answers 409 and cannot count trainings. The dropped answer's training
+    ran; its archive, found by assistant_id in the server's models folder, is the job's model."""
     with rig("rasa", tmp_path, model_kw) as r:
         r.emulator.faults.inject("train", Fault.DROP)
-        with pytest.raises(TransientHTTPError, match="no model loaded"):
-            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        job = r.backend.submit(variant(0), TrainingConfig(), "k1")
         assert r.jobs_started == 1 and len(r.emulator.recorded("train")) == 1
+        assert isinstance(r.emulator, RasaEmulator) and job.job_id == r.emulator.latest
+        model = r.backend.fetch(job, tmp_path / "m")
+        assert (Path(model.path or "") / job.job_id).read_bytes() == (
+            r.emulator.models_folder / job.job_id
+        ).read_bytes()
 
 
-def test_rasa_training_that_never_ends_is_a_typed_failure(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+def test_rasa_lost_answer_without_the_models_folder_is_not_resent_and_not_retried(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    """Without the server's models folder nothing can find the archive the lost request wrote: the error is
+    not transient (a task retry would train again) and says what happened and what to set."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32), server_models_folder=None) as r:
+        r.emulator.faults.inject("train", Fault.SLOW)
+        with pytest.raises(TrainingOutcomeUnknownError) as caught:
+            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        message = str(caught.value)
+        assert not isinstance(caught.value, TransientBackendError)
+        assert "no answer within the train timeout" in message and "not resent" in message
+        assert "server_models_folder" in message and "train_timeout_seconds" in message
+        assert archive_tag(None, "k1") in message and SECRETS["rasa"] not in message
+        assert r.jobs_started == 1 and len(r.emulator.recorded("train")) == 1
+        # Run again (the message says so): it trains once more, now with an answer.
+        r.emulator.faults.clear()
+        r.backend.submit(variant(0), TrainingConfig(), "k1")
+        assert r.jobs_started == 2
+
+
+def test_rasa_training_that_never_ends_is_never_resent(tmp_path: Path, model_kw: dict[str, Any]) -> None:
     with rig("rasa", tmp_path, model_kw, preload=variant(32), train_timeout=1.0, idle_wait=1.0) as r:
         r.emulator.outcome = JobOutcome.NEVER_FINISH
-        with pytest.raises(TrainingFailedError, match="did not finish"):
-            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        for _ in range(2):  # the call, then a task retry
+            with pytest.raises(TransientHTTPError) as caught:
+                r.backend.submit(variant(0), TrainingConfig(), "k1")
+            assert "still training" in str(caught.value) and "not resent" in str(caught.value)
         assert r.jobs_started == 1 and len(r.emulator.recorded("train")) == 1
 
 
@@ -232,6 +274,68 @@ def test_rasa_server_side_training_failure_is_not_blamed_on_the_data(
         assert r.jobs_started == 1
 
 
+def test_rasa_server_failure_while_training_is_reported_as_the_server_s(
+    tmp_path: Path, model_kw: dict[str, Any]
+) -> None:
+    """Rasa's TrainingError carrying the server's own failure (disk full here) names the server, not the
+    data; a bare 5xx to the train call says the server failed or never started it, and is not resent."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+        r.emulator.outcome = JobOutcome.ERROR
+        with pytest.raises(TrainingFailedError) as caught:
+            r.backend.submit(variant(0), TrainingConfig(), "k1")
+        message = str(caught.value)
+        assert "No space left on device" in message and "failure of the server" in message
+        assert "not of the data or the pipeline" in message and "fix the data" not in message
+        r.emulator.faults.inject("train", Fault.SERVER_ERROR)
+        with pytest.raises(TransientHTTPError) as lost:
+            r.backend.submit(variant(0), TrainingConfig(), "k2")
+        message = str(lost.value)
+        assert "answered 500" in message and "a server failure, not a problem with the data" in message
+        assert "not resent" in message and "the next retry trains once more" in message
+        assert r.jobs_started == 1 and len(r.emulator.recorded("train")) == 2
+
+
+def test_rasa_two_projects_on_one_server_are_refused(tmp_path: Path, model_kw: dict[str, Any]) -> None:
+    """Rasa serves one model. With project A's model served, project B may not train, evaluate or activate
+    there; when B's model got served anyway (by hand), A's evaluation and rollback are refused, and the
+    served model does not change."""
+    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+        em, a = r.emulator, r.backend
+        assert isinstance(em, RasaEmulator) and isinstance(a, RasaBackend)
+        b = make_backend("rasa", em, r.served.url, r.sleep, tmp_path / "rasa-client-b")
+        assert isinstance(b, RasaBackend)
+        a.bind_project("shop")
+        b.bind_project("bank")
+        b_job = b.submit(variant(2), TrainingConfig(), "key-b")  # nothing of A's is served yet: allowed
+        b_model = b.fetch(b_job, tmp_path / "b1")
+        first, _ = r.cycle(variant(0), "key-a1", tmp_path / "a1", TEST_TEXTS)
+        second, _ = r.cycle(variant(1), "key-a2", tmp_path / "a2", TEST_TEXTS)
+        assert r.served_model() == second.model_id
+        trained = r.jobs_started
+        with pytest.raises(ServedModelMismatchError) as caught:
+            b.submit(variant(3), TrainingConfig(), "key-b2")
+        message = str(caught.value)
+        assert second.model_id in message and "'shop'" in message and "'bank'" in message
+        assert "its own Rasa server" in message and SECRETS["rasa"] not in message
+        with pytest.raises(ServedModelMismatchError):
+            b.activate(b_model)
+        assert r.jobs_started == trained and r.served_model() == second.model_id
+        # B's model is loaded by hand: A's active pointer now names a model the server no longer serves.
+        httpx.put(
+            f"{r.served.url}/model",
+            params={"token": SECRETS["rasa"]},
+            json={"model_file": f"models/{b_model.model_id}"},
+        ).raise_for_status()
+        with pytest.raises(ServedModelMismatchError, match="refuses to evaluate"):
+            a.predict_labelled(second, [Example(text="hello", intent="greet")])
+        with pytest.raises(ServedModelMismatchError, match="refuses to activate or roll back"):
+            a.activate(first)  # a rollback
+        assert r.served_model() == b_model.model_id, "the served model did not change"
+        with pytest.raises(ServedModelMismatchError, match="a model trained for project 'bank'"):
+            a.check_active_served(second, "shop")  # what fetch-active-model asks before a run evaluates
+        b.check_active_served(b_model, "bank")  # the served model is bank's active one: fine
+
+
 def test_rasa_rollback_reuploads_an_archive_the_server_lost(tmp_path: Path, model_kw: dict[str, Any]) -> None:
     """The previous archive was removed from the server's models folder: with that folder configured the
     client copies the archive from nluflow's copy (the store's) back there, and the server serves it."""
@@ -258,7 +362,7 @@ def test_rasa_rollback_without_the_models_folder_says_what_to_do(
 ) -> None:
     """Without the server's models folder in the block the archive cannot be put back over Rasa's API (it has
     no upload call): the error names the archive nluflow holds and where it must go; nothing changes."""
-    with rig("rasa", tmp_path, model_kw, preload=variant(32)) as r:
+    with rig("rasa", tmp_path, model_kw, preload=variant(32), server_models_folder=None) as r:
         em = r.emulator
         assert isinstance(em, RasaEmulator)
         first, _ = r.cycle(variant(0), "key-first", tmp_path / "first", TEST_TEXTS)

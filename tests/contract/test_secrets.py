@@ -39,9 +39,14 @@ def test_no_secret_in_logs_reprs_refs_or_files(
     with rig(kind, tmp_path, model_kw, preload=data.subset(range(1, len(data)))) as r:
         for endpoint in ("train", "status", "predict"):
             r.emulator.faults.inject(endpoint, Fault.UNAVAILABLE)  # retries log their URLs
+        seen: list[str] = []
+        if kind == "rasa":  # a 503 to POST /model/train is never resent in the call: the task retry trains
+            with pytest.raises(NluflowError) as lost:
+                r.backend.submit(data, TrainingConfig(epochs=10), "k")
+            seen += _texts_of(lost.value)
         job = r.backend.submit(data, TrainingConfig(epochs=10), "k")
         model, _ = r.cycle(data, "k", tmp_path / "model", TEST_TEXTS)
-        seen = [
+        seen += [
             repr(r.backend),
             job.model_dump_json(),
             model.model_dump_json(),

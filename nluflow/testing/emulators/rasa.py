@@ -1,11 +1,19 @@
 """Emulator of the Rasa Open Source HTTP API (3.x server code shapes; see the specs' rasa/README.md).
 
-Implemented: ``GET /``, ``GET /version``, ``GET /status`` (409 with no model loaded), ``POST /model/train``
-(YAML body, fingerprint cache unless ``force_training``, the archive in the body and its name in the
-``filename`` header, 400 ``BadRequest`` on bad YAML, 500 ``TrainingError``), ``PUT /model`` (204, 400 when the
-file cannot be loaded), ``POST /model/parse`` and ``POST /model/test/intents`` (YAML only when the
-Content-Type is exactly ``application/x-yaml``). Auth: ``?token=`` or an HS256 JWT with role ``admin``. Every
-error has Rasa's ``ErrorResponse`` body.
+Implemented: ``GET /``, ``GET /version``, ``GET /status`` (409 with no model loaded; ``model_id`` is
+the loaded archive's ``metadata.json`` ``model_id``), ``POST /model/train`` (YAML body, the archive in the
+body and its name in the ``filename`` header, 400 ``BadRequest`` on bad YAML, 500 ``TrainingError``),
+``PUT /model`` (204, 400 when the file cannot be loaded), ``POST /model/parse`` and
+``POST /model/test/intents`` (YAML only when the Content-Type is exactly ``application/x-yaml``). Auth:
+``?token=`` or an HS256 JWT with role ``admin``. Every error has Rasa's ``ErrorResponse`` body.
+
+Training is Rasa 3.x's (``rasa/server.py`` ``train``, ``rasa/model_training.py`` ``train``): every request
+trains and writes a new archive ``nlu-<YYYYmmdd-HHMMSS>-<random name>.tar.gz`` into the models folder, also
+for unchanged data (3.x has no "Nothing changed" reply: ``force_training`` only decides whether cached
+component results may be reused); the HTTP API has no ``fixed_model_name``. Each archive holds
+``metadata.json`` (``model_id``, ``assistant_id`` from the config, ``trained_at``, ...), as
+``LocalModelStorage`` writes it. ``trainings`` lists the ``assistant_id`` of every training started, so
+tests can count them per run.
 
 ``/model/test/intents`` answers as Rasa 3.x's ``rasa.nlu.test.run_evaluation`` does: the test data is loaded
 as ``TrainingData``, whose ``sanitize_examples`` drops identical examples (``OrderedDict.fromkeys``), so there
@@ -42,6 +50,8 @@ from nluflow.testing.emulators._base import ASGIApp, Emulator, JobPhase, routes
 from nluflow.testing.emulators._model import Predictor
 
 RASA_VERSION = "3.6.20"
+# What a Rasa server answers when it fails while training (JobOutcome.ERROR): the exception it caught.
+SERVER_FAILURE = "[Errno 28] No space left on device: '/app/.rasa/cache/tmp'"
 _ADJECTIVES = ["brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lucky", "proud"]
 _NOUNS = ["owl", "fox", "yak", "emu", "elk", "cod", "ant", "bee", "cat", "dog"]
 
@@ -104,11 +114,11 @@ class RasaEmulator(Emulator):
     def __init__(self, token: str | None = None, jwt_secret: str | None = None, **kw: Any) -> None:
         self.token = token
         self.jwt_secret = jwt_secret
-        self.fingerprints: dict[str, str] = {}  # archive file name -> fingerprint
         self.latest: str | None = None
         self.loaded: tuple[str, Predictor] | None = None
+        self.loaded_model_id: str | None = None
         self.active_trainings = 0
-        self.cache_hits = 0
+        self.trainings: list[str | None] = []  # assistant_id of each training started, in order
         self._names = itertools.count()
         super().__init__(**kw)
         (self.workdir / "models").mkdir(parents=True, exist_ok=True)
@@ -139,18 +149,29 @@ class RasaEmulator(Emulator):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return f"nlu-{stamp}-{_ADJECTIVES[n % 10]}-{_NOUNS[(n // 10) % 10]}{n // 100 or ''}.tar.gz"
 
-    def _write_archive(self, model_dir: Path, fingerprint: str) -> str:
+    def _write_archive(self, model_dir: Path, assistant_id: str | None, language: str | None = None) -> str:
         filename = self._new_filename()
         buffer = io.BytesIO()
+        metadata = {
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "model_id": uuid.uuid4().hex,
+            "assistant_id": assistant_id,
+            "rasa_open_source_version": RASA_VERSION,
+            "training_type": "nlu",
+            "language": language,
+        }
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             for path in sorted(model_dir.rglob("*")):
                 tar.add(path, arcname=f"nlu/{path.relative_to(model_dir)}", recursive=False)
-            data = json.dumps({"fingerprint": fingerprint, "version": RASA_VERSION}).encode()
-            info = tarfile.TarInfo("fingerprint.json")
+            data = json.dumps(metadata).encode()
+            info = tarfile.TarInfo("metadata.json")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        (self.workdir / "models" / filename).write_bytes(buffer.getvalue())
-        self.fingerprints[filename] = fingerprint
+        # Written under a temporary name and renamed, as the archive appears only when training has ended.
+        target = self.workdir / "models" / filename
+        tmp = target.with_name(f".{filename}.tmp")
+        tmp.write_bytes(buffer.getvalue())
+        tmp.replace(target)
         self.latest = filename
         return filename
 
@@ -169,6 +190,14 @@ class RasaEmulator(Emulator):
                 shutil.rmtree(tmp, ignore_errors=True)
         return path.name, self.loader(target / "nlu")
 
+    def _model_id(self, name: str) -> str | None:
+        metadata = self.workdir / "loaded" / name / "metadata.json"
+        try:
+            value = json.loads(metadata.read_text(encoding="utf-8")).get("model_id")
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, str) else None
+
     def preload(self, dataset: Dataset, seed: int = 0) -> str:
         """Train and load a model at start-up (like a server that already serves a bot); not a counted job."""
         model = self.trainer(dataset, seed)
@@ -176,7 +205,7 @@ class RasaEmulator(Emulator):
         model_dir.mkdir(parents=True, exist_ok=True)
         model.save(model_dir)
         filename = self._write_archive(model_dir, "preloaded")
-        self.loaded = self._load(f"models/{filename}")
+        self._serve(self._load(f"models/{filename}"))
         return f"models/{filename}"
 
     def lose_archive(self, filename: str) -> None:
@@ -184,6 +213,18 @@ class RasaEmulator(Emulator):
         old models or a fresh container would: ``PUT /model`` for it then answers 400, like Rasa's."""
         (self.workdir / "models" / filename).unlink()
         shutil.rmtree(self.workdir / "loaded" / filename, ignore_errors=True)
+
+    def _serve(self, loaded: tuple[str, Predictor] | None) -> None:
+        self.loaded = loaded
+        self.loaded_model_id = self._model_id(loaded[0]) if loaded else None
+
+    def assistant_id_of(self, filename: str) -> str | None:
+        """The ``assistant_id`` in an archive's ``metadata.json`` (what the config of its training said)."""
+        with tarfile.open(self.workdir / "models" / filename, mode="r:gz") as tar:
+            member = tar.extractfile("metadata.json")
+            assert member is not None
+            value = json.loads(member.read()).get("assistant_id")
+        return value if isinstance(value, str) else None
 
     @property
     def models_folder(self) -> Path:
@@ -235,7 +276,7 @@ class RasaEmulator(Emulator):
             return JSONResponse(
                 {
                     "model_file": self.loaded[0],
-                    "model_id": hashlib.sha256(self.loaded[0].encode()).hexdigest()[:32],
+                    "model_id": self.loaded_model_id,
                     "num_active_training_jobs": self.active_trainings,
                 }
             )
@@ -258,18 +299,16 @@ class RasaEmulator(Emulator):
                 dataset = self._dataset(text)
             except DataError as exc:
                 return rasa_error(400, "BadRequest", f"Invalid training data: {exc}")
-            fingerprint = hashlib.sha256(raw).hexdigest()
-            force = request.query_params.get("force_training", "false").lower() == "true"
-            latest = self.latest
-            if not force and latest is not None and self.fingerprints.get(latest) == fingerprint:
-                self.cache_hits += 1  # "Nothing changed. You can use the old model stored at ..."
-                return self._file(latest)
+            # Rasa 3.x trains on every request (force_training only turns off reusing cached components).
+            assistant_id = document.get("assistant_id")
+            assistant_id = assistant_id if isinstance(assistant_id, str) else None
             seed = 0
             for component in document.get("pipeline") or []:
                 if isinstance(component, dict) and isinstance(component.get("random_seed"), int):
                     seed = component["random_seed"]
             with self.lock:
                 self.active_trainings += 1
+                self.trainings.append(assistant_id)
             job = self.start_job(dataset, seed)
             try:
                 while not job.done.is_set():
@@ -279,10 +318,15 @@ class RasaEmulator(Emulator):
                     with self.lock:
                         self.active_trainings -= 1
             if job.phase is not JobPhase.SUCCEEDED or job.model_dir is None:
+                # A job "error" is the server's own failure; Rasa shows the exception it caught.
+                error = SERVER_FAILURE if job.phase is JobPhase.ERROR else job.error
                 return rasa_error(
-                    500, "TrainingError", f"An unexpected error occurred during training. Error: {job.error}"
+                    500, "TrainingError", f"An unexpected error occurred during training. Error: {error}"
                 )
-            filename = self._write_archive(job.model_dir, fingerprint)
+            language = document.get("language")
+            filename = self._write_archive(
+                job.model_dir, assistant_id, language if isinstance(language, str) else None
+            )
             return self._file(filename)
 
         @app.put("/model")
@@ -298,7 +342,7 @@ class RasaEmulator(Emulator):
             loaded = await asyncio.to_thread(self._load, model_file)
             if loaded is None:
                 return rasa_error(400, "BadRequest", f"Agent with name '{model_file}' could not be loaded.")
-            self.loaded = loaded
+            self._serve(loaded)
             return Response(status_code=204)
 
         @app.post("/model/parse")
