@@ -371,6 +371,8 @@ def serve_relay(
     """Run the relay with uvicorn until interrupted (``nluflow relay``)."""
     import uvicorn
 
+    from nluflow.server_limits import uvicorn_config
+
     app = build_relay(config, emitter=emitter, api_url=api_url, api_key=api_key)
     relay_logging()
     local = {"send_to_api": False}  # no flow run here: Prefect's API log handler must skip these lines
@@ -382,7 +384,8 @@ def serve_relay(
             extra=local,
         )
     logger.info("relay on http://%s:%d/hooks/label-studio and /hooks/generic", host, port, extra=local)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    # Slow and idle clients are timed out, open connections capped (nluflow.server_limits).
+    server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level))
     # After Config (which configures uvicorn's loggers): a query string never reaches the access log.
     logging.getLogger("uvicorn.access").addFilter(QueryRedactor())
     server.run()

@@ -53,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sklearn
 from pydantic import ValidationError
@@ -70,6 +70,9 @@ from nluflow.hashing import sha256_file
 from nluflow.models.nlu import NLUModel
 from nluflow.models.tokenize import tokenize
 from nluflow.registry import MANIFEST_NAME, MODELS_DIR, ActivePointer, Manifest, ModelStore, check_id
+
+if TYPE_CHECKING:
+    from nluflow.server_limits import ServerLimits
 
 logger = logging.getLogger(__name__)
 
@@ -806,9 +809,16 @@ def run(
     max_batch: int = DEFAULT_MAX_BATCH,
     access_log: bool = False,
     log_level: str = "info",
+    limits: ServerLimits | None = None,
 ) -> None:
-    """Serve ``project``'s active model on ``host:port`` with uvicorn until interrupted (Ctrl-C, SIGTERM)."""
+    """Serve ``project``'s active model on ``host:port`` with uvicorn until interrupted (Ctrl-C, SIGTERM).
+
+    Slow and idle clients are timed out and open connections capped by ``limits`` (see
+    :mod:`nluflow.server_limits`).
+    """
     import uvicorn
+
+    from nluflow.server_limits import uvicorn_config
 
     model_store = store if isinstance(store, ModelStore) else ModelStore.local(store)
     check_id(project, "project")
@@ -820,8 +830,9 @@ def run(
         max_body_bytes=max_body_bytes,
         max_batch=max_batch,
     )
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app,
+        limits=limits,
         host=host,
         port=port,
         lifespan="on",

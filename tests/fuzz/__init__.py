@@ -1,0 +1,1 @@
+"""Hostile input: fuzz and bomb tests of the loaders, ``serve`` and ``relay``."""
