@@ -274,7 +274,8 @@ def retrain(params: RetrainParams) -> RetrainResult:
     run_id = str(flow_run.get_id() or "local")
     store, backend, gates, work = _resolve(params)
     project = params.project
-    recover_promotions_task(store, project, actor=f"run {run_id}")  # an earlier run killed mid-promotion
+    # Earlier runs killed mid-promotion, or killed before their own audit line (a `crashed` line each).
+    recover_promotions_task(store, project, actor=f"run {run_id}", run_id=run_id)
 
     # 1. Data: load, fix the frozen test set, validate.
     data_paths, sources = resolve_data(params.data, str(work))  # pulls Label Studio / folder / S3 sources

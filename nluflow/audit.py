@@ -1,8 +1,10 @@
 """The audit log: a hash-chained JSONL file, one line per retrain run and per change of the active pointer.
 
 ``decision`` says what happened: ``promote``, ``reject``, ``blocked``, ``unchanged`` and ``failed`` for
-retrain runs; ``rollback``, ``activate``, ``forced-promote`` and ``testset-reset`` for changes a person made
-with the CLI. So every change of the active model is on the log, with who/why in ``reasons``.
+retrain runs, and ``crashed`` for a run killed before it could write its own line (written for it by the next
+run, see :mod:`nluflow.recovery`); ``rollback``, ``activate``, ``forced-promote`` and ``testset-reset`` for
+changes a person made with the CLI. So every change of the active model is on the log, with who/why in
+``reasons``.
 
 A retrain's promotion is written in two lines, so the pointer never moves without a trace: a
 ``promote-intent`` line (model, previous model, run) before the active pointer is switched, and the run's
@@ -57,10 +59,11 @@ from nluflow.errors import AuditError
 from nluflow.hashing import canonical_json, sha256_text
 
 GENESIS = "0" * 64
-RUN_DECISIONS = ("promote", "reject", "blocked", "unchanged", "failed")
+RUN_DECISIONS = ("promote", "reject", "blocked", "unchanged", "failed", "crashed")
 POINTER_DECISIONS = ("rollback", "activate", "forced-promote", "testset-reset")
 INTENT = "promote-intent"
 ABANDONED = "promotion-abandoned"
+CRASHED = "crashed"
 REPAIRED = "repaired"
 SEALED = "sealed"
 _MAX_ERROR_CHARS = 300

@@ -10,6 +10,16 @@ one place that says what happened: a pointer entry of the intent's run naming th
 switch happened (a ``promote`` line with ``recovered: true``); otherwise it did not
 (``promotion-abandoned``). Both name the intent by ``intent_seq``.
 
+A run killed *before* its own line (while loading, training, scoring, or after it stored or activated its
+candidate) leaves no line at all, and hooks cannot run in a killed process. The orchestrator still knows the
+run: :func:`crashed_run_lines` decides, from plain records of the project's earlier runs (:class:`EarlierRun`,
+gathered from Prefect by ``tasks/``), which of them are gone without a line, and writes one ``crashed`` line
+for each (its ``flow_run_id`` is the killed run's, so it is that run's line and is never written twice), with
+what the run left behind: candidates stored under its run id that are not active, and its abandoned intent.
+A run is gone when it ended Crashed (the zombie automation sets that once heartbeats stop) or when it still
+says RUNNING/PENDING but its last heartbeat is older than :data:`ZOMBIE_AFTER_SECONDS`. A run that never sent
+a heartbeat cannot be told from a live one and gets no line.
+
 A live promotion holds an exclusive ``flock`` on ``audit.jsonl.promoting`` (next to the log) from its intent
 line to its completion line (:func:`hold_promotion_lock` / :func:`release_promotion_lock`); recovery takes the
 same lock without waiting and skips when it cannot, so a running promotion is never "recovered" by another
@@ -25,16 +35,20 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nluflow.audit import ABANDONED, INTENT, RUN_DECISIONS, AuditLog
+from nluflow.audit import ABANDONED, CRASHED, INTENT, RUN_DECISIONS, AuditLog
 from nluflow.errors import AuditError
 from nluflow.registry import ModelStore
 
 logger = logging.getLogger(__name__)
 
+# automations/detect-zombie-flows.yaml's `within`: 3 missed heartbeats at 30 s. A RUNNING run silent for
+# longer is gone even where the automation is not installed.
+ZOMBIE_AFTER_SECONDS = 90.0
 LOCK_WAIT_SECONDS = 120.0  # a recovery holds the lock for milliseconds; a promotion holds it for seconds
 _LOCK_POLL_SECONDS = 0.1
 
@@ -224,11 +238,192 @@ def resolve_intent(store: ModelStore, project: str, intent: dict[str, Any], acto
     }
 
 
-def recover_promotions(log: AuditLog, store: ModelStore, project: str, actor: str) -> list[dict[str, Any]]:
-    """Repair a torn tail, then close every promotion that stopped half-way; return the lines written.
+@dataclass(frozen=True)
+class EarlierRun:
+    """An earlier retrain flow run of the project as the orchestrator knows it (plain data: ``tasks/`` asks
+    Prefect). ``state`` is the state type (``CRASHED``, ``RUNNING``, ``PENDING``, ...)."""
 
-    Skips (returns ``[]``) while another process holds the promotion lock: its promotion is live. Raises
-    AuditError when the chain is broken (with the command that seals it)."""
+    flow_run_id: str
+    state: str
+    state_message: str | None = None
+    state_at: datetime | None = None  # when it entered ``state``
+    started_at: datetime | None = None
+    last_heartbeat: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A model in the store and the run that stored it (its manifest's ``run_id``)."""
+
+    model_id: str
+    run_id: str | None
+
+
+def _stamp(when: datetime | None) -> str | None:
+    return when.astimezone(UTC).isoformat(timespec="seconds") if when is not None else None
+
+
+def why_gone(run: EarlierRun, now: datetime, zombie_after: float = ZOMBIE_AFTER_SECONDS) -> str | None:
+    """Why ``run`` is gone without a word (None: it ended otherwise, or it may be alive).
+
+    Crashed: the zombie automation (or Prefect itself) said so. RUNNING/PENDING: only a run that sent
+    heartbeats and then stopped for over ``zombie_after`` seconds; one that never sent any may be alive."""
+    state = run.state.upper()
+    if state == "CRASHED":
+        at = f" at {_stamp(run.state_at)}" if run.state_at else ""
+        return f"it ended Crashed{at} ({run.state_message or 'no message'})"
+    if state in ("RUNNING", "PENDING") and run.last_heartbeat is not None:
+        silent = (now - run.last_heartbeat).total_seconds()
+        if silent > zombie_after:
+            return (
+                f"it still says {state} but sent no heartbeat since {_stamp(run.last_heartbeat)} "
+                f"({silent:.0f} s, over the {zombie_after:.0f} s zombie threshold)"
+            )
+    return None
+
+
+def gone_without_line(
+    records: Sequence[dict[str, Any]],
+    runs: Sequence[EarlierRun],
+    now: datetime,
+    zombie_after: float = ZOMBIE_AFTER_SECONDS,
+) -> list[tuple[EarlierRun, str]]:
+    """The runs that are gone (:func:`why_gone`) and have no line of their own on the log (by
+    ``flow_run_id``), oldest first, each with why it is gone."""
+    have = {rec.get("flow_run_id") for rec in records if rec.get("decision") in RUN_DECISIONS}
+    seen: set[str] = set()
+    out: list[tuple[EarlierRun, str]] = []
+    oldest_first = sorted(runs, key=lambda r: (r.started_at or r.state_at or now, r.flow_run_id))
+    for run in oldest_first:
+        if run.flow_run_id in have or run.flow_run_id in seen:
+            continue
+        why = why_gone(run, now, zombie_after)
+        if why is not None:
+            seen.add(run.flow_run_id)
+            out.append((run, why))
+    return out
+
+
+def crashed_record(
+    *,
+    project: str,
+    run: EarlierRun,
+    why: str,
+    records: Sequence[dict[str, Any]],
+    models: Sequence[StoredModel],
+    active_model_id: str | None,
+    actor: str,
+) -> dict[str, Any]:
+    """The ``crashed`` line of a run that was killed before it could write its own line: its run id, state
+    and when, and what it left behind (stored candidates by their manifest's run id, an abandoned intent)."""
+    run_id = run.flow_run_id
+    left = [m.model_id for m in models if m.run_id == run_id]
+    abandoned = [
+        rec.get("seq") for rec in records if rec.get("decision") == ABANDONED and rec.get("run_id") == run_id
+    ]
+    parts = [f"run {run_id} was killed before it could write its own line: {why}; found by {actor}"]
+    for model_id in left:
+        if model_id == active_model_id:
+            parts.append(f"its candidate {model_id} is stored and is the active model")
+        else:
+            parts.append(
+                f"it left candidate {model_id} stored, not active (`nluflow models promote {model_id} "
+                "--reason TEXT` can still activate it)"
+            )
+    if abandoned:
+        parts.append(f"its promotion was closed as abandoned by line {', '.join(map(str, abandoned))}")
+    if not left and not abandoned:
+        parts.append("it left nothing in the store")
+    return {
+        "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "decision": CRASHED,
+        "project": project,
+        "run_id": run_id,
+        "flow_run_id": run_id,  # the killed run's own line: written once
+        "model_id": left[0] if left else None,
+        "previous_model_id": None,
+        "promoted": False,
+        "state": run.state.upper(),
+        "state_at": _stamp(run.state_at),
+        "started_at": _stamp(run.started_at),
+        "last_heartbeat": _stamp(run.last_heartbeat),
+        "left_behind": left,
+        "active_model_id": active_model_id,
+        "actor": actor,
+        "reasons": ["; ".join(parts)],
+    }
+
+
+def crashed_run_lines(
+    *,
+    project: str,
+    records: Sequence[dict[str, Any]],
+    runs: Sequence[EarlierRun],
+    models: Sequence[StoredModel],
+    active_model_id: str | None,
+    now: datetime,
+    actor: str,
+    zombie_after: float = ZOMBIE_AFTER_SECONDS,
+) -> list[dict[str, Any]]:
+    """One ``crashed`` record per run that is gone without a line of its own (pure: records in, records
+    out)."""
+    return [
+        crashed_record(
+            project=project,
+            run=run,
+            why=why,
+            records=records,
+            models=models,
+            active_model_id=active_model_id,
+            actor=actor,
+        )
+        for run, why in gone_without_line(records, runs, now, zombie_after)
+    ]
+
+
+def _write_crashed_lines(
+    log: AuditLog,
+    store: ModelStore,
+    project: str,
+    runs: Sequence[EarlierRun],
+    actor: str,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    records = log.records()
+    if not gone_without_line(records, runs, now):
+        return []  # the common case: no store scan
+    pointer = store.active(project)
+    manifests, _ = store.scan_models(project)
+    written = []
+    for record in crashed_run_lines(
+        project=project,
+        records=records,
+        runs=runs,
+        models=[StoredModel(m.model_id, m.run_id) for m in manifests],
+        active_model_id=pointer.model_id if pointer else None,
+        now=now,
+        actor=actor,
+    ):
+        line = log.append(record)
+        logger.info("%s: %s", log.path, line["reasons"][0])
+        written.append(line)
+    return written
+
+
+def recover_promotions(
+    log: AuditLog,
+    store: ModelStore,
+    project: str,
+    actor: str,
+    earlier_runs: Sequence[EarlierRun] = (),
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Repair a torn tail, close every promotion that stopped half-way, then write a ``crashed`` line for
+    each of ``earlier_runs`` that is gone without a line of its own; return the lines written.
+
+    Skips (returns ``[]``) while another process holds the promotion lock: its promotion is live (and two
+    recoveries never write the same line twice). Raises AuditError when the chain is broken (with the
+    command that seals it)."""
     log.repair()
     with _try_lock(log.path) as free:
         if not free:
@@ -239,15 +434,25 @@ def recover_promotions(log: AuditLog, store: ModelStore, project: str, actor: st
             line = log.append(resolve_intent(store, project, intent, actor))
             logger.info("%s: %s", log.path, line["reasons"][0])
             written.append(line)
+        if earlier_runs:
+            written += _write_crashed_lines(
+                log, store, project, earlier_runs, actor, now or datetime.now(UTC)
+            )
         return written
 
 
-def recover_and_describe(log: AuditLog, store: ModelStore, project: str, actor: str) -> list[str]:
+def recover_and_describe(
+    log: AuditLog,
+    store: ModelStore,
+    project: str,
+    actor: str,
+    earlier_runs: Sequence[EarlierRun] = (),
+) -> list[str]:
     """:func:`recover_promotions` for a person: one sentence per repair and per line written (a missing log
     has nothing to recover)."""
     if not log.path.exists() and not log.path.is_symlink():
         return []
-    lines = recover_promotions(log, store, project, actor=actor)
+    lines = recover_promotions(log, store, project, actor=actor, earlier_runs=earlier_runs)
     notes = [f"audit log repaired: {repair}" for repair in log.repairs]
     notes += [f"audit line {line['seq']} ({line['decision']}): {line['reasons'][0]}" for line in lines]
     return notes

@@ -11,9 +11,10 @@ from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 
 from blocks.notify import WebhookNotification
-from nluflow.audit import AuditLog
+from nluflow.audit import AuditLog, error_summary
 from nluflow.notify import DecisionNotice
 from nluflow.recovery import (
+    EarlierRun,
     hold_promotion_lock,
     intent_record,
     pending_intents,
@@ -21,17 +22,30 @@ from nluflow.recovery import (
     release_promotion_lock,
 )
 from tasks.common import StoreSpec, crash_point
+from tasks.crashed_runs import earlier_retrain_runs
 
 
 @task(name="recover-promotions", cache_policy=NO_CACHE)
-def recover_promotions_task(store: StoreSpec, project: str, actor: str) -> list[dict[str, Any]]:
-    """Before a run: move a torn audit tail aside, refuse a broken chain (with the command that seals it), and
-    close every promotion an earlier run left half-way (killed between its intent and completion lines)."""
+def recover_promotions_task(
+    store: StoreSpec, project: str, actor: str, run_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Before a run: move a torn audit tail aside, refuse a broken chain (with the command that seals it),
+    close every promotion an earlier run left half-way (killed between its intent and completion lines), and
+    with ``run_id`` (the current run, left out) write a ``crashed`` line for each earlier run of the project
+    that Prefect knows was killed before it could write its own line."""
+    logger = get_run_logger()
+    earlier: list[EarlierRun] = []
+    if run_id is not None:
+        try:
+            earlier = earlier_retrain_runs(store, project, current_run_id=run_id)
+        except Exception as exc:  # the API is the run's own server; if it cannot answer, the next run will
+            logger.warning(
+                "could not list earlier runs of %s for crashed ones: %s", project, error_summary(exc)
+            )
     log = AuditLog(store.audit_path(project))
-    written = recover_promotions(log, store.build(create=True), project, actor=actor)
+    written = recover_promotions(log, store.build(create=True), project, actor=actor, earlier_runs=earlier)
     if written or log.repairs:
         upload_audit(store, project)
-    logger = get_run_logger()
     for repair in log.repairs:
         logger.warning("audit log repaired: %s", repair)
     for line in written:

@@ -31,7 +31,8 @@ BACKEND_RETRY_DELAYS: list[float] = [2.0, 10.0, 30.0]
 
 # Test-only crash hook (tests/flows/test_crash_points.py): a run with NLUFLOW_TEST_KILL_AT=<step> kills its
 # own process with SIGKILL right after that step, to prove that every crash point leaves store and audit log
-# recoverable. Steps: store, activate, intent, pointer, audit, sync. Unset in normal use: a no-op.
+# recoverable. Steps: train (as training starts), store, activate, intent, pointer, audit, sync. Unset in
+# normal use: a no-op.
 KILL_AT_ENV = "NLUFLOW_TEST_KILL_AT"
 
 

@@ -21,6 +21,7 @@ from tasks.common import (
     artifact_key,
     cache_key,
     cache_policy,
+    crash_point,
     is_transient,
     workspace,
 )
@@ -76,6 +77,7 @@ def submit_training(
     if isinstance(client, ProjectScoped):  # Rasa: archives name the project; another project's served model
         client.bind_project(project)  # is refused
     logger.info("submitting %s examples to the %s backend (key %s)", train.n_examples, backend.name, key[:12])
+    crash_point("train")  # test-only: a run killed while it trains
     job = client.submit(train.load(), config, idempotency_key=key)
     if progress.reported:  # the backend trained while submitting (the local one): wait-for-training adds none
         job = job.model_copy(update={"data": {**job.data, PROGRESS_REPORTED: True}})

@@ -4,6 +4,7 @@ never while the promotion is live (its lock is held), and never twice."""
 from __future__ import annotations
 
 import multiprocessing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,10 @@ import pytest
 from nluflow.audit import AuditLog
 from nluflow.errors import AuditError
 from nluflow.recovery import (
+    ZOMBIE_AFTER_SECONDS,
+    EarlierRun,
+    StoredModel,
+    crashed_run_lines,
     hold_promotion_lock,
     intent_record,
     pending_intents,
@@ -19,6 +24,7 @@ from nluflow.recovery import (
     recover_and_describe,
     recover_promotions,
     release_promotion_lock,
+    why_gone,
 )
 from nluflow.registry import ModelStore
 
@@ -163,3 +169,135 @@ def test_recovery_refuses_a_broken_chain_and_names_the_seal_command(tmp_path: Pa
     with pytest.raises(AuditError, match="nluflow audit seal --project bot"):
         recover_promotions(log, store, PROJECT, actor="cli")
     assert log.path.read_text("utf-8") == text
+
+
+# --- runs killed before their own line: `crashed` lines from the orchestrator's records --------------------
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def _run(run_id: str, state: str, heartbeat_age: float | None = None) -> EarlierRun:
+    return EarlierRun(
+        flow_run_id=run_id,
+        state=state,
+        state_message="no heartbeat for 90 s" if state == "CRASHED" else None,
+        state_at=NOW - timedelta(minutes=5),
+        started_at=NOW - timedelta(minutes=10),
+        last_heartbeat=NOW - timedelta(seconds=heartbeat_age) if heartbeat_age is not None else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("run", "gone"),
+    [
+        (_run("r", "CRASHED"), True),
+        (_run("r", "RUNNING", heartbeat_age=ZOMBIE_AFTER_SECONDS + 1), True),
+        (_run("r", "PENDING", heartbeat_age=ZOMBIE_AFTER_SECONDS + 1), True),
+        (_run("r", "RUNNING", heartbeat_age=5), False),  # alive: a fresh heartbeat
+        (_run("r", "RUNNING", heartbeat_age=None), False),  # never sent one: cannot tell it from a live run
+        (_run("r", "COMPLETED"), False),
+        (_run("r", "FAILED"), False),  # its failure hook writes its line
+    ],
+    ids=[
+        "crashed",
+        "running-silent",
+        "pending-silent",
+        "running-fresh",
+        "running-no-heartbeat",
+        "done",
+        "failed",
+    ],
+)
+def test_which_earlier_runs_are_gone(run: EarlierRun, gone: bool) -> None:
+    assert (why_gone(run, NOW) is not None) is gone
+
+
+def test_a_crashed_run_gets_one_line_naming_what_it_left_behind(tmp_path: Path) -> None:
+    store = _store(tmp_path, "m-active")
+    store.activate(PROJECT, "m-active", run_id="run-0")
+    src = tmp_path / "src" / "m-left"
+    src.mkdir(parents=True)
+    (src / "model.bin").write_bytes(b"x")
+    store.add_model(
+        PROJECT,
+        "m-left",
+        src,
+        backend="local",
+        dataset_sha256="d",
+        test_sha256=None,
+        config={},
+        metrics={},
+        run_id="run-killed",
+    )
+    log = _log(tmp_path)
+    runs = [_run("run-killed", "CRASHED"), _run("run-alive", "RUNNING", heartbeat_age=5)]
+
+    [line] = recover_promotions(log, store, PROJECT, actor="run run-next", earlier_runs=runs, now=NOW)
+
+    assert line["decision"] == "crashed" and line["promoted"] is False
+    assert line["flow_run_id"] == line["run_id"] == "run-killed"
+    assert line["left_behind"] == ["m-left"] and line["model_id"] == "m-left"
+    assert line["active_model_id"] == "m-active" and line["state"] == "CRASHED"
+    reason = line["reasons"][0]
+    assert "killed before it could write its own line" in reason and "ended Crashed" in reason
+    assert "m-left stored, not active" in reason and "run run-next" in reason
+    # Never twice: the line is the run's own (flow_run_id), so the next recovery writes nothing.
+    assert recover_promotions(log, store, PROJECT, actor="again", earlier_runs=runs, now=NOW) == []
+    assert [r["decision"] for r in log.records()] == ["crashed"] and log.verify().ok
+
+
+def test_a_run_killed_mid_promotion_gets_its_abandoned_intent_and_then_its_crashed_line(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    log = _log(tmp_path)
+    _intent(log, "m-new", None, "run-killed")
+
+    lines = recover_promotions(
+        log, store, PROJECT, actor="run run-next", earlier_runs=[_run("run-killed", "CRASHED")], now=NOW
+    )
+
+    assert [x["decision"] for x in lines] == ["promotion-abandoned", "crashed"]
+    assert f"closed as abandoned by line {lines[0]['seq']}" in lines[1]["reasons"][0]
+
+
+def test_a_run_with_its_own_line_or_a_recovered_promotion_gets_no_crashed_line(tmp_path: Path) -> None:
+    store = _store(tmp_path, "m-new")
+    log = _log(tmp_path)
+    _intent(log, "m-new", None, "run-switched")
+    store.activate(PROJECT, "m-new", run_id="run-switched")  # killed after the switch: recovered promote
+    log.append({"decision": "reject", "flow_run_id": "run-done", "run_id": "run-done", "reasons": []})
+    runs = [_run("run-switched", "CRASHED"), _run("run-done", "CRASHED")]
+
+    lines = recover_promotions(log, store, PROJECT, actor="next", earlier_runs=runs, now=NOW)
+
+    assert [(x["decision"], x.get("recovered")) for x in lines] == [("promote", True)]
+
+
+def test_crashed_lines_are_pure_records_over_plain_data() -> None:
+    records = [{"decision": "crashed", "flow_run_id": "a"}]
+    runs = [_run("a", "CRASHED"), _run("b", "CRASHED"), _run("b", "CRASHED")]  # b listed twice
+
+    lines = crashed_run_lines(
+        project=PROJECT,
+        records=records,
+        runs=runs,
+        models=[StoredModel("m-b", "b"), StoredModel("m-x", "x")],
+        active_model_id="m-b",
+        now=NOW,
+        actor="t",
+    )
+
+    assert [x["flow_run_id"] for x in lines] == ["b"]
+    assert "its candidate m-b is stored and is the active model" in lines[0]["reasons"][0]
+
+
+def test_a_missing_log_with_a_crashed_run_is_created_by_the_next_run(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    log = _log(tmp_path)
+
+    [line] = recover_promotions(
+        log, store, PROJECT, actor="next", earlier_runs=[_run("k", "CRASHED")], now=NOW
+    )
+
+    assert line["seq"] == 1 and "it left nothing in the store" in line["reasons"][0]

@@ -1,0 +1,101 @@
+"""What Prefect knows about a project's earlier retrain runs, as plain records for :mod:`nluflow.recovery`.
+
+A retrain killed (SIGKILL, OOM, lost node) before its own audit line cannot write one: hooks do not run in a
+killed process. Its flow run stays on the Prefect server, though: Crashed once the zombie automation saw its
+heartbeats stop (``automations/detect-zombie-flows.yaml``), or still RUNNING with an old last heartbeat where
+the automation is not installed. :func:`earlier_retrain_runs` lists those runs of one project and one store
+(by the ``params`` parameter), with their last heartbeat; the core decides which get a ``crashed`` line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+from nluflow.recovery import EarlierRun
+from tasks.common import StoreSpec
+
+logger = logging.getLogger(__name__)
+
+RETRAIN_FLOW = "nluflow-retrain"
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+# The newest runs looked at: a crash is found by the next run of its project, so older ones were seen before.
+LOOKBACK_RUNS = 200
+_LOOKED_FOR = [StateType.CRASHED, StateType.RUNNING, StateType.PENDING]
+
+
+def _same_store(params: dict[str, Any], store: StoreSpec) -> bool:
+    """Was the run's store this one? Block by name; a folder by its resolved path; no store at all means
+    ``$NLUFLOW_HOME/store`` as this process sees it."""
+    if params.get("store_block") or store.block:
+        return bool(params.get("store_block") == store.block)
+    folder = params.get("store")
+    if folder is None:
+        folder = Path(os.environ.get("NLUFLOW_HOME", ".nluflow")) / "store"
+    return store.path is not None and Path(folder).resolve() == Path(store.path).resolve()
+
+
+def _of_project(run: FlowRun, project: str, store: StoreSpec) -> bool:
+    params = run.parameters.get("params")
+    if not isinstance(params, dict):
+        return False
+    return params.get("project", "default") == project and _same_store(params, store)
+
+
+def _last_heartbeat(client: Any, run: FlowRun) -> Any:
+    """The time of the run's newest heartbeat event, or None when it sent none."""
+    since = run.start_time or run.expected_start_time or run.created
+    occurred = EventOccurredFilter(since=since) if since is not None else EventOccurredFilter()
+    page = client.read_events(
+        EventFilter(
+            occurred=occurred,
+            event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+        ),
+        limit=1,
+    )
+    return page.events[0].occurred if page.events else None
+
+
+def earlier_retrain_runs(store: StoreSpec, project: str, current_run_id: str | None) -> list[EarlierRun]:
+    """The project's earlier retrain runs (this store) that ended Crashed or still say RUNNING/PENDING, newest
+    first, with their last heartbeat; the current run is left out."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_LOOKED_FOR))
+            ),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=LOOKBACK_RUNS,
+        )
+        out: list[EarlierRun] = []
+        for run in runs:
+            if str(run.id) == current_run_id or not _of_project(run, project, store) or run.state is None:
+                continue
+            alive_state = run.state.type in (StateType.RUNNING, StateType.PENDING)
+            out.append(
+                EarlierRun(
+                    flow_run_id=str(run.id),
+                    state=run.state.type.value,
+                    state_message=run.state.message,
+                    state_at=run.state.timestamp,
+                    started_at=run.start_time,
+                    last_heartbeat=_last_heartbeat(client, run) if alive_state else None,
+                )
+            )
+        return out
