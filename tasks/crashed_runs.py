@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ RETRAIN_FLOW = "nluflow-retrain"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 # The newest runs looked at: a crash is found by the next run of its project, so older ones were seen before.
 LOOKBACK_RUNS = 200
+CLOCK_MARGIN = timedelta(days=1)
 _LOOKED_FOR = [StateType.CRASHED, StateType.RUNNING, StateType.PENDING]
 
 
@@ -58,8 +60,10 @@ def _of_project(run: FlowRun, project: str, store: StoreSpec) -> bool:
 
 def _last_heartbeat(client: Any, run: FlowRun) -> Any:
     """The time of the run's newest heartbeat event, or None when it sent none."""
-    since = run.start_time or run.expected_start_time or run.created
-    occurred = EventOccurredFilter(since=since) if since is not None else EventOccurredFilter()
+    # A day before the run was created: heartbeats carry the sender's clock, which may be behind the
+    # server's; the resource id alone picks the run's events.
+    created = run.created or run.start_time
+    occurred = EventOccurredFilter(since=created - CLOCK_MARGIN) if created else EventOccurredFilter()
     page = client.read_events(
         EventFilter(
             occurred=occurred,

@@ -1,0 +1,180 @@
+"""Issue 11, item 2: every run writes an audit line, killed ones included.
+
+A retrain killed before its own line (here: SIGKILL as it starts training, the test-only hook
+``NLUFLOW_TEST_KILL_AT=train`` in ``tasks/common.py``) cannot write one. The next retrain of the project finds
+it on the Prefect API (Crashed, or RUNNING with a stale heartbeat) and writes one ``crashed`` line for it,
+once; a run that is still alive (fresh heartbeat) gets none.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.objects import FlowRun
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.states import Cancelled, Crashed, Running
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.retrain import RetrainParams, retrain
+from nluflow.audit import RUN_DECISIONS, AuditLog
+from nluflow.recovery import ZOMBIE_AFTER_SECONDS
+from tasks.common import KILL_AT_ENV
+from tasks.crashed_runs import HEARTBEAT_EVENT
+
+RUN_IN_SUBPROCESS = (
+    "import sys\n"
+    "from flows.retrain import RetrainParams, retrain\n"
+    "retrain(RetrainParams.model_validate_json(sys.argv[1]))\n"
+)
+EVENTS_VISIBLE_WITHIN_SECONDS = 60.0
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("crashed-home")
+
+
+def _params(home: Path, demo_data: Path, project: str, files: list[str]) -> RetrainParams:
+    return RetrainParams(
+        project=project,
+        data=[str(demo_data / f) for f in files],
+        test=[str(demo_data / "test.jsonl")],
+        store=str(home / "store"),
+        workspace=str(home / "work"),
+    )
+
+
+def _runs_named(name: str) -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+
+
+def _crashed_lines(log: AuditLog) -> list[dict[str, object]]:
+    return [line for line in log.records() if line["decision"] == "crashed"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_training_gets_one_crashed_line_from_the_next_run(
+    home: Path, demo_data: Path, prefect_api: str
+) -> None:
+    project = "killed-training"
+    log = AuditLog(home / "store" / project / "audit.jsonl")
+    killed = _params(home, demo_data, project, ["batch-1.jsonl"])
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, KILL_AT_ENV: "train"}
+
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_IN_SUBPROCESS, killed.model_dump_json()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+    assert log.records() == []  # no hook ran: the killed run left no line
+    [run] = _runs_named(f"retrain-{project}")
+    assert run.state is not None and run.state.is_running()  # Prefect cannot know the process is gone
+    # In production the zombie automation (automations/detect-zombie-flows.yaml, `nluflow automations apply`)
+    # sets Crashed once the run's heartbeats stop for 90 s; the test sets it the same way instead of waiting.
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(
+            run.id, Crashed(message="Flow run marked as crashed: it sent no heartbeat for 90 s"), force=True
+        )
+
+    second = retrain(_params(home, demo_data, project, ["batch-1.jsonl", "batch-2.jsonl"]))
+
+    lines = log.records()
+    [line] = _crashed_lines(log)
+    assert line["flow_run_id"] == line["run_id"] == str(run.id)
+    assert line["seq"] == 1  # written by the next run before its own lines
+    assert line["state"] == "CRASHED" and line["left_behind"] == [] and line["promoted"] is False
+    reason = str(line["reasons"][0])  # type: ignore[index]
+    assert "killed before it could write its own line" in reason and "ended Crashed" in reason
+    assert f"found by run {second.flow_run_id}" in reason and "it left nothing in the store" in reason
+    assert [x["decision"] for x in lines if x["flow_run_id"] == second.flow_run_id] == ["promote"]
+
+    third = retrain(_params(home, demo_data, project, ["batch-1.jsonl", "batch-2.jsonl"]))
+
+    assert third.flow_run_id != second.flow_run_id
+    assert _crashed_lines(log) == [line]  # never twice
+    out = CliRunner().invoke(app, ["audit", "verify", "--project", project, "--store", str(home / "store")])
+    assert out.exit_code == 0, out.output
+    assert "crashed" in out.output
+
+
+def _running_run_with_heartbeat(params: RetrainParams, beat_at: datetime) -> str:
+    """A flow run of the retrain flow for ``params`` that says RUNNING and sent its last heartbeat at
+    ``beat_at`` (what a live run looks like, or one killed where no zombie automation runs)."""
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(
+            retrain,
+            parameters={"params": params.model_dump(mode="json")},
+            name=f"retrain-{params.project}",
+            state=Running(),
+        )
+        beat = Event(
+            occurred=beat_at,
+            event=HEARTBEAT_EVENT,
+            resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
+            id=uuid4(),
+        )
+        client.request("POST", "/events", json=[beat.model_dump(mode="json")])  # type: ignore[arg-type]
+    return str(run.id)
+
+
+def _wait_for_heartbeats(run_ids: list[str]) -> None:
+    """Events are stored by a server service, a moment after they are posted."""
+    deadline = time.monotonic() + EVENTS_VISIBLE_WITHIN_SECONDS
+    wanted = [f"prefect.flow-run.{run_id}" for run_id in run_ids]
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(
+                EventFilter(
+                    event=EventNameFilter(name=[HEARTBEAT_EVENT]), resource=EventResourceFilter(id=wanted)
+                ),
+                limit=len(wanted),
+            )
+            if len(page.events) == len(wanted):
+                return
+            assert time.monotonic() < deadline, f"heartbeats not stored: {page.events}"
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_live_run_gets_no_line_and_a_silent_running_one_gets_one(
+    home: Path, demo_data: Path, prefect_api: str
+) -> None:
+    project = "live-and-silent"
+    log = AuditLog(home / "store" / project / "audit.jsonl")
+    params = _params(home, demo_data, project, ["batch-1.jsonl"])
+    now = datetime.now(UTC)
+    alive = _running_run_with_heartbeat(params, now)
+    silent = _running_run_with_heartbeat(params, now - timedelta(seconds=ZOMBIE_AFTER_SECONDS + 240))
+    # Same project, another store: not this log's run.
+    elsewhere = params.model_copy(update={"store": str(home / "other-store")})
+    foreign = _running_run_with_heartbeat(elsewhere, now - timedelta(seconds=ZOMBIE_AFTER_SECONDS + 240))
+    _wait_for_heartbeats([alive, silent, foreign])
+
+    nxt = retrain(params)
+
+    [line] = _crashed_lines(log)
+    assert line["flow_run_id"] == silent and line["state"] == "RUNNING"
+    assert "sent no heartbeat since" in str(line["reasons"][0])  # type: ignore[index]
+    run_lines = [(x["decision"], x["flow_run_id"]) for x in log.records() if x["decision"] in RUN_DECISIONS]
+    assert run_lines == [("crashed", silent), ("promote", nxt.flow_run_id)]
+    assert alive not in log.path.read_text() and foreign not in log.path.read_text()
+    with get_client(sync_client=True) as client:  # the made-up runs end, so no later test lists them
+        for run_id in (alive, silent, foreign):
+            client.set_flow_run_state(UUID(run_id), Cancelled(message="test over"), force=True)
