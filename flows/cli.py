@@ -549,11 +549,18 @@ def _audit_log_for_change(store: Path | None, project: str) -> Any:
 
     root = _store_path(store)
     log = AuditLog(root / check_id(project, "project") / "audit.jsonl")
-    from nluflow.recovery import recover_and_describe
+    from nluflow.recovery import EarlierRun, recover_and_describe
     from nluflow.registry import ModelStore
 
-    # A promotion a killed run left half-way is closed (and said) before a person moves the pointer.
-    for note in recover_and_describe(log, ModelStore.local(root), project, actor="cli"):
+    # A promotion a killed run left half-way, and a run killed before its own line, are closed (and said)
+    # before a person moves the pointer. Crashed runs are asked of a configured Prefect server only (the
+    # import of the Prefect client costs seconds).
+    earlier: list[EarlierRun] = []
+    if os.environ.get("PREFECT_API_URL"):
+        from tasks.crashed_runs import earlier_runs_for_cli
+
+        earlier = earlier_runs_for_cli(root, project)
+    for note in recover_and_describe(log, ModelStore.local(root), project, actor="cli", earlier_runs=earlier):
         err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     result = log.verify()
     if not result.ok:
@@ -679,7 +686,11 @@ def audit_verify(
     store: StoreOpt = None,
 ) -> None:
     """Check the audit logs' hash chains (one project, or every project in the store) and list their lines:
-    seq, time, decision, model. A broken chain names its first bad line and exits 1."""
+    seq, time, decision, model. A broken chain names its first bad line and exits 1.
+
+    Decisions: promote, reject, blocked, unchanged, failed (a retrain's own line); crashed (a retrain killed
+    before its own line, written by the next run or a pointer change); promote-intent, promotion-abandoned;
+    rollback, activate, forced-promote, testset-reset (the CLI); repaired, sealed (the log itself)."""
     from nluflow.audit import AuditLog, history_rows
     from nluflow.errors import StoreError
 

@@ -102,7 +102,7 @@ def reset(
 
     Earlier versions' data stays in the store under testset/versions/ for the audit trail."""
     from nluflow.audit import AuditLog, audit_record
-    from nluflow.recovery import recover_and_describe
+    from nluflow.recovery import EarlierRun, recover_and_describe
     from nluflow.registry import ModelStore, check_id
     from nluflow.testset import TestSetStore
 
@@ -110,8 +110,14 @@ def reset(
     try:
         model_store = ModelStore.local(root)
         log = AuditLog(root / check_id(project, "project") / "audit.jsonl")
-        # A promotion a killed run left half-way is closed (and said) before the reset is recorded.
-        for note in recover_and_describe(log, model_store, project, actor="cli"):
+        # A promotion a killed run left half-way, and a run killed before its own line, are closed (and
+        # said) before the reset is recorded.
+        earlier: list[EarlierRun] = []
+        if os.environ.get("PREFECT_API_URL"):  # a configured server only; the client import costs seconds
+            from tasks.crashed_runs import earlier_runs_for_cli
+
+            earlier = earlier_runs_for_cli(root, project)
+        for note in recover_and_describe(log, model_store, project, actor="cli", earlier_runs=earlier):
             err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
         testsets = TestSetStore(model_store.fs, project)
         pointer = model_store.active(project)

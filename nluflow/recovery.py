@@ -47,8 +47,12 @@ from nluflow.registry import ModelStore
 logger = logging.getLogger(__name__)
 
 # automations/detect-zombie-flows.yaml's `within`: 3 missed heartbeats at 30 s. A RUNNING run silent for
-# longer is gone even where the automation is not installed.
+# longer is gone even where the automation is not installed, if it beat every 30 s: the threshold is 3 of the
+# run's own heartbeat intervals (the gap between its last two), and Prefect's default interval (180 s) when it
+# sent only one, since a run started outside nluflow's CLI and work pool beats every 180 s.
 ZOMBIE_AFTER_SECONDS = 90.0
+MISSED_HEARTBEATS = 3
+PREFECT_DEFAULT_HEARTBEAT_SECONDS = 180.0
 LOCK_WAIT_SECONDS = 120.0  # a recovery holds the lock for milliseconds; a promotion holds it for seconds
 _LOCK_POLL_SECONDS = 0.1
 
@@ -249,6 +253,7 @@ class EarlierRun:
     state_at: datetime | None = None  # when it entered ``state``
     started_at: datetime | None = None
     last_heartbeat: datetime | None = None
+    heartbeat_seconds: float | None = None  # the gap between its last two heartbeats (None: it sent one)
 
 
 @dataclass(frozen=True)
@@ -263,21 +268,30 @@ def _stamp(when: datetime | None) -> str | None:
     return when.astimezone(UTC).isoformat(timespec="seconds") if when is not None else None
 
 
+def silence_allowed(run: EarlierRun, zombie_after: float = ZOMBIE_AFTER_SECONDS) -> float:
+    """How long ``run`` may go without a heartbeat and still be alive: ``MISSED_HEARTBEATS`` of its own
+    intervals (Prefect's default interval when it sent only one), never less than ``zombie_after``."""
+    every = run.heartbeat_seconds or PREFECT_DEFAULT_HEARTBEAT_SECONDS
+    return max(zombie_after, MISSED_HEARTBEATS * every)
+
+
 def why_gone(run: EarlierRun, now: datetime, zombie_after: float = ZOMBIE_AFTER_SECONDS) -> str | None:
     """Why ``run`` is gone without a word (None: it ended otherwise, or it may be alive).
 
     Crashed: the zombie automation (or Prefect itself) said so. RUNNING/PENDING: only a run that sent
-    heartbeats and then stopped for over ``zombie_after`` seconds; one that never sent any may be alive."""
+    heartbeats and then stopped for longer than :func:`silence_allowed`; one that never sent any may be
+    alive."""
     state = run.state.upper()
     if state == "CRASHED":
         at = f" at {_stamp(run.state_at)}" if run.state_at else ""
         return f"it ended Crashed{at} ({run.state_message or 'no message'})"
     if state in ("RUNNING", "PENDING") and run.last_heartbeat is not None:
         silent = (now - run.last_heartbeat).total_seconds()
-        if silent > zombie_after:
+        allowed = silence_allowed(run, zombie_after)
+        if silent > allowed:
             return (
                 f"it still says {state} but sent no heartbeat since {_stamp(run.last_heartbeat)} "
-                f"({silent:.0f} s, over the {zombie_after:.0f} s zombie threshold)"
+                f"({silent:.0f} s, over the {allowed:.0f} s zombie threshold)"
             )
     return None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,9 @@ def _of_project(run: FlowRun, project: str, store: StoreSpec) -> bool:
     return params.get("project", "default") == project and _same_store(params, store)
 
 
-def _last_heartbeat(client: Any, run: FlowRun) -> Any:
-    """The time of the run's newest heartbeat event, or None when it sent none."""
+def _last_heartbeats(client: Any, run: FlowRun) -> tuple[datetime | None, float | None]:
+    """The time of the run's newest heartbeat (None when it sent none) and the gap to the one before it
+    (None when it sent one)."""
     # A day before the run was created: heartbeats carry the sender's clock, which may be behind the
     # server's; the resource id alone picks the run's events.
     created = run.created or run.start_time
@@ -70,9 +71,12 @@ def _last_heartbeat(client: Any, run: FlowRun) -> Any:
             event=EventNameFilter(name=[HEARTBEAT_EVENT]),
             resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
         ),
-        limit=1,
+        limit=2,
     )
-    return page.events[0].occurred if page.events else None
+    times = sorted((event.occurred for event in page.events), reverse=True)
+    if not times:
+        return None, None
+    return times[0], (times[0] - times[1]).total_seconds() if len(times) > 1 else None
 
 
 def earlier_retrain_runs(store: StoreSpec, project: str, current_run_id: str | None) -> list[EarlierRun]:
@@ -92,6 +96,7 @@ def earlier_retrain_runs(store: StoreSpec, project: str, current_run_id: str | N
             if str(run.id) == current_run_id or not _of_project(run, project, store) or run.state is None:
                 continue
             alive_state = run.state.type in (StateType.RUNNING, StateType.PENDING)
+            last, every = _last_heartbeats(client, run) if alive_state else (None, None)
             out.append(
                 EarlierRun(
                     flow_run_id=str(run.id),
@@ -99,7 +104,22 @@ def earlier_retrain_runs(store: StoreSpec, project: str, current_run_id: str | N
                     state_message=run.state.message,
                     state_at=run.state.timestamp,
                     started_at=run.start_time,
-                    last_heartbeat=_last_heartbeat(client, run) if alive_state else None,
+                    last_heartbeat=last,
+                    heartbeat_seconds=every,
                 )
             )
         return out
+
+
+def earlier_runs_for_cli(store_root: str | Path, project: str) -> list[EarlierRun]:
+    """:func:`earlier_retrain_runs` for the CLI's recovery points (a local store folder), only when a Prefect
+    server is configured (``PREFECT_API_URL``, or the ``make server`` the CLI found): a pointer change never
+    starts an ephemeral server for this. An API that does not answer is logged and skipped; the next retrain
+    writes the lines."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return []
+    try:
+        return earlier_retrain_runs(StoreSpec(path=str(store_root)), project, current_run_id=None)
+    except Exception as exc:
+        logger.warning("could not list %s's earlier runs: %s", project, type(exc).__name__)
+        return []

@@ -30,6 +30,7 @@ from flows.cli import app
 from flows.retrain import RetrainParams, retrain
 from nluflow.audit import RUN_DECISIONS, AuditLog
 from nluflow.recovery import ZOMBIE_AFTER_SECONDS
+from nluflow.registry import ModelStore
 from tasks.common import KILL_AT_ENV
 from tasks.crashed_runs import HEARTBEAT_EVENT
 
@@ -115,8 +116,8 @@ def test_a_run_killed_while_training_gets_one_crashed_line_from_the_next_run(
 
 
 def _running_run_with_heartbeat(params: RetrainParams, beat_at: datetime) -> str:
-    """A flow run of the retrain flow for ``params`` that says RUNNING and sent its last heartbeat at
-    ``beat_at`` (what a live run looks like, or one killed where no zombie automation runs)."""
+    """A flow run of the retrain flow for ``params`` that says RUNNING and sent heartbeats 30 s apart, the
+    last at ``beat_at`` (what a live run looks like, or one killed where no zombie automation runs)."""
     with get_client(sync_client=True) as client:
         run = client.create_flow_run(
             retrain,
@@ -124,13 +125,16 @@ def _running_run_with_heartbeat(params: RetrainParams, beat_at: datetime) -> str
             name=f"retrain-{params.project}",
             state=Running(),
         )
-        beat = Event(
-            occurred=beat_at,
-            event=HEARTBEAT_EVENT,
-            resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
-            id=uuid4(),
-        )
-        client.request("POST", "/events", json=[beat.model_dump(mode="json")])  # type: ignore[arg-type]
+        beats = [
+            Event(
+                occurred=beat_at - timedelta(seconds=ago),
+                event=HEARTBEAT_EVENT,
+                resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
+                id=uuid4(),
+            ).model_dump(mode="json")
+            for ago in (30, 0)
+        ]
+        client.request("POST", "/events", json=beats)  # type: ignore[arg-type]
     return str(run.id)
 
 
@@ -144,9 +148,9 @@ def _wait_for_heartbeats(run_ids: list[str]) -> None:
                 EventFilter(
                     event=EventNameFilter(name=[HEARTBEAT_EVENT]), resource=EventResourceFilter(id=wanted)
                 ),
-                limit=len(wanted),
+                limit=2 * len(wanted),
             )
-            if len(page.events) == len(wanted):
+            if len(page.events) == 2 * len(wanted):
                 return
             assert time.monotonic() < deadline, f"heartbeats not stored: {page.events}"
             time.sleep(0.5)
@@ -178,3 +182,32 @@ def test_a_live_run_gets_no_line_and_a_silent_running_one_gets_one(
     with get_client(sync_client=True) as client:  # the made-up runs end, so no later test lists them
         for run_id in (alive, silent, foreign):
             client.set_flow_run_state(UUID(run_id), Cancelled(message="test over"), force=True)
+
+
+def test_the_cli_recovery_points_write_the_crashed_line_of_a_run_prefect_knows(
+    home: Path, demo_data: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = "cli-finds-crashed"
+    root = home / "store"
+    ModelStore.local(root, create=True)
+    log = AuditLog(root / project / "audit.jsonl")
+    log.append({"decision": "reject", "flow_run_id": "an-earlier-run", "reasons": ["before"]})
+    params = _params(home, demo_data, project, ["batch-1.jsonl"])
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(
+            retrain,
+            parameters={"params": params.model_dump(mode="json")},
+            name=f"retrain-{project}",
+            state=Crashed(message="Flow run marked as crashed: it sent no heartbeat for 90 s"),
+        )
+    # The CLI asks a configured server only (the harness sets the setting, not the variable).
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+
+    out = CliRunner().invoke(app, ["testset", "reset", "--project", project, "--store", str(root)])
+
+    assert out.exit_code == 0, out.output
+    [line] = _crashed_lines(log)
+    assert line["flow_run_id"] == str(run.id) and line["actor"] == "cli" and line["seq"] == 2
+    assert "audit line 2 (crashed)" in " ".join(out.output.split())
+    again = CliRunner().invoke(app, ["testset", "reset", "--project", project, "--store", str(root)])
+    assert again.exit_code == 0 and _crashed_lines(log) == [line]

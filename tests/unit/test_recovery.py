@@ -176,7 +176,9 @@ def test_recovery_refuses_a_broken_chain_and_names_the_seal_command(tmp_path: Pa
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
 
-def _run(run_id: str, state: str, heartbeat_age: float | None = None) -> EarlierRun:
+def _run(
+    run_id: str, state: str, heartbeat_age: float | None = None, every: float | None = 30.0
+) -> EarlierRun:
     return EarlierRun(
         flow_run_id=run_id,
         state=state,
@@ -184,6 +186,7 @@ def _run(run_id: str, state: str, heartbeat_age: float | None = None) -> Earlier
         state_at=NOW - timedelta(minutes=5),
         started_at=NOW - timedelta(minutes=10),
         last_heartbeat=NOW - timedelta(seconds=heartbeat_age) if heartbeat_age is not None else None,
+        heartbeat_seconds=every,
     )
 
 
@@ -195,6 +198,10 @@ def _run(run_id: str, state: str, heartbeat_age: float | None = None) -> Earlier
         (_run("r", "PENDING", heartbeat_age=ZOMBIE_AFTER_SECONDS + 1), True),
         (_run("r", "RUNNING", heartbeat_age=5), False),  # alive: a fresh heartbeat
         (_run("r", "RUNNING", heartbeat_age=None), False),  # never sent one: cannot tell it from a live run
+        # Beats every 180 s (Prefect's default, outside nluflow's CLI): 3 intervals, not 90 s.
+        (_run("r", "RUNNING", heartbeat_age=500, every=180), False),
+        (_run("r", "RUNNING", heartbeat_age=541, every=180), True),
+        (_run("r", "RUNNING", heartbeat_age=500, every=None), False),  # one beat: Prefect's default interval
         (_run("r", "COMPLETED"), False),
         (_run("r", "FAILED"), False),  # its failure hook writes its line
     ],
@@ -204,6 +211,9 @@ def _run(run_id: str, state: str, heartbeat_age: float | None = None) -> Earlier
         "pending-silent",
         "running-fresh",
         "running-no-heartbeat",
+        "every-180-alive",
+        "every-180-gone",
+        "one-beat-alive",
         "done",
         "failed",
     ],
