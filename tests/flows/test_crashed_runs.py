@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import FlowRun
 from prefect.events import Event
@@ -33,6 +34,7 @@ from nluflow.recovery import ZOMBIE_AFTER_SECONDS
 from nluflow.registry import ModelStore
 from tasks.common import KILL_AT_ENV
 from tasks.crashed_runs import HEARTBEAT_EVENT
+from tasks.promotion import promotion_limit_name
 
 RUN_IN_SUBPROCESS = (
     "import sys\n"
@@ -57,6 +59,13 @@ def _params(home: Path, demo_data: Path, project: str, files: list[str]) -> Retr
     )
 
 
+def _free_promotion_slot(project: str) -> None:
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(
+            promotion_limit_name(project), GlobalConcurrencyLimitUpdate(active_slots=0)
+        )
+
+
 def _runs_named(name: str) -> list[FlowRun]:
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
@@ -67,13 +76,15 @@ def _crashed_lines(log: AuditLog) -> list[dict[str, object]]:
 
 
 @pytest.mark.slow
-def test_a_run_killed_while_training_gets_one_crashed_line_from_the_next_run(
-    home: Path, demo_data: Path, prefect_api: str
+@pytest.mark.parametrize("step", ["train", "store"])
+def test_a_run_killed_before_its_line_gets_one_crashed_line_from_the_next_run(
+    step: str, home: Path, demo_data: Path, prefect_api: str
 ) -> None:
-    project = "killed-training"
+    project = f"killed-at-{step}"
+    store = ModelStore.local(home / "store", create=True)
     log = AuditLog(home / "store" / project / "audit.jsonl")
     killed = _params(home, demo_data, project, ["batch-1.jsonl"])
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, KILL_AT_ENV: "train"}
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, KILL_AT_ENV: step}
 
     proc = subprocess.run(
         [sys.executable, "-c", RUN_IN_SUBPROCESS, killed.model_dump_json()],
@@ -86,6 +97,10 @@ def test_a_run_killed_while_training_gets_one_crashed_line_from_the_next_run(
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     assert log.records() == []  # no hook ran: the killed run left no line
     [run] = _runs_named(f"retrain-{project}")
+    left = [m.model_id for m in store.list_models(project) if m.run_id == str(run.id)]
+    assert len(left) == (1 if step == "store" else 0) and store.active(project) is None
+    if step == "store":
+        _free_promotion_slot(project)  # the killed run held it (test_crash_points.py says why)
     assert run.state is not None and run.state.is_running()  # Prefect cannot know the process is gone
     # In production the zombie automation (automations/detect-zombie-flows.yaml, `nluflow automations apply`)
     # sets Crashed once the run's heartbeats stop for 90 s; the test sets it the same way instead of waiting.
@@ -100,10 +115,16 @@ def test_a_run_killed_while_training_gets_one_crashed_line_from_the_next_run(
     [line] = _crashed_lines(log)
     assert line["flow_run_id"] == line["run_id"] == str(run.id)
     assert line["seq"] == 1  # written by the next run before its own lines
-    assert line["state"] == "CRASHED" and line["left_behind"] == [] and line["promoted"] is False
+    assert line["state"] == "CRASHED" and line["left_behind"] == left and line["promoted"] is False
     reason = str(line["reasons"][0])  # type: ignore[index]
     assert "killed before it could write its own line" in reason and "ended Crashed" in reason
-    assert f"found by run {second.flow_run_id}" in reason and "it left nothing in the store" in reason
+    assert f"found by run {second.flow_run_id}" in reason
+    if left:  # stored, never activated: named so a person can still promote it
+        assert f"it left candidate {left[0]} stored, not active" in reason
+        active = store.active(project)
+        assert active is not None and active.model_id == second.candidate_id != left[0]
+    else:
+        assert "it left nothing in the store" in reason
     assert [x["decision"] for x in lines if x["flow_run_id"] == second.flow_run_id] == ["promote"]
 
     third = retrain(_params(home, demo_data, project, ["batch-1.jsonl", "batch-2.jsonl"]))
