@@ -59,7 +59,7 @@ from nluflow.errors import AuditError
 from nluflow.hashing import canonical_json, sha256_text
 
 GENESIS = "0" * 64
-RUN_DECISIONS = ("promote", "reject", "blocked", "unchanged", "failed", "crashed")
+RUN_DECISIONS = ("promote", "reject", "superseded", "blocked", "unchanged", "failed", "crashed")
 POINTER_DECISIONS = ("rollback", "activate", "forced-promote", "testset-reset")
 INTENT = "promote-intent"
 ABANDONED = "promotion-abandoned"
@@ -627,10 +627,17 @@ def pointer_change_record(
 def error_summary(exc: BaseException) -> str:
     """An error as one line for an audit record: its type and the first line of its message, shortened,
     with credentials that may hide in URLs, query strings or headers replaced by ``[REDACTED]``."""
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
+    text = redacted_line(str(exc))
     line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def redacted_line(text: str) -> str:
+    """The first non-blank line of ``text``, shortened, with credentials replaced by ``[REDACTED]`` (for
+    messages from elsewhere, e.g. a Prefect state message, that go on an audit line)."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    for pattern, replacement in _SECRET_PATTERNS:
+        line = pattern.sub(replacement, line)
     return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
 
 

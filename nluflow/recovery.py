@@ -17,8 +17,10 @@ gathered from Prefect by ``tasks/``), which of them are gone without a line, and
 for each (its ``flow_run_id`` is the killed run's, so it is that run's line and is never written twice), with
 what the run left behind: candidates stored under its run id that are not active, and its abandoned intent.
 A run is gone when it ended Crashed (the zombie automation sets that once heartbeats stop) or when it still
-says RUNNING/PENDING but its last heartbeat is older than :data:`ZOMBIE_AFTER_SECONDS`. A run that never sent
-a heartbeat cannot be told from a live one and gets no line.
+says RUNNING/PENDING but its last heartbeat is older than :func:`silence_allowed`. A run that never sent
+a heartbeat cannot be told from a live one and gets no line. A run that ended Failed more than
+:data:`FAILED_HOOK_GRACE_SECONDS` ago without a line (its failure hook could not write one, or it was killed
+while the hook ran) gets a ``failed`` line with ``recovered: true`` the same way.
 
 A live promotion holds an exclusive ``flock`` on ``audit.jsonl.promoting`` (next to the log) from its intent
 line to its completion line (:func:`hold_promotion_lock` / :func:`release_promotion_lock`); recovery takes the
@@ -40,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nluflow.audit import ABANDONED, CRASHED, INTENT, RUN_DECISIONS, AuditLog
+from nluflow.audit import ABANDONED, CRASHED, INTENT, RUN_DECISIONS, AuditLog, redacted_line
 from nluflow.errors import AuditError
 from nluflow.registry import ModelStore
 
@@ -53,6 +55,9 @@ logger = logging.getLogger(__name__)
 ZOMBIE_AFTER_SECONDS = 90.0
 MISSED_HEARTBEATS = 3
 PREFECT_DEFAULT_HEARTBEAT_SECONDS = 180.0
+# A Failed run writes its own `failed` line in its on_failure hook, just after the state is set: a younger
+# Failed run without a line may be writing it now.
+FAILED_HOOK_GRACE_SECONDS = 600.0
 LOCK_WAIT_SECONDS = 120.0  # a recovery holds the lock for milliseconds; a promotion holds it for seconds
 _LOCK_POLL_SECONDS = 0.1
 
@@ -280,11 +285,15 @@ def why_gone(run: EarlierRun, now: datetime, zombie_after: float = ZOMBIE_AFTER_
 
     Crashed: the zombie automation (or Prefect itself) said so. RUNNING/PENDING: only a run that sent
     heartbeats and then stopped for longer than :func:`silence_allowed`; one that never sent any may be
-    alive."""
+    alive. Failed: only :data:`FAILED_HOOK_GRACE_SECONDS` after it failed (its hook writes its line)."""
     state = run.state.upper()
+    at = f" at {_stamp(run.state_at)}" if run.state_at else ""
+    message = redacted_line(run.state_message or "") or "no message"
     if state == "CRASHED":
-        at = f" at {_stamp(run.state_at)}" if run.state_at else ""
-        return f"it ended Crashed{at} ({run.state_message or 'no message'})"
+        return f"it ended Crashed{at} ({message})"
+    hook_done = run.state_at is not None and (now - run.state_at).total_seconds() > FAILED_HOOK_GRACE_SECONDS
+    if state == "FAILED" and hook_done:
+        return f"it ended Failed{at} ({message}) and its failure hook wrote no line"
     if state in ("RUNNING", "PENDING") and run.last_heartbeat is not None:
         silent = (now - run.last_heartbeat).total_seconds()
         allowed = silence_allowed(run, zombie_after)
@@ -335,7 +344,11 @@ def crashed_record(
     abandoned = [
         rec.get("seq") for rec in records if rec.get("decision") == ABANDONED and rec.get("run_id") == run_id
     ]
-    parts = [f"run {run_id} was killed before it could write its own line: {why}; found by {actor}"]
+    failed = run.state.upper() == "FAILED"
+    lead = (
+        "failed and never wrote its own line" if failed else "was killed before it could write its own line"
+    )
+    parts = [f"run {run_id} {lead}: {why}; found by {actor}"]
     for model_id in left:
         if model_id == active_model_id:
             parts.append(f"its candidate {model_id} is stored and is the active model")
@@ -350,7 +363,7 @@ def crashed_record(
         parts.append("it left nothing in the store")
     return {
         "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
-        "decision": CRASHED,
+        "decision": "failed" if failed else CRASHED,
         "project": project,
         "run_id": run_id,
         "flow_run_id": run_id,  # the killed run's own line: written once
@@ -364,7 +377,9 @@ def crashed_record(
         "left_behind": left,
         "active_model_id": active_model_id,
         "actor": actor,
+        "recovered": True,  # written for the run by another process
         "reasons": ["; ".join(parts)],
+        **({"error": redacted_line(run.state_message or "") or "failed"} if failed else {}),
     }
 
 

@@ -37,7 +37,7 @@ HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 # The newest runs looked at: a crash is found by the next run of its project, so older ones were seen before.
 LOOKBACK_RUNS = 200
 CLOCK_MARGIN = timedelta(days=1)
-_LOOKED_FOR = [StateType.CRASHED, StateType.RUNNING, StateType.PENDING]
+_LOOKED_FOR = [StateType.CRASHED, StateType.FAILED, StateType.RUNNING, StateType.PENDING]
 
 
 def _same_store(params: dict[str, Any], store: StoreSpec) -> bool:

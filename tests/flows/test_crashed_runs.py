@@ -24,7 +24,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import FlowRun
 from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-from prefect.states import Cancelled, Crashed, Running
+from prefect.states import Cancelled, Crashed, Failed, Running
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -191,6 +191,13 @@ def test_a_live_run_gets_no_line_and_a_silent_running_one_gets_one(
     elsewhere = params.model_copy(update={"store": str(home / "other-store")})
     foreign = _running_run_with_heartbeat(elsewhere, now - timedelta(seconds=ZOMBIE_AFTER_SECONDS + 240))
     _wait_for_heartbeats([alive, silent, foreign])
+    with get_client(sync_client=True) as client:  # failed just now: its failure hook may still write its line
+        failing = client.create_flow_run(
+            retrain,
+            parameters={"params": params.model_dump(mode="json")},
+            name=f"retrain-{project}",
+            state=Failed(message="Flow run encountered an exception: ValueError: boom"),
+        )
 
     nxt = retrain(params)
 
@@ -199,9 +206,10 @@ def test_a_live_run_gets_no_line_and_a_silent_running_one_gets_one(
     assert "sent no heartbeat since" in str(line["reasons"][0])  # type: ignore[index]
     run_lines = [(x["decision"], x["flow_run_id"]) for x in log.records() if x["decision"] in RUN_DECISIONS]
     assert run_lines == [("crashed", silent), ("promote", nxt.flow_run_id)]
-    assert alive not in log.path.read_text() and foreign not in log.path.read_text()
+    for other in (alive, foreign, str(failing.id)):
+        assert other not in log.path.read_text()
     with get_client(sync_client=True) as client:  # the made-up runs end, so no later test lists them
-        for run_id in (alive, silent, foreign):
+        for run_id in (alive, silent, foreign):  # (the failed one is over already)
             client.set_flow_run_state(UUID(run_id), Cancelled(message="test over"), force=True)
 
 

@@ -4,6 +4,7 @@ never while the promotion is live (its lock is held), and never twice."""
 from __future__ import annotations
 
 import multiprocessing
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from nluflow.audit import AuditLog
 from nluflow.errors import AuditError
 from nluflow.recovery import (
+    FAILED_HOOK_GRACE_SECONDS,
     ZOMBIE_AFTER_SECONDS,
     EarlierRun,
     StoredModel,
@@ -203,7 +205,8 @@ def _run(
         (_run("r", "RUNNING", heartbeat_age=541, every=180), True),
         (_run("r", "RUNNING", heartbeat_age=500, every=None), False),  # one beat: Prefect's default interval
         (_run("r", "COMPLETED"), False),
-        (_run("r", "FAILED"), False),  # its failure hook writes its line
+        (_run("r", "FAILED"), False),  # failed 5 min ago: its failure hook may be writing its line
+        (replace(_run("r", "FAILED"), state_at=NOW - timedelta(seconds=FAILED_HOOK_GRACE_SECONDS + 1)), True),
     ],
     ids=[
         "crashed",
@@ -215,7 +218,8 @@ def _run(
         "every-180-gone",
         "one-beat-alive",
         "done",
-        "failed",
+        "failed-young",
+        "failed-old",
     ],
 )
 def test_which_earlier_runs_are_gone(run: EarlierRun, gone: bool) -> None:
@@ -311,3 +315,24 @@ def test_a_missing_log_with_a_crashed_run_is_created_by_the_next_run(tmp_path: P
     )
 
     assert line["seq"] == 1 and "it left nothing in the store" in line["reasons"][0]
+
+
+def test_a_failed_run_whose_hook_wrote_nothing_gets_a_recovered_failed_line_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    log = _log(tmp_path)
+    old = EarlierRun(
+        flow_run_id="run-failed",
+        state="FAILED",
+        state_message="Flow run encountered an exception: HTTPError: GET https://bob:hunter2@rasa.example/x",
+        state_at=NOW - timedelta(seconds=FAILED_HOOK_GRACE_SECONDS + 1),
+    )
+    young = EarlierRun(flow_run_id="run-young", state="FAILED", state_at=NOW - timedelta(seconds=60))
+
+    [line] = recover_promotions(log, store, PROJECT, actor="next", earlier_runs=[old, young], now=NOW)
+
+    assert line["decision"] == "failed" and line["recovered"] is True and line["flow_run_id"] == "run-failed"
+    assert "failed and never wrote its own line" in line["reasons"][0]
+    assert "hunter2" not in log.path.read_text() and "[REDACTED]" in line["error"]
+    assert recover_promotions(log, store, PROJECT, actor="again", earlier_runs=[old], now=NOW) == []
