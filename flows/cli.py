@@ -559,7 +559,9 @@ def _audit_log_for_change(store: Path | None, project: str) -> Any:
     if os.environ.get("PREFECT_API_URL"):
         from tasks.crashed_runs import earlier_runs_for_cli
 
-        earlier = earlier_runs_for_cli(root, project)
+        earlier, note = earlier_runs_for_cli(root, project)
+        if note:
+            err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     for note in recover_and_describe(log, ModelStore.local(root), project, actor="cli", earlier_runs=earlier):
         err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     result = log.verify()

@@ -116,7 +116,9 @@ def reset(
         if os.environ.get("PREFECT_API_URL"):  # a configured server only; the client import costs seconds
             from tasks.crashed_runs import earlier_runs_for_cli
 
-            earlier = earlier_runs_for_cli(root, project)
+            earlier, note = earlier_runs_for_cli(root, project)
+            if note:
+                err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
         for note in recover_and_describe(log, model_store, project, actor="cli", earlier_runs=earlier):
             err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
         testsets = TestSetStore(model_store.fs, project)

@@ -9,7 +9,6 @@ the automation is not installed. :func:`earlier_retrain_runs` lists those runs o
 
 from __future__ import annotations
 
-import logging
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,11 +25,10 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from nluflow.recovery import EarlierRun
 from tasks.common import StoreSpec
-
-logger = logging.getLogger(__name__)
 
 RETRAIN_FLOW = "nluflow-retrain"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
@@ -111,15 +109,21 @@ def earlier_retrain_runs(store: StoreSpec, project: str, current_run_id: str | N
         return out
 
 
-def earlier_runs_for_cli(store_root: str | Path, project: str) -> list[EarlierRun]:
+def earlier_runs_for_cli(store_root: str | Path, project: str) -> tuple[list[EarlierRun], str | None]:
     """:func:`earlier_retrain_runs` for the CLI's recovery points (a local store folder), only when a Prefect
     server is configured (``PREFECT_API_URL``, or the ``make server`` the CLI found): a pointer change never
-    starts an ephemeral server for this. An API that does not answer is logged and skipped; the next retrain
-    writes the lines."""
-    if not os.environ.get("PREFECT_API_URL"):
-        return []
+    starts an ephemeral server for this. ``(runs, None)``, or ``([], note)`` when the API did not answer (the
+    CLI prints the note; the next retrain writes the lines). Nothing is logged: the CLI says it."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return [], None
     try:
-        return earlier_retrain_runs(StoreSpec(path=str(store_root)), project, current_run_id=None)
+        # That URL, even if Prefect's settings were read before it was set: never an ephemeral server.
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            runs = earlier_retrain_runs(StoreSpec(path=str(store_root)), project, current_run_id=None)
     except Exception as exc:
-        logger.warning("could not list %s's earlier runs: %s", project, type(exc).__name__)
-        return []
+        return [], (
+            f"could not ask the Prefect API at {url} for {project}'s crashed runs ({type(exc).__name__}); "
+            "the next retrain of the project will"
+        )
+    return runs, None

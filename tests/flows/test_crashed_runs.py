@@ -240,3 +240,8 @@ def test_the_cli_recovery_points_write_the_crashed_line_of_a_run_prefect_knows(
     assert "audit line 2 (crashed)" in " ".join(out.output.split())
     again = CliRunner().invoke(app, ["testset", "reset", "--project", project, "--store", str(root)])
     assert again.exit_code == 0 and _crashed_lines(log) == [line]
+    # A server that does not answer: said, and the command still does its work.
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    gone = CliRunner().invoke(app, ["testset", "reset", "--project", project, "--store", str(root)])
+    assert gone.exit_code == 0, gone.output
+    assert "could not ask the Prefect API" in " ".join(gone.output.split())

@@ -278,7 +278,8 @@ def test_the_console_script_uses_a_running_local_server_like_the_makefile(
     thread.start()
     try:
         port = str(server.server_address[1])
-        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        monkeypatch.setenv("PREFECT_API_URL", "")  # so the test's end puts back what was there before
+        monkeypatch.delenv("PREFECT_API_URL")
         monkeypatch.setenv("PREFECT_PORT", port)
         assert _use_running_server() == f"http://127.0.0.1:{port}/api"
         assert os.environ["PREFECT_API_URL"] == f"http://127.0.0.1:{port}/api"
