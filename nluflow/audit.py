@@ -57,7 +57,7 @@ from nluflow.errors import AuditError
 from nluflow.hashing import canonical_json, sha256_text
 
 GENESIS = "0" * 64
-RUN_DECISIONS = ("promote", "reject", "blocked", "unchanged", "failed")
+RUN_DECISIONS = ("promote", "reject", "superseded", "blocked", "unchanged", "failed")
 POINTER_DECISIONS = ("rollback", "activate", "forced-promote", "testset-reset")
 INTENT = "promote-intent"
 ABANDONED = "promotion-abandoned"
