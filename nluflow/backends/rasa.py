@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -170,7 +171,19 @@ def tag_project(tag: object) -> str | None:
 
 
 def archive_metadata(path: Path) -> dict[str, Any] | None:
-    """The ``metadata.json`` of a Rasa 3.x model archive (at its top level), or None if unreadable."""
+    """The ``metadata.json`` of a Rasa 3.x model archive (at its top level), or None if unreadable.
+
+    Rasa's tar lists ``metadata.json`` after the components, so reading it decompresses the whole archive:
+    answers are kept per (path, size, mtime) for the life of the process."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _archive_metadata(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _archive_metadata(path: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
     try:
         with tarfile.open(path, mode="r:gz") as tar:
             for member in tar:
