@@ -207,6 +207,8 @@ def _lost_answer(exc: TransientHTTPError | MalformedResponseError, train_timeout
         return f"POST /model/train answered {exc.status}{excerpt}"
     kind = re.search(r"failed with (\w+)", exc.message)
     name = kind.group(1) if kind else "a transport error"
+    if name in ("ConnectError", "ConnectTimeout"):
+        return f"POST /model/train could not reach the server ({name}, after the retries)"
     if "Timeout" in name:
         return f"POST /model/train got no answer within the train timeout of {train_timeout:g} s ({name})"
     return f"POST /model/train lost its connection before the answer arrived ({name})"
