@@ -143,6 +143,19 @@ def _not_utf8(path: Path, line: int, bad: bytes) -> DataError:
     return DataError(f"byte {bad!r} is not valid UTF-8; expected UTF-8 text; {_FIX}", path, line)
 
 
+def _names(items: Iterable[object], limit: int = 8) -> str:
+    """Up to ``limit`` names as ``'a', 'b'`` (each cut by :func:`_shown`), then how many more: a header or
+    a mapping with thousands of huge keys never becomes a message of megabytes."""
+    shown: list[str] = []
+    more = 0
+    for item in items:
+        if len(shown) < limit:
+            shown.append(_shown(item, 40))
+        else:
+            more += 1
+    return ", ".join(shown) + (f" and {more} more" if more else "")
+
+
 def _read_text(path: Path) -> str:
     """The file decoded as UTF-8 (a leading BOM is dropped); bad bytes raise DataError at their line."""
     _check_file(path)
@@ -240,7 +253,7 @@ def _parse_entities(raw: object, path: Path, line: int) -> tuple[Entity, ...]:
         if missing:
             raise DataError(
                 f"entity #{n} has no {', '.join(repr(k) for k in missing)} (keys found: "
-                f"{', '.join(sorted(map(str, item))) or 'none'}); expected keys "
+                f"{_names(sorted(map(str, item))) or 'none'}); expected keys "
                 f"{', '.join(_ENTITY_KEYS)}; {_FIX}",
                 path,
                 line,
@@ -444,7 +457,7 @@ def _parse_csv_rows(handle: TextIO, path: Path, default_locale: str | None, with
         missing = [c for c in _CSV_REQUIRED if c not in columns]
         if missing:
             raise DataError(
-                f"CSV header has columns {', '.join(repr(h) for h in header)}, no "
+                f"CSV header has columns {_names(header)}, no "
                 f"{', '.join(repr(c) for c in missing)}; expected columns 'text' and 'intent' (optional: "
                 f"{', '.join(_CSV_OPTIONAL)}); {_FIX_FILE}",
                 path,
@@ -460,7 +473,7 @@ def _parse_csv_rows(handle: TextIO, path: Path, default_locale: str | None, with
             if len(row) < width or any(cell.strip() for cell in row[width:]):
                 raise DataError(
                     f"record has {len(row)} fields; expected {width} as in the header "
-                    f"({', '.join(header)}); quote a text that contains commas; {_FIX}",
+                    f"({_names(header)}); quote a text that contains commas; {_FIX}",
                     path,
                     start_line,
                 )
@@ -794,7 +807,7 @@ def _parse_rasa_yaml(
     if "nlu" not in top:
         if not require_nlu:
             return None
-        found = ", ".join(repr(k) for k in top) or "none"
+        found = _names(top) or "none"
         raise DataError(
             f"no 'nlu:' key (top-level keys: {found}); expected {_RASA_EXPECTED}; {_FIX_FILE}",
             path,
@@ -818,7 +831,7 @@ def _parse_rasa_yaml(
         keys = _mapping(item)
         kind = next((k for k in ("intent", "synonym", "regex", "lookup") if k in keys), None)
         if kind is None:
-            found = ", ".join(repr(k) for k in keys) or "no keys"
+            found = _names(keys) or "no keys"
             raise DataError(
                 f"'nlu:' item with {found}; expected one of 'intent', 'synonym', 'regex', 'lookup'; {_FIX}",
                 path,
