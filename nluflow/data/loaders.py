@@ -75,6 +75,7 @@ _RASA_STRIP = "\n\r "  # Rasa strips these around each example
 _YAML_LINE_BREAK = re.compile("[\n\u2028\u2029]")  # the breaks PyYAML counts in marks and keeps in scalars
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 _YAML_NULL = "tag:yaml.org,2002:null"
+_HASH_CHUNK = 1 << 20
 _NESTED = "JSON nested too deeply; expected {expected}; " + _FIX
 
 
@@ -1286,7 +1287,20 @@ def files_sha256(paths: Sequence[str | Path]) -> str:
     """sha256 over the relative names and bytes of every file ``load_paths`` would read: a cheap cache key."""
     digest = hashlib.sha256()
     for n, (file, rel, _in_folder) in enumerate(_collect(paths)):
-        data = file.read_bytes()
-        digest.update(f"{n}\0{rel}\0{len(data)}\0".encode())
-        digest.update(data)
+        try:
+            with file.open("rb") as handle:  # in chunks: a large file is never held whole
+                size = os.fstat(handle.fileno()).st_size
+                digest.update(f"{n}\0{rel}\0{size}\0".encode())
+                read = 0
+                while chunk := handle.read(_HASH_CHUNK):
+                    digest.update(chunk)
+                    read += len(chunk)
+        except OSError as exc:
+            raise _unreadable(file, exc) from exc
+        if read != size:
+            raise DataError(
+                f"changed while it was being read ({size} bytes, then {read}); expected a file nobody writes "
+                f"during a run; {_FIX_FILE}",
+                file,
+            )
     return digest.hexdigest()

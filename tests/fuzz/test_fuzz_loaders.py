@@ -11,6 +11,7 @@ its examples (peak minus what the dataset keeps) stays below the size of the fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import tracemalloc
@@ -21,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nluflow.data.loaders import load_file
+from nluflow.data.loaders import files_sha256, load_file
 from nluflow.data.schema import Dataset
 from nluflow.errors import DataError
 
@@ -150,6 +151,15 @@ def test_arbitrary_text_gives_a_dataset_or_a_located_data_error(
         assert_located(result, path)
 
 
+@pytest.mark.parametrize("after", ["null", "x", "]", ",", " ", "}", "e", ".", "E+"])
+def test_an_overlong_integer_followed_by_garbage_is_located(tmp_path: Path, after: str) -> None:
+    """json hands "999…9null" to parse_int before it sees the garbage: the message must still find it."""
+    path = tmp_path / "d.json"
+    path.write_text('[\n{"text": "hi", "intent": "g",\n "n": ' + "9" * 5000 + after + "}]", encoding="utf-8")
+    err = load_or_data_error(path)
+    assert isinstance(err, DataError) and err.line == 3 and "at column 7" in str(err), err
+
+
 def test_the_seeds_are_valid(tmp_path: Path) -> None:
     """The mutations start from files that load (so the fuzzing reaches past the first check)."""
     for name, data in SEEDS.items():
@@ -261,3 +271,21 @@ def test_a_csv_with_bad_bytes_names_their_line(tmp_path: Path) -> None:
     path.write_bytes(b"text,intent\n" + b"hello,greet\n" * 5000 + b"caf\xe9,greet\n")
     err = load_or_data_error(path)
     assert isinstance(err, DataError) and err.line == 5002 and "not valid UTF-8" in str(err), err
+
+
+def test_files_are_hashed_in_chunks_with_the_same_key(tmp_path: Path) -> None:
+    """``files_sha256`` streams each file; the key is the one it always was (names, sizes, bytes)."""
+    (tmp_path / "a.jsonl").write_bytes(b"x" * 8_000_000)
+    (tmp_path / "b.csv").write_bytes(b"text,intent\nhi,g\n")
+    expected = hashlib.sha256()
+    for n, name in enumerate(("a.jsonl", "b.csv")):
+        data = (tmp_path / name).read_bytes()
+        expected.update(f"{n}\0{name}\0{len(data)}\0".encode() + data)
+    tracemalloc.start()
+    try:
+        key = files_sha256([tmp_path])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert key == expected.hexdigest()
+    assert peak < 4_000_000  # the 8 MB file was read whole before
