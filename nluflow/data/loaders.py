@@ -1132,7 +1132,10 @@ def _parse_json(text: str, path: Path, default_locale: str | None, with_entities
         )
     if not isinstance(items, list):
         raise DataError(f"'common_examples' is not a list; expected a list of examples; {_FIX_FILE}", path, 1)
-    for item, line in zip(items, _item_lines(text, keys, len(items)), strict=True):
+    lines = _item_lines(text, keys, len(items))
+    del text, data  # the raw text is no longer needed; each item is released once it became an example
+    for index, line in enumerate(lines):
+        item, items[index] = items[index], None
         try:
             if isinstance(item, dict) and "data" in item and "text" not in item:
                 example = _label_studio_example(item, path, line, default_locale, with_entities, out)
@@ -1181,10 +1184,9 @@ def _parse_any(
         return _parse_jsonl(_read_lines(path), path, default_locale, with_entities)
     if suffix == ".csv":
         return _parse_csv(path, default_locale, with_entities)
-    text = _read_text(path)
     if suffix == ".json":
-        return _parse_json(text, path, default_locale, with_entities)
-    return _parse_rasa_yaml(text, path, default_locale, require_nlu=require_nlu)
+        return _parse_json(_read_text(path), path, default_locale, with_entities)
+    return _parse_rasa_yaml(_read_text(path), path, default_locale, require_nlu=require_nlu)
 
 
 _EXPECTED_BY_SUFFIX = {

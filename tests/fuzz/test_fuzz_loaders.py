@@ -233,7 +233,13 @@ def traced_load(path: Path) -> tuple[Dataset, int, int]:
     return dataset, peak, held
 
 
-@pytest.mark.parametrize(("name", "rows"), [("big.jsonl", jsonl_rows), ("big.csv", csv_rows)])
+def json_rows(n: int) -> str:
+    return "[\n" + jsonl_rows(n).rstrip("\n").replace("\n", ",\n") + "\n]\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "rows"), [("big.jsonl", jsonl_rows), ("big.csv", csv_rows), ("big.json", json_rows)]
+)
 def test_a_large_file_is_streamed_in_bounded_memory(
     tmp_path: Path, name: str, rows: Callable[[int], str]
 ) -> None:
