@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nluflow.data.loaders import files_sha256, load_file
-from nluflow.data.schema import Dataset
+from nluflow.data.schema import Dataset, Example
 from nluflow.errors import DataError
 
 LABEL_STUDIO_EXPORT = Path(__file__).resolve().parents[1] / "fixtures" / "label-studio" / "export.json"
@@ -245,7 +246,7 @@ def test_a_large_file_is_streamed_in_bounded_memory(
 ) -> None:
     # was: raw bytes + decoded text + a list of every line + ~2.8 KB per example (112 MB JSONL: 2.2 GB peak)
     peaks = []
-    for n in (5_000, 20_000):
+    for n in (2_500, 10_000):
         path = tmp_path / name
         path.write_text(rows(n), encoding="utf-8")
         size = path.stat().st_size
@@ -295,3 +296,24 @@ def test_files_are_hashed_in_chunks_with_the_same_key(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert key == expected.hexdigest()
     assert peak < 4_000_000  # the 8 MB file was read whole before
+
+
+def test_examples_that_share_field_sets_behave_like_any_other(tmp_path: Path) -> None:
+    """The loader shares pydantic's per-instance field sets; copies, equality and pickling are unaffected."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(jsonl_rows(3), encoding="utf-8")
+    first, second, _ = load_file(path).examples
+    assert first.__pydantic_fields_set__ is second.__pydantic_fields_set__  # shared (the memory saving)
+    shared = set(first.__pydantic_fields_set__)
+    copy = first.model_copy(update={"entities": (), "score": 0.5})
+    assert copy.score == 0.5 and copy.entities == () and first.entities and first.score is None
+    assert first.__pydantic_fields_set__ == shared  # the copy changed its own set, not the shared one
+    assert first == Example(**{k: getattr(first, k) for k in ("text", "intent", "entities", "origin")})
+    assert pickle.loads(pickle.dumps(first)) == first
+    assert first.model_dump(exclude_unset=True) == {
+        "text": first.text,
+        "intent": first.intent,
+        "entities": (first.entities[0].model_dump(),),
+        "locale": None,
+        "score": None,
+    }
