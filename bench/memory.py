@@ -1,6 +1,6 @@
 """Memory: peak RSS and time of loading one large data file (JSONL by default), as the file grows.
 
-    python -m bench.memory [--sizes-mb 14,28,56,112] [--format jsonl|csv|json]
+    python -m bench.memory [--sizes-mb 14,28,56,112] [--format jsonl|csv|json|yml]
 
 Each file is generated in a temporary folder (shared-format rows with one entity each, ~110 bytes a row, a
 mix of ASCII and non-ASCII text) and loaded with ``nluflow.data.loaders.load_file`` in its own child process,
@@ -65,6 +65,8 @@ def write_file(path: Path, size_mb: float, fmt: str, seed: int = 7) -> int:
             written += out.write("text,intent,entities\n")
         elif fmt == "json":
             written += out.write("[\n")
+        elif fmt == "yml":
+            written += out.write("nlu:\n")
         while written < target:
             row = _row(rng)
             if fmt == "jsonl":
@@ -72,6 +74,10 @@ def write_file(path: Path, size_mb: float, fmt: str, seed: int = 7) -> int:
             elif fmt == "csv":
                 cell = json.dumps(row["entities"], ensure_ascii=False).replace('"', '""')
                 line = f'{row["text"]},{row["intent"]},"{cell}"\n'
+            elif fmt == "yml":  # one intent item per 50 rows, each example with an inline annotation
+                text, city = str(row["text"]), str(row["entities"][0]["value"])  # type: ignore[index]
+                head = f"- intent: {row['intent']}\n  examples: |\n" if rows % 50 == 0 else ""
+                line = f"{head}    - {text[: -len(city)]}[{city}](city)\n"
             else:
                 line = ("," if rows else "") + json.dumps(row, ensure_ascii=False) + "\n"
             written += out.write(line)
@@ -96,7 +102,7 @@ def measure(path: Path | None) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", default=",".join(map(str, DEFAULT_SIZES_MB)))
-    parser.add_argument("--format", default="jsonl", choices=("jsonl", "csv", "json"))
+    parser.add_argument("--format", default="jsonl", choices=("jsonl", "csv", "json", "yml"))
     args = parser.parse_args(argv)
     sizes = [float(s) for s in args.sizes_mb.split(",") if s.strip()]
     baseline = measure(None)["peak_mb"]

@@ -21,7 +21,9 @@ from typing import Any
 
 MAX_INT_DIGITS = 4300  # Python's default int/str conversion limit: longer literals never parsed before
 _OVERLONG_INT = re.compile(
-    r'"(?:[^"\\]|\\.)*"|(?<![\w.+-])(-?\d{' + str(MAX_INT_DIGITS + 1) + r",})(?![\w.])"
+    # json's scanner hands an integer to parse_int as soon as no fraction or exponent follows, even when
+    # garbage does ("999…9null", "999…9e"): only a fraction or an exponent with digits makes it a float.
+    r'"(?:[^"\\]|\\.)*"|(?<![\w.+-])(-?\d{' + str(MAX_INT_DIGITS + 1) + r",})(?!\d|\.\d|[eE][-+]?\d)"
 )
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

@@ -9,6 +9,7 @@ must be beaten too, on the same frozen test set, before the candidate may replac
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import socket
@@ -195,6 +196,35 @@ def _free_dead_holder(project: str, limit: str, holder: SlotHolder, released: se
     return "released its slot by name (the server no longer knew its lease: it restarted)"
 
 
+def _watch_while_waiting(project: str, limit: str, logger: Any, done: threading.Event) -> None:
+    """While a run waits for the slot: every ``WAIT_LOG_SECONDS`` say who holds it and until when, and free
+    the slot of a holder that is dead. Errors are logged, never raised: this only informs and unsticks."""
+    started = time.monotonic()
+    released: set[str] = set()  # lease ids of dead holders this run released
+    while not done.wait(WAIT_LOG_SECONDS):
+        try:
+            current = read_slot_holder(project)
+            freed = _free_dead_holder(project, limit, current, released) if current else None
+            if current is not None and freed is not None:
+                logger.warning(
+                    "promotion slot of %s: flow run %s looks dead (its lease ran out at %s): %s",
+                    project,
+                    current.flow_run_id,
+                    current.lease_until,
+                    freed,
+                )
+                continue
+            who = current.describe(_now()) if current else "holder unknown (it recorded no holder)"
+            logger.info(
+                "waiting for the promotion slot of %s (%.0f s so far): %s",
+                project,
+                time.monotonic() - started,
+                who,
+            )
+        except Exception as exc:
+            logger.warning("could not read who holds the promotion slot of %s: %s", project, exc)
+
+
 def _lease_ids() -> set[UUID]:
     ctx = ConcurrencyContext.get()
     return set(ctx.cleanup_lease_ids) if ctx is not None else set()
@@ -215,42 +245,26 @@ def promotion_slot(project: str, run_id: str, *, lease_seconds: float | None = N
         holder: ConcurrencyLeaseHolder | None = ConcurrencyLeaseHolder(type="flow_run", id=UUID(run_id))
     except ValueError:
         holder = None  # not a flow run (a bare call in a test)
-    waited = 0.0
-    released: set[str] = set()  # lease ids of dead holders this run released
     current = read_slot_holder(project)
     if current is not None:
         logger.info("promotion slot of %s is %s; waiting for it", project, current.describe(_now()))
     with ExitStack() as stack:
-        while True:
-            before = _lease_ids()
-            started = time.monotonic()
-            try:
-                stack.enter_context(
-                    concurrency(
-                        limit,
-                        occupy=1,
-                        strict=True,
-                        lease_duration=lease,
-                        holder=holder,
-                        timeout_seconds=WAIT_LOG_SECONDS,
-                    )
-                )
-                break
-            except TimeoutError:
-                waited += time.monotonic() - started
-                current = read_slot_holder(project)
-                freed = _free_dead_holder(project, limit, current, released) if current else None
-                if current is not None and freed is not None:
-                    logger.warning(
-                        "promotion slot of %s: flow run %s looks dead (its lease ran out at %s): %s",
-                        project,
-                        current.flow_run_id,
-                        current.lease_until,
-                        freed,
-                    )
-                    continue
-                who = current.describe(_now()) if current else "holder unknown (it recorded no holder)"
-                logger.info("waiting for the promotion slot of %s (%.0f s so far): %s", project, waited, who)
+        before = _lease_ids()
+        waiting = threading.Event()
+        watcher = threading.Thread(
+            target=contextvars.copy_context().run,  # the run's Prefect settings and logger context
+            args=(_watch_while_waiting, project, limit, logger, waiting),
+            name=f"nluflow-slot-watch-{project}",
+            daemon=True,
+        )
+        watcher.start()
+        try:
+            stack.enter_context(
+                concurrency(limit, occupy=1, strict=True, lease_duration=lease, holder=holder)
+            )
+        finally:
+            waiting.set()
+            watcher.join()
         new = sorted(_lease_ids() - before, key=str)
         lease_id = new[0] if len(new) == 1 else None
         since = _now().isoformat()
@@ -260,8 +274,8 @@ def promotion_slot(project: str, run_id: str, *, lease_seconds: float | None = N
             logger.warning("could not record the promotion slot's holder: %s", exc)
         stop = threading.Event()
         keeper = threading.Thread(
-            target=_keep_holder_record,
-            args=(project, run_id, lease, lease_id, since, stop),
+            target=contextvars.copy_context().run,
+            args=(_keep_holder_record, project, run_id, lease, lease_id, since, stop),
             name=f"nluflow-slot-record-{project}",
             daemon=True,
         )

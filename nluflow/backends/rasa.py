@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -170,7 +171,19 @@ def tag_project(tag: object) -> str | None:
 
 
 def archive_metadata(path: Path) -> dict[str, Any] | None:
-    """The ``metadata.json`` of a Rasa 3.x model archive (at its top level), or None if unreadable."""
+    """The ``metadata.json`` of a Rasa 3.x model archive (at its top level), or None if unreadable.
+
+    Rasa's tar lists ``metadata.json`` after the components, so reading it decompresses the whole archive:
+    answers are kept per (path, size, mtime) for the life of the process."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _archive_metadata(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _archive_metadata(path: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
     try:
         with tarfile.open(path, mode="r:gz") as tar:
             for member in tar:
@@ -194,6 +207,8 @@ def _lost_answer(exc: TransientHTTPError | MalformedResponseError, train_timeout
         return f"POST /model/train answered {exc.status}{excerpt}"
     kind = re.search(r"failed with (\w+)", exc.message)
     name = kind.group(1) if kind else "a transport error"
+    if name in ("ConnectError", "ConnectTimeout"):
+        return f"POST /model/train could not reach the server ({name}, after the retries)"
     if "Timeout" in name:
         return f"POST /model/train got no answer within the train timeout of {train_timeout:g} s ({name})"
     return f"POST /model/train lost its connection before the answer arrived ({name})"

@@ -75,6 +75,7 @@ _RASA_STRIP = "\n\r "  # Rasa strips these around each example
 _YAML_LINE_BREAK = re.compile("[\n\u2028\u2029]")  # the breaks PyYAML counts in marks and keeps in scalars
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 _YAML_NULL = "tag:yaml.org,2002:null"
+_HASH_CHUNK = 1 << 20
 _NESTED = "JSON nested too deeply; expected {expected}; " + _FIX
 
 
@@ -141,6 +142,19 @@ def _unreadable(path: Path, exc: OSError) -> DataError:
 
 def _not_utf8(path: Path, line: int, bad: bytes) -> DataError:
     return DataError(f"byte {bad!r} is not valid UTF-8; expected UTF-8 text; {_FIX}", path, line)
+
+
+def _names(items: Iterable[object], limit: int = 8) -> str:
+    """Up to ``limit`` names as ``'a', 'b'`` (each cut by :func:`_shown`), then how many more: a header or
+    a mapping with thousands of huge keys never becomes a message of megabytes."""
+    shown: list[str] = []
+    more = 0
+    for item in items:
+        if len(shown) < limit:
+            shown.append(_shown(item, 40))
+        else:
+            more += 1
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
 def _read_text(path: Path) -> str:
@@ -240,7 +254,7 @@ def _parse_entities(raw: object, path: Path, line: int) -> tuple[Entity, ...]:
         if missing:
             raise DataError(
                 f"entity #{n} has no {', '.join(repr(k) for k in missing)} (keys found: "
-                f"{', '.join(sorted(map(str, item))) or 'none'}); expected keys "
+                f"{_names(sorted(map(str, item))) or 'none'}); expected keys "
                 f"{', '.join(_ENTITY_KEYS)}; {_FIX}",
                 path,
                 line,
@@ -444,7 +458,7 @@ def _parse_csv_rows(handle: TextIO, path: Path, default_locale: str | None, with
         missing = [c for c in _CSV_REQUIRED if c not in columns]
         if missing:
             raise DataError(
-                f"CSV header has columns {', '.join(repr(h) for h in header)}, no "
+                f"CSV header has columns {_names(header)}, no "
                 f"{', '.join(repr(c) for c in missing)}; expected columns 'text' and 'intent' (optional: "
                 f"{', '.join(_CSV_OPTIONAL)}); {_FIX_FILE}",
                 path,
@@ -460,7 +474,7 @@ def _parse_csv_rows(handle: TextIO, path: Path, default_locale: str | None, with
             if len(row) < width or any(cell.strip() for cell in row[width:]):
                 raise DataError(
                     f"record has {len(row)} fields; expected {width} as in the header "
-                    f"({', '.join(header)}); quote a text that contains commas; {_FIX}",
+                    f"({_names(header)}); quote a text that contains commas; {_FIX}",
                     path,
                     start_line,
                 )
@@ -794,7 +808,7 @@ def _parse_rasa_yaml(
     if "nlu" not in top:
         if not require_nlu:
             return None
-        found = ", ".join(repr(k) for k in top) or "none"
+        found = _names(top) or "none"
         raise DataError(
             f"no 'nlu:' key (top-level keys: {found}); expected {_RASA_EXPECTED}; {_FIX_FILE}",
             path,
@@ -818,7 +832,7 @@ def _parse_rasa_yaml(
         keys = _mapping(item)
         kind = next((k for k in ("intent", "synonym", "regex", "lookup") if k in keys), None)
         if kind is None:
-            found = ", ".join(repr(k) for k in keys) or "no keys"
+            found = _names(keys) or "no keys"
             raise DataError(
                 f"'nlu:' item with {found}; expected one of 'intent', 'synonym', 'regex', 'lookup'; {_FIX}",
                 path,
@@ -1118,7 +1132,10 @@ def _parse_json(text: str, path: Path, default_locale: str | None, with_entities
         )
     if not isinstance(items, list):
         raise DataError(f"'common_examples' is not a list; expected a list of examples; {_FIX_FILE}", path, 1)
-    for item, line in zip(items, _item_lines(text, keys, len(items)), strict=True):
+    lines = _item_lines(text, keys, len(items))
+    del text, data  # the raw text is no longer needed; each item is released once it became an example
+    for index, line in enumerate(lines):
+        item, items[index] = items[index], None
         try:
             if isinstance(item, dict) and "data" in item and "text" not in item:
                 example = _label_studio_example(item, path, line, default_locale, with_entities, out)
@@ -1167,10 +1184,9 @@ def _parse_any(
         return _parse_jsonl(_read_lines(path), path, default_locale, with_entities)
     if suffix == ".csv":
         return _parse_csv(path, default_locale, with_entities)
-    text = _read_text(path)
     if suffix == ".json":
-        return _parse_json(text, path, default_locale, with_entities)
-    return _parse_rasa_yaml(text, path, default_locale, require_nlu=require_nlu)
+        return _parse_json(_read_text(path), path, default_locale, with_entities)
+    return _parse_rasa_yaml(_read_text(path), path, default_locale, require_nlu=require_nlu)
 
 
 _EXPECTED_BY_SUFFIX = {
@@ -1273,7 +1289,20 @@ def files_sha256(paths: Sequence[str | Path]) -> str:
     """sha256 over the relative names and bytes of every file ``load_paths`` would read: a cheap cache key."""
     digest = hashlib.sha256()
     for n, (file, rel, _in_folder) in enumerate(_collect(paths)):
-        data = file.read_bytes()
-        digest.update(f"{n}\0{rel}\0{len(data)}\0".encode())
-        digest.update(data)
+        try:
+            with file.open("rb") as handle:  # in chunks: a large file is never held whole
+                size = os.fstat(handle.fileno()).st_size
+                digest.update(f"{n}\0{rel}\0{size}\0".encode())
+                read = 0
+                while chunk := handle.read(_HASH_CHUNK):
+                    digest.update(chunk)
+                    read += len(chunk)
+        except OSError as exc:
+            raise _unreadable(file, exc) from exc
+        if read != size:
+            raise DataError(
+                f"changed while it was being read ({size} bytes, then {read}); expected a file nobody writes "
+                f"during a run; {_FIX_FILE}",
+                file,
+            )
     return digest.hexdigest()

@@ -18,12 +18,20 @@ from nluflow.backends.cognigy import CognigyBackend
 from nluflow.backends.errors import (
     AuthenticationError,
     ContractError,
+    MalformedResponseError,
     ServedModelMismatchError,
     TrainingOutcomeUnknownError,
     TransientHTTPError,
 )
 from nluflow.backends.neuralspace import NeuralSpaceBackend, check_minimum, state_of
-from nluflow.backends.rasa import PADDING_INTENT, PLACEHOLDER_INTENT, RasaBackend, archive_tag, tag_project
+from nluflow.backends.rasa import (
+    PADDING_INTENT,
+    PLACEHOLDER_INTENT,
+    RasaBackend,
+    _lost_answer,
+    archive_tag,
+    tag_project,
+)
 from nluflow.backends.service import TrainingServiceBackend
 from nluflow.data.schema import Dataset, Entity, Example
 from nluflow.errors import BackendError, ConfigError, TrainingFailedError, TransientBackendError
@@ -723,3 +731,31 @@ def test_neuralspace_scoring_leaves_deployments_as_it_found_them(
 
         r.backend.activate(candidate)
         assert r.served_model() == r.emulator.models[candidate.backend_model_id]["modelName"]
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            TransientHTTPError("POST u failed with ReadTimeout after the request may have reached", "POST"),
+            "got no answer within the train timeout of 900 s (ReadTimeout)",
+        ),
+        (
+            TransientHTTPError("POST u failed with ConnectError on 5 attempts", "POST"),
+            "could not reach the server (ConnectError",
+        ),
+        (
+            TransientHTTPError("POST u failed with RemoteProtocolError after the request", "POST"),
+            "lost its connection before the answer arrived (RemoteProtocolError)",
+        ),
+        (
+            TransientHTTPError("x", "POST", "/model/train", 502, None, "Bad Gateway"),
+            "answered 502: Bad Gateway",
+        ),
+        (MalformedResponseError("x", "POST", "/model/train", 200), "answered 200 with a model archive that"),
+    ],
+)
+def test_rasa_lost_train_answer_is_described_as_what_happened(
+    error: TransientHTTPError | MalformedResponseError, said: str
+) -> None:
+    assert said in _lost_answer(error, 900.0)

@@ -483,17 +483,16 @@ def test_a_client_that_disconnects_mid_body_is_one_warning_line(
     assert emitted == []
 
 
+@pytest.mark.timeout(60)  # a hang fails the test; no wall-clock assert
 def test_a_sender_that_stalls_mid_body_gets_a_408_and_nothing_is_emitted(
     emitted: Emitted, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(relay, "BODY_TIMEOUT_SECONDS", 0.3)
     app = make_client(emitted).app
-    started = time.monotonic()
     sent = disconnect_mid_body(app, "/hooks/label-studio", [(b"x-relay-secret", SECRET.encode())], stall=True)
 
     assert sent[0]["status"] == 408
     assert "did not arrive within 0.3 s" in json.loads(sent[1]["body"])["detail"]
-    assert time.monotonic() - started < 5
     assert emitted == []
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from flows.retrain import RetrainParams, retrain
-from nluflow.audit import AuditLog
+from nluflow.audit import RUN_DECISIONS, AuditLog
 from nluflow.backends.base import LabelledPredictor, ModelRef, TrainingConfig
 from nluflow.backends.local import LocalBackend
 from nluflow.evaluation.gates import GatePolicy, decide
@@ -123,7 +123,12 @@ def _check(home: Path, project: str, results: list[dict[str, Any]], baseline: st
     record = TestSetStore(store.fs, project).current()
     assert record is not None
     frozen, test = record
-    lines = AuditLog(home / "store" / project / "audit.jsonl").records()
+    # The run lines (a promotion's intent line comes before its run's ``promote`` line).
+    lines = [
+        line
+        for line in AuditLog(home / "store" / project / "audit.jsonl").records()
+        if line["decision"] in RUN_DECISIONS
+    ]
     by_model = {line["model_id"]: line for line in lines}
 
     # Exactly one test set was frozen, and every run was judged on it.

@@ -36,10 +36,10 @@ from tasks.promotion import (
 )
 
 LEASE_SECONDS = 60.0  # the shortest lease the Prefect server grants
-PREFECT_DEFAULT_LEASE_SECONDS = 300.0  # what `concurrency()` takes unless told otherwise
 # A killed run renews nothing more; its lease runs out at most one lease after the kill, a waiter frees it
-# STALE_GRACE_SECONDS later at its next look (every WAIT_LOG_SECONDS); the rest is slack for a busy machine.
-SLOT_FREED_WITHIN = LEASE_SECONDS + STALE_GRACE_SECONDS + 2 * WAIT_LOG_SECONDS + 30.0
+# STALE_GRACE_SECONDS later at its next look (every WAIT_LOG_SECONDS): the expected time, printed beside the
+# measured one (Prefect's default lease would be 300 s).
+SLOT_FREED_EXPECTED = LEASE_SECONDS + STALE_GRACE_SECONDS + WAIT_LOG_SECONDS
 HEARTBEAT_SECONDS = 30
 MARKER_TIMEOUT_SECONDS = 600.0
 
@@ -144,10 +144,12 @@ def test_a_killed_holder_frees_the_slot_about_a_lease_later_and_ends_crashed(
 
     print(
         f"\nslot freed {freed_after:.1f} s after the SIGKILL "
-        f"(lease {LEASE_SECONDS:.0f} s, bound {SLOT_FREED_WITHIN:.0f} s)"
+        f"(lease {LEASE_SECONDS:.0f} s, expected about {SLOT_FREED_EXPECTED:.0f} s; "
+        "Prefect's default lease: 300 s)"
     )
-    # Freed about a lease after the kill, not after Prefect's default 300 s lease.
-    assert freed_after <= SLOT_FREED_WITHIN < PREFECT_DEFAULT_LEASE_SECONDS, freed_after
+    # Freed about a lease after the kill, not after Prefect's default 300 s lease: the killed run's lease was
+    # the short one (asserted above from its holder record) and the waiter freed it when it ran out (below).
+    # The time is printed, not asserted: a busy machine stretches it (tests never assert wall-clock times).
     # While it waited, the next promotion said who held the slot and until when, more than once.
     waits = [r.getMessage() for r in caplog.records if "promotion slot of" in r.getMessage()]
     holding = [m for m in waits if killed_run in m and "lease" in m]

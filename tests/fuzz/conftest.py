@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,9 @@ from typing import Any
 import uvicorn
 
 from nluflow.server_limits import ServerLimits, uvicorn_config
+
+# nluflow's warnings outside a flow run are expected here (loaders, serve): Prefect must not warn about them.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
 @contextmanager

@@ -8,7 +8,6 @@ last test shows an integer of exactly the limit still loads (as an out-of-range 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -239,12 +238,11 @@ def test_the_linear_annotation_scan_finds_what_the_pattern_finds(raw: str) -> No
         "[a](b)" * 13_000,
     ],
 )
-def test_a_long_line_of_brackets_is_read_in_linear_time(tmp_path: Path, line: str) -> None:
-    # was quadratic: 49.7 s for an 80 KB line of '[' (13.3 s for 40 KB); now milliseconds
+def test_a_long_line_of_brackets_is_a_dataset_or_a_located_error(tmp_path: Path, line: str) -> None:
+    # was quadratic: 49.7 s for an 80 KB line of '[' (13.3 s for 40 KB); the time is bounded by ratio in
+    # tests/fuzz/test_fuzz_loaders.py (no wall-clock limits in tests)
     path = write(tmp_path, "long.yml", "nlu:\n- intent: g\n  examples: |\n    - hi\n    - " + line + "\n")
-    started = time.perf_counter()
     try:
         load_file(path)
     except DataError as err:
         assert err.line == 5, str(err)
-    assert time.perf_counter() - started < 5.0

@@ -360,16 +360,15 @@ def test_a_client_that_disconnects_mid_body_costs_one_log_line(
     assert not any(r.exc_info for r in caplog.records)
 
 
+@pytest.mark.timeout(60)  # a hang fails the test; no wall-clock assert
 def test_a_client_that_stalls_mid_body_gets_a_408_after_the_body_timeout(
     store: ModelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(serve, "BODY_TIMEOUT_SECONDS", 0.3)
-    started = time.monotonic()
     sent = disconnect_mid_body(create_app(store, PROJECT, watch=False), "/model/parse", [], stall=True)
 
     assert sent[0]["status"] == 408  # before: the request waited for the rest of the body forever
     assert json.loads(sent[1]["body"])["reason"] == "RequestTimeout"
-    assert time.monotonic() - started < 5
 
 
 def test_a_surrogate_pair_is_valid_text_and_parses(client: AppClient) -> None:
