@@ -19,6 +19,7 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterName,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
@@ -32,7 +33,8 @@ from tasks.common import StoreSpec
 
 RETRAIN_FLOW = "nluflow-retrain"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
-# The newest runs looked at: a crash is found by the next run of its project, so older ones were seen before.
+# The newest runs of the project looked at: a crash is found by the next run of its project, so older ones
+# were seen before.
 LOOKBACK_RUNS = 200
 CLOCK_MARGIN = timedelta(days=1)
 _LOOKED_FOR = [StateType.CRASHED, StateType.FAILED, StateType.RUNNING, StateType.PENDING]
@@ -84,7 +86,10 @@ def earlier_retrain_runs(store: StoreSpec, project: str, current_run_id: str | N
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW])),
             flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_LOOKED_FOR))
+                # Runs are named retrain-<project> (then retrain-<project>-<outcome>-<model>): other projects'
+                # failures never crowd this project's runs out of the window. `params` decides, below.
+                name=FlowRunFilterName(like_=f"retrain-{project}"),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_LOOKED_FOR)),
             ),
             sort=FlowRunSort.START_TIME_DESC,
             limit=LOOKBACK_RUNS,
