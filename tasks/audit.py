@@ -32,7 +32,8 @@ def recover_promotions_task(
     """Before a run: move a torn audit tail aside, refuse a broken chain (with the command that seals it),
     close every promotion an earlier run left half-way (killed between its intent and completion lines), and
     with ``run_id`` (the current run, left out) write a ``crashed`` line for each earlier run of the project
-    that Prefect knows was killed before it could write its own line."""
+    that Prefect knows was killed before it could write its own line (a recovered ``failed`` line for a
+    Failed run whose hook wrote none)."""
     logger = get_run_logger()
     earlier: list[EarlierRun] = []
     if run_id is not None:

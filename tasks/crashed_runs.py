@@ -3,8 +3,10 @@
 A retrain killed (SIGKILL, OOM, lost node) before its own audit line cannot write one: hooks do not run in a
 killed process. Its flow run stays on the Prefect server, though: Crashed once the zombie automation saw its
 heartbeats stop (``automations/detect-zombie-flows.yaml``), or still RUNNING with an old last heartbeat where
-the automation is not installed. :func:`earlier_retrain_runs` lists those runs of one project and one store
-(by the ``params`` parameter), with their last heartbeat; the core decides which get a ``crashed`` line.
+the automation is not installed; and a run whose failure hook could not write its ``failed`` line stays
+Failed. :func:`earlier_retrain_runs` lists those runs of one project and one store (by the ``params``
+parameter), with their last heartbeats; the core (:func:`nluflow.recovery.crashed_run_lines`) decides which
+get a line.
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ def _last_heartbeats(client: Any, run: FlowRun) -> tuple[datetime | None, float 
 
 
 def earlier_retrain_runs(store: StoreSpec, project: str, current_run_id: str | None) -> list[EarlierRun]:
-    """The project's earlier retrain runs (this store) that ended Crashed or still say RUNNING/PENDING, newest
-    first, with their last heartbeat; the current run is left out."""
+    """The project's earlier retrain runs (this store) that ended Crashed or Failed or still say
+    RUNNING/PENDING, newest first, with their last heartbeats; the current run is left out."""
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW])),
