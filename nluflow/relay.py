@@ -523,10 +523,11 @@ def _parse_label_studio(body: object) -> _LabelStudioHook:
     if not isinstance(action, str) or not action:
         raise _Reject(422, "found no 'action', expected a Label Studio webhook (e.g. ANNOTATION_CREATED)")
     if action not in RETRAIN_ACTIONS:
+        shown = action if len(action) <= 60 else action[:59] + "…"  # a bomb is never echoed whole
         raise _Reject(
             200,
-            f"action {action} does not start a retrain (only {', '.join(sorted(RETRAIN_ACTIONS))}); ignored",
-            f"ignored:{action}",
+            f"action {shown} does not start a retrain (only {', '.join(sorted(RETRAIN_ACTIONS))}); ignored",
+            f"ignored:{shown}",
         )
     if action in DELETE_ACTIONS:
         return _parse_deletion(body, action)

@@ -152,7 +152,7 @@ def test_second_project_on_the_same_server_is_refused_before_it_trains(server: S
     assert s.served_model() == served, "project shop's model is still served"
     [line] = s.audit("bank")
     assert line["decision"] == "failed" and line["error"].startswith("ServedModelMismatchError: ")
-    assert [rec["decision"] for rec in s.audit("shop")] == ["promote"]
+    assert [rec["decision"] for rec in s.audit("shop")] == ["promote-intent", "promote"]
     assert archive_tag("shop", "x").split(".")[1] == "shop"
 
 
@@ -170,4 +170,4 @@ def test_a_served_model_that_is_not_the_active_one_stops_the_run_before_it_train
     assert "active model" in message and Path(by_hand).name in message and "changed by hand" in message
     assert f"nluflow models activate {first.candidate_id} --project shop" in message
     assert s.emulator.jobs_started == 1 and s.served_model() == Path(by_hand).name
-    assert [rec["decision"] for rec in s.audit("shop")] == ["promote", "failed"]
+    assert [rec["decision"] for rec in s.audit("shop")] == ["promote-intent", "promote", "failed"]
