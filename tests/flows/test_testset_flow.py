@@ -1,6 +1,7 @@
 """The frozen test set grows with new annotations, and runs say what is new (under prefect_test_harness).
 
-The growth tests share one project history and run in file order, as a bot's retrains do.
+Each test owns its home (``tmp_path``) and builds the project history it needs, so it runs alone and in any
+order (``pytest path::name``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ PROJECT = "growtest"
 LENIENT = GatePolicy(min_macro_f1=0.5, min_precision=0.5)
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("testset-home")
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """This test's own home: its store and workspace hold only the runs the test makes."""
+    return tmp_path / "home"
 
 
 def params(home: Path, demo_data: Path, files: list[str], project: str = PROJECT) -> RetrainParams:
@@ -40,6 +42,19 @@ def params(home: Path, demo_data: Path, files: list[str], project: str = PROJECT
         workspace=str(home / "work"),
         gates=LENIENT,
     )
+
+
+def first_run(home: Path, demo_data: Path, project: str = PROJECT) -> Any:
+    """The project's first run (batch 1): freezes test set version 1 and promotes the first model."""
+    result = retrain(params(home, demo_data, ["batch-1.jsonl"], project=project))
+    assert result.promoted, result.decision.reasons
+    return result
+
+
+def grown_history(home: Path, demo_data: Path) -> Any:
+    """Batch 1, then batches 1 and 2 (which grows the test set to version 2); returns the second result."""
+    first_run(home, demo_data)
+    return retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]))
 
 
 def frozen(home: Path, project: str = PROJECT) -> TestSetStore:
@@ -66,8 +81,7 @@ def scored_on(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_first_run_freezes_version_1_and_keeps_its_training_data(home: Path, demo_data: Path) -> None:
-    result = retrain(params(home, demo_data, ["batch-1.jsonl"]))
-    assert result.promoted, result.decision.reasons
+    result = first_run(home, demo_data)
     current = frozen(home).current()
     assert current is not None
     record, test = current
@@ -88,6 +102,8 @@ def test_first_run_freezes_version_1_and_keeps_its_training_data(home: Path, dem
 def test_new_annotations_grow_the_test_set_and_both_models_are_scored_on_it(
     home: Path, demo_data: Path, scored_on: list[str]
 ) -> None:
+    first_run(home, demo_data)
+    scored_on.clear()  # only what the second run scores counts
     before, old_test = frozen(home).current() or (None, None)
     assert before is not None and old_test is not None
     active = ModelStore.local(home / "store").active(PROJECT)
@@ -123,9 +139,12 @@ def test_new_annotations_grow_the_test_set_and_both_models_are_scored_on_it(
     trained = stored_training_data(ModelStore.local(home / "store").fs, PROJECT, line["dataset_sha256"])
     assert trained is not None
     assert not {normalize_text(t) for t in trained.texts} & {normalize_text(t) for t in test.texts}
+    # The growth is on the audit chain, which verifies.
+    assert AuditLog(home / "store" / PROJECT / "audit.jsonl").verify().ok
 
 
 def test_an_unchanged_rerun_does_not_grow_the_test_set(home: Path, demo_data: Path) -> None:
+    grown_history(home, demo_data)
     before = frozen(home).record()
     previous = audit_lines(home)[-1]
     result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]))
@@ -143,7 +162,9 @@ def test_an_unchanged_rerun_does_not_grow_the_test_set(home: Path, demo_data: Pa
 
 
 def test_an_explicit_test_set_wins_over_the_frozen_one(home: Path, demo_data: Path) -> None:
+    first_run(home, demo_data)
     before = frozen(home).record()
+    assert before is not None
     p = params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]).model_copy(
         update={"test": [str(demo_data / "test.jsonl")]}
     )
@@ -158,8 +179,7 @@ def test_an_active_model_without_kept_training_data_is_unknown_and_routes_nothin
     home: Path, demo_data: Path
 ) -> None:
     project = "growtest-legacy"
-    first = retrain(params(home, demo_data, ["batch-1.jsonl"], project=project))
-    assert first.promoted, first.decision.reasons
+    first = first_run(home, demo_data, project=project)
     # As a model stored before training data was kept in the store.
     shutil.rmtree(home / "store" / project / "datasets")
     before = frozen(home, project).record()
@@ -190,10 +210,6 @@ def test_a_tiny_first_run_is_refused_and_freezes_nothing(home: Path, tmp_path: P
     assert frozen(home, project).record() is None
     assert not (home / "store" / project / "testset").exists()
     assert ModelStore.local(home / "store").active(project) is None
-
-
-def test_growth_history_verifies(home: Path) -> None:
-    assert AuditLog(home / "store" / PROJECT / "audit.jsonl").verify().ok
 
 
 def test_a_test_set_frozen_after_a_reset_holds_nothing_the_active_model_trained_on(
