@@ -466,6 +466,42 @@ class TestSetStore:
             self.fs.write_bytes(self._key(TESTSET_DATA), self.fs.read_bytes(key))
         self.fs.write_bytes(self._key(TESTSET_META), before.model_dump_json(indent=2).encode("utf-8"))
 
+    def undo(self, written: str | None) -> bool:
+        """Undo this writer's own change of the test set: ``written`` is the sha256 of the version it froze
+        or grew (None: it wrote none, e.g. it lost the first-freeze race and used the winner's set). Only
+        while that version is still the current one is it taken back, to the version it grew from (a first
+        freeze: to nothing frozen); a set another run froze or grew since is left alone. Returns whether
+        anything was put back.
+
+        Compare, then swap: the pointer is read right before the earlier version is written back. The
+        store's filesystem offers no conditional overwrite, so a writer that changes the set in between is
+        lost; the window is one read long, where restoring blindly would undo every other writer."""
+        if written is None:
+            return False
+        now = self.record()
+        if now is None or now.sha256 != written:
+            return False
+        self.restore(self._previous(now))
+        return True
+
+    def _previous(self, record: TestSetRecord) -> TestSetRecord | None:
+        """The record of the version ``record`` was made from (None for version 1)."""
+        history = record.versions()
+        if len(history) < 2:
+            return None
+        prior = history[-2]
+        data = self.version(prior.sha256)
+        counts = dict(sorted(data.intent_counts().items())) if data is not None else {}
+        return TestSetRecord(
+            sha256=prior.sha256,
+            created_at=prior.created_at,
+            source=record.source,
+            n_examples=prior.n_examples,
+            version=prior.version,
+            intent_counts=counts,
+            history=history[:-1],
+        )
+
     def reset(self) -> TestSetRecord | None:
         """Remove the frozen test set so the next run freezes a new one; returns what was removed (None when
         nothing was frozen). Each version's data stays under ``versions/`` for the audit trail."""

@@ -31,6 +31,9 @@ from nluflow.testset import (
 from nluflow.testset import keep_training_data as store_training_data
 from tasks.common import StoreSpec, cache_key, cache_policy, workspace
 
+# data_info key: sha256 of the test set version this run froze or grew (None: it changed nothing).
+WRITTEN_KEY = "test_set_written_sha256"
+
 
 def _load_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
     label = [inputs["label"]] if inputs.get("label") else []  # keys of unlabelled loads stay as they were
@@ -106,6 +109,7 @@ def freeze_test_set(
     previous = active.training_data
     info: dict[str, Any] = {}
     record: TestSetRecord | None = None
+    written: str | None = None  # sha256 of the version this run wrote, the only one it may undo
     if test is not None:
         test_set = baseline = test.load()
         info["test_source"] = "given (--test)"
@@ -134,6 +138,7 @@ def freeze_test_set(
                 logger.info("another run froze the test set of %s first; this run uses it", project)
         if frozen is not None:
             record, test_set, baseline = frozen, split, Dataset()
+            written = frozen.sha256
             info["test_source"] = f"split off the data ({test_fraction:.0%}) and frozen in the store"
         elif current is None:
             raise StoreError(
@@ -153,6 +158,7 @@ def freeze_test_set(
                     added = full.subset(picked)
                     moved = len({example_key(e) for e in added})
                     record = testsets.grow(record, test_set, added, f"+{moved} new annotations routed in")
+                    written = record.sha256
                     test_set = Dataset(examples=test_set.examples + added.examples, source=test_set.source)
                     logger.info(
                         "test set of %s grew to version %d: +%d new annotations (%d utterances)",
@@ -172,6 +178,7 @@ def freeze_test_set(
         compared_with=active.dataset_sha256,
     )
     info["removed_from_train"] = removed
+    info[WRITTEN_KEY] = written
     info["test_set_version"] = record.version if record else None
     info["test_set"] = (
         f"version {record.version}, sha256 {record.sha256[:16]}…, {record.n_examples} utterances"
@@ -190,16 +197,19 @@ def freeze_test_set(
     return snapshot(train, ws), snapshot(test_set, ws), info
 
 
-def current_test_set(store: StoreSpec, project: str) -> TestSetRecord | None:
-    """The project's frozen test set as it is before a run changes it (None: nothing frozen)."""
-    return TestSetStore(store.build(create=True).fs, project).record()
-
-
 @task(name="restore-test-set", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def restore_test_set(store: StoreSpec, project: str, before: TestSetRecord | None) -> None:
-    """Put the frozen test set back as ``before``: a run that validation blocked changes nothing, so a bad
-    first batch cannot freeze the project's test set."""
-    TestSetStore(store.build(create=True).fs, project).restore(before)
+def restore_test_set(store: StoreSpec, project: str, data_info: dict[str, Any]) -> bool:
+    """Undo this run's own change of the frozen test set: a run that validation blocked changes nothing, so
+    a bad first batch cannot freeze the project's test set. Only the version this run froze or grew
+    (``data_info``, from freeze-test-set) is taken back, and only while it is still the current one: a set
+    another run froze first, or grew since, stays. Returns whether it put one back."""
+    written = data_info.get(WRITTEN_KEY)
+    undone = TestSetStore(store.build(create=True).fs, project).undo(written)
+    if written and not undone:
+        get_run_logger().warning(
+            "the test set of %s changed after this run wrote it; it is left as the other run made it", project
+        )
+    return undone
 
 
 @task(name="keep-training-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

@@ -16,7 +16,7 @@ import pytest
 from flows.retrain import RetrainParams, retrain
 from nluflow.audit import AuditLog
 from nluflow.data.loaders import load_paths
-from nluflow.data.schema import Dataset
+from nluflow.data.schema import Dataset, Example
 from nluflow.data.validation import normalize_text
 from nluflow.errors import DataError
 from nluflow.evaluation.gates import GatePolicy
@@ -232,3 +232,40 @@ def test_a_test_set_frozen_after_a_reset_holds_nothing_the_active_model_trained_
     assert record.version == 1 and len(test) > 0
     trained_texts = {normalize_text(e.text) for e in trained}
     assert not [e.text for e in test if normalize_text(e.text) in trained_texts]
+
+
+def test_a_run_that_lost_the_first_freeze_and_is_blocked_leaves_the_winners_test_set(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run froze the project's first test set a moment before this one; this run, blocked by
+    validation, undoes only what it wrote itself, which is nothing: the winner's test set stays."""
+    project = "growtest-race"
+    data = tmp_path / "one-intent.jsonl"  # one intent: validation blocks it (min_intents)
+    data.write_text(
+        "".join(json.dumps({"text": f"hello number {i}", "intent": "greet"}) + "\n" for i in range(12)),
+        encoding="utf-8",
+    )
+    winner_set = Dataset.of(
+        [Example(text=f"good morning {i}", intent="greet") for i in range(3)]
+        + [Example(text=f"bye for now {i}", intent="goodbye") for i in range(3)]
+    )
+    real = TestSetStore.freeze_first
+    winners: list[Any] = []
+
+    def other_run_first(self: TestSetStore, *args: Any, **kwargs: Any) -> Any:
+        if not winners:  # the other run's freeze lands between this run's look and its own freeze
+            winners.append(real(self, winner_set, "the other run's data", "split"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TestSetStore, "freeze_first", other_run_first)
+    p = RetrainParams(
+        project=project, data=[str(data)], store=str(home / "store"), workspace=str(home / "work")
+    )
+    with pytest.raises(DataError, match="intent"):
+        retrain(p)
+    [line] = audit_lines(home, project)
+    assert line["decision"] == "blocked"
+    assert winners and winners[0] is not None
+    assert frozen(home, project).record() == winners[0]  # not reset by the loser's clean-up
+    current = frozen(home, project).current()
+    assert current is not None and current[1].sha256() == winner_set.sha256()
