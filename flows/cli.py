@@ -528,6 +528,8 @@ def models_rollback(
 
     def run() -> None:
         ms = ModelStore.local(_store_path(store))
+        if to is not None:
+            _refuse_rejected_without_reason(ms, project, to, "models rollback --to")
         log = _audit_log_for_change(store, project)
         before = ms.active(project)
         pointer = ms.rollback(project, to=to)
@@ -603,28 +605,55 @@ def _activate_remote(ms: Any, project: str, manifest: Any, restore: str | None, 
         raise
 
 
+def _refuse_rejected_without_reason(ms: Any, project: str, model_id: str, command: str) -> None:
+    """A kept rejected candidate goes active only with a reason on the audit log: making it active overrides
+    the gates, which is what ``models promote --reason`` is for."""
+    if model_id not in {e.model_id for e in ms.rejected(project)}:
+        return
+    raise ConfigError(
+        f"{model_id} is a candidate the gates rejected (kept in the store for a forced promotion); making it "
+        f"active overrides the gates, so `{command}` refuses it without a reason; nothing was changed. Run "
+        f"`nluflow models promote {model_id} --project {project} --reason '<why the gates are wrong here>'`"
+    )
+
+
 @models_app.command("activate")
 def models_activate(
     model_id: Annotated[str, typer.Argument(help="Stored model to make active.")],
     project: ProjectOpt = "default",
     store: StoreOpt = None,
     backend: BackendOpt = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason",
+            help="Why (recorded in the audit log); required for a candidate the gates rejected.",
+        ),
+    ] = None,
 ) -> None:
     """Make a stored model the active one (verified first), e.g. after a bad rollback.
 
+    A candidate the gates rejected needs --reason (it is then a forced promotion, as `models promote`).
     A model trained on a remote platform is made the served one there too; if the platform refuses, the
     store's pointer is put back."""
     from nluflow.registry import ModelStore
 
     def run() -> None:
+        why = " ".join((reason or "").split())
         ms = ModelStore.local(_store_path(store))
+        if not why:
+            _refuse_rejected_without_reason(ms, project, model_id, "models activate")
+        forced = model_id in {e.model_id for e in ms.rejected(project)}
         log = _audit_log_for_change(store, project)
         before = ms.active(project)
-        pointer = ms.activate(project, model_id, reason="activated from CLI")
+        text = f"forced promote: {why}" if forced else (why or "activated from CLI")
+        pointer = ms.activate(project, model_id, reason=text)
         manifest = ms.manifest(project, pointer.model_id)
         if manifest.backend != "local":
             _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
-        _audit_change(log, "activate", project, before, pointer, pointer.reason)
+        if forced:
+            ms.forget_rejected(project, model_id)
+        _audit_change(log, "forced-promote" if forced else "activate", project, before, pointer, why or text)
         console.print(f"active model of {project} is now [bold]{pointer.model_id}[/]")
 
     _guard(run)
