@@ -519,8 +519,13 @@ def keep_rejected_candidate(
 def switch_active_pointer(
     store: StoreSpec, project: str, model_id: str, run_id: str | None, reason: str
 ) -> ActivePointer:
-    """Point the project at the new model: verified first, written atomically, written last."""
-    pointer = store.build().activate(project, model_id, run_id=run_id, reason=reason)
+    """Point the project at the new model: verified first, written atomically, written last.
+
+    A model an earlier run kept as rejected (the same data and config trained again, now promoted) comes
+    off the rejected list: it is the active model, not a candidate to prune or to force."""
+    model_store = store.build()
+    pointer = model_store.activate(project, model_id, run_id=run_id, reason=reason)
+    model_store.forget_rejected(project, model_id)
     get_run_logger().info("active model of %s is now %s", project, pointer.model_id)
     crash_point("pointer")
     return pointer
