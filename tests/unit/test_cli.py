@@ -18,6 +18,9 @@ from nluflow.audit import AuditLog
 from nluflow.registry import ModelStore
 
 runner = CliRunner()
+# `models promote / activate / rollback` take the project's promotion slot, a Prefect concurrency limit:
+# they need the session's Prefect API.
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def _store_with_two_models(root: Path) -> ModelStore:
