@@ -318,7 +318,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
         except DataError as exc:
             # The run fails with the outcome as its state message; the caller (the CLI) still gets the error.
             return _final_state(Failed(message=outcome.message(), data=exc))
-    keep_training_data(store, project, train)  # what the next run compares with ("+N new")
+    keep_training_data(store, project, train, data)  # what the next run compares with ("+N new")
 
     # 2. Score the active model first: platforms that can only score what they hold (Cognigy) then keep
     #    the candidate loaded from training through scoring and activation, with no extra training.

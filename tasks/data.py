@@ -22,9 +22,11 @@ from nluflow.testset import (
     TestSetStore,
     data_delta,
     example_key,
+    keep_offered_data,
     new_example_indices,
     refuse_unmeasurable,
     route_to_test,
+    stored_offered_data,
     stored_training_data,
     tiny_warning,
 )
@@ -60,6 +62,7 @@ class _Active(NamedTuple):
     dataset_sha256: str | None = None
     test_sha256: str | None = None
     training_data: Dataset | None = None
+    offered: Dataset | None = None  # what its run was offered, before validation dropped examples
 
 
 def _active(model_store: ModelStore, project: str) -> _Active:
@@ -79,8 +82,24 @@ def _active(model_store: ModelStore, project: str) -> _Active:
         return _Active(pointer.model_id)
     sha = manifest.dataset_sha256
     return _Active(
-        pointer.model_id, sha, manifest.test_sha256, stored_training_data(model_store.fs, project, sha)
+        pointer.model_id,
+        sha,
+        manifest.test_sha256,
+        stored_training_data(model_store.fs, project, sha),
+        stored_offered_data(model_store.fs, project, sha),
     )
+
+
+def _trained_by_stored_models(model_store: ModelStore, project: str) -> list[Dataset]:
+    """The training data of every model the store keeps (rollback targets, kept rejected candidates that a
+    person may still promote): no text any of them trained on may enter the test set."""
+    found: list[Dataset] = []
+    models, _ = model_store.scan_models(project)
+    for sha in sorted({m.dataset_sha256 for m in models}):
+        data = stored_training_data(model_store.fs, project, sha)
+        if data is not None:
+            found.append(data)
+    return found
 
 
 @task(name="freeze-test-set", cache_policy=NO_CACHE)
@@ -107,6 +126,9 @@ def freeze_test_set(
     full = data.load()
     active = _active(model_store, project)
     previous = active.training_data
+    # Never routed into the test set: what any stored model trained on, what the active model's run was
+    # offered (an example validation dropped was seen, not new).
+    seen = [*_trained_by_stored_models(model_store, project), *([active.offered] if active.offered else [])]
     info: dict[str, Any] = {}
     record: TestSetRecord | None = None
     written: str | None = None  # sha256 of the version this run wrote, the only one it may undo
@@ -119,10 +141,10 @@ def freeze_test_set(
         frozen: TestSetRecord | None = None
         if current is None:
             pool = full
-            if previous is not None:
-                # A new test set while a model is active (after `nluflow testset reset`): split it off the
-                # texts that model did not train on, or the model would be scored on its own training data.
-                pool = full.subset(new_example_indices(full, Dataset(), previous))
+            if previous is not None or seen:
+                # A new test set while models are stored (after `nluflow testset reset`): split it off the
+                # texts they did not train on, or a model would be scored on its own training data.
+                pool = full.subset(new_example_indices(full, Dataset(), previous, seen))
             elif active.model_id is not None:
                 logger.warning(
                     "a new test set for %s is split off data that may include what the active model %s "
@@ -152,7 +174,7 @@ def freeze_test_set(
             baseline = scored_on if scored_on is not None else test_set
             info["test_source"] = "frozen in the store"
             if active.model_id is None or previous is not None:  # unknown training data: route nothing
-                new = new_example_indices(full, test_set, previous)
+                new = new_example_indices(full, test_set, previous, seen)
                 picked = route_to_test(full, test_set, new, test_fraction, seed)
                 if picked:
                     added = full.subset(picked)
@@ -176,6 +198,7 @@ def freeze_test_set(
         baseline_test=baseline,
         active_model_id=active.model_id,
         compared_with=active.dataset_sha256,
+        offered=active.offered,
     )
     info["removed_from_train"] = removed
     info[WRITTEN_KEY] = written
@@ -213,10 +236,18 @@ def restore_test_set(store: StoreSpec, project: str, data_info: dict[str, Any]) 
 
 
 @task(name="keep-training-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def keep_training_data(store: StoreSpec, project: str, train: DatasetSnapshot) -> str:
+def keep_training_data(
+    store: StoreSpec, project: str, train: DatasetSnapshot, offered: DatasetSnapshot | None = None
+) -> str:
     """Keep this run's training data in the store (content-addressed, written once), so the next run can
-    say what is new since the model trained on it."""
-    return store_training_data(store.build(create=True).fs, project, train.load())
+    say what is new since the model trained on it; and what the run was ``offered`` (before validation
+    dropped examples) beside it, so what validation dropped is not counted as new again."""
+    fs = store.build(create=True).fs
+    data = train.load()
+    key = store_training_data(fs, project, data)
+    if offered is not None:
+        keep_offered_data(fs, project, data.sha256(), offered.load())
+    return key
 
 
 def _validate_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from flows.retrain import RetrainParams, retrain
 from nluflow.audit import AuditLog
 from nluflow.data.loaders import load_paths
 from nluflow.data.schema import Dataset, Example
-from nluflow.data.validation import normalize_text
+from nluflow.data.validation import Severity, ValidationPolicy, normalize_text
 from nluflow.errors import DataError
 from nluflow.evaluation.gates import GatePolicy
 from nluflow.registry import ModelStore
@@ -269,3 +269,69 @@ def test_a_run_that_lost_the_first_freeze_and_is_blocked_leaves_the_winners_test
     assert frozen(home, project).record() == winners[0]  # not reset by the loser's clean-up
     current = frozen(home, project).current()
     assert current is not None and current[1].sha256() == winner_set.sha256()
+
+
+def test_examples_validation_drops_are_not_new_again_on_the_next_run(
+    home: Path, tmp_path: Path, demo_data: Path
+) -> None:
+    """ "+N new" compares with what the active model's run was offered, not with what survived validation:
+    an example with a broken entity span is dropped from training on every run, and is new only once."""
+    broken = tmp_path / "broken-spans.jsonl"
+    rows = [
+        {
+            "text": f"play some {genre} music now",
+            "intent": "PlayMusic",
+            "entities": [{"start": 0, "end": 4, "entity": "genre", "value": genre}],  # span is "play"
+        }
+        for genre in ("jazz", "polka", "grunge", "techno", "ska")
+    ]
+    broken.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    files = [str(demo_data / "batch-1.jsonl"), str(broken)]
+    warn = ValidationPolicy(severity={"span": Severity.WARN})  # broken spans: dropped, not blocking
+    p = params(home, demo_data, ["batch-1.jsonl"]).model_copy(update={"data": files, "validation": warn})
+    first = retrain(p)
+    assert first.promoted, first.decision.reasons
+    test = frozen(home).current()
+    assert test is not None
+    in_test = {normalize_text(t) for t in test[1].texts}
+    dropped = [r["text"] for r in rows if normalize_text(str(r["text"])) not in in_test]
+    assert dropped  # some went to training, where validation dropped them
+    before = frozen(home).record()
+
+    again = retrain(p)
+    assert again.data_info["new_examples"] == 0, again.data_info["new_since_active"]
+    assert again.data_info["routed_to_test"] == 0
+    assert again.data_info["new_since_active"] == "+0 new, 0 removed"
+    assert frozen(home).record() == before  # nothing routed into the test set
+
+
+def test_texts_a_kept_rejected_candidate_trained_on_never_enter_the_test_set(
+    home: Path, tmp_path: Path, demo_data: Path
+) -> None:
+    first_run(home, demo_data)
+    lines = (demo_data / "batch-2.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    half = tmp_path / "batch-2-even-lines.jsonl"  # every intent in both halves
+    half.write_text("".join(lines[0::2]), encoding="utf-8")
+    rest = tmp_path / "batch-2-odd-lines.jsonl"
+    rest.write_text("".join(lines[1::2]), encoding="utf-8")
+    files = [str(demo_data / "batch-1.jsonl"), str(half)]
+    unbeatable = GatePolicy(min_delta=1.0)
+    p = params(home, demo_data, ["batch-1.jsonl"]).model_copy(update={"data": files, "gates": unbeatable})
+    rejected = retrain(p)
+    assert not rejected.promoted
+    store = ModelStore.local(home / "store")
+    assert [e.model_id for e in store.rejected(PROJECT)] == [rejected.candidate_id]
+    trained = stored_training_data(
+        store.fs, PROJECT, store.manifest(PROJECT, rejected.candidate_id).dataset_sha256
+    )
+    assert trained is not None
+
+    # More annotations: the rejected candidate's texts are not new to every stored model, so none of them
+    # is routed into the test set (a person may still promote that candidate).
+    more = params(home, demo_data, ["batch-1.jsonl"]).model_copy(update={"data": [*files, str(rest)]})
+    grown = retrain(more)
+    assert grown.data_info["routed_to_test"] > 0  # the test set did grow, from the odd lines
+    current = frozen(home).current()
+    assert current is not None
+    trained_texts = {normalize_text(t) for t in trained.texts}
+    assert not [t for t in current[1].texts if normalize_text(t) in trained_texts]

@@ -11,7 +11,13 @@ from nluflow.data.schema import Dataset, Example
 from nluflow.errors import StoreError
 from nluflow.registry import FileSystem, LocalFileSystem
 from nluflow.s3 import S3FileSystem
-from nluflow.testset import TestSetStore, keep_training_data, stored_training_data
+from nluflow.testset import (
+    TestSetStore,
+    keep_offered_data,
+    keep_training_data,
+    stored_offered_data,
+    stored_training_data,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -139,3 +145,13 @@ def test_undo_takes_back_only_the_version_this_writer_made(fs: FileSystem) -> No
     assert store.record() == later
     current = store.current()
     assert current is not None and current[1].sha256() == later.sha256
+
+
+def test_offered_data_is_kept_beside_its_training_data_and_merged(fs: FileSystem) -> None:
+    train = ds("greet hello", "book a table")
+    assert stored_offered_data(fs, "bot", train.sha256()) is None
+    keep_offered_data(fs, "bot", train.sha256(), ds("greet hello", "book a table", "book broken span"))
+    keep_offered_data(fs, "bot", train.sha256(), ds("greet hello", "book other broken"))  # same training data
+    kept = stored_offered_data(fs, "bot", train.sha256())
+    assert kept is not None
+    assert list(kept.texts) == ["greet hello", "book a table", "book broken span", "book other broken"]
