@@ -343,9 +343,29 @@ def test_a_kept_rejected_candidate_that_a_later_run_promotes_leaves_the_rejected
     assert store(tmp_path).rejected(project) == []  # not listed as rejected, so never pruned as one
 
 
-def test_audit_chain_of_the_whole_history_verifies(home: Path) -> None:
-    result = AuditLog(home / "store" / PROJECT / "audit.jsonl").verify()
+def test_audit_chain_of_the_whole_history_verifies(tmp_path: Path, demo_data: Path) -> None:
+    """The history this file's first tests build, made again in this test's own home (it runs alone)."""
+    outcomes = [
+        retrain(params(tmp_path, demo_data, files)).outcome
+        for files in (
+            ["batch-1.jsonl"],
+            ["batch-1.jsonl", "batch-2.jsonl"],
+            ["batch-1.jsonl", "batch-2.jsonl"],
+            ["batch-1.jsonl", "batch-2.jsonl", "batch-3-mislabelled.jsonl"],
+        )
+    ]
+    assert outcomes == ["promoted", "promoted", "unchanged", "rejected"]
+    log = AuditLog(tmp_path / "store" / PROJECT / "audit.jsonl")
+    result = log.verify()
     assert result.ok and result.lines == 6  # two promotions (intent + completion each), unchanged, reject
+    assert [x["decision"] for x in log.records()] == [
+        "promote-intent",
+        "promote",
+        "promote-intent",
+        "promote",
+        "unchanged",
+        "reject",
+    ]
 
 
 def test_a_failed_audit_line_after_the_switch_is_recovered_by_the_failure_hook(
