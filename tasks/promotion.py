@@ -274,6 +274,8 @@ def promotion_slot(
     if current is not None:
         logger.info("promotion slot of %s is %s; waiting for it", project, current.describe(_now()))
     with ExitStack() as stack:
+        if ConcurrencyContext.get() is None:  # outside a run (a CLI command): record the lease id too, so a
+            stack.enter_context(ConcurrencyContext())  # waiter can free the slot of a killed holder
         before = _lease_ids()
         waiting = threading.Event()
         watcher = threading.Thread(

@@ -331,6 +331,7 @@ def test_cli_pointer_changes_take_the_promotion_slot_and_refuse_while_a_run_hold
     assert out.exit_code == 0, out.output
     assert len(holders) == 1 and holders[0] is not None
     assert holders[0].who().startswith("nluflow models (cli, user ")
+    assert holders[0].lease_id is not None  # so a waiter can free the slot if this command is killed
     pointer = store.active(project)
     assert pointer is not None and pointer.model_id == "m-aaaaaaaaaaaa"
     assert read_slot_holder(project) is None  # let go after the change
