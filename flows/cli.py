@@ -12,7 +12,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -64,6 +65,16 @@ BackendOpt = Annotated[
         help="Backend block '<block-type-slug>/<name>' of a remote model [default: the one in its manifest].",
     ),
 ]
+
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        min=0,
+        help="Seconds to wait for the project's promotion slot while a retrain promotes; then refuse.",
+    ),
+]
+DEFAULT_SLOT_WAIT_SECONDS = 120.0
 
 
 def _home() -> Path:
@@ -519,6 +530,7 @@ def models_rollback(
     store: StoreOpt = None,
     to: Annotated[str | None, typer.Option("--to", help="Model id [default: the previous active].")] = None,
     backend: BackendOpt = None,
+    wait: WaitOpt = DEFAULT_SLOT_WAIT_SECONDS,
 ) -> None:
     """Point the project back at the previous active model (or at --to), after verifying it.
 
@@ -528,13 +540,16 @@ def models_rollback(
 
     def run() -> None:
         ms = ModelStore.local(_store_path(store))
-        log = _audit_log_for_change(store, project)
-        before = ms.active(project)
-        pointer = ms.rollback(project, to=to)
-        manifest = ms.manifest(project, pointer.model_id)
-        if manifest.backend != "local":
-            _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
-        _audit_change(log, "rollback", project, before, pointer, pointer.reason)
+        if to is not None:
+            _refuse_rejected_without_reason(ms, project, to, "models rollback --to")
+        with _pointer_change(project, wait):
+            log = _audit_log_for_change(store, project)
+            before = ms.active(project)
+            pointer = ms.rollback(project, to=to)
+            manifest = ms.manifest(project, pointer.model_id)
+            if manifest.backend != "local":
+                _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
+            _audit_change(log, "rollback", project, before, pointer, pointer.reason)
         console.print(f"active model of {project} is now [bold]{pointer.model_id}[/]")
 
     _guard(run)
@@ -612,28 +627,76 @@ def _activate_remote(ms: Any, project: str, manifest: Any, restore: str | None, 
         raise
 
 
+@contextmanager
+def _pointer_change(project: str, wait: float) -> Iterator[None]:
+    """Hold the project's promotion slot (the one a retrain's promotion holds) for a pointer change from the
+    CLI, so a person's promote / activate / rollback never races a running retrain's promotion. It needs a
+    Prefect API: the server ``make server`` runs (found by main()), PREFECT_API_URL, or an ephemeral one.
+    Waits up to ``wait`` seconds, then refuses, saying who holds the slot."""
+    import getpass
+    import socket
+
+    from nluflow.registry import check_id
+    from tasks.promotion import promotion_slot
+
+    check_id(project, "project")
+    who = f"nluflow models (cli, user {getpass.getuser()} on {socket.gethostname()}, pid {os.getpid()})"
+    with promotion_slot(project, who, timeout_seconds=wait):
+        yield
+
+
+def _refuse_rejected_without_reason(ms: Any, project: str, model_id: str, command: str) -> None:
+    """A kept rejected candidate goes active only with a reason on the audit log: making it active overrides
+    the gates, which is what ``models promote --reason`` is for."""
+    if model_id not in {e.model_id for e in ms.rejected(project)}:
+        return
+    raise ConfigError(
+        f"{model_id} is a candidate the gates rejected (kept in the store for a forced promotion); making it "
+        f"active overrides the gates, so `{command}` refuses it without a reason; nothing was changed. Run "
+        f"`nluflow models promote {model_id} --project {project} --reason '<why the gates are wrong here>'`"
+    )
+
+
 @models_app.command("activate")
 def models_activate(
     model_id: Annotated[str, typer.Argument(help="Stored model to make active.")],
     project: ProjectOpt = "default",
     store: StoreOpt = None,
     backend: BackendOpt = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason",
+            help="Why (recorded in the audit log); required for a candidate the gates rejected.",
+        ),
+    ] = None,
+    wait: WaitOpt = DEFAULT_SLOT_WAIT_SECONDS,
 ) -> None:
     """Make a stored model the active one (verified first), e.g. after a bad rollback.
 
+    A candidate the gates rejected needs --reason (it is then a forced promotion, as `models promote`).
     A model trained on a remote platform is made the served one there too; if the platform refuses, the
     store's pointer is put back."""
     from nluflow.registry import ModelStore
 
     def run() -> None:
+        why = " ".join((reason or "").split())
         ms = ModelStore.local(_store_path(store))
-        log = _audit_log_for_change(store, project)
-        before = ms.active(project)
-        pointer = ms.activate(project, model_id, reason="activated from CLI")
-        manifest = ms.manifest(project, pointer.model_id)
-        if manifest.backend != "local":
-            _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
-        _audit_change(log, "activate", project, before, pointer, pointer.reason)
+        if not why:
+            _refuse_rejected_without_reason(ms, project, model_id, "models activate")
+        with _pointer_change(project, wait):
+            forced = model_id in {e.model_id for e in ms.rejected(project)}
+            log = _audit_log_for_change(store, project)
+            before = ms.active(project)
+            text = f"forced promote: {why}" if forced else (why or "activated from CLI")
+            pointer = ms.activate(project, model_id, reason=text)
+            manifest = ms.manifest(project, pointer.model_id)
+            if manifest.backend != "local":
+                _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
+            if forced:
+                ms.forget_rejected(project, model_id)
+            decision = "forced-promote" if forced else "activate"
+            _audit_change(log, decision, project, before, pointer, why or text)
         console.print(f"active model of {project} is now [bold]{pointer.model_id}[/]")
 
     _guard(run)
@@ -648,6 +711,7 @@ def models_promote(
     project: ProjectOpt = "default",
     store: StoreOpt = None,
     backend: BackendOpt = None,
+    wait: WaitOpt = DEFAULT_SLOT_WAIT_SECONDS,
 ) -> None:
     """Force a stored model to be the active one, overriding the gates; the reason goes on the audit log.
 
@@ -663,16 +727,17 @@ def models_promote(
                 "in the audit log); nothing was changed"
             )
         ms = ModelStore.local(_store_path(store))
-        log = _audit_log_for_change(store, project)
-        before = ms.active(project)
-        if before is not None and before.model_id == model_id:
-            raise ConfigError(f"{model_id} is already the active model of {project}; nothing was changed")
-        pointer = ms.activate(project, model_id, reason=f"forced promote: {why}")
-        manifest = ms.manifest(project, pointer.model_id)
-        if manifest.backend != "local":
-            _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
-        ms.forget_rejected(project, model_id)
-        _audit_change(log, "forced-promote", project, before, pointer, why)
+        with _pointer_change(project, wait):
+            log = _audit_log_for_change(store, project)
+            before = ms.active(project)
+            if before is not None and before.model_id == model_id:
+                raise ConfigError(f"{model_id} is already the active model of {project}; nothing was changed")
+            pointer = ms.activate(project, model_id, reason=f"forced promote: {why}")
+            manifest = ms.manifest(project, pointer.model_id)
+            if manifest.backend != "local":
+                _activate_remote(ms, project, manifest, before.model_id if before else None, backend)
+            ms.forget_rejected(project, model_id)
+            _audit_change(log, "forced-promote", project, before, pointer, why)
         console.print(
             f"active model of {project} is now [bold]{pointer.model_id}[/] (forced promote, gates overridden)"
         )

@@ -37,7 +37,6 @@ from tasks.audit import (
 )
 from tasks.common import BackendSpec, StoreSpec
 from tasks.data import (
-    current_test_set,
     freeze_test_set,
     keep_training_data,
     load_dataset,
@@ -281,7 +280,6 @@ def retrain(params: RetrainParams) -> RetrainResult:
     data_paths, sources = resolve_data(params.data, str(work))  # pulls Label Studio / folder / S3 sources
     data = load_dataset(data_paths, str(work), data_label(params.data, sources))
     given_test = load_dataset(params.test, str(work)) if params.test else None
-    before = current_test_set(store, project) if params.test is None else None  # put back if blocked
     train, test, data_info = freeze_test_set(
         project,
         data,
@@ -301,7 +299,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
             **provenance_info(sources),
         }
         if params.test is None:
-            restore_test_set(store, project, before)  # a blocked run leaves the test set as it found it
+            restore_test_set(store, project, data_info)  # undoes only its own freeze or growth
         write_audit(str(store.audit_path(project)), blocked)
         upload_audit(store, project)
         notice = DecisionNotice(
@@ -321,7 +319,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
         except DataError as exc:
             # The run fails with the outcome as its state message; the caller (the CLI) still gets the error.
             return _final_state(Failed(message=outcome.message(), data=exc))
-    keep_training_data(store, project, train)  # what the next run compares with ("+N new")
+    keep_training_data(store, project, train, data)  # what the next run compares with ("+N new")
 
     # 2. Score the active model first: platforms that can only score what they hold (Cognigy) then keep
     #    the candidate loaded from training through scoring and activation, with no extra training.

@@ -14,8 +14,8 @@ the active one, and new vocabulary never enters it. So the frozen test set grows
   ``(intent, normalised text)``; duplicates of one text travel together. Because the quota counts what the
   test set already holds, a rerun on the same data routes nothing more (an unchanged export stays a cache
   hit), and an intent that gets one new example per batch gives one to the test set every few batches.
-  What this does not guarantee: an example a *rejected* candidate trained on may be routed into the test set
-  by a later run (it was never in the active model's training data).
+  Nor is any text another stored model trained on (a kept rejected candidate may still be promoted by
+  hand), nor one the active model's run was offered and validation dropped (it was seen, not new).
 - **Versions.** Every change of the test set is a new version with its own sha256. The store keeps, under
   ``<project>/testset/``: ``versions/<sha256>.jsonl`` (each version's data, written once),
   ``test.jsonl`` (the current version's data, for people and older readers) and ``testset.json`` (the
@@ -23,7 +23,9 @@ the active one, and new vocabulary never enters it. So the frozen test set grows
   crash leaves the previous version in force.
 - **Training data of stored models** is kept content-addressed at ``<project>/datasets/<sha256>.jsonl``
   (written once), which is what a manifest's ``dataset_sha256`` names; comparing the current training data
-  with it gives "+N new, M removed".
+  with it gives "+N new, M removed". What that run was *offered* (before validation dropped broken
+  examples) is kept beside it at ``<project>/datasets/<sha256>.offered.jsonl``: "new" is counted against
+  it, so an example validation drops is not new again on every run.
 
 Everything here goes through the store's :class:`~nluflow.registry.FileSystem`, so it works on a local
 folder and on S3 alike.
@@ -80,13 +82,18 @@ def _half_up(value: float) -> int:
 # ----------------------------------------------------------------------------------------------- routing
 
 
-def new_example_indices(data: Dataset, test: Dataset, previous: Dataset | None) -> list[int]:
+def new_example_indices(
+    data: Dataset, test: Dataset, previous: Dataset | None, seen: Iterable[Dataset] = ()
+) -> list[int]:
     """Indices of ``data``'s examples that may be routed into the test set: their normalised text is neither
-    in ``test`` nor in ``previous`` (the active model's training data; ``None`` when there is none), under
+    in ``test`` nor in ``previous`` (the active model's training data; ``None`` when there is none) nor in
+    any of ``seen`` (what other stored models trained on, what the active model's run was offered), under
     any intent, so no model is scored on a text it trained on, even one relabelled since."""
     held_out = {normalize_text(e.text) for e in test}
     if previous is not None:
         held_out |= {normalize_text(e.text) for e in previous}
+    for other in seen:
+        held_out |= {normalize_text(e.text) for e in other}
     return [i for i, e in enumerate(data.examples) if normalize_text(e.text) not in held_out]
 
 
@@ -163,6 +170,7 @@ def data_delta(
     baseline_test: Dataset,
     active_model_id: str | None,
     compared_with: str | None,
+    offered: Dataset | None = None,
 ) -> DataDelta:
     """Compare this run's data with the active model's training data ``previous``.
 
@@ -170,12 +178,14 @@ def data_delta(
     active model was scored on, so the count does not depend on which run grew the test set since);
     ``to_test``: how many of them are in this run's ``test`` set; ``removed``: distinct examples of
     ``previous`` that ``train`` no longer holds. ``previous`` is None when there is no active model
-    (everything is new) or its training data is unknown (then nothing is counted)."""
+    (everything is new) or its training data is unknown (then nothing is counted). ``offered``: what the
+    active model's run was offered before validation dropped examples; what it held is not new either."""
     if active_model_id is not None and previous is None:
         return DataDelta(known=False, active_model_id=active_model_id, compared_with=compared_with)
     held_out = {normalize_text(e.text) for e in baseline_test}
     seen = _keys(previous) if previous is not None else set()
-    new = {k for k in _keys(data) if k not in seen and k[0] not in held_out}
+    known = seen | (_keys(offered) if offered is not None else set())
+    new = {k for k in _keys(data) if k not in known and k[0] not in held_out}
     in_test = {normalize_text(e.text) for e in test}
     return DataDelta(
         known=True,
@@ -466,6 +476,42 @@ class TestSetStore:
             self.fs.write_bytes(self._key(TESTSET_DATA), self.fs.read_bytes(key))
         self.fs.write_bytes(self._key(TESTSET_META), before.model_dump_json(indent=2).encode("utf-8"))
 
+    def undo(self, written: str | None) -> bool:
+        """Undo this writer's own change of the test set: ``written`` is the sha256 of the version it froze
+        or grew (None: it wrote none, e.g. it lost the first-freeze race and used the winner's set). Only
+        while that version is still the current one is it taken back, to the version it grew from (a first
+        freeze: to nothing frozen); a set another run froze or grew since is left alone. Returns whether
+        anything was put back.
+
+        Compare, then swap: the pointer is read right before the earlier version is written back. The
+        store's filesystem offers no conditional overwrite, so a writer that changes the set in between is
+        lost; the window is one read long, where restoring blindly would undo every other writer."""
+        if written is None:
+            return False
+        now = self.record()
+        if now is None or now.sha256 != written:
+            return False
+        self.restore(self._previous(now))
+        return True
+
+    def _previous(self, record: TestSetRecord) -> TestSetRecord | None:
+        """The record of the version ``record`` was made from (None for version 1)."""
+        history = record.versions()
+        if len(history) < 2:
+            return None
+        prior = history[-2]
+        data = self.version(prior.sha256)
+        counts = dict(sorted(data.intent_counts().items())) if data is not None else {}
+        return TestSetRecord(
+            sha256=prior.sha256,
+            created_at=prior.created_at,
+            source=record.source,
+            n_examples=prior.n_examples,
+            version=prior.version,
+            intent_counts=counts,
+            history=history[:-1],
+        )
+
     def reset(self) -> TestSetRecord | None:
         """Remove the frozen test set so the next run freezes a new one; returns what was removed (None when
         nothing was frozen). Each version's data stays under ``versions/`` for the audit trail."""
@@ -493,6 +539,37 @@ def keep_training_data(fs: FileSystem, project: str, data: Dataset) -> str:
     return key
 
 
+def offered_data_key(project: str, sha256: str) -> str:
+    return f"{check_id(project, 'project')}/{DATASETS_DIR}/{sha256}.offered.jsonl"
+
+
+def keep_offered_data(fs: FileSystem, project: str, train_sha256: str, offered: Dataset) -> str:
+    """Keep what a run was offered (before validation dropped examples) beside the training data it gave,
+    ``train_sha256``. Runs offered different data that gave the same training data add theirs (distinct
+    examples, first seen first), so every example one of them dropped is known. Returns the key."""
+    key = offered_data_key(project, train_sha256)
+    kept = stored_offered_data(fs, project, train_sha256)
+    examples = list(kept.examples) if kept is not None else []
+    have = {e.model_dump_json() for e in examples}
+    for example in offered:
+        if example.model_dump_json() not in have:
+            have.add(example.model_dump_json())
+            examples.append(example)
+    if kept is None or len(examples) != len(kept):
+        merged = Dataset(examples=tuple(examples), source=key)
+        fs.write_bytes(key, merged.to_jsonl().encode("utf-8"))
+    return key
+
+
+def stored_offered_data(fs: FileSystem, project: str, train_sha256: str) -> Dataset | None:
+    """What the runs that gave the training data ``train_sha256`` were offered, or None when not kept."""
+    key = offered_data_key(project, train_sha256)
+    try:
+        return parse_jsonl_bytes(fs.read_bytes(key), key)
+    except ModelNotFoundError:
+        return None
+
+
 def stored_training_data(fs: FileSystem, project: str, sha256: str) -> Dataset | None:
     """The training data a manifest's ``dataset_sha256`` names, or None when it was not kept (models stored
     before this) or does not match its sha256."""
@@ -518,10 +595,12 @@ __all__ = [
     "audit_fields",
     "data_delta",
     "example_key",
+    "keep_offered_data",
     "keep_training_data",
     "new_example_indices",
     "refuse_unmeasurable",
     "route_to_test",
+    "stored_offered_data",
     "stored_training_data",
     "tiny_warning",
 ]

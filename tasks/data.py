@@ -22,14 +22,19 @@ from nluflow.testset import (
     TestSetStore,
     data_delta,
     example_key,
+    keep_offered_data,
     new_example_indices,
     refuse_unmeasurable,
     route_to_test,
+    stored_offered_data,
     stored_training_data,
     tiny_warning,
 )
 from nluflow.testset import keep_training_data as store_training_data
 from tasks.common import StoreSpec, cache_key, cache_policy, workspace
+
+# data_info key: sha256 of the test set version this run froze or grew (None: it changed nothing).
+WRITTEN_KEY = "test_set_written_sha256"
 
 
 def _load_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
@@ -57,6 +62,7 @@ class _Active(NamedTuple):
     dataset_sha256: str | None = None
     test_sha256: str | None = None
     training_data: Dataset | None = None
+    offered: Dataset | None = None  # what its run was offered, before validation dropped examples
 
 
 def _active(model_store: ModelStore, project: str) -> _Active:
@@ -76,8 +82,24 @@ def _active(model_store: ModelStore, project: str) -> _Active:
         return _Active(pointer.model_id)
     sha = manifest.dataset_sha256
     return _Active(
-        pointer.model_id, sha, manifest.test_sha256, stored_training_data(model_store.fs, project, sha)
+        pointer.model_id,
+        sha,
+        manifest.test_sha256,
+        stored_training_data(model_store.fs, project, sha),
+        stored_offered_data(model_store.fs, project, sha),
     )
+
+
+def _trained_by_stored_models(model_store: ModelStore, project: str) -> list[Dataset]:
+    """The training data of every model the store keeps (rollback targets, kept rejected candidates that a
+    person may still promote): no text any of them trained on may enter the test set."""
+    found: list[Dataset] = []
+    models, _ = model_store.scan_models(project)
+    for sha in sorted({m.dataset_sha256 for m in models}):
+        data = stored_training_data(model_store.fs, project, sha)
+        if data is not None:
+            found.append(data)
+    return found
 
 
 @task(name="freeze-test-set", cache_policy=NO_CACHE)
@@ -104,8 +126,12 @@ def freeze_test_set(
     full = data.load()
     active = _active(model_store, project)
     previous = active.training_data
+    # Never routed into the test set: what any stored model trained on, what the active model's run was
+    # offered (an example validation dropped was seen, not new).
+    seen = [*_trained_by_stored_models(model_store, project), *([active.offered] if active.offered else [])]
     info: dict[str, Any] = {}
     record: TestSetRecord | None = None
+    written: str | None = None  # sha256 of the version this run wrote, the only one it may undo
     if test is not None:
         test_set = baseline = test.load()
         info["test_source"] = "given (--test)"
@@ -115,10 +141,10 @@ def freeze_test_set(
         frozen: TestSetRecord | None = None
         if current is None:
             pool = full
-            if previous is not None:
-                # A new test set while a model is active (after `nluflow testset reset`): split it off the
-                # texts that model did not train on, or the model would be scored on its own training data.
-                pool = full.subset(new_example_indices(full, Dataset(), previous))
+            if previous is not None or seen:
+                # A new test set while models are stored (after `nluflow testset reset`): split it off the
+                # texts they did not train on, or a model would be scored on its own training data.
+                pool = full.subset(new_example_indices(full, Dataset(), previous, seen))
             elif active.model_id is not None:
                 logger.warning(
                     "a new test set for %s is split off data that may include what the active model %s "
@@ -134,6 +160,7 @@ def freeze_test_set(
                 logger.info("another run froze the test set of %s first; this run uses it", project)
         if frozen is not None:
             record, test_set, baseline = frozen, split, Dataset()
+            written = frozen.sha256
             info["test_source"] = f"split off the data ({test_fraction:.0%}) and frozen in the store"
         elif current is None:
             raise StoreError(
@@ -147,12 +174,13 @@ def freeze_test_set(
             baseline = scored_on if scored_on is not None else test_set
             info["test_source"] = "frozen in the store"
             if active.model_id is None or previous is not None:  # unknown training data: route nothing
-                new = new_example_indices(full, test_set, previous)
+                new = new_example_indices(full, test_set, previous, seen)
                 picked = route_to_test(full, test_set, new, test_fraction, seed)
                 if picked:
                     added = full.subset(picked)
                     moved = len({example_key(e) for e in added})
                     record = testsets.grow(record, test_set, added, f"+{moved} new annotations routed in")
+                    written = record.sha256
                     test_set = Dataset(examples=test_set.examples + added.examples, source=test_set.source)
                     logger.info(
                         "test set of %s grew to version %d: +%d new annotations (%d utterances)",
@@ -170,8 +198,10 @@ def freeze_test_set(
         baseline_test=baseline,
         active_model_id=active.model_id,
         compared_with=active.dataset_sha256,
+        offered=active.offered,
     )
     info["removed_from_train"] = removed
+    info[WRITTEN_KEY] = written
     info["test_set_version"] = record.version if record else None
     info["test_set"] = (
         f"version {record.version}, sha256 {record.sha256[:16]}…, {record.n_examples} utterances"
@@ -190,23 +220,34 @@ def freeze_test_set(
     return snapshot(train, ws), snapshot(test_set, ws), info
 
 
-def current_test_set(store: StoreSpec, project: str) -> TestSetRecord | None:
-    """The project's frozen test set as it is before a run changes it (None: nothing frozen)."""
-    return TestSetStore(store.build(create=True).fs, project).record()
-
-
 @task(name="restore-test-set", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def restore_test_set(store: StoreSpec, project: str, before: TestSetRecord | None) -> None:
-    """Put the frozen test set back as ``before``: a run that validation blocked changes nothing, so a bad
-    first batch cannot freeze the project's test set."""
-    TestSetStore(store.build(create=True).fs, project).restore(before)
+def restore_test_set(store: StoreSpec, project: str, data_info: dict[str, Any]) -> bool:
+    """Undo this run's own change of the frozen test set: a run that validation blocked changes nothing, so
+    a bad first batch cannot freeze the project's test set. Only the version this run froze or grew
+    (``data_info``, from freeze-test-set) is taken back, and only while it is still the current one: a set
+    another run froze first, or grew since, stays. Returns whether it put one back."""
+    written = data_info.get(WRITTEN_KEY)
+    undone = TestSetStore(store.build(create=True).fs, project).undo(written)
+    if written and not undone:
+        get_run_logger().warning(
+            "the test set of %s changed after this run wrote it; it is left as the other run made it", project
+        )
+    return undone
 
 
 @task(name="keep-training-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def keep_training_data(store: StoreSpec, project: str, train: DatasetSnapshot) -> str:
+def keep_training_data(
+    store: StoreSpec, project: str, train: DatasetSnapshot, offered: DatasetSnapshot | None = None
+) -> str:
     """Keep this run's training data in the store (content-addressed, written once), so the next run can
-    say what is new since the model trained on it."""
-    return store_training_data(store.build(create=True).fs, project, train.load())
+    say what is new since the model trained on it; and what the run was ``offered`` (before validation
+    dropped examples) beside it, so what validation dropped is not counted as new again."""
+    fs = store.build(create=True).fs
+    data = train.load()
+    key = store_training_data(fs, project, data)
+    if offered is not None:
+        keep_offered_data(fs, project, data.sha256(), offered.load())
+    return key
 
 
 def _validate_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -29,12 +30,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 from prefect.variables import Variable
 
 from nluflow.backends.base import ModelRef, TrainingBackend
-from nluflow.errors import ConfigError
+from nluflow.errors import ConfigError, PromotionError
 from nluflow.evaluation.gates import Decision, GatePolicy, MustPassResult, decide
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.pipeline import DatasetSnapshot
@@ -120,6 +123,14 @@ class SlotHolder:
         except (KeyError, TypeError, ValueError):
             return None
 
+    def who(self) -> str:
+        """``flow run <id>`` for a retrain; a CLI command records itself by name (``nluflow models ...``)."""
+        try:
+            UUID(self.flow_run_id)
+        except ValueError:
+            return self.flow_run_id
+        return f"flow run {self.flow_run_id}"
+
     def until(self) -> datetime:
         return datetime.fromisoformat(self.lease_until)
 
@@ -131,10 +142,7 @@ class SlotHolder:
             if left >= 0
             else f"its lease ran out at {self.lease_until} ({-left:.0f} s ago): it looks dead"
         )
-        return (
-            f"held by flow run {self.flow_run_id} (host {self.host}, pid {self.pid}) since {self.since}; "
-            f"{state}"
-        )
+        return f"held by {self.who()} (host {self.host}, pid {self.pid}) since {self.since}; {state}"
 
 
 def read_slot_holder(project: str) -> SlotHolder | None:
@@ -230,17 +238,34 @@ def _lease_ids() -> set[UUID]:
     return set(ctx.cleanup_lease_ids) if ctx is not None else set()
 
 
+def _logger() -> Any:
+    """The run's logger in a flow or task run; outside one (a CLI command) the module's logger."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("nluflow.promotion")
+
+
 @contextmanager
-def promotion_slot(project: str, run_id: str, *, lease_seconds: float | None = None) -> Iterator[None]:
+def promotion_slot(
+    project: str,
+    run_id: str,
+    *,
+    lease_seconds: float | None = None,
+    timeout_seconds: float | None = None,
+) -> Iterator[None]:
     """Hold the project's promotion slot (one promotion per project at a time) for the ``with`` body.
 
     The slot is a Prefect global concurrency limit taken with a lease of ``lease_seconds`` (default
     ``$NLUFLOW_PROMOTION_LEASE_SECONDS``, 60) that Prefect renews while this process lives, so a killed run
-    frees it about a lease later instead of after Prefect's default 300 s. The holder is the flow run. While
-    it waits, the run logs who holds the slot and until when, every ``WAIT_LOG_SECONDS``."""
-    logger = get_run_logger()
+    frees it about a lease later instead of after Prefect's default 300 s. The holder is the flow run
+    (``run_id``), or a CLI command that names itself there. While it waits, it logs who holds the slot and
+    until when, every ``WAIT_LOG_SECONDS``. With ``timeout_seconds`` it waits at most that long, then raises
+    :class:`PromotionError` saying who holds the slot (nothing was done)."""
+    logger = _logger()
     lease = lease_seconds if lease_seconds is not None else promotion_lease_seconds()
-    limit = ensure_promotion_limit(project)
+    in_run = FlowRunContext.get() is not None or TaskRunContext.get() is not None
+    limit = ensure_promotion_limit(project) if in_run else ensure_promotion_limit.fn(project)
     try:
         holder: ConcurrencyLeaseHolder | None = ConcurrencyLeaseHolder(type="flow_run", id=UUID(run_id))
     except ValueError:
@@ -249,6 +274,8 @@ def promotion_slot(project: str, run_id: str, *, lease_seconds: float | None = N
     if current is not None:
         logger.info("promotion slot of %s is %s; waiting for it", project, current.describe(_now()))
     with ExitStack() as stack:
+        if ConcurrencyContext.get() is None:  # outside a run (a CLI command): record the lease id too, so a
+            stack.enter_context(ConcurrencyContext())  # waiter can free the slot of a killed holder
         before = _lease_ids()
         waiting = threading.Event()
         watcher = threading.Thread(
@@ -260,8 +287,23 @@ def promotion_slot(project: str, run_id: str, *, lease_seconds: float | None = N
         watcher.start()
         try:
             stack.enter_context(
-                concurrency(limit, occupy=1, strict=True, lease_duration=lease, holder=holder)
+                concurrency(
+                    limit,
+                    occupy=1,
+                    timeout_seconds=timeout_seconds,
+                    strict=True,
+                    lease_duration=lease,
+                    holder=holder,
+                )
             )
+        except TimeoutError:
+            now = read_slot_holder(project)
+            who = now.describe(_now()) if now else "held, holder unknown (it recorded no holder)"
+            raise PromotionError(
+                f"the promotion slot of {project!r} is {who}; waited {timeout_seconds or 0:.0f} s for it and "
+                "changed nothing. A promotion holds it for seconds to minutes: run the command again when "
+                "it is done"
+            ) from None
         finally:
             waiting.set()
             watcher.join()
@@ -519,8 +561,13 @@ def keep_rejected_candidate(
 def switch_active_pointer(
     store: StoreSpec, project: str, model_id: str, run_id: str | None, reason: str
 ) -> ActivePointer:
-    """Point the project at the new model: verified first, written atomically, written last."""
-    pointer = store.build().activate(project, model_id, run_id=run_id, reason=reason)
+    """Point the project at the new model: verified first, written atomically, written last.
+
+    A model an earlier run kept as rejected (the same data and config trained again, now promoted) comes
+    off the rejected list: it is the active model, not a candidate to prune or to force."""
+    model_store = store.build()
+    pointer = model_store.activate(project, model_id, run_id=run_id, reason=reason)
+    model_store.forget_rejected(project, model_id)
     get_run_logger().info("active model of %s is now %s", project, pointer.model_id)
     crash_point("pointer")
     return pointer

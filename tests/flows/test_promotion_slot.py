@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -248,3 +249,91 @@ def test_the_lease_defaults_to_the_servers_shortest(monkeypatch: pytest.MonkeyPa
     assert promotion_lease_seconds() == LEASE_SECONDS
     monkeypatch.setenv(LEASE_ENV, "90")
     assert promotion_lease_seconds() == 90.0
+
+
+def _store_with_two_models(root: Path, project: str) -> Any:
+    from nluflow.registry import ModelStore
+
+    store = ModelStore.local(root, create=True)
+    for i, model_id in enumerate(("m-aaaaaaaaaaaa", "m-bbbbbbbbbbbb")):
+        src = root.parent / f"src-{model_id}"
+        src.mkdir()
+        (src / "intent.joblib").write_bytes(b"model bytes %d" % i)
+        store.add_model(
+            project,
+            model_id,
+            src,
+            backend="local",
+            dataset_sha256="d" * 64,
+            test_sha256="t" * 64,
+            config={},
+            metrics={"macro_f1": 0.9},
+        )
+        store.activate(project, model_id, reason=f"test {i}")
+    return store
+
+
+def test_cli_pointer_changes_take_the_promotion_slot_and_refuse_while_a_run_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models promote / activate / rollback` take the same slot as a retrain's promotion: while a run
+    holds it they wait (--wait), then refuse and say who holds it; when it is free they hold it while they
+    move the pointer."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from nluflow.registry import ModelStore
+
+    project = f"slot-cli-{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "store"
+    store = _store_with_two_models(root, project)
+    before = (root / project / "active.json").read_bytes()
+    args = ["--project", project, "--store", str(root), "--wait", "1"]
+    commands = [
+        ["promote", "m-aaaaaaaaaaaa", "--reason", "reviewed by hand"],
+        ["activate", "m-aaaaaaaaaaaa"],
+        ["rollback"],
+    ]
+    runner = CliRunner()
+    holding, release, run_ids = threading.Event(), threading.Event(), []
+
+    @flow(name="nluflow-test-promoting-run")
+    def promoting_run() -> None:  # a retrain in its promotion, holding the slot until told to stop
+        run_ids.append(str(flow_run.get_id()))
+        with promotion_slot(project, run_ids[0], lease_seconds=LEASE_SECONDS):
+            holding.set()
+            release.wait(MARKER_TIMEOUT_SECONDS)
+
+    holder = threading.Thread(target=promoting_run, daemon=True)
+    holder.start()
+    assert holding.wait(MARKER_TIMEOUT_SECONDS)
+    run_id = run_ids[0]
+    try:
+        for command in commands:
+            out = runner.invoke(app, ["models", *command, *args])
+            assert out.exit_code == 1, out.output
+            text = " ".join(out.output.split())
+            assert f"promotion slot of '{project}' is held by flow run {run_id}" in text, text
+            assert "changed nothing" in text
+            assert (root / project / "active.json").read_bytes() == before
+            assert not (root / project / "audit.jsonl").exists()
+    finally:
+        release.set()
+        holder.join(MARKER_TIMEOUT_SECONDS)
+
+    holders: list[Any] = []
+    real_activate = ModelStore.activate
+
+    def activate(self: ModelStore, *a: Any, **kw: Any) -> Any:
+        holders.append(read_slot_holder(project))
+        return real_activate(self, *a, **kw)
+
+    monkeypatch.setattr(ModelStore, "activate", activate)
+    out = runner.invoke(app, ["models", *commands[1], *args])  # the slot is free now
+    assert out.exit_code == 0, out.output
+    assert len(holders) == 1 and holders[0] is not None
+    assert holders[0].who().startswith("nluflow models (cli, user ")
+    assert holders[0].lease_id is not None  # so a waiter can free the slot if this command is killed
+    pointer = store.active(project)
+    assert pointer is not None and pointer.model_id == "m-aaaaaaaaaaaa"
+    assert read_slot_holder(project) is None  # let go after the change

@@ -26,6 +26,7 @@ from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 from flows.retrain import RetrainParams, RetrainResult, retrain
 from nluflow.audit import AuditLog
 from nluflow.errors import AuditError, DataError, StoreError
+from nluflow.evaluation.gates import GatePolicy
 from nluflow.registry import ModelStore
 from nluflow.testset import TestSetStore
 
@@ -323,9 +324,48 @@ def test_blocking_validation_stops_before_training(home: Path, tmp_path: Path) -
     assert_run_says(line["flow_run_id"], "blocked", run.state.message, None)
 
 
-def test_audit_chain_of_the_whole_history_verifies(home: Path) -> None:
-    result = AuditLog(home / "store" / PROJECT / "audit.jsonl").verify()
+def test_a_kept_rejected_candidate_that_a_later_run_promotes_leaves_the_rejected_list(
+    tmp_path: Path, demo_data: Path
+) -> None:
+    project = "flowtest-rejected-later"
+    first = retrain(params(tmp_path, demo_data, ["batch-1.jsonl"], project=project))
+    assert first.promoted, first.decision.reasons
+    files = ["batch-1.jsonl", "batch-2.jsonl"]
+    unbeatable = GatePolicy(min_delta=1.0)  # must beat the active model by more than 1.0: never
+    rejected = retrain(params(tmp_path, demo_data, files, project=project, gates=unbeatable))
+    assert not rejected.promoted
+    assert [e.model_id for e in store(tmp_path).rejected(project)] == [rejected.candidate_id]
+    # The same data and config again, with the default gates: the same model, now promoted by the flow.
+    again = retrain(params(tmp_path, demo_data, files, project=project))
+    assert again.candidate_id == rejected.candidate_id and again.promoted, again.decision.reasons
+    pointer = store(tmp_path).active(project)
+    assert pointer is not None and pointer.model_id == again.candidate_id
+    assert store(tmp_path).rejected(project) == []  # not listed as rejected, so never pruned as one
+
+
+def test_audit_chain_of_the_whole_history_verifies(tmp_path: Path, demo_data: Path) -> None:
+    """The history this file's first tests build, made again in this test's own home (it runs alone)."""
+    outcomes = [
+        retrain(params(tmp_path, demo_data, files)).outcome
+        for files in (
+            ["batch-1.jsonl"],
+            ["batch-1.jsonl", "batch-2.jsonl"],
+            ["batch-1.jsonl", "batch-2.jsonl"],
+            ["batch-1.jsonl", "batch-2.jsonl", "batch-3-mislabelled.jsonl"],
+        )
+    ]
+    assert outcomes == ["promoted", "promoted", "unchanged", "rejected"]
+    log = AuditLog(tmp_path / "store" / PROJECT / "audit.jsonl")
+    result = log.verify()
     assert result.ok and result.lines == 6  # two promotions (intent + completion each), unchanged, reject
+    assert [x["decision"] for x in log.records()] == [
+        "promote-intent",
+        "promote",
+        "promote-intent",
+        "promote",
+        "unchanged",
+        "reject",
+    ]
 
 
 def test_a_failed_audit_line_after_the_switch_is_recovered_by_the_failure_hook(

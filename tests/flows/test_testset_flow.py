@@ -1,6 +1,7 @@
 """The frozen test set grows with new annotations, and runs say what is new (under prefect_test_harness).
 
-The growth tests share one project history and run in file order, as a bot's retrains do.
+Each test owns its home (``tmp_path``) and builds the project history it needs, so it runs alone and in any
+order (``pytest path::name``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import pytest
 from flows.retrain import RetrainParams, retrain
 from nluflow.audit import AuditLog
 from nluflow.data.loaders import load_paths
-from nluflow.data.schema import Dataset
-from nluflow.data.validation import normalize_text
+from nluflow.data.schema import Dataset, Example
+from nluflow.data.validation import Severity, ValidationPolicy, normalize_text
 from nluflow.errors import DataError
 from nluflow.evaluation.gates import GatePolicy
 from nluflow.registry import ModelStore
@@ -27,9 +28,10 @@ PROJECT = "growtest"
 LENIENT = GatePolicy(min_macro_f1=0.5, min_precision=0.5)
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("testset-home")
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """This test's own home: its store and workspace hold only the runs the test makes."""
+    return tmp_path / "home"
 
 
 def params(home: Path, demo_data: Path, files: list[str], project: str = PROJECT) -> RetrainParams:
@@ -40,6 +42,19 @@ def params(home: Path, demo_data: Path, files: list[str], project: str = PROJECT
         workspace=str(home / "work"),
         gates=LENIENT,
     )
+
+
+def first_run(home: Path, demo_data: Path, project: str = PROJECT) -> Any:
+    """The project's first run (batch 1): freezes test set version 1 and promotes the first model."""
+    result = retrain(params(home, demo_data, ["batch-1.jsonl"], project=project))
+    assert result.promoted, result.decision.reasons
+    return result
+
+
+def grown_history(home: Path, demo_data: Path) -> Any:
+    """Batch 1, then batches 1 and 2 (which grows the test set to version 2); returns the second result."""
+    first_run(home, demo_data)
+    return retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]))
 
 
 def frozen(home: Path, project: str = PROJECT) -> TestSetStore:
@@ -66,8 +81,7 @@ def scored_on(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_first_run_freezes_version_1_and_keeps_its_training_data(home: Path, demo_data: Path) -> None:
-    result = retrain(params(home, demo_data, ["batch-1.jsonl"]))
-    assert result.promoted, result.decision.reasons
+    result = first_run(home, demo_data)
     current = frozen(home).current()
     assert current is not None
     record, test = current
@@ -88,6 +102,8 @@ def test_first_run_freezes_version_1_and_keeps_its_training_data(home: Path, dem
 def test_new_annotations_grow_the_test_set_and_both_models_are_scored_on_it(
     home: Path, demo_data: Path, scored_on: list[str]
 ) -> None:
+    first_run(home, demo_data)
+    scored_on.clear()  # only what the second run scores counts
     before, old_test = frozen(home).current() or (None, None)
     assert before is not None and old_test is not None
     active = ModelStore.local(home / "store").active(PROJECT)
@@ -123,9 +139,12 @@ def test_new_annotations_grow_the_test_set_and_both_models_are_scored_on_it(
     trained = stored_training_data(ModelStore.local(home / "store").fs, PROJECT, line["dataset_sha256"])
     assert trained is not None
     assert not {normalize_text(t) for t in trained.texts} & {normalize_text(t) for t in test.texts}
+    # The growth is on the audit chain, which verifies.
+    assert AuditLog(home / "store" / PROJECT / "audit.jsonl").verify().ok
 
 
 def test_an_unchanged_rerun_does_not_grow_the_test_set(home: Path, demo_data: Path) -> None:
+    grown_history(home, demo_data)
     before = frozen(home).record()
     previous = audit_lines(home)[-1]
     result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]))
@@ -143,7 +162,9 @@ def test_an_unchanged_rerun_does_not_grow_the_test_set(home: Path, demo_data: Pa
 
 
 def test_an_explicit_test_set_wins_over_the_frozen_one(home: Path, demo_data: Path) -> None:
+    first_run(home, demo_data)
     before = frozen(home).record()
+    assert before is not None
     p = params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]).model_copy(
         update={"test": [str(demo_data / "test.jsonl")]}
     )
@@ -158,8 +179,7 @@ def test_an_active_model_without_kept_training_data_is_unknown_and_routes_nothin
     home: Path, demo_data: Path
 ) -> None:
     project = "growtest-legacy"
-    first = retrain(params(home, demo_data, ["batch-1.jsonl"], project=project))
-    assert first.promoted, first.decision.reasons
+    first = first_run(home, demo_data, project=project)
     # As a model stored before training data was kept in the store.
     shutil.rmtree(home / "store" / project / "datasets")
     before = frozen(home, project).record()
@@ -192,10 +212,6 @@ def test_a_tiny_first_run_is_refused_and_freezes_nothing(home: Path, tmp_path: P
     assert ModelStore.local(home / "store").active(project) is None
 
 
-def test_growth_history_verifies(home: Path) -> None:
-    assert AuditLog(home / "store" / PROJECT / "audit.jsonl").verify().ok
-
-
 def test_a_test_set_frozen_after_a_reset_holds_nothing_the_active_model_trained_on(
     tmp_path: Path, demo_data: Path
 ) -> None:
@@ -216,3 +232,106 @@ def test_a_test_set_frozen_after_a_reset_holds_nothing_the_active_model_trained_
     assert record.version == 1 and len(test) > 0
     trained_texts = {normalize_text(e.text) for e in trained}
     assert not [e.text for e in test if normalize_text(e.text) in trained_texts]
+
+
+def test_a_run_that_lost_the_first_freeze_and_is_blocked_leaves_the_winners_test_set(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run froze the project's first test set a moment before this one; this run, blocked by
+    validation, undoes only what it wrote itself, which is nothing: the winner's test set stays."""
+    project = "growtest-race"
+    data = tmp_path / "one-intent.jsonl"  # one intent: validation blocks it (min_intents)
+    data.write_text(
+        "".join(json.dumps({"text": f"hello number {i}", "intent": "greet"}) + "\n" for i in range(12)),
+        encoding="utf-8",
+    )
+    winner_set = Dataset.of(
+        [Example(text=f"good morning {i}", intent="greet") for i in range(3)]
+        + [Example(text=f"bye for now {i}", intent="goodbye") for i in range(3)]
+    )
+    real = TestSetStore.freeze_first
+    winners: list[Any] = []
+
+    def other_run_first(self: TestSetStore, *args: Any, **kwargs: Any) -> Any:
+        if not winners:  # the other run's freeze lands between this run's look and its own freeze
+            winners.append(real(self, winner_set, "the other run's data", "split"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TestSetStore, "freeze_first", other_run_first)
+    p = RetrainParams(
+        project=project, data=[str(data)], store=str(home / "store"), workspace=str(home / "work")
+    )
+    with pytest.raises(DataError, match="intent"):
+        retrain(p)
+    [line] = audit_lines(home, project)
+    assert line["decision"] == "blocked"
+    assert winners and winners[0] is not None
+    assert frozen(home, project).record() == winners[0]  # not reset by the loser's clean-up
+    current = frozen(home, project).current()
+    assert current is not None and current[1].sha256() == winner_set.sha256()
+
+
+def test_examples_validation_drops_are_not_new_again_on_the_next_run(
+    home: Path, tmp_path: Path, demo_data: Path
+) -> None:
+    """ "+N new" compares with what the active model's run was offered, not with what survived validation:
+    an example with a broken entity span is dropped from training on every run, and is new only once."""
+    broken = tmp_path / "broken-spans.jsonl"
+    rows = [
+        {
+            "text": f"play some {genre} music now",
+            "intent": "PlayMusic",
+            "entities": [{"start": 0, "end": 4, "entity": "genre", "value": genre}],  # span is "play"
+        }
+        for genre in ("jazz", "polka", "grunge", "techno", "ska")
+    ]
+    broken.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    files = [str(demo_data / "batch-1.jsonl"), str(broken)]
+    warn = ValidationPolicy(severity={"span": Severity.WARN})  # broken spans: dropped, not blocking
+    p = params(home, demo_data, ["batch-1.jsonl"]).model_copy(update={"data": files, "validation": warn})
+    first = retrain(p)
+    assert first.promoted, first.decision.reasons
+    test = frozen(home).current()
+    assert test is not None
+    in_test = {normalize_text(t) for t in test[1].texts}
+    dropped = [r["text"] for r in rows if normalize_text(str(r["text"])) not in in_test]
+    assert dropped  # some went to training, where validation dropped them
+    before = frozen(home).record()
+
+    again = retrain(p)
+    assert again.data_info["new_examples"] == 0, again.data_info["new_since_active"]
+    assert again.data_info["routed_to_test"] == 0
+    assert again.data_info["new_since_active"] == "+0 new, 0 removed"
+    assert frozen(home).record() == before  # nothing routed into the test set
+
+
+def test_texts_a_kept_rejected_candidate_trained_on_never_enter_the_test_set(
+    home: Path, tmp_path: Path, demo_data: Path
+) -> None:
+    first_run(home, demo_data)
+    lines = (demo_data / "batch-2.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    half = tmp_path / "batch-2-even-lines.jsonl"  # every intent in both halves
+    half.write_text("".join(lines[0::2]), encoding="utf-8")
+    rest = tmp_path / "batch-2-odd-lines.jsonl"
+    rest.write_text("".join(lines[1::2]), encoding="utf-8")
+    files = [str(demo_data / "batch-1.jsonl"), str(half)]
+    unbeatable = GatePolicy(min_delta=1.0)
+    p = params(home, demo_data, ["batch-1.jsonl"]).model_copy(update={"data": files, "gates": unbeatable})
+    rejected = retrain(p)
+    assert not rejected.promoted
+    store = ModelStore.local(home / "store")
+    assert [e.model_id for e in store.rejected(PROJECT)] == [rejected.candidate_id]
+    trained = stored_training_data(
+        store.fs, PROJECT, store.manifest(PROJECT, rejected.candidate_id).dataset_sha256
+    )
+    assert trained is not None
+
+    # More annotations: the rejected candidate's texts are not new to every stored model, so none of them
+    # is routed into the test set (a person may still promote that candidate).
+    more = params(home, demo_data, ["batch-1.jsonl"]).model_copy(update={"data": [*files, str(rest)]})
+    grown = retrain(more)
+    assert grown.data_info["routed_to_test"] > 0  # the test set did grow, from the odd lines
+    current = frozen(home).current()
+    assert current is not None
+    trained_texts = {normalize_text(t) for t in trained.texts}
+    assert not [t for t in current[1].texts if normalize_text(t) in trained_texts]

@@ -11,7 +11,13 @@ from nluflow.data.schema import Dataset, Example
 from nluflow.errors import StoreError
 from nluflow.registry import FileSystem, LocalFileSystem
 from nluflow.s3 import S3FileSystem
-from nluflow.testset import TestSetStore, keep_training_data, stored_training_data
+from nluflow.testset import (
+    TestSetStore,
+    keep_offered_data,
+    keep_training_data,
+    stored_offered_data,
+    stored_training_data,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -114,3 +120,38 @@ def test_freeze_first_after_a_freeze_changes_nothing(fs: FileSystem) -> None:
     assert v1 is not None
     assert store.freeze_first(ds("book two", "greet yo"), "/data/b.jsonl", "split") is None
     assert store.record() == v1
+
+
+def test_undo_takes_back_only_the_version_this_writer_made(fs: FileSystem) -> None:
+    """A run undoes its own freeze or growth (blocked by validation), never a set another run wrote."""
+    store = TestSetStore(fs, "bot")
+    mine = store.freeze_first(ds("book one", "greet hi"), "mine", "split")
+    assert mine is not None
+    assert store.undo(mine.sha256) and store.record() is None  # its own first freeze: gone again
+
+    winner = store.freeze_first(ds("book two", "greet hello"), "winner", "split")
+    assert winner is not None
+    assert store.freeze_first(ds("book one", "greet hi"), "loser", "split") is None  # lost the race
+    assert not store.undo(None)  # the loser wrote nothing, so it undoes nothing
+    assert store.record() == winner
+
+    record, data = store.current() or (None, None)
+    assert record is not None and data is not None
+    grown = store.grow(record, data, ds("book three"), "+1")
+    assert store.undo(grown.sha256) and store.record() == winner  # its own growth: back to the winner's
+    grown = store.grow(record, data, ds("book three"), "+1")
+    later = store.grow(grown, Dataset(examples=data.examples + ds("book three").examples), ds("book 4"), "+1")
+    assert not store.undo(grown.sha256)  # another run grew it after this one: left alone
+    assert store.record() == later
+    current = store.current()
+    assert current is not None and current[1].sha256() == later.sha256
+
+
+def test_offered_data_is_kept_beside_its_training_data_and_merged(fs: FileSystem) -> None:
+    train = ds("greet hello", "book a table")
+    assert stored_offered_data(fs, "bot", train.sha256()) is None
+    keep_offered_data(fs, "bot", train.sha256(), ds("greet hello", "book a table", "book broken span"))
+    keep_offered_data(fs, "bot", train.sha256(), ds("greet hello", "book other broken"))  # same training data
+    kept = stored_offered_data(fs, "bot", train.sha256())
+    assert kept is not None
+    assert list(kept.texts) == ["greet hello", "book a table", "book broken span", "book other broken"]

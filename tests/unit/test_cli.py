@@ -18,6 +18,9 @@ from nluflow.audit import AuditLog
 from nluflow.registry import ModelStore
 
 runner = CliRunner()
+# `models promote / activate / rollback` take the project's promotion slot, a Prefect concurrency limit:
+# they need the session's Prefect API.
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def _store_with_two_models(root: Path) -> ModelStore:
@@ -216,6 +219,53 @@ def test_forced_promote_needs_a_reason_and_a_stored_model(tmp_path: Path) -> Non
     assert out.exit_code == 2 and "already the active model" in out.output
     assert (root / "bot" / "active.json").read_bytes() == before
     assert not (root / "bot" / "audit.jsonl").exists()
+
+
+def _keep_rejected(store: ModelStore, root: Path, model_id: str = "m-cccccccccccc") -> None:
+    """A candidate the gates rejected, kept in the store for a forced promotion (as a retrain keeps it)."""
+    src = root.parent / f"src-{model_id}"
+    src.mkdir()
+    (src / "intent.joblib").write_bytes(b"rejected model bytes")
+    store.add_model(
+        "bot",
+        model_id,
+        src,
+        backend="local",
+        dataset_sha256="d" * 64,
+        test_sha256="t" * 64,
+        config={},
+        metrics={"intent_accuracy": 0.5, "macro_f1": 0.4, "entity_f1": 0.3},
+    )
+    store.record_rejected("bot", model_id, reason="rejected: below the macro F1 floor")
+
+
+def test_activating_a_rejected_candidate_needs_a_reason_and_is_a_forced_promotion(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = _store_with_two_models(root)
+    _keep_rejected(store, root)
+    before = (root / "bot" / "active.json").read_bytes()
+    args = ["--project", "bot", "--store", str(root)]
+    for command in (["activate", "m-cccccccccccc"], ["rollback", "--to", "m-cccccccccccc"]):
+        out = runner.invoke(app, ["models", *command, *args])
+        assert out.exit_code == 2, out.output
+        assert "the gates rejected" in out.output and "nothing was changed" in out.output
+        assert "nluflow models promote m-cccccccccccc" in out.output and "--reason" in out.output
+        assert (root / "bot" / "active.json").read_bytes() == before
+        assert not (root / "bot" / "audit.jsonl").exists()
+    out = runner.invoke(app, ["models", "activate", "m-cccccccccccc", "--reason", "  ", *args])
+    assert out.exit_code == 2 and "the gates rejected" in out.output  # a blank reason is no reason
+    out = runner.invoke(app, ["models", "activate", "m-cccccccccccc", "--reason", "gates too strict", *args])
+    assert out.exit_code == 0, out.output
+    pointer = store.active("bot")
+    assert pointer is not None and pointer.model_id == "m-cccccccccccc"
+    assert pointer.reason == "forced promote: gates too strict"
+    [line] = _audit(root)
+    assert (line["decision"], line["model_id"], line["reasons"]) == (
+        "forced-promote",
+        "m-cccccccccccc",
+        ["gates too strict"],
+    )
+    assert store.rejected("bot") == []  # promoted: no longer listed (or pruned) as rejected
 
 
 def test_a_pointer_change_the_broken_log_cannot_record_is_refused(tmp_path: Path) -> None:
