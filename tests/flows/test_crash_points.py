@@ -17,17 +17,13 @@ kills itself right after that step. Then:
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -35,8 +31,6 @@ from flows.retrain import RetrainParams, retrain
 from nluflow.audit import AuditLog
 from nluflow.recovery import pending_intents
 from nluflow.registry import ModelStore
-from tasks.common import KILL_AT_ENV
-from tasks.promotion import promotion_limit_name
 
 STEPS = ("store", "activate", "intent", "pointer", "audit", "sync")
 # What the next run must find of the killed run's promotion: (pointer moved, line that closes the intent).
@@ -48,12 +42,11 @@ EXPECTED: dict[str, tuple[bool, str | None]] = {
     "audit": (True, None),  # its own promote line was written: nothing to recover
     "sync": (True, None),
 }
-RUN_IN_SUBPROCESS = (
-    "import sys\n"
-    "from flows.retrain import RetrainParams, retrain\n"
-    "retrain(RetrainParams.model_validate_json(sys.argv[1]))\n"
-)
 _ROWS: list[tuple[str, str, str, str, str]] = []
+
+
+# The fixtures of tests/flows/conftest.py: run a retrain that SIGKILLs itself after a step; free its slot.
+KillRun = Callable[[str, RetrainParams], subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +62,6 @@ def _params(home: Path, demo_data: Path, project: str, files: list[str]) -> Retr
         store=str(home / "store"),
         workspace=str(home / "work"),
     )
-
-
-def _free_promotion_slot(project: str) -> None:
-    """The killed run held the project's promotion slot; its lease would keep it for minutes. Prefect cannot
-    know the process is gone, so the test hands the slot back by resetting the limit's active slots (another
-    change shortens the lease and renews it while the holder lives; this test does not wait for it)."""
-    with get_client(sync_client=True) as client:
-        client.update_global_concurrency_limit(
-            promotion_limit_name(project), GlobalConcurrencyLimitUpdate(active_slots=0)
-        )
 
 
 def _closing_line(lines: list[dict[str, Any]], intent_seq: int) -> str | None:
@@ -100,23 +83,17 @@ def _assert_store_and_audit_agree(store: ModelStore, log: AuditLog, project: str
 @pytest.mark.slow
 @pytest.mark.parametrize("step", STEPS)
 def test_a_promotion_killed_at_each_step_is_recovered_and_the_next_one_completes(
-    step: str, home: Path, demo_data: Path, prefect_api: str
+    step: str,
+    home: Path,
+    demo_data: Path,
+    run_killed_at: KillRun,
+    free_promotion_slot: Callable[[str], None],
 ) -> None:
     project = f"crash-{step}"
     store = ModelStore.local(home / "store", create=True)
     log = AuditLog(home / "store" / project / "audit.jsonl")
-    killed = _params(home, demo_data, project, ["batch-1.jsonl"])
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, KILL_AT_ENV: step}
+    run_killed_at(step, _params(home, demo_data, project, ["batch-1.jsonl"]))
 
-    proc = subprocess.run(
-        [sys.executable, "-c", RUN_IN_SUBPROCESS, killed.model_dump_json()],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     pointer = store.active(project)
     moved, closing = EXPECTED[step]
     assert (pointer is not None) is moved, pointer
@@ -128,7 +105,7 @@ def test_a_promotion_killed_at_each_step_is_recovered_and_the_next_one_completes
         assert after_kill[-1]["decision"] == "promote" and after_kill[-1]["intent_seq"] == intents[0]["seq"]
         assert "recovered" not in after_kill[-1]
 
-    _free_promotion_slot(project)
+    free_promotion_slot(project)
     started = time.monotonic()
     nxt = retrain(_params(home, demo_data, project, ["batch-1.jsonl", "batch-2.jsonl"]))
     seconds = time.monotonic() - started

@@ -8,18 +8,15 @@ once; a run that is still alive (fresh heartbeat) gets none.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import FlowRun
 from prefect.events import Event
@@ -32,16 +29,13 @@ from flows.retrain import RetrainParams, retrain
 from nluflow.audit import RUN_DECISIONS, AuditLog
 from nluflow.recovery import ZOMBIE_AFTER_SECONDS
 from nluflow.registry import ModelStore
-from tasks.common import KILL_AT_ENV
 from tasks.crashed_runs import HEARTBEAT_EVENT
-from tasks.promotion import promotion_limit_name
 
-RUN_IN_SUBPROCESS = (
-    "import sys\n"
-    "from flows.retrain import RetrainParams, retrain\n"
-    "retrain(RetrainParams.model_validate_json(sys.argv[1]))\n"
-)
 EVENTS_VISIBLE_WITHIN_SECONDS = 60.0
+
+
+# The fixtures of tests/flows/conftest.py: run a retrain that SIGKILLs itself after a step; free its slot.
+KillRun = Callable[[str, RetrainParams], subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +53,6 @@ def _params(home: Path, demo_data: Path, project: str, files: list[str]) -> Retr
     )
 
 
-def _free_promotion_slot(project: str) -> None:
-    with get_client(sync_client=True) as client:
-        client.update_global_concurrency_limit(
-            promotion_limit_name(project), GlobalConcurrencyLimitUpdate(active_slots=0)
-        )
-
-
 def _runs_named(name: str) -> list[FlowRun]:
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
@@ -78,29 +65,23 @@ def _crashed_lines(log: AuditLog) -> list[dict[str, object]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("step", ["train", "store"])
 def test_a_run_killed_before_its_line_gets_one_crashed_line_from_the_next_run(
-    step: str, home: Path, demo_data: Path, prefect_api: str
+    step: str,
+    home: Path,
+    demo_data: Path,
+    run_killed_at: KillRun,
+    free_promotion_slot: Callable[[str], None],
 ) -> None:
     project = f"killed-at-{step}"
     store = ModelStore.local(home / "store", create=True)
     log = AuditLog(home / "store" / project / "audit.jsonl")
-    killed = _params(home, demo_data, project, ["batch-1.jsonl"])
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, KILL_AT_ENV: step}
+    run_killed_at(step, _params(home, demo_data, project, ["batch-1.jsonl"]))
 
-    proc = subprocess.run(
-        [sys.executable, "-c", RUN_IN_SUBPROCESS, killed.model_dump_json()],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     assert log.records() == []  # no hook ran: the killed run left no line
     [run] = _runs_named(f"retrain-{project}")
     left = [m.model_id for m in store.list_models(project) if m.run_id == str(run.id)]
     assert len(left) == (1 if step == "store" else 0) and store.active(project) is None
     if step == "store":
-        _free_promotion_slot(project)  # the killed run held it (test_crash_points.py says why)
+        free_promotion_slot(project)  # the killed run held it (test_crash_points.py says why)
     assert run.state is not None and run.state.is_running()  # Prefect cannot know the process is gone
     # In production the zombie automation (automations/detect-zombie-flows.yaml, `nluflow automations apply`)
     # sets Crashed once the run's heartbeats stop for 90 s; the test sets it the same way instead of waiting.
