@@ -24,7 +24,7 @@ from nluflow.evaluation.gates import Decision, GatePolicy, decide
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.notify import DecisionNotice
 from nluflow.outcome import Outcome, RunOutcome, blocked_by_validation, decided, superseded
-from nluflow.pipeline import DatasetSnapshot, files_sha256, headline_delta, model_id_for, training_key
+from nluflow.pipeline import DatasetSnapshot, headline_delta, model_files_sha256, model_id_for, training_key
 from nluflow.recovery import is_run_line, recover_promotions, release_promotion_lock
 from nluflow.registry import ID_PATTERN
 from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT, audit_fields
@@ -463,7 +463,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
             previous_model_id=active_ref.model_id if active_ref else None,
             manifest_sha256=manifest_sha,
             validation_loss=candidate.metrics.get("val_loss"),
-            model_files_sha256=files_sha256(candidate.path) if candidate.path else None,
+            model_files_sha256=model_files_sha256(candidate.path) if candidate.path else None,
             training_metrics=dict(candidate.metrics),
             **audit_fields(data_info),
             **provenance_info(sources),

@@ -37,7 +37,7 @@ def model_id_for(key: str) -> str:
     return f"m-{key[:12]}"
 
 
-def files_sha256(folder: str | Path) -> str:
+def model_files_sha256(folder: str | Path) -> str:
     """One hash over the model files below ``folder`` (relative names and contents), the store's manifest
     excluded: a candidate and the same model once stored hash alike."""
     root = Path(folder)

@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from nluflow.data.loaders import files_sha256, load_paths
+from nluflow.data.loaders import data_files_sha256, load_paths
 from nluflow.data.schema import Dataset
 from nluflow.data.splits import stratified_split
 from nluflow.data.validation import ValidationPolicy, ValidationReport, validate
@@ -39,7 +39,7 @@ WRITTEN_KEY = "test_set_written_sha256"
 
 def _load_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
     label = [inputs["label"]] if inputs.get("label") else []  # keys of unlabelled loads stay as they were
-    return cache_key("load-dataset", files_sha256(inputs["paths"]), inputs["workspace_path"], *label)
+    return cache_key("load-dataset", data_files_sha256(inputs["paths"]), inputs["workspace_path"], *label)
 
 
 @task(name="load-dataset", cache_policy=cache_policy(_load_key), persist_result=True)

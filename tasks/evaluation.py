@@ -15,7 +15,7 @@ from nluflow.errors import DataError
 from nluflow.evaluation.gates import MustPassResult, check_must_pass
 from nluflow.evaluation.metrics import EvaluationResult, evaluate
 from nluflow.hashing import sha256_file
-from nluflow.pipeline import DatasetSnapshot, files_sha256
+from nluflow.pipeline import DatasetSnapshot, model_files_sha256
 from nluflow.registry import Manifest
 from tasks.common import (
     BACKEND_RETRY_DELAYS,
@@ -50,7 +50,7 @@ def fetch_active_model(
 
 def _evaluate_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
     model: ModelRef = inputs["model"]
-    model_sha = files_sha256(model.path) if model.path else model.backend_model_id
+    model_sha = model_files_sha256(model.path) if model.path else model.backend_model_id
     # "labelled": predictions may come from the labelled test set (Rasa's real entity predictions), so
     # results cached before that are not reused.
     return cache_key(
@@ -96,7 +96,7 @@ def evaluate_model(
 
 def _must_pass_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
     model: ModelRef = inputs["model"]
-    model_sha = files_sha256(model.path) if model.path else model.backend_model_id
+    model_sha = model_files_sha256(model.path) if model.path else model.backend_model_id
     return cache_key("check-must-pass", model_sha, sha256_file(inputs["path"]))
 
 

@@ -2,7 +2,7 @@
 
 from nluflow.data.loaders import (
     SUPPORTED_SUFFIXES,
-    files_sha256,
+    data_files_sha256,
     load_csv,
     load_file,
     load_json,
@@ -34,7 +34,7 @@ __all__ = [
     "Severity",
     "ValidationPolicy",
     "ValidationReport",
-    "files_sha256",
+    "data_files_sha256",
     "load_csv",
     "load_file",
     "load_json",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from nluflow.data.loaders import SUPPORTED_SUFFIXES, files_sha256
+from nluflow.data.loaders import SUPPORTED_SUFFIXES, data_files_sha256
 from nluflow.errors import DataError, SourceError, StoreError, TransientSourceError
 from nluflow.s3 import S3FileSystem
 from nluflow.sources.base import PulledData, SourceProvenance
@@ -79,7 +79,7 @@ class FolderDataSource:
             reference=self.reference,
             description=self.describe(),
             exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            sha256=files_sha256([self.path]),
+            sha256=data_files_sha256([self.path]),
             files=len(files),
         )
         logger.info("pulled %s", provenance.summary())
@@ -161,7 +161,7 @@ class S3PrefixSource:
             reference=self.reference,
             description=where,
             exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            sha256=files_sha256([mirror]),
+            sha256=data_files_sha256([mirror]),
             files=len(objects),
         )
         logger.info("pulled %s", provenance.summary())

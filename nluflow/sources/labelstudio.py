@@ -49,7 +49,7 @@ from nluflow.backends.errors import (
     MalformedResponseError,
     TransientHTTPError,
 )
-from nluflow.data.loaders import annotation_label, choose_annotation
+from nluflow.data.formats.label_studio import annotation_label, choose_annotation
 from nluflow.errors import BackendError, DataError, SourceError, TransientSourceError
 from nluflow.sources.base import (
     PulledData,

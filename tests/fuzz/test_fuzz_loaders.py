@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nluflow.data.loaders import files_sha256, load_file
+from nluflow.data.loaders import data_files_sha256, load_file
 from nluflow.data.schema import Dataset, Example
 from nluflow.errors import DataError
 
@@ -281,7 +281,7 @@ def test_a_csv_with_bad_bytes_names_their_line(tmp_path: Path) -> None:
 
 
 def test_files_are_hashed_in_chunks_with_the_same_key(tmp_path: Path) -> None:
-    """``files_sha256`` streams each file; the key is the one it always was (names, sizes, bytes)."""
+    """``data_files_sha256`` streams each file; the key is the one it always was (names, sizes, bytes)."""
     (tmp_path / "a.jsonl").write_bytes(b"x" * 8_000_000)
     (tmp_path / "b.csv").write_bytes(b"text,intent\nhi,g\n")
     expected = hashlib.sha256()
@@ -290,7 +290,7 @@ def test_files_are_hashed_in_chunks_with_the_same_key(tmp_path: Path) -> None:
         expected.update(f"{n}\0{name}\0{len(data)}\0".encode() + data)
     tracemalloc.start()
     try:
-        key = files_sha256([tmp_path])
+        key = data_files_sha256([tmp_path])
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from nluflow.data.loaders import choose_annotation, load_paths
+from nluflow.data.formats.label_studio import choose_annotation
+from nluflow.data.loaders import load_paths
 from nluflow.errors import DataError
 from nluflow.sources.labelstudio import export_counts
 
@@ -77,7 +78,7 @@ def test_the_ground_truth_annotation_wins_over_a_later_one(
     task["annotations"].append(second(task, intent="greet", aid=8, updated="2030-01-01T00:00:00Z"))
     task["annotations"][0]["ground_truth"] = True
 
-    with caplog.at_level(logging.WARNING, logger="nluflow.data.loaders"):
+    with caplog.at_level(logging.WARNING, logger="nluflow.data.formats.label_studio"):
         data = load_paths([write(tmp_path, tasks)])
 
     assert data.examples[1].intent == "weather"

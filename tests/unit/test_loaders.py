@@ -11,7 +11,7 @@ import pytest
 
 from nluflow.data.loaders import (
     SUPPORTED_SUFFIXES,
-    files_sha256,
+    data_files_sha256,
     load_csv,
     load_file,
     load_json,
@@ -471,23 +471,23 @@ def test_load_must_pass_drops_entities_and_ignores_broken_ones(tmp_path: Path) -
         load_must_pass(write(tmp_path, "empty.csv", "text,intent\n"))
 
 
-def test_files_sha256_is_a_content_key(tmp_path: Path) -> None:
+def test_data_files_sha256_is_a_content_key(tmp_path: Path) -> None:
     root = _project(tmp_path)
-    key = files_sha256([root])
-    assert key == files_sha256([root])
+    key = data_files_sha256([root])
+    assert key == data_files_sha256([root])
     moved = tmp_path / "elsewhere" / "copy"
     shutil.copytree(root, moved)
-    assert files_sha256([moved]) == key  # names are relative: moving the folder keeps the key
+    assert data_files_sha256([moved]) == key  # names are relative: moving the folder keeps the key
     (root / "README.md").write_text("changed, but not data\n", encoding="utf-8")
     (root / ".hidden" / "x.jsonl").write_text("changed, but hidden\n", encoding="utf-8")
-    assert files_sha256([root]) == key
+    assert data_files_sha256([root]) == key
     (root / "a.jsonl").write_text((FIXTURES / "nlu.jsonl").read_text() + '{"text": "x", "intent": "y"}\n')
-    changed = files_sha256([root])
+    changed = data_files_sha256([root])
     assert changed != key
     (root / "a.jsonl").rename(root / "z.jsonl")
-    assert files_sha256([root]) != changed  # a rename changes the key too
+    assert data_files_sha256([root]) != changed  # a rename changes the key too
     with pytest.raises(DataError):
-        files_sha256([tmp_path / "missing"])
+        data_files_sha256([tmp_path / "missing"])
 
 
 def test_dataset_from_loader_round_trips_through_jsonl(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nluflow import jsonsafe
-from nluflow.data.loaders import _ANNOTATION, _annotations, load_file, load_must_pass, load_paths
+from nluflow.data.formats.rasa_annotations import ANNOTATION, find_annotations
+from nluflow.data.loaders import load_file, load_must_pass, load_paths
 from nluflow.data.schema import Dataset
 from nluflow.errors import DataError
 
@@ -223,8 +224,8 @@ def test_hostile_values_give_a_dataset_or_a_located_data_error(tmp_path: Path, f
 @settings(max_examples=3000, deadline=None)
 @given(st.text(alphabet="[](){}:a\n", max_size=24))
 def test_the_linear_annotation_scan_finds_what_the_pattern_finds(raw: str) -> None:
-    expected = [(m.start(), m.end(), m.groupdict()) for m in _ANNOTATION.finditer(raw)]
-    assert [(m.start(), m.end(), m.groupdict()) for m in _annotations(raw)] == expected
+    expected = [(m.start(), m.end(), m.groupdict()) for m in ANNOTATION.finditer(raw)]
+    assert [(m.start(), m.end(), m.groupdict()) for m in find_annotations(raw)] == expected
 
 
 @pytest.mark.parametrize(

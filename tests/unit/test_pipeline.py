@@ -9,7 +9,7 @@ from nluflow.data.loaders import load_file
 from nluflow.data.schema import Dataset, Example
 from nluflow.pipeline import (
     Workspace,
-    files_sha256,
+    model_files_sha256,
     model_id_for,
     remove_test_overlap,
     snapshot,
@@ -49,8 +49,8 @@ def test_test_examples_are_removed_from_training_after_normalisation() -> None:
 
 def test_model_files_hash_ignores_the_store_manifest(tmp_path: Path) -> None:
     (tmp_path / "intent.joblib").write_bytes(b"x")
-    before = files_sha256(tmp_path)
+    before = model_files_sha256(tmp_path)
     (tmp_path / "manifest.json").write_text("{}")
-    assert files_sha256(tmp_path) == before
+    assert model_files_sha256(tmp_path) == before
     (tmp_path / "intent.joblib").write_bytes(b"y")
-    assert files_sha256(tmp_path) != before
+    assert model_files_sha256(tmp_path) != before
