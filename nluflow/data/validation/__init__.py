@@ -97,16 +97,8 @@ def validate(
 
     check_sizes(run, tr, usable, intent_counts)
     for split in (tr, te):
-        if split is None:
-            continue
-        if run.on("token_limit"):
-            check_tokens(run, split)
-        if run.on("duplicate") or run.on("normalized_duplicate"):
-            check_duplicates(run, split)
-        if run.on("conflict"):
-            check_conflicts(run, split)
-        if run.on("annotation_score"):
-            check_scores(run, split)
+        if split is not None:
+            _per_example_rules(run, split)
     if te is not None and run.on("leakage"):
         check_leakage(run, tr, te)
     if run.on("unknown_locale"):
@@ -125,3 +117,15 @@ def validate(
         dropped=dropped,
         loader_counts=dict(train.skipped),
     )
+
+
+def _per_example_rules(run: Run, split: Split) -> None:
+    """The rules that look at each example of one split (span aside), in report order."""
+    if run.on("token_limit"):
+        check_tokens(run, split)
+    if run.on("duplicate") or run.on("normalized_duplicate"):
+        check_duplicates(run, split)
+    if run.on("conflict"):
+        check_conflicts(run, split)
+    if run.on("annotation_score"):
+        check_scores(run, split)
