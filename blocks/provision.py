@@ -47,8 +47,6 @@ from prefect.utilities.dispatch import get_registry_for_type
 from prefect.utilities.templating import PLACEHOLDER_CAPTURE_REGEX
 from pydantic import BaseModel, ValidationError
 
-from nluflow.data.yaml_positions import YamlPositionError, compose
-from nluflow.data.yaml_positions import line_of as _line
 from nluflow.errors import ConfigError, NluflowError
 
 if TYPE_CHECKING:
@@ -205,6 +203,10 @@ class _Problems:
         raise ConfigError(redact(text, secrets or []))
 
 
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
 def parse_blocks_file(path: str | Path) -> list[BlockSpec]:
     """Read and check a blocks file without looking at the environment.
 
@@ -218,10 +220,11 @@ def parse_blocks_file(path: str | Path) -> list[BlockSpec]:
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read the blocks file ({exc.strerror}); {NOTHING_SAVED}") from None
     try:
-        root = compose(text)
-    except YamlPositionError as exc:
-        line = f":{exc.line}" if exc.line is not None else ""
-        problem = exc.problem or type(exc.cause).__name__
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"{where}{line}: not valid YAML ({problem}); {NOTHING_SAVED}") from None
     problems = _Problems(where)
     loader = yaml.SafeLoader("")

@@ -49,7 +49,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.model_selection import StratifiedKFold
 
 from nluflow.backends.base import LocalModelOptions, TrainingConfig
-from nluflow.data import yaml_positions as yp
 from nluflow.data.schema import Dataset
 from nluflow.errors import ConfigError, DataError
 from nluflow.evaluation.metrics import evaluate
@@ -296,6 +295,25 @@ def config_labels(configs: Sequence[TrainingConfig]) -> list[str]:
 # -- the sweep file ----------------------------------------------------------------------------------------
 
 
+def _line_of(node: yaml.Node | None) -> int | None:
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _key_lines(node: yaml.Node | None) -> dict[str, int]:
+    """Line of each key of a YAML mapping node."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key and isinstance(v, yaml.Node):
+                return v
+    return None
+
+
 def load_sweep_file(path: str | Path) -> list[TrainingConfig]:
     """Read a sweep file (YAML or JSON; see the module docstring) into its configurations.
 
@@ -308,13 +326,15 @@ def load_sweep_file(path: str | Path) -> list[TrainingConfig]:
     except OSError as exc:
         raise DataError(f"cannot read the sweep file: {exc.strerror}; nothing was trained", path) from None
     try:
-        root = yp.compose(text)
-        raw = yp.construct(root)
-    except yp.YamlPositionError as exc:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
         raise DataError(
-            f"the sweep file is not valid YAML/JSON: {exc.problem or exc.cause}; nothing was trained",
+            f"the sweep file is not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}; "
+            "nothing was trained",
             path,
-            exc.line,
+            mark.line + 1 if mark is not None else None,
         ) from None
     if not isinstance(raw, dict):
         raise DataError(
@@ -323,7 +343,7 @@ def load_sweep_file(path: str | Path) -> list[TrainingConfig]:
             path,
             1,
         )
-    lines = yp.key_lines(root)
+    lines = _key_lines(root)
     for key in raw:
         if key not in _SECTIONS:
             raise DataError(
@@ -349,7 +369,7 @@ def load_sweep_file(path: str | Path) -> list[TrainingConfig]:
         raise DataError(f"base: {exc}", path, lines.get("base")) from None
     if "grid" in raw:
         grid = raw["grid"]
-        grid_lines = yp.key_lines(yp.child(root, "grid"))
+        grid_lines = _key_lines(_child(root, "grid"))
         if not isinstance(grid, dict):
             raise DataError(
                 "'grid' must map option names to lists of values; nothing was trained",
@@ -366,7 +386,7 @@ def load_sweep_file(path: str | Path) -> list[TrainingConfig]:
         except ConfigError as exc:
             raise DataError(str(exc), path, lines.get("grid")) from None
     entries = raw["configs"]
-    node = yp.child(root, "configs")
+    node = _child(root, "configs")
     items = node.value if isinstance(node, yaml.SequenceNode) else []
     if not isinstance(entries, list) or not entries:
         raise DataError(
@@ -375,7 +395,7 @@ def load_sweep_file(path: str | Path) -> list[TrainingConfig]:
             lines.get("configs"),
         )
     for i, entry in enumerate(entries):
-        where = yp.line_of(items[i]) if i < len(items) else lines.get("configs")
+        where = _line_of(items[i]) if i < len(items) else lines.get("configs")
         if not isinstance(entry, dict):
             raise DataError(
                 f"configuration {i + 1} is {type(entry).__name__}; expected a mapping of training options; "

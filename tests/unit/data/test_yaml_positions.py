@@ -1,4 +1,4 @@
-"""The one YAML position helper, and that each of its callers reports a bad file at its line."""
+"""The one YAML position helper, and that every YAML file nluflow reads reports malformed YAML at its line."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blocks.provision import parse_blocks_file
 from nluflow.data import yaml_positions as yp
 from nluflow.data.loaders import load_file
-from nluflow.errors import ConfigError, DataError
-from nluflow.sweep import load_sweep_file
+from nluflow.errors import DataError
 
 TEXT = "top:\n  a: 1\n  b:\n    - x\n    - y\nother: &anchor {k: v}\nmerged:\n  <<: *anchor\n  z: [1, 2]\n"
 
@@ -60,33 +58,12 @@ def test_a_bad_file_raises_one_error_with_its_kind_and_line(text: str, kind: str
         assert info.value.problem
 
 
-def test_every_caller_reports_malformed_yaml_at_its_line(tmp_path: Path) -> None:
-    bad = "a: 1\nb: *nowhere\n"
+def test_the_rasa_reader_reports_malformed_yaml_at_its_line(tmp_path: Path) -> None:
     data = tmp_path / "nlu.yml"
-    data.write_text(bad, encoding="utf-8")
+    data.write_text("a: 1\nb: *nowhere\n", encoding="utf-8")
     with pytest.raises(DataError) as loaded:
         load_file(data)
     assert str(loaded.value) == (
         f"{data}:2: malformed YAML (found undefined alias 'nowhere'); expected Rasa NLU YAML; the file was "
         "not loaded; fix the line and rerun"
     )
-    sweep = tmp_path / "sweep.yml"
-    sweep.write_text(bad, encoding="utf-8")
-    with pytest.raises(DataError) as swept:
-        load_sweep_file(sweep)
-    assert str(swept.value) == (
-        f"{sweep}:2: the sweep file is not valid YAML/JSON: found undefined alias 'nowhere'; "
-        "nothing was trained"
-    )
-    blocks = tmp_path / "blocks.yml"
-    blocks.write_text(bad, encoding="utf-8")
-    with pytest.raises(ConfigError) as parsed:
-        parse_blocks_file(blocks)
-    assert str(parsed.value).startswith(f"{blocks}:2: not valid YAML (found undefined alias 'nowhere'); ")
-
-
-def test_a_sweep_file_nested_too_deeply_is_a_data_error_not_a_traceback(tmp_path: Path) -> None:
-    sweep = tmp_path / "deep.yml"
-    sweep.write_text("[" * 5000 + "]" * 5000, encoding="utf-8")
-    with pytest.raises(DataError, match=r"the sweep file is not valid YAML/JSON: .*; nothing was trained"):
-        load_sweep_file(sweep)
