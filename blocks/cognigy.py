@@ -9,7 +9,8 @@ import httpx
 from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl, SecretStr
 
-from nluflow.backends.cognigy import TRAIN_WAIT, CognigyBackend
+from nluflow.backends.cognigy import TRAIN_WAIT, CognigyBackend, CognigySettings
+from nluflow.backends.http import HttpOptions
 
 
 class CognigyBackendBlock(Block):
@@ -83,18 +84,21 @@ class CognigyBackendBlock(Block):
         transport: httpx.BaseTransport | None = None,
     ) -> CognigyBackend:
         """Build the backend client (secrets are unwrapped here only; a fresh client for each call)."""
-        return CognigyBackend(
-            self.url,
+        settings = CognigySettings(
             project_id=self.project_id,
             flow_id=self.flow_id,
             locale=self.locale,
-            api_key=self.api_key.get_secret_value() if self.api_key else None,
-            client_id=self.client_id,
-            client_secret=self.client_secret.get_secret_value() if self.client_secret else None,
             endpoint_id=self.endpoint_id,
             train_mode=self.train_mode,
             import_mode=self.import_mode,
             train_wait=self.train_wait_seconds,
-            transport=transport,
+        )
+        return CognigyBackend(
+            self.url,
+            settings,
+            api_key=self.api_key.get_secret_value() if self.api_key else None,
+            client_id=self.client_id,
+            client_secret=self.client_secret.get_secret_value() if self.client_secret else None,
+            http=HttpOptions(transport=transport),
             on_progress=on_progress,
         )

@@ -9,7 +9,8 @@ import httpx
 from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl, SecretStr
 
-from nluflow.backends.service import ServiceFields, ServicePaths, TrainingServiceBackend
+from nluflow.backends.http import HttpOptions
+from nluflow.backends.service import ServiceFields, ServicePaths, ServiceSettings, TrainingServiceBackend
 
 _PATHS = ServicePaths()
 _FIELDS = ServiceFields()
@@ -133,15 +134,15 @@ class TrainingServiceBlock(Block):
                 "states": dict(self.status_map),
             }
         )
+        settings = ServiceSettings(
+            paths=paths, fields=fields, gpu_tier=self.gpu_tier, deployment=self.deployment
+        )
         return TrainingServiceBackend(
             self.url,
             self.client_id,
             self.client_secret.get_secret_value(),
             scope=self.scope,
-            paths=paths,
-            fields=fields,
-            gpu_tier=self.gpu_tier,
-            deployment=self.deployment,
-            transport=transport,
+            settings=settings,
+            http=HttpOptions(transport=transport),
             on_progress=on_progress,
         )

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nluflow.backends.base import JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
+from nluflow.backends.base import ClosingClient, JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
 from nluflow.data.schema import Dataset
 from nluflow.errors import BackendError, ConfigError, ModelNotFoundError, TrainingFailedError, UnsafePathError
 from nluflow.models.nlu import META_FILE, NLUModel, cross_validate_intents
@@ -70,7 +70,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-class LocalBackend:
+class LocalBackend(ClosingClient):
     """Trains in-process (implements ``TrainingBackend``); ``on_progress(fraction, message)`` sees stages."""
 
     name = "local"

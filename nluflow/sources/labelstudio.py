@@ -25,7 +25,6 @@ import base64
 import json
 import logging
 import threading
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -34,14 +33,7 @@ from typing import Any
 
 import httpx
 
-from nluflow.backends._http import (
-    MAX_RETRIES,
-    HeaderAuth,
-    HttpSession,
-    Redactor,
-    default_timeout,
-    make_client,
-)
+from nluflow.backends.base import ClosingClient
 from nluflow.backends.errors import (
     AuthenticationError,
     ContractError,
@@ -49,6 +41,7 @@ from nluflow.backends.errors import (
     MalformedResponseError,
     TransientHTTPError,
 )
+from nluflow.backends.http import HeaderAuth, HttpOptions, HttpSession, Redactor
 from nluflow.data.loaders import annotation_label, choose_annotation
 from nluflow.errors import BackendError, DataError, SourceError, TransientSourceError
 from nluflow.sources.base import (
@@ -137,15 +130,11 @@ class PersonalAccessTokenAuth:
                 use_auth=False,
             )
         except HTTPStatusError as exc:
-            raise AuthenticationError(
+            raise exc.restated_as(
+                AuthenticationError,
                 f"Label Studio refused the personal access token at {exc.url} (HTTP {exc.status}: "
                 f"{exc.body_excerpt or 'no body'}); create a new one under Account & Settings → Personal "
                 "Access Token and store it in the source block",
-                exc.method,
-                exc.url,
-                exc.status,
-                exc.request_id,
-                exc.body_excerpt,
             ) from None
         body = response.json()
         access = body.get("access") if isinstance(body, dict) else None
@@ -167,11 +156,12 @@ class PersonalAccessTokenAuth:
         return access
 
 
-class LabelStudioClient:
+class LabelStudioClient(ClosingClient):
     """A small Label Studio API client: what nluflow needs, the project export. Knows nothing of Prefect.
 
-    ``transport``, ``sleep`` and the clocks are injected (tests run it against the emulator, fault injection
-    included). A fresh client per pull; close it (or use it as a context manager) when done.
+    ``http`` carries the transport, sleep and clocks (tests run it against the emulator, fault injection
+    included); the export's read timeout is ``export_timeout``. A fresh client per pull; close it (or use it
+    as a context manager) when done.
     """
 
     def __init__(
@@ -180,26 +170,16 @@ class LabelStudioClient:
         token: str,
         token_kind: TokenKind | str = TokenKind.LEGACY,
         *,
-        transport: httpx.BaseTransport | None = None,
-        timeout: float = EXPORT_READ_TIMEOUT,
-        sleep: Any = time.sleep,
-        clock: Any = time.monotonic,
-        wall_clock: Any = time.time,
-        max_retries: int = MAX_RETRIES,
+        export_timeout: float = EXPORT_READ_TIMEOUT,
+        http: HttpOptions | None = None,
     ) -> None:
         if not token:
             raise SourceError(f"Label Studio at {url}: no token given; expected an API token; {_NEXT}")
         self.token_kind = TokenKind(token_kind)
         redactor = Redactor([token])
         self.url = redactor.url(url.rstrip("/"))
-        self.session = HttpSession(
-            make_client(url, transport=transport, timeout=default_timeout(read=timeout)),
-            sleep=sleep,
-            clock=clock,
-            wall_clock=wall_clock,
-            redactor=redactor,
-            max_retries=max_retries,
-        )
+        options = (http or HttpOptions()).with_read_timeout(export_timeout)
+        self.session = HttpSession.open(url, options, redactor=redactor)
         if self.token_kind is TokenKind.PAT:
             self.session.auth = PersonalAccessTokenAuth(self.session, token)
         else:
@@ -207,12 +187,6 @@ class LabelStudioClient:
 
     def __repr__(self) -> str:
         return f"LabelStudioClient({self.url!r}, token_kind={self.token_kind.value!r})"
-
-    def __enter__(self) -> LabelStudioClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.session.close()
