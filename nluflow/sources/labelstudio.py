@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 from collections import Counter
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -42,6 +41,7 @@ from nluflow.backends.errors import (
     TransientHTTPError,
 )
 from nluflow.backends.http import HeaderAuth, HttpOptions, HttpSession, Redactor
+from nluflow.backends.http.auth import RefreshingTokenAuth, Token
 from nluflow.data.loaders import annotation_label, choose_annotation
 from nluflow.errors import BackendError, DataError, SourceError, TransientSourceError
 from nluflow.sources.base import (
@@ -88,43 +88,22 @@ def _jwt_expiry(token: str) -> float | None:
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
-class PersonalAccessTokenAuth:
+class PersonalAccessTokenAuth(RefreshingTokenAuth):
     """A Label Studio personal access token: exchanged for short-lived bearer access tokens as needed."""
 
-    can_refresh = True
-
     def __init__(self, session: HttpSession, refresh_token: str, path: str = TOKEN_REFRESH_PATH) -> None:
-        self._session = session
-        self._refresh = refresh_token
+        super().__init__(session, refresh_token)
         self.path = path
-        self._access: str | None = None
-        self._expires_at = 0.0
-        self._lock = threading.Lock()
-        self.refreshes = 0
-        session.redactor.add(refresh_token)
 
     def __repr__(self) -> str:
         return f"PersonalAccessTokenAuth(path={self.path!r})"
 
-    def secrets(self) -> list[str]:
-        return [self._refresh] + ([self._access] if self._access else [])
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._access = None
-
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        with self._lock:
-            if self._access is None or self._session.clock() >= self._expires_at:
-                self._access = self._exchange()
-            headers["Authorization"] = f"Bearer {self._access}"
-
-    def _exchange(self) -> str:
+    def _fetch(self) -> Token:
         try:
             response = self._session.request(
                 "POST",
                 self.path,
-                json_body={"refresh": self._refresh},
+                json_body={"refresh": self._credential},
                 retry_safe=True,
                 expect_json=True,
                 use_auth=False,
@@ -146,14 +125,11 @@ class PersonalAccessTokenAuth:
                 self.path,
                 response.status_code,
             )
-        self._session.redactor.add(access)
         exp = _jwt_expiry(access)
         lifetime = exp - self._session.wall_clock() if exp is not None else ACCESS_TOKEN_TTL
         margin = min(ACCESS_REFRESH_MARGIN, max(lifetime, 0.0) / 2.0)
-        self._expires_at = self._session.clock() + lifetime - margin
-        self.refreshes += 1
         logger.debug("exchanged the personal access token for an access token (%.0f s)", lifetime)
-        return access
+        return Token(f"Bearer {access}", access, self._session.clock() + lifetime - margin)
 
 
 class LabelStudioClient(ClosingClient):

@@ -770,3 +770,44 @@ def test_rasa_lost_train_answer_is_described_as_what_happened(
     error: TransientHTTPError | MalformedResponseError, said: str
 ) -> None:
     assert said in lost_answer(error, 900.0)
+
+
+# ------------------------------------------------------------------------------------ closing the clients
+
+
+class _CountingTransport(httpx.MockTransport):
+    """A transport that counts how often the clients built on it were closed."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda request: httpx.Response(503))
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_remote_backend_is_a_context_manager_that_closes_its_http_clients(
+    kind: str, tmp_path: Path
+) -> None:
+    em = CognigyEmulator(api_key=None, client_id="nluflow", client_secret="x" * 8, workdir=tmp_path / "em")
+    transport = _CountingTransport()
+    backend = make_backend(
+        kind, em, "http://platform.test", lambda s: None, tmp_path / "client", transport=transport
+    )
+    with backend as entered:
+        assert entered is backend and transport.closed == 0
+    assert transport.closed == 1
+    model = ModelRef(backend=kind, model_id="m-1", backend_model_id="m-1", path=str(tmp_path))
+    with pytest.raises(RuntimeError, match="closed"):
+        backend.predict(model, ["hello"])  # nothing is sent on a closed client
+
+
+def test_rasa_closes_its_evaluation_server_client_too(tmp_path: Path) -> None:
+    transport = _CountingTransport()
+    settings = RasaSettings(evaluation_url="http://rasa-eval.test")
+    with RasaBackend(
+        "http://rasa.test", settings=settings, workdir=tmp_path, http=HttpOptions(transport=transport)
+    ):
+        pass
+    assert transport.closed == 2

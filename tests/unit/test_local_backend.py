@@ -190,6 +190,14 @@ def test_local_backend_implements_the_protocol(tmp_path: Path) -> None:
     assert backend.name == "local"
 
 
+def test_local_backend_is_a_context_manager_whose_close_changes_nothing(tmp_path: Path) -> None:
+    with LocalBackend(tmp_path) as backend:
+        job = backend.submit(DATA, TrainingConfig(seed=3), "k")
+        model = backend.fetch(job, tmp_path / "model")
+    backend.close()  # twice, and after the block: still a no-op
+    assert backend.predict(model, [DATA.examples[0].text])[0].text == DATA.examples[0].text
+
+
 def test_submit_status_fetch_predict(tmp_path: Path) -> None:
     progress: list[tuple[float, str]] = []
     backend = LocalBackend(tmp_path / "work", on_progress=lambda f, m: progress.append((f, m)))

@@ -85,21 +85,58 @@ class QueryTokenAuth:
         return f"QueryTokenAuth(param={self.param!r}, value={REDACTED!r})"
 
 
-@dataclass
-class _Token:
+@dataclass(frozen=True)
+class Token:
     header_value: str
     raw: str
     expires_at: float
 
 
-class OAuth2ClientCredentials:
-    """OAuth2 client-credentials tokens, cached until shortly before ``expires_in`` runs out.
+class RefreshingTokenAuth:
+    """A short-lived bearer token got for a long-lived credential, cached until shortly before it expires.
 
     A 401 invalidates the cached token so the next attempt fetches a new one (``HttpSession.send`` does
-    that once per request). The token request itself goes through the same retry layer, without auth.
+    that once per request). Subclasses say how a token is fetched (``_fetch``), through the session's
+    retry layer, without auth.
     """
 
     can_refresh = True
+
+    def __init__(self, session: HttpSession, credential: str) -> None:
+        self._session = session
+        self._credential = credential
+        self._token: Token | None = None
+        self._lock = threading.Lock()
+        self.tokens_fetched = 0
+        session.redactor.add(credential)
+
+    def secrets(self) -> list[str]:
+        token = self._token
+        return [self._credential] + ([token.raw] if token else [])
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._token = None
+
+    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
+        headers["Authorization"] = self._current().header_value
+
+    def _current(self) -> Token:
+        with self._lock:
+            token = self._token
+            if token is None or self._session.clock() >= token.expires_at:
+                token = self._fetch()
+                self._session.redactor.add(token.raw)
+                self.tokens_fetched += 1
+                self._token = token
+            return token
+
+    def _fetch(self) -> Token:
+        raise NotImplementedError
+
+
+class OAuth2ClientCredentials(RefreshingTokenAuth):
+    """OAuth2 client-credentials tokens, cached until shortly before ``expires_in`` runs out."""
 
     def __init__(
         self,
@@ -109,43 +146,19 @@ class OAuth2ClientCredentials:
         client_secret: str,
         scope: str | None = None,
     ) -> None:
-        self._session = session
+        super().__init__(session, client_secret)
         self.token_url = token_url
         self.client_id = client_id
-        self._client_secret = client_secret
         self.scope = scope
-        self._token: _Token | None = None
-        self._lock = threading.Lock()
-        self.tokens_fetched = 0
-        session.redactor.add(client_secret)
 
     def __repr__(self) -> str:
         return f"OAuth2ClientCredentials(token_url={self.token_url!r}, client_id={self.client_id!r})"
 
-    def secrets(self) -> list[str]:
-        token = self._token
-        return [self._client_secret] + ([token.raw] if token else [])
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._token = None
-
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        headers["Authorization"] = self._current().header_value
-
-    def _current(self) -> _Token:
-        with self._lock:
-            token = self._token
-            if token is None or self._session.clock() >= token.expires_at:
-                token = self._fetch()
-                self._token = token
-            return token
-
-    def _fetch(self) -> _Token:
+    def _fetch(self) -> Token:
         form = {
             "grant_type": "client_credentials",
             "client_id": self.client_id,
-            "client_secret": self._client_secret,
+            "client_secret": self._credential,
         }
         if self.scope:
             form["scope"] = self.scope
@@ -171,7 +184,6 @@ class OAuth2ClientCredentials:
                 response.status_code,
                 request_id_of(response),
             )
-        self._session.redactor.add(raw)
         token_type = str(body.get("token_type") or "Bearer")
         if token_type.lower() == "bearer":
             token_type = "Bearer"
@@ -180,6 +192,5 @@ class OAuth2ClientCredentials:
         except (TypeError, ValueError):
             lifetime = 3600.0
         margin = min(TOKEN_REFRESH_MARGIN, lifetime / 2.0)
-        self.tokens_fetched += 1
         logger.debug("fetched an access token for client %s (expires in %.0f s)", self.client_id, lifetime)
-        return _Token(f"{token_type} {raw}", raw, self._session.clock() + lifetime - margin)
+        return Token(f"{token_type} {raw}", raw, self._session.clock() + lifetime - margin)
