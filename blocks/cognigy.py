@@ -20,13 +20,13 @@ class CognigyBackendBlock(Block):
     Give either an API key or OAuth2 client credentials.
 
     Example:
-        Load the block and build the backend client:
+        Load the block and build the backend client (a context manager: it closes its HTTP clients):
         ```python
         from blocks.cognigy import CognigyBackendBlock
 
         cognigy_block = CognigyBackendBlock.load("BLOCK_NAME")
-        backend = cognigy_block.get_client()
-        print(backend.name)
+        with cognigy_block.get_client() as backend:
+            print(backend.name)
         ```
     """
 

@@ -22,13 +22,13 @@ class NeuralSpaceBackendBlock(Block):
     Documented paths are the defaults; the others are guesses that you can override here.
 
     Example:
-        Load the block and build the backend client:
+        Load the block and build the backend client (a context manager: it closes its HTTP clients):
         ```python
         from blocks.neuralspace import NeuralSpaceBackendBlock
 
         neuralspace_block = NeuralSpaceBackendBlock.load("BLOCK_NAME")
-        backend = neuralspace_block.get_client()
-        print(backend.name)
+        with neuralspace_block.get_client() as backend:
+            print(backend.name)
         ```
     """
 

@@ -23,13 +23,13 @@ class RasaBackendBlock(Block):
     either a token (``--auth-token``) or a JWT.
 
     Example:
-        Load the block and build the backend client:
+        Load the block and build the backend client (a context manager: it closes its HTTP clients):
         ```python
         from blocks.rasa import RasaBackendBlock
 
         rasa_block = RasaBackendBlock.load("BLOCK_NAME")
-        backend = rasa_block.get_client()
-        print(backend.name)
+        with rasa_block.get_client() as backend:
+            print(backend.name)
         ```
     """
 

@@ -22,13 +22,13 @@ class TrainingServiceBlock(Block):
     Job creation must honour the `Idempotency-Key` header (the same key returns the same job).
 
     Example:
-        Load the block and build the backend client:
+        Load the block and build the backend client (a context manager: it closes its HTTP clients):
         ```python
         from blocks.service import TrainingServiceBlock
 
         service_block = TrainingServiceBlock.load("BLOCK_NAME")
-        backend = service_block.get_client()
-        print(backend.name)
+        with service_block.get_client() as backend:
+            print(backend.name)
         ```
     """
 

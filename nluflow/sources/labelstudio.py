@@ -35,7 +35,6 @@ import httpx
 from nluflow.backends.base import ClosingClient
 from nluflow.backends.errors import (
     AuthenticationError,
-    ContractError,
     HTTPStatusError,
     MalformedResponseError,
     TransientHTTPError,
@@ -99,32 +98,16 @@ class PersonalAccessTokenAuth(RefreshingTokenAuth):
         return f"PersonalAccessTokenAuth(path={self.path!r})"
 
     def _fetch(self) -> Token:
-        try:
-            response = self._session.request(
-                "POST",
-                self.path,
-                json_body={"refresh": self._credential},
-                retry_safe=True,
-                expect_json=True,
-                use_auth=False,
-            )
-        except HTTPStatusError as exc:
-            raise exc.restated_as(
-                AuthenticationError,
+        _, access = self._request_token(
+            self.path,
+            "access",
+            lambda exc: (
                 f"Label Studio refused the personal access token at {exc.url} (HTTP {exc.status}: "
                 f"{exc.body_excerpt or 'no body'}); create a new one under Account & Settings → Personal "
-                "Access Token and store it in the source block",
-            ) from None
-        body = response.json()
-        access = body.get("access") if isinstance(body, dict) else None
-        if not isinstance(access, str) or not access:
-            raise ContractError(
-                f'POST {self.path} answered without an \'access\' token; expected {{"access": "<jwt>"}} '
-                "as Label Studio 1.23 sends",
-                "POST",
-                self.path,
-                response.status_code,
-            )
+                "Access Token and store it in the source block"
+            ),
+            json_body={"refresh": self._credential},
+        )
         exp = _jwt_expiry(access)
         lifetime = exp - self._session.wall_clock() if exp is not None else ACCESS_TOKEN_TTL
         margin = min(ACCESS_REFRESH_MARGIN, max(lifetime, 0.0) / 2.0)

@@ -626,3 +626,20 @@ def test_wait_for_job_has_a_hard_maximum_wait() -> None:
             clock=lambda: clock[0],
         )
     assert clock[0] == pytest.approx(60.0)
+
+
+def test_a_token_answer_without_the_token_is_a_contract_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"token_type": "bearer"}, headers={"x-request-id": "r-7"})
+
+    http = HttpOptions(transport=httpx.MockTransport(handler), sleep=lambda s: None)
+    session = HttpSession.open("http://api.test", http)
+    session.auth = OAuth2ClientCredentials(session, "/oauth/token", "client-1", "s3cret-value")
+    with pytest.raises(ContractError, match="without 'access_token'") as info:
+        session.json("GET", "/x")
+    assert (info.value.status, info.value.request_id, info.value.url) == (
+        200,
+        "r-7",
+        "http://api.test/oauth/token",
+    )
+    assert "s3cret-value" not in str(info.value)

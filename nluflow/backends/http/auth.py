@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -134,6 +135,34 @@ class RefreshingTokenAuth:
     def _fetch(self) -> Token:
         raise NotImplementedError
 
+    def _request_token(
+        self, url: str, field: str, refused: Callable[[HTTPStatusError], str], **body: Any
+    ) -> tuple[dict[str, Any], str]:
+        """POST ``body`` (``data``/``json_body``) to the token endpoint; its JSON answer and its ``field``.
+
+        A refusal is an ``AuthenticationError`` with the message ``refused`` makes of it; an answer without
+        the token is a ``ContractError`` naming the field that is missing.
+        """
+        try:
+            response = self._session.request(
+                "POST", url, retry_safe=True, expect_json=True, use_auth=False, **body
+            )
+        except HTTPStatusError as exc:
+            raise exc.restated_as(AuthenticationError, refused(exc)) from None
+        answer = response.json()
+        raw = answer.get(field) if isinstance(answer, dict) else None
+        if not isinstance(answer, dict) or not isinstance(raw, str) or not raw:
+            shown = self._session.redactor.url(response.url)
+            raise ContractError(
+                f"the token endpoint POST {shown} answered without {field!r}; expected a JSON object with "
+                f"the token in {field!r}",
+                "POST",
+                shown,
+                response.status_code,
+                request_id_of(response),
+            )
+        return answer, raw
+
 
 class OAuth2ClientCredentials(RefreshingTokenAuth):
     """OAuth2 client-credentials tokens, cached until shortly before ``expires_in`` runs out."""
@@ -162,28 +191,16 @@ class OAuth2ClientCredentials(RefreshingTokenAuth):
         }
         if self.scope:
             form["scope"] = self.scope
-        try:
-            response = self._session.request(
-                "POST", self.token_url, data=form, retry_safe=True, expect_json=True, use_auth=False
-            )
-        except HTTPStatusError as exc:
-            raise exc.restated_as(
-                AuthenticationError,
+        body, raw = self._request_token(
+            self.token_url,
+            "access_token",
+            lambda exc: (
                 f"the token endpoint refused the client credentials of client {self.client_id!r} "
                 f"(HTTP {exc.status}: {exc.body_excerpt or 'no body'}); check the client id and secret in "
-                "the block; nothing was sent to the platform",
-            ) from None
-        body = response.json()
-        raw = body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(raw, str) or not raw:
-            raise ContractError(
-                f"the token endpoint {self._session.redactor.url(response.url)} answered without an "
-                "'access_token'; expected an OAuth2 token response {access_token, token_type, expires_in}",
-                "POST",
-                self._session.redactor.url(response.url),
-                response.status_code,
-                request_id_of(response),
-            )
+                "the block; nothing was sent to the platform"
+            ),
+            data=form,
+        )
         token_type = str(body.get("token_type") or "Bearer")
         if token_type.lower() == "bearer":
             token_type = "Bearer"

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from nluflow.backends.base import ClosingClient
 from nluflow.backends.errors import (
     AuthenticationError,
     ContractError,
@@ -150,7 +151,7 @@ class _GaveUp:
     refreshed: bool
 
 
-class HttpSession:
+class HttpSession(ClosingClient):
     """An httpx client with the retry layer around it; everything it needs comes from one ``HttpOptions``."""
 
     def __init__(
@@ -193,12 +194,6 @@ class HttpSession:
 
     def __repr__(self) -> str:
         return f"HttpSession(base_url={self.redactor.url(self.client.base_url)!r}, auth={self.auth!r})"
-
-    def __enter__(self) -> HttpSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.client.close()
