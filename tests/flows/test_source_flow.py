@@ -200,7 +200,7 @@ def test_webhooks_through_the_relay_start_a_run_that_pulls_the_new_annotations(
     home: Path, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator
 ) -> None:
     """Label Studio → webhook → relay → event → the trigger's parameters → a run that exports the project."""
-    from nluflow.relay import LabelStudioRoute, RelayConfig, create_app
+    from nluflow.apps.relay import LabelStudioRoute, RelayConfig, create_app
     from nluflow.testing.emulators._serving import serve
 
     secret = "relay-secret-for-flow-tests-1234"

@@ -28,19 +28,20 @@ import sklearn
 import uvicorn
 from starlette.applications import Starlette
 
-from nluflow import __version__, serve
-from nluflow.backends.base import IntentScore, LocalModelOptions, Parse
-from nluflow.data.loaders import load_file
-from nluflow.errors import ConfigError, ModelNotFoundError, StoreError, UnsafePathError
-from nluflow.models.nlu import INTENT_FILE, NLUModel
-from nluflow.registry import ModelStore
-from nluflow.serve import (
+from nluflow import __version__
+from nluflow.apps import serve
+from nluflow.apps.serve import (
     MODEL_HEADER,
     ActiveModelWatcher,
     _TokenRedactor,
     create_app,
     run,
 )
+from nluflow.backends.base import IntentScore, LocalModelOptions, Parse
+from nluflow.data.loaders import load_file
+from nluflow.errors import ConfigError, ModelNotFoundError, StoreError, UnsafePathError
+from nluflow.models.nlu import INTENT_FILE, NLUModel
+from nluflow.registry import ModelStore
 
 PROJECT = "bot"
 TEXT = "play the new album by queen on spotify"
@@ -424,7 +425,7 @@ def test_run_serves_logs_the_model_and_keeps_tokens_out_of_the_access_log(store:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     code = (
-        "import sys\nfrom nluflow.serve import run\n"
+        "import sys\nfrom nluflow.apps.serve import run\n"
         "run('127.0.0.1', int(sys.argv[1]), sys.argv[2], sys.argv[3],\n"
         "    token='s3cret-token', access_log=True)\n"
     )
@@ -489,7 +490,7 @@ def test_a_model_that_fails_verification_is_refused_and_the_old_one_keeps_servin
     watcher: ActiveModelWatcher = app.state.watcher
     with AppClient(app) as c:
         tamper(store, "m-b")
-        with caplog.at_level(logging.ERROR, logger="nluflow.serve"):
+        with caplog.at_level(logging.ERROR, logger="nluflow.apps.serve"):
             assert watcher.refresh() is False
 
         assert watcher.current is not None and watcher.current.model_id == "m-a"

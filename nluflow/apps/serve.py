@@ -72,7 +72,7 @@ from nluflow.models.tokenize import tokenize
 from nluflow.registry import MANIFEST_NAME, MODELS_DIR, ActivePointer, Manifest, ModelStore, check_id
 
 if TYPE_CHECKING:
-    from nluflow.server_limits import ServerLimits
+    from nluflow.apps.server_limits import ServerLimits
 
 logger = logging.getLogger(__name__)
 
@@ -814,11 +814,11 @@ def run(
     """Serve ``project``'s active model on ``host:port`` with uvicorn until interrupted (Ctrl-C, SIGTERM).
 
     Slow and idle clients are timed out and open connections capped by ``limits`` (see
-    :mod:`nluflow.server_limits`).
+    :mod:`nluflow.apps.server_limits`).
     """
     import uvicorn
 
-    from nluflow.server_limits import uvicorn_config
+    from nluflow.apps.server_limits import uvicorn_config
 
     model_store = store if isinstance(store, ModelStore) else ModelStore.local(store)
     check_id(project, "project")
