@@ -114,8 +114,9 @@ def start_server(store: Path, port: int, max_batch: int) -> subprocess.Popen[byt
     code = (
         "import logging, sys\n"
         "logging.basicConfig(level=logging.WARNING)\n"
-        "from nluflow.apps.serve import run\n"
-        f"run('127.0.0.1', {port}, {PROJECT!r}, sys.argv[1], max_batch={max_batch}, log_level='warning')\n"
+        "from nluflow.apps.serve import ServeOptions, run\n"
+        f"options = ServeOptions(max_batch={max_batch}, log_level='warning')\n"
+        f"run('127.0.0.1', {port}, {PROJECT!r}, sys.argv[1], options)\n"
     )
     return subprocess.Popen([sys.executable, "-c", code, str(store)], cwd=REPO)
 
