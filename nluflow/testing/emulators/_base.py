@@ -134,7 +134,7 @@ class Emulator:
         raise NotImplementedError
 
     def build_app(self, endpoints: Sequence[Endpoint]) -> Starlette:
-        """The app serving ``endpoints`` (FastAPI, as the platforms' own 404/405 bodies are JSON)."""
+        """The app serving ``endpoints``: FastAPI, whose 404 and 405 answers are JSON."""
         app = FastAPI(title=self.title, openapi_url=None)
         for endpoint in endpoints:
             app.add_api_route(endpoint.path, answering(endpoint.handler), methods=[endpoint.method])
