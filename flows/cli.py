@@ -877,9 +877,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the project's active model with Rasa's /model/parse API; swaps to newly promoted models."""
-    from nluflow.serve import run as run_server
+    from nluflow.apps import serve as server
 
-    _guard(lambda: run_server(host, port, project, _store_path(store), token))
+    _guard(lambda: server.run(host, port, project, _store_path(store), server.ServeOptions(token=token)))
 
 
 @app.command()

@@ -15,7 +15,7 @@ from nluflow.errors import DataError, SourceError, TransientSourceError
 from nluflow.sources.base import with_source_origins
 from nluflow.sources.labelstudio import LabelStudioClient, LabelStudioExportSource, TokenKind
 from nluflow.testing.emulators import Fault, LabelStudioEmulator
-from nluflow.testing.emulators._base import ServedApp
+from nluflow.testing.emulators._serving import ServedApp
 
 EXPORT = Path(__file__).resolve().parents[1] / "fixtures" / "label-studio" / "export.json"
 

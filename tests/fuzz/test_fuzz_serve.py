@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nluflow.apps.serve import create_app
 from nluflow.backends.base import LocalModelOptions
 from nluflow.data.loaders import load_file
 from nluflow.models.nlu import NLUModel
 from nluflow.registry import ModelStore
-from nluflow.serve import create_app
 
 from .conftest import real_server
 
