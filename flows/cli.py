@@ -460,7 +460,7 @@ def print_summary(result: Any) -> None:
 @models_app.command("list")
 def models_list(project: ProjectOpt = "default", store: StoreOpt = None) -> None:
     """List the stored models of a project, newest first; the active one is marked."""
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     def run() -> None:
         ms = ModelStore.local(_store_path(store))
@@ -499,7 +499,7 @@ def models_show(
 ) -> None:
     """Show a model's manifest (metrics, data hashes, config) after verifying its files."""
     from nluflow.errors import ModelNotFoundError
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     def run() -> None:
         ms = ModelStore.local(_store_path(store))
@@ -536,7 +536,7 @@ def models_rollback(
 
     A model trained on a remote platform is made the served one there too; if the platform refuses, the
     store's pointer is put back."""
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     def run() -> None:
         ms = ModelStore.local(_store_path(store))
@@ -558,14 +558,14 @@ def models_rollback(
 def _audit_log_for_change(store: Path | None, project: str) -> Any:
     """The project's audit log, checked before the pointer changes: a change the log cannot record is
     refused, so the history never misses one."""
-    from nluflow.audit import AuditLog
     from nluflow.errors import AuditError
-    from nluflow.registry import check_id
+    from nluflow.store import check_id
+    from nluflow.store.audit_log import AuditLog
 
     root = _store_path(store)
     log = AuditLog(root / check_id(project, "project") / "audit.jsonl")
     from nluflow.recovery import EarlierRun, recover_and_describe
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     # A promotion a killed run left half-way, and a run killed before its own line, are closed (and said)
     # before a person moves the pointer. Crashed runs are asked of a configured Prefect server only (the
@@ -636,7 +636,7 @@ def _pointer_change(project: str, wait: float) -> Iterator[None]:
     import getpass
     import socket
 
-    from nluflow.registry import check_id
+    from nluflow.store import check_id
     from tasks.promotion import promotion_slot
 
     check_id(project, "project")
@@ -677,7 +677,7 @@ def models_activate(
     A candidate the gates rejected needs --reason (it is then a forced promotion, as `models promote`).
     A model trained on a remote platform is made the served one there too; if the platform refuses, the
     store's pointer is put back."""
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     def run() -> None:
         why = " ".join((reason or "").split())
@@ -717,7 +717,7 @@ def models_promote(
 
     Rejected candidates are kept in the store (the newest RetrainParams.keep_rejected per project) for this.
     A model trained on a remote platform is made the served one there too."""
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     def run() -> None:
         why = " ".join(reason.split())
@@ -758,11 +758,12 @@ def audit_verify(
     Decisions: promote, reject, blocked, unchanged, failed (a retrain's own line); crashed (a retrain killed
     before its own line, written by the next run or a pointer change); promote-intent, promotion-abandoned;
     rollback, activate, forced-promote, testset-reset (the CLI); repaired, sealed (the log itself)."""
-    from nluflow.audit import AuditLog, history_rows
+    from nluflow.audit import history_rows
     from nluflow.errors import StoreError
+    from nluflow.store.audit_log import AuditLog
 
     def run() -> list[Path]:
-        from nluflow.registry import check_id
+        from nluflow.store import check_id
 
         root = _store_path(store)
         if project is not None:
@@ -817,9 +818,9 @@ def audit_seal(
     line records where the chain broke and why you sealed it; `audit verify` then reports "sealed at line N"
     and checks the chain after it. Keep a copy of the broken log first. A torn last line is moved aside
     instead (a `repaired` line names the file)."""
-    from nluflow.audit import AuditLog
     from nluflow.errors import StoreError
-    from nluflow.registry import check_id
+    from nluflow.store import check_id
+    from nluflow.store.audit_log import AuditLog
 
     def run() -> dict[str, Any]:
         path = _store_path(store) / check_id(project, "project") / "audit.jsonl"

@@ -49,8 +49,9 @@ def _store_path(store: Path | None) -> Path:
 @testset_app.command("show")
 def show(project: ProjectOpt = "default", store: StoreOpt = None) -> None:
     """Version, sha256, size, per-intent counts and history of the project's frozen test set."""
-    from nluflow.registry import ModelStore
-    from nluflow.testset import TestSetStore, intent_table
+    from nluflow.store import ModelStore
+    from nluflow.store.testsets import TestSetStore
+    from nluflow.testset import intent_table
 
     try:
         testsets = TestSetStore(ModelStore.local(_store_path(store)).fs, project)
@@ -101,10 +102,11 @@ def reset(
     """Remove the project's frozen test set so the next run without --test freezes a new one (audited).
 
     Earlier versions' data stays in the store under testset/versions/ for the audit trail."""
-    from nluflow.audit import AuditLog, audit_record
+    from nluflow.audit import audit_record
     from nluflow.recovery import EarlierRun, recover_and_describe
-    from nluflow.registry import ModelStore, check_id
-    from nluflow.testset import TestSetStore
+    from nluflow.store import ModelStore, check_id
+    from nluflow.store.audit_log import AuditLog
+    from nluflow.store.testsets import TestSetStore
 
     root = _store_path(store)
     try:

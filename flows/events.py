@@ -48,7 +48,6 @@ from prefect.settings import get_current_settings
 from pydantic import SecretStr
 
 from nluflow.errors import BackendError, ConfigError
-from nluflow.registry import ID_PATTERN
 from nluflow.relay import (
     EVENT_NAME,
     RESOURCE_PREFIX,
@@ -61,6 +60,7 @@ from nluflow.relay import (
     resource_id,
 )
 from nluflow.sources.base import is_source_ref
+from nluflow.store import ID_PATTERN
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

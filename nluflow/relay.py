@@ -81,8 +81,8 @@ from starlette.routing import Route
 
 from nluflow import jsonsafe
 from nluflow.errors import ConfigError
-from nluflow.registry import ID_PATTERN
 from nluflow.sources.base import LABEL_STUDIO_SLUG, SOURCE_SLUGS, is_source_ref
+from nluflow.store import ID_PATTERN
 
 
 class _LocalLog(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -69,7 +69,7 @@ from nluflow.errors import ConfigError, IntegrityError, StoreError
 from nluflow.hashing import sha256_file
 from nluflow.models.nlu import NLUModel
 from nluflow.models.tokenize import tokenize
-from nluflow.registry import MANIFEST_NAME, MODELS_DIR, ActivePointer, Manifest, ModelStore, check_id
+from nluflow.store import MANIFEST_NAME, MODELS_DIR, ActivePointer, Manifest, ModelStore, check_id
 
 if TYPE_CHECKING:
     from nluflow.server_limits import ServerLimits

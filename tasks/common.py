@@ -23,7 +23,7 @@ from nluflow.backends.local import LocalBackend
 from nluflow.errors import ConfigError, TransientBackendError
 from nluflow.hashing import sha256_json
 from nluflow.pipeline import CODE_VERSION, Workspace
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
 
 # Retry delays (seconds) for stages that talk to a backend: transient errors only.
 BACKEND_RETRY_DELAYS: list[float] = [2.0, 10.0, 30.0]

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from nluflow.backends.base import LocalModelOptions
 from nluflow.data.loaders import load_file
 from nluflow.models.nlu import NLUModel
-from nluflow.registry import ModelStore
 from nluflow.serve import create_app
+from nluflow.store import ModelStore
 
 from .conftest import real_server
 

@@ -20,9 +20,9 @@ import uvicorn
 
 from flows import events
 from nluflow import serve
-from nluflow.registry import ModelStore
 from nluflow.relay import LabelStudioRoute, RelayConfig, create_app
 from nluflow.server_limits import HeaderDeadlineProtocol, ServerLimits, protocol_class, uvicorn_config
+from nluflow.store import ModelStore
 
 from .conftest import real_server
 

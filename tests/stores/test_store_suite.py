@@ -25,8 +25,8 @@ from botocore.config import Config
 
 from nluflow.errors import IntegrityError, ModelNotFoundError, StoreError, UnsafePathError
 from nluflow.hashing import sha256_bytes
-from nluflow.registry import ActivePointer, FileSystem, LocalFileSystem, Manifest, ModelStore
-from nluflow.s3 import S3FileSystem, sync_folder
+from nluflow.store import ActivePointer, FileSystem, LocalFileSystem, Manifest, ModelStore
+from nluflow.store.s3 import S3FileSystem, sync_folder
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -22,7 +22,7 @@ import pytest
 
 from nluflow.errors import IntegrityError, ModelNotFoundError, StoreError, UnsafePathError
 from nluflow.hashing import sha256_bytes, sha256_json
-from nluflow.registry import (
+from nluflow.store import (
     ID_PATTERN,
     ActivePointer,
     FileSystem,

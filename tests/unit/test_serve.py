@@ -33,7 +33,6 @@ from nluflow.backends.base import IntentScore, LocalModelOptions, Parse
 from nluflow.data.loaders import load_file
 from nluflow.errors import ConfigError, ModelNotFoundError, StoreError, UnsafePathError
 from nluflow.models.nlu import INTENT_FILE, NLUModel
-from nluflow.registry import ModelStore
 from nluflow.serve import (
     MODEL_HEADER,
     ActiveModelWatcher,
@@ -41,6 +40,7 @@ from nluflow.serve import (
     create_app,
     run,
 )
+from nluflow.store import ModelStore
 
 PROJECT = "bot"
 TEXT = "play the new album by queen on spotify"
