@@ -97,8 +97,13 @@ class AuditLog:
     def __repr__(self) -> str:
         return f"AuditLog({str(self.path)!r})"
 
+    @property
+    def project(self) -> str:
+        """The project the log belongs to: the name of its folder."""
+        return self.path.parent.name
+
     def seal_command(self) -> str:
-        return seal_command(self.path.parent.name)
+        return seal_command(self.project)
 
     def exists(self) -> bool:
         """Whether the log (or something in its place, such as a link) is there."""

@@ -303,7 +303,8 @@ def test_audit_verify_without_project_checks_and_lists_every_project(tmp_path: P
     assert out.exit_code == 1
     assert "alpha: intact" in out.output and "broken: beta" in out.output
     out = runner.invoke(app, ["audit", "verify", "--store", str(tmp_path / "nowhere")])
-    assert out.exit_code == 2 and "no model store" in out.output
+    text = out.output.replace("\n", " ")
+    assert out.exit_code == 2 and "model store folder" in text and "does not exist" in text
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
