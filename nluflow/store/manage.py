@@ -151,8 +151,8 @@ def _serve(
     try:
         if serve_remote is None:
             raise ConfigError(
-                f"model {manifest.model_id} was trained on the {manifest.backend!r} backend, and nothing here "
-                "can make that platform serve it; nothing was changed"
+                f"model {manifest.model_id} was trained on the {manifest.backend!r} backend, and nothing "
+                "here can make that platform serve it; nothing was changed"
             )
         serve_remote(manifest)
     except Exception:
