@@ -20,25 +20,8 @@ import time
 from typing import Any, Protocol
 
 from nluflow.errors import AuditError, StoreError
-from nluflow.store.audit_chain import (
-    AuditVerification,
-    Line,
-    Scan,
-    broken_error,
-    chained,
-    encode_line,
-    lost_line_end_only,
-    parse_records,
-    plain_record,
-    repaired_line,
-    scan,
-    seal_command,
-    seal_reason,
-    sealed_line,
-    torn_message,
-    utc_stamp,
-    verification,
-)
+from nluflow.store import audit_chain as chain
+from nluflow.store.audit_chain import AuditVerification, Line, Scan
 from nluflow.store.fs import ConditionalWrites
 from nluflow.store.layout import check_id, layout
 
@@ -70,7 +53,7 @@ class ObjectAuditLog:
         return f"ObjectAuditLog({self.path!r})"
 
     def seal_command(self) -> str:
-        return seal_command(self.project)
+        return chain.seal_command(self.project)
 
     def exists(self) -> bool:
         return self.fs.read_tagged(self.key)[1] is not None
@@ -85,21 +68,21 @@ class ObjectAuditLog:
 
     def records(self) -> list[dict[str, Any]]:
         """Every line as a dict, in order, without the lines of a sealed break."""
-        return parse_records(self._read()[0], self.path)
+        return chain.parse_records(self._read()[0], self.path)
 
     def verify(self) -> AuditVerification:
         """Check every line and the chain; a missing log is empty, ok."""
-        return verification(self._read()[0], self.path, self.seal_command())
+        return chain.verification(self._read()[0], self.path, self.seal_command())
 
     # -- writes ----------------------------------------------------------------------------------------
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Chain ``record`` onto the log (a torn tail is moved aside first); return the line as written."""
-        plain = plain_record(record, self.path)
+        plain = chain.plain_record(record, self.path)
 
         def add(data: bytes, found: Scan) -> tuple[bytes, dict[str, Any]]:
-            line = chained(plain, len(found.lines) + 1, found.last_hash)
-            return data + encode_line(line), line
+            line = chain.chained(plain, len(found.lines) + 1, found.last_hash)
+            return data + chain.encode_line(line), line
 
         return self._update(add)
 
@@ -109,25 +92,25 @@ class ObjectAuditLog:
         data, tag = self._read()
         if tag is None:
             return []
-        found = scan(data, self.path)
+        found = chain.scan(data, self.path)
         if not found.ok:
             self._update(lambda data, found: (data, {}))
         return self.repairs[before:]
 
     def seal(self, reason: str, actor: str = "cli") -> dict[str, Any]:
         """Seal a broken chain with a ``sealed`` line (a torn last line is moved aside instead)."""
-        why = seal_reason(reason, self.path)
+        why = chain.seal_reason(reason, self.path)
         for _ in range(CONFLICT_ATTEMPTS):
             data, tag = self._read()
-            found = scan(data, self.path)
+            found = chain.scan(data, self.path)
             if found.torn:
                 self.repair()
-                return parse_records(self._read()[0], self.path)[-1]
+                return chain.parse_records(self._read()[0], self.path)[-1]
             if found.ok:
                 raise AuditError(f"{self.path}: the chain is intact; nothing to seal, nothing was changed")
             body = data if data.endswith(b"\n") else data + b"\n"
-            line = sealed_line(found, self.project, actor, why)
-            if self._write(body + encode_line(line), tag):
+            line = chain.sealed_line(found, self.project, actor, why)
+            if self._write(body + chain.encode_line(line), tag):
                 logger.info("%s: sealed the break at line %d (%s)", self.path, line["sealed_from_line"], why)
                 return line
         raise self._busy()
@@ -153,21 +136,21 @@ class ObjectAuditLog:
 
     def _appendable(self, data: bytes) -> tuple[bytes, Scan, list[str]]:
         """``data`` ready for a new line: a torn last line moved aside (its ``repaired`` line added)."""
-        found = scan(data, self.path)
+        found = chain.scan(data, self.path)
         if found.ok:
             return data, found, []
         bad = found.first_bad
         assert bad is not None
         if not found.torn:
-            raise broken_error(found, self.seal_command())
-        if lost_line_end_only(found, bad):
+            raise chain.broken_error(found, self.seal_command())
+        if chain.lost_line_end_only(found, bad):
             fixed = data + b"\n"
-            return fixed, scan(fixed, self.path), []
+            return fixed, chain.scan(fixed, self.path), []
         return self._move_torn(data, found, bad)
 
     def _move_torn(self, data: bytes, found: Scan, bad: Line) -> tuple[bytes, Scan, list[str]]:
         torn = data[bad.start :]
-        aside = f"{self.key}.torn-{utc_stamp()}"
+        aside = f"{self.key}.torn-{chain.utc_stamp()}"
         try:
             self.fs.write_bytes(aside, torn)
         except StoreError as exc:
@@ -176,9 +159,11 @@ class ObjectAuditLog:
                 f"moved aside to {aside}: {exc}; nothing was appended"
             ) from exc
         name = aside.rsplit("/", 1)[-1]
-        message = torn_message(self.path, bad, len(torn), name)
-        fixed = data[: bad.start] + encode_line(repaired_line(found, self.project, name, len(torn), message))
-        return fixed, scan(fixed, self.path), [message]
+        message = chain.torn_message(self.path, bad, len(torn), name)
+        fixed = data[: bad.start] + chain.encode_line(
+            chain.repaired_line(found, self.project, name, len(torn), message)
+        )
+        return fixed, chain.scan(fixed, self.path), [message]
 
     def _write(self, data: bytes, tag: str | None) -> bool:
         try:
