@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -202,7 +203,8 @@ def retrain(
         from flows.retrain import retrain as retrain_flow
 
         extra = {"backend": backend, "store_block": store_block, "notify": notify or []}
-        params = _params(RetrainParams, data, test, project, store, must_pass, config, gate_overrides, extra)
+        inputs = RunInputs(data=data, test=test, project=project, store=store, must_pass=must_pass)
+        params = _params(RetrainParams, inputs, config, gate_overrides, extra)
         _preflight(data, test, must_pass)
         _flow_logging()
         return retrain_flow(params)
@@ -254,12 +256,18 @@ def sweep(
             "store_block": store_block,
             "notify": notify or [],
         }
-        params = _params(SweepParams, data, test, project, store, must_pass, None, {}, extra)
+        inputs = RunInputs(data=data, test=test, project=project, store=store, must_pass=must_pass)
+        params = _params(SweepParams, inputs, None, {}, extra)
         _preflight(data, test, must_pass)
         _flow_logging()
         return sweep_flow(params)
 
     result = guard(run)
+    _print_sweep(result)
+
+
+def _print_sweep(result: Any) -> None:
+    """The sweep's table (best first), the chosen configuration, then the retrain's summary."""
     metric_col = f"cv_{result.metric}"
     wanted = ["rank", "config", metric_col, f"{metric_col}_std", "cv_accuracy", "cv_macro_f1", "cv_entity_f1"]
     shown = [*dict.fromkeys(wanted), "fit_seconds_per_fold"]
@@ -284,28 +292,37 @@ def _cell(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """The inputs every run command takes: data, test set, project, store folder, must-pass utterances."""
+
+    data: list[Path]
+    test: list[Path] | None
+    project: str
+    store: Path | None
+    must_pass: Path | None
+
+
 def _params(
     model: Any,
-    data: list[Path],
-    test: list[Path] | None,
-    project: str,
-    store: Path | None,
-    must_pass: Path | None,
+    inputs: RunInputs,
     config: Path | None,
     gates: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> Any:
+    """The flow's parameter model from the command's options; ConfigError naming what was refused."""
     from pydantic import ValidationError
 
     from nluflow.backends.base import TrainingConfig
     from nluflow.evaluation.gates import GatePolicy
     from nluflow.sources import is_source_ref
 
+    data, test, must_pass = inputs.data, inputs.test, inputs.must_pass
     raw: dict[str, Any] = {
-        "project": project,
+        "project": inputs.project,
         "data": [str(p) if is_source_ref(str(p)) else str(p.resolve()) for p in data],  # refs stay as given
         "test": [str(p.resolve()) for p in test] if test else None,
-        "store": str(store_path(store)),
+        "store": str(store_path(inputs.store)),
         "must_pass": str(must_pass.resolve()) if must_pass else None,
         **(extra or {}),
     }
