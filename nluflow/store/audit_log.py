@@ -43,7 +43,7 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-from nluflow.errors import AuditError, StoreError
+from nluflow.errors import AuditError, ModelNotFoundError, StoreError
 from nluflow.store.audit_chain import (
     CHAIN_FIELDS,
     GENESIS,
@@ -264,6 +264,28 @@ class AuditLog:
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot append to the audit log: {exc}") from exc
 
+    def adopt(self, newer: bytes) -> bool:
+        """Replace the log with ``newer`` when ``newer`` extends it (the log is a prefix of it), under the
+        exclusive lock; True when replaced. AuditError when the two diverged (neither extends the other):
+        nothing is changed, so no line of either is lost."""
+        with self._locked() as fh:
+            mine = self._read_all(fh)
+            if mine.startswith(newer):
+                return False
+            if not newer.startswith(mine):
+                raise AuditError(
+                    f"{self.path}: this copy of the audit log and the store's log diverged (neither "
+                    "extends the other: both got lines the other lacks); nothing was changed. Keep both "
+                    "files and compare them with `nluflow audit verify`"
+                )
+            try:
+                fh.write(newer[len(mine) :])
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                raise AuditError(f"{self.path}: cannot update the audit log copy: {exc}") from exc
+            return True
+
     def _read_data(self) -> bytes:
         """The file's bytes, read under a shared lock so a concurrent append is never seen half-written."""
         self._check_folder()
@@ -334,6 +356,18 @@ def open_audit_log(fs: FileSystem, project: str) -> AuditLog | ObjectAuditLog:
         f"the {fs.describe()} cannot write conditionally, so its audit log cannot be appended to safely; "
         "expected a local folder or S3. Nothing was read or written"
     )
+
+
+def refresh_audit_copy(fs: FileSystem, project: str, copy: Path) -> bool:
+    """Bring a local working copy of a remote store's audit log up to date before lines are appended to it
+    (the flow keeps one and uploads it after each line): lines another writer (the CLI, through
+    :class:`ObjectAuditLog`) added in the store are appended to the copy, so the next upload never drops
+    them. True when the copy changed; AuditError when copy and store diverged."""
+    try:
+        remote = fs.read_bytes(layout(project).audit)
+    except ModelNotFoundError:
+        return False
+    return AuditLog(copy).adopt(remote)
 
 
 ChainLog = AuditLog | ObjectAuditLog  # what open_audit_log returns; both have the same public methods

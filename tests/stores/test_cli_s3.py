@@ -214,3 +214,33 @@ def test_a_torn_tail_on_s3_is_moved_aside_and_recorded(s3_client: S3Client, s3_b
     assert aside.startswith("audit.jsonl.torn-")
     assert fs.read_bytes(f"{PROJECT}/{aside}") == b'{"seq": 2, "dec'
     assert log.repairs and "moved to" in log.repairs[0]
+
+
+def test_the_flows_local_copy_takes_the_lines_the_cli_wrote_in_s3_before_it_appends(
+    s3_client: S3Client, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A remote store's flow appends to a local copy and uploads it: it first adopts the store's newer lines
+    (here two written by the CLI through the S3 log), so the upload never drops them; a copy that diverged
+    from the store is refused and nothing changes."""
+    from nluflow.errors import AuditError
+    from nluflow.store.audit_log import AuditLog, refresh_audit_copy
+
+    fs = S3FileSystem(s3_client, s3_bucket, PREFIX)
+    copy = tmp_path / "work" / "audit" / PROJECT / "audit.jsonl"
+    assert refresh_audit_copy(fs, PROJECT, copy) is False  # nothing in the store yet
+    cli = open_audit_log(fs, PROJECT)
+    cli.append({"decision": "rollback", "model_id": "m1"})
+    cli.append({"decision": "activate", "model_id": "m2"})
+    assert refresh_audit_copy(fs, PROJECT, copy) is True
+    local = AuditLog(copy)
+    assert local.append({"decision": "promote", "model_id": "m3"})["seq"] == 3
+    assert refresh_audit_copy(fs, PROJECT, copy) is False  # the copy is ahead: its upload follows
+    fs.put_file(copy, f"{PROJECT}/audit.jsonl")
+    assert [r["decision"] for r in cli.records()] == ["rollback", "activate", "promote"] and cli.verify().ok
+
+    cli.append({"decision": "activate", "model_id": "m1"})  # the store moves on ...
+    local.append({"decision": "reject", "model_id": "m4"})  # ... and so does the copy: diverged
+    before = copy.read_bytes()
+    with pytest.raises(AuditError, match="diverged"):
+        refresh_audit_copy(fs, PROJECT, copy)
+    assert copy.read_bytes() == before
