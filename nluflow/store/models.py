@@ -1,14 +1,12 @@
 """The model store: model versions with sha256 manifests, and an atomic active pointer per project.
 
-Layout under the store root (keys are '/'-separated, relative to the root)::
+Keys come from :mod:`nluflow.store.layout` (``<project>/models/<model_id>/...`` with ``manifest.json`` written
+last, ``<project>/active.json``, ``<project>/rejected.json``); the active pointer and the rejected list are
+the :class:`~nluflow.store.pointer.ActivePointers` half of the store.
 
-    <project>/models/<model_id>/...            the model files, as the backend wrote them
-    <project>/models/<model_id>/manifest.json  written last: its presence means the model is complete
-    <project>/active.json                      the active pointer, with the previous actives (newest first)
-    <project>/rejected.json                    rejected candidates kept for a forced promotion (oldest first)
-
-The store talks to storage through the small :class:`FileSystem` interface, so the same code runs on a
-local folder (:class:`LocalFileSystem`) and, later, on S3. Every public :class:`ModelStore` method checks
+The store talks to storage through the small :class:`~nluflow.store.fs.FileSystem` interface, so the same
+code runs on a local folder (:class:`~nluflow.store.local.LocalFileSystem`) and on S3
+(:class:`~nluflow.store.s3.S3FileSystem`). Every public :class:`ModelStore` method checks
 project and model ids with :func:`check_id` before it touches storage, so an id such as ``../x`` can never
 leave the store.
 
@@ -23,8 +21,8 @@ at any point leaves the previous pointer intact; a model without ``manifest.json
 removed when the same id is stored again. What the rename does *not* give is mutual exclusion: two writers
 that read the pointer, change it and write it back at the same time race, and the last rename wins (the
 other writer's change, including its history entry, is lost). nluflow does not lock the store: the retrain
-flow serialises promotions with a Prefect concurrency limit per project, and manual ``nluflow models``
-commands should not be run while a promotion of the same project is in flight.
+flow serialises promotions with a Prefect concurrency limit per project, and the ``nluflow models`` commands
+take the same limit.
 """
 
 from __future__ import annotations

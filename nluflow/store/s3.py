@@ -23,10 +23,12 @@ What S3 guarantees, and what the store builds on it:
 - **No locking**: S3 lets the last PUT win. Two promotions of one project that read ``active.json``, change it
   and write it back at the same time would lose one update (and its history entry). The retrain flow's
   per-project Prefect concurrency limit serialises promotions, so there is only ever one writer of a
-  project's pointer; manual ``nluflow models`` commands should not run while a promotion of the same project
-  is in flight. Creating a file that must exist once (a project's first frozen test set) uses S3's
-  conditional write instead: ``create_exclusive`` is a ``PutObject`` with ``If-None-Match: *``, which S3
-  (and MinIO, and moto) refuse with 412 when the key exists, so of two concurrent creators exactly one wins.
+  project's pointer (the ``nluflow models`` commands take the same limit). Creating a file that must exist
+  once (a project's first frozen test set) uses S3's conditional write instead: ``create_exclusive`` is a
+  ``PutObject`` with ``If-None-Match: *``, which S3 (and MinIO, and moto) refuse with 412 when the key
+  exists, so of two concurrent creators exactly one wins. The audit log is appended with ``replace_if``: a
+  ``PutObject`` with ``If-Match`` on the ETag :meth:`S3FileSystem.read_tagged` returned, refused with 412
+  when another writer changed the object since (see :mod:`nluflow.store.audit_object`).
 
 Errors: a missing object is :class:`~nluflow.errors.ModelNotFoundError`; everything else S3 or the transport
 reports (missing bucket, access denied, connection refused) is :class:`~nluflow.errors.StoreError` naming the
@@ -95,7 +97,7 @@ def _endpoint_host(client: S3Client) -> str | None:
 
 
 class S3FileSystem:
-    """The registry's ``FileSystem`` on an S3 bucket, below an optional key prefix.
+    """The store's ``FileSystem`` on an S3 bucket, below an optional key prefix.
 
     ``client`` is a boto3 S3 client (``boto3.client("s3", endpoint_url=...)`` for MinIO or a moto server);
     it is used as given, so its retries, timeouts and credentials are the caller's. ``prefix`` is the

@@ -1,9 +1,9 @@
 """One store test-suite, run over every store: the local folder and S3 (moto's server on 127.0.0.1).
 
-Each test in the first part takes the ``env`` fixture, parametrised by store, and checks what the registry
+Each test in the first part takes the ``env`` fixture, parametrised by store, and checks what the store
 promises whatever the storage: manifests with sha256s, idempotent adds, verification on load, the atomic
 active pointer with its history, rollback, refusals (active model, unsafe ids, corrupted files, a pointer to a
-missing model) and the folder semantics the registry relies on (``remove_tree("p/models/m")`` never touches
+missing model) and the folder semantics the store relies on (``remove_tree("p/models/m")`` never touches
 ``p/models/m.bin``). The S3 store must pass exactly what the local one passes. The last part tests what
 only S3 has: pagination, key prefixes, error messages, and the ``S3ModelStore`` block.
 """
