@@ -17,7 +17,14 @@ from pydantic import ValidationError
 from nluflow.errors import IntegrityError, ModelNotFoundError, StoreError
 from nluflow.store.fs import FileSystem
 from nluflow.store.layout import check_id, layout
-from nluflow.store.manifest import ActivePointer, Manifest, RejectedEntry, RejectedIndex, rollback_plan
+from nluflow.store.manifest import (
+    ActivePointer,
+    Manifest,
+    PointerEntry,
+    RejectedEntry,
+    RejectedIndex,
+    rollback_plan,
+)
 
 logger = logging.getLogger("nluflow.store.models")
 
@@ -79,6 +86,22 @@ class ActivePointers:
             )
         return pointer
 
+    def _switch(
+        self, manifest: Manifest, run_id: str | None, reason: str, history: list[PointerEntry]
+    ) -> ActivePointer:
+        """Point the project at ``manifest``'s model (one atomic write of ``active.json``)."""
+        pointer = ActivePointer(
+            project=manifest.project,
+            model_id=manifest.model_id,
+            manifest_sha256=manifest.sha256(),
+            activated_at=iso(self._clock()),
+            run_id=run_id,
+            reason=reason,
+            history=history,
+        )
+        self._write_pointer(pointer)
+        return pointer
+
     def _write_pointer(self, pointer: ActivePointer) -> None:
         text = json.dumps(pointer.model_dump(mode="json"), sort_keys=True, indent=2, ensure_ascii=False)
         self.fs.write_bytes(layout(pointer.project).pointer, (text + "\n").encode("utf-8"))
@@ -98,16 +121,7 @@ class ActivePointers:
             logger.info("%s is already active; nothing to do", self._where(project, model_id))
             return current
         history = [current.entry(), *current.history] if current is not None else []
-        pointer = ActivePointer(
-            project=project,
-            model_id=model_id,
-            manifest_sha256=manifest.sha256(),
-            activated_at=iso(self._clock()),
-            run_id=run_id,
-            reason=reason,
-            history=history,
-        )
-        self._write_pointer(pointer)
+        pointer = self._switch(manifest, run_id, reason, history)
         logger.info(
             "activated %s (previous: %s)",
             self._where(project, model_id),
@@ -219,15 +233,6 @@ class ActivePointers:
             history = current.history[index + 1 :]
         else:
             history = [current.entry(), *current.history]
-        pointer = ActivePointer(
-            project=project,
-            model_id=target_id,
-            manifest_sha256=manifest.sha256(),
-            activated_at=iso(self._clock()),
-            run_id=run_id,
-            reason=f"rollback from {current.model_id}",
-            history=history,
-        )
-        self._write_pointer(pointer)
+        pointer = self._switch(manifest, run_id, f"rollback from {current.model_id}", history)
         logger.info("rolled project %r back from %r to %r", project, current.model_id, target_id)
         return pointer
