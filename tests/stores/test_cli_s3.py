@@ -244,3 +244,38 @@ def test_the_flows_local_copy_takes_the_lines_the_cli_wrote_in_s3_before_it_appe
     with pytest.raises(AuditError, match="diverged"):
         refresh_audit_copy(fs, PROJECT, copy)
     assert copy.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_retrain_on_s3_keeps_the_line_the_cli_wrote_between_two_runs(
+    moto_s3: MotoS3, s3_bucket: str, s3_client: S3Client, demo_data: Path, tmp_path: Path
+) -> None:
+    """Retrain on an S3 store block, a CLI change in between (a test-set reset, written straight to the S3
+    log), retrain again from the same workspace: the second run's local audit copy takes the CLI's line
+    first, so the log in the bucket keeps every line and its chain is intact."""
+    from flows.retrain import RetrainParams, retrain
+    from nluflow.evaluation.gates import GatePolicy
+
+    block = _save_block(moto_s3, s3_bucket, f"flow-{s3_bucket}")
+
+    def run(*files: str) -> None:
+        params = RetrainParams(
+            project=PROJECT,
+            data=[str(demo_data / name) for name in files],
+            store_block=block,
+            workspace=str(tmp_path / "work"),
+            gates=GatePolicy(min_macro_f1=0.5, min_precision=0.5),
+        )
+        retrain(params)
+
+    run("batch-1.jsonl")
+    _run("testset", "reset", "--project", PROJECT, "--store-block", block, "--reason", "new intents")
+    run("batch-1.jsonl", "batch-2.jsonl")  # the new test set is split off what the active model never saw
+    decisions = [line["decision"] for line in _audit_lines(s3_client, s3_bucket)]
+    assert "testset-reset" in decisions and decisions.index("testset-reset") > decisions.index("promote")
+    assert (
+        decisions[-1] in ("promote", "reject", "unchanged")
+        and len(decisions) > decisions.index("testset-reset") + 1
+    )
+    verified = _run("audit", "verify", "--project", PROJECT, "--store-block", block)
+    assert f"{PROJECT}: intact, {len(decisions)} lines" in verified
