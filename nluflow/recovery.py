@@ -46,6 +46,7 @@ from nluflow.audit import ABANDONED, CRASHED, INTENT, RUN_DECISIONS, redacted_li
 from nluflow.errors import AuditError
 from nluflow.store import ModelStore
 from nluflow.store.audit_log import AuditLog, ChainLog
+from nluflow.store.layout import PROMOTION_LOCK_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ _held_guard = threading.Lock()
 
 def promotion_lock_path(audit_path: str | Path) -> Path:
     path = Path(audit_path)
-    return path.with_name(path.name + ".promoting")
+    return path.with_name(path.name + PROMOTION_LOCK_SUFFIX)
 
 
 def _open_lock(audit_path: str | Path) -> int:
