@@ -56,7 +56,7 @@ def build_store(root: Path) -> tuple[Path, list[str], dict[str, Any]]:
     from nluflow.backends.base import LocalModelOptions
     from nluflow.data.loaders import load_file, load_paths
     from nluflow.models.nlu import NLUModel
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     train = load_paths([DEMO / "batch-1.jsonl", DEMO / "batch-2.jsonl"])
     texts = load_file(DEMO / "test.jsonl").texts

@@ -59,8 +59,8 @@ from nluflow.apps.relay import (
     resource_id,
 )
 from nluflow.errors import BackendError, ConfigError
-from nluflow.registry import ID_PATTERN
 from nluflow.sources.base import is_source_ref
+from nluflow.store import ID_PATTERN
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

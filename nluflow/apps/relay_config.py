@@ -19,8 +19,8 @@ from pydantic import (
 
 from nluflow.apps.relay_events import DEFAULT_SIGNATURE_HEADER, DEFAULT_TIMESTAMP_HEADER
 from nluflow.errors import ConfigError
-from nluflow.registry import ID_PATTERN
 from nluflow.sources.base import LABEL_STUDIO_SLUG, SOURCE_SLUGS, is_source_ref
+from nluflow.store import ID_PATTERN
 
 DEFAULT_SECRET_HEADER = "X-Relay-Secret"
 DEFAULT_SIGNATURE_TOLERANCE_SECONDS = 300  # Stripe's and Slack's window: a signed body is good for 5 minutes

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nluflow.registry import ID_PATTERN
+from nluflow.store import ID_PATTERN
 
 # Label Studio actions that change the annotated data and start a retrain (deletions too: a deleted
 # annotation or task must leave the training data).

@@ -64,7 +64,7 @@ from nluflow.apps.serve_watcher import DEFAULT_POLL_SECONDS, ActiveModelWatcher,
 from nluflow.backends.base import Parse
 from nluflow.errors import ConfigError
 from nluflow.models.tokenize import tokenize
-from nluflow.registry import ModelStore, check_id
+from nluflow.store import ModelStore, check_id
 
 if TYPE_CHECKING:
     from nluflow.apps.server_limits import ServerLimits  # imports uvicorn: only when running

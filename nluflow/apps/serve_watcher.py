@@ -26,7 +26,7 @@ from nluflow.backends.base import Parse
 from nluflow.errors import ConfigError, IntegrityError, StoreError
 from nluflow.hashing import sha256_file
 from nluflow.models.nlu import NLUModel
-from nluflow.registry import MANIFEST_NAME, MODELS_DIR, ActivePointer, Manifest, ModelStore, check_id
+from nluflow.store import MANIFEST_NAME, MODELS_DIR, ActivePointer, Manifest, ModelStore, check_id
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from nluflow.data.schema import Dataset, Example, IntentScore, Parse
 from nluflow.errors import ConfigError
 from nluflow.hashing import sha256_json
 from nluflow.models.options import LocalModelOptions
-from nluflow.registry import Manifest
+from nluflow.store import Manifest
 
 # Re-exported: the values that cross the protocol, defined where the layers below can use them.
 __all__ = [

@@ -43,14 +43,14 @@ from blocks.rasa import RasaBackendBlock
 from blocks.service import TrainingServiceBlock
 from flows.cli import app as cli_app
 from flows.retrain import RetrainParams, RetrainResult, retrain
-from nluflow.audit import AuditLog
 from nluflow.backends.base import ModelRef
 from nluflow.backends.cognigy import SNAPSHOT_PREFIX
 from nluflow.data.loaders import load_jsonl
 from nluflow.errors import BackendError
 from nluflow.evaluation.gates import Decision, GatePolicy, MustPassResult, decide
 from nluflow.evaluation.metrics import EvaluationResult, evaluate
-from nluflow.registry import ActivePointer, ModelStore
+from nluflow.store import ActivePointer, ModelStore
+from nluflow.store.audit_log import AuditLog
 from nluflow.testing.emulators import EmulatorSettings, ServedApp
 from nluflow.testing.emulators._base import Emulator
 from nluflow.testing.emulators._middleware import Receive, Scope, Send

@@ -11,7 +11,7 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 import blocks
 from nluflow.evaluation.gates import GatePolicy
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
 
 ALL_BLOCKS = [getattr(blocks, name) for name in blocks.__all__]
 

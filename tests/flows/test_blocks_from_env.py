@@ -22,8 +22,8 @@ from blocks.provision import block_class, create_blocks, parse_blocks_file
 from blocks.rasa import RasaBackendBlock
 from blocks.s3_store import S3ModelStore
 from nluflow.errors import ConfigError, NluflowError
-from nluflow.registry import ModelStore
-from nluflow.s3 import S3FileSystem
+from nluflow.store import ModelStore
+from nluflow.store.s3 import S3FileSystem
 
 RASA_TOKEN = "rasa-token-7f3e9c1d-do-not-print"
 S3_SECRET = "s3-secret-0b5a2e44-do-not-print"

@@ -23,8 +23,8 @@ from prefect.client.schemas.sorting import TaskRunSort
 
 from blocks.sources import FolderSource, LabelStudioSource
 from flows.retrain import RetrainParams, RetrainResult, retrain
-from nluflow.audit import AuditLog
 from nluflow.errors import SourceError
+from nluflow.store.audit_log import AuditLog
 from nluflow.testing.emulators import LabelStudioEmulator
 from nluflow.testing.emulators._serving import ServedApp
 

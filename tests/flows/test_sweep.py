@@ -26,13 +26,13 @@ from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 from pydantic import ValidationError
 
 from flows.sweep import SweepParams, SweepResult, sweep, task_runner_for
-from nluflow.audit import AuditLog
 from nluflow.backends.base import LocalModelOptions, TrainingConfig
 from nluflow.data.loaders import load_jsonl, load_paths
 from nluflow.data.schema import Dataset
 from nluflow.data.validation import normalize_text
 from nluflow.errors import ConfigError, DataError
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
 from nluflow.sweep import (
     CVScore,
     FoldScore,

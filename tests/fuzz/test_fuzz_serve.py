@@ -26,7 +26,7 @@ from nluflow.apps.serve import create_app
 from nluflow.backends.base import LocalModelOptions
 from nluflow.data.loaders import load_file
 from nluflow.models.nlu import NLUModel
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
 
 from .conftest import real_server
 

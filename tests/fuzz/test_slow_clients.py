@@ -22,7 +22,7 @@ from flows import events
 from nluflow.apps import serve
 from nluflow.apps.relay import LabelStudioRoute, RelayConfig, create_app
 from nluflow.apps.server_limits import HeaderDeadlineProtocol, ServerLimits, protocol_class, uvicorn_config
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
 
 from .conftest import real_server
 

@@ -42,7 +42,7 @@ from nluflow.backends.base import IntentScore, LocalModelOptions, Parse
 from nluflow.data.loaders import load_file
 from nluflow.errors import ConfigError, ModelNotFoundError, StoreError, UnsafePathError
 from nluflow.models.nlu import INTENT_FILE, NLUModel
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
 
 PROJECT = "bot"
 TEXT = "play the new album by queen on spotify"
