@@ -164,7 +164,7 @@ def cross_validate_config(
             on_progress(k / folds, f"fold {k + 1} of {folds}")
         train, held_out = dataset.subset(train_idx), dataset.subset(test_idx)
         started = time.perf_counter()
-        model = NLUModel().fit(train, options, seed=config.seed)
+        model = NLUModel(options, random_state=config.seed).fit(train)
         fit_seconds = time.perf_counter() - started
         result = evaluate(held_out, model.parse(held_out.texts))
         scores.append(
