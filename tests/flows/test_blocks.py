@@ -112,19 +112,32 @@ def test_a_document_saved_with_the_legacy_flat_fields_loads_into_the_policy() ->
     import uuid
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import BlockDocumentCreate
+    from prefect.client.schemas.actions import BlockDocumentCreate, BlockSchemaCreate
 
     from blocks.gates import GatePolicyBlock
 
     GatePolicyBlock.register_type_and_schema()
-    assert GatePolicyBlock._block_schema_id is not None and GatePolicyBlock._block_type_id is not None
+    assert GatePolicyBlock._block_type_id is not None
     name = f"legacy-gates-{uuid.uuid4().hex[:8]}"
+    # The document refers to the block's old schema (eight top-level fields), as one saved before did.
+    legacy_schema = {
+        "title": "GatePolicyBlock",
+        "type": "object",
+        "properties": {key: {"title": key} for key in LEGACY_GATES},
+        "block_type_slug": "nluflow-gate-policy",
+        "secret_fields": [],
+        "block_schema_references": {},
+    }
     with get_client(sync_client=True) as client:
+        schema = client.create_block_schema(
+            BlockSchemaCreate(fields=legacy_schema, block_type_id=GatePolicyBlock._block_type_id)
+        )
+        assert schema.id != GatePolicyBlock._block_schema_id
         client.create_block_document(
             BlockDocumentCreate(
                 name=name,
                 data=dict(LEGACY_GATES),
-                block_schema_id=GatePolicyBlock._block_schema_id,
+                block_schema_id=schema.id,
                 block_type_id=GatePolicyBlock._block_type_id,
             )
         )
