@@ -229,7 +229,7 @@ def seed_active_model(train_path: Path, stores: Sequence[tuple[Path, str]], seed
     _, share = stratified_split(load_paths([train_path]), test_fraction=ACTIVE_FRACTION, seed=seed)
     model_id = model_id_for(training_key(share.sha256(), config, "local"))
     folder = scratch / model_id
-    NLUModel().fit(share, config.local, seed).save(folder)
+    NLUModel(config.local, random_state=seed).fit(share).save(folder)
     for root, project in stores:
         store = ModelStore.local(root, create=True)
         store.add_model(

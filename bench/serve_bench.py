@@ -61,7 +61,7 @@ def build_store(root: Path) -> tuple[Path, list[str], dict[str, Any]]:
     train = load_paths([DEMO / "batch-1.jsonl", DEMO / "batch-2.jsonl"])
     texts = load_file(DEMO / "test.jsonl").texts
     started = time.perf_counter()
-    model = NLUModel().fit(train, LocalModelOptions(), seed=0)
+    model = NLUModel(LocalModelOptions(), random_state=0).fit(train)
     fit_seconds = time.perf_counter() - started
     model_dir = root / "model"
     model.save(model_dir)

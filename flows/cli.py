@@ -243,7 +243,7 @@ def sweep(
     def run() -> Any:
         from flows.sweep import SweepParams
         from flows.sweep import sweep as sweep_flow
-        from nluflow.sweep import load_sweep_file
+        from nluflow.sweep_configs import load_sweep_file
 
         listed = load_sweep_file(configs)  # problems name the file and line before Prefect starts
         extra = {

@@ -152,11 +152,8 @@ class LocalBackend(ClosingClient):
             metrics["cv_seconds"] = time.perf_counter() - started
             fit_start = _CV_SHARE
         started = time.perf_counter()
-        model = NLUModel().fit(
-            train,
-            config.local,
-            config.seed,
-            on_progress=lambda f, m: self._progress(key, fit_start + (_FIT_END - fit_start) * f, m),
+        model = NLUModel(config.local, random_state=config.seed).fit(
+            train, on_progress=lambda f, m: self._progress(key, fit_start + (_FIT_END - fit_start) * f, m)
         )
         metrics["train_seconds"] = time.perf_counter() - started
         metrics["n_intents"] = float(len(model.intents))

@@ -38,14 +38,11 @@ from nluflow.sweep import (
     FoldScore,
     choose_best,
     comparison_rows,
-    config_labels,
     cross_validate_config,
-    expand_grid,
     fold_indices,
-    load_sweep_file,
     rank,
-    resolve_configs,
 )
+from nluflow.sweep_configs import config_labels, expand_grid, load_sweep_file, resolve_configs
 
 PROJECT = "sweeptest"
 

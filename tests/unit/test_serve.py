@@ -63,7 +63,7 @@ ERROR_KEYS = {"version", "status", "message", "reason", "details", "help", "code
 def model_a(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Path:
     """A small real model (the default local pipeline) on the first demo batch."""
     folder = tmp_path_factory.mktemp("model-a")
-    NLUModel().fit(load_file(demo_data / "batch-1.jsonl"), LocalModelOptions(), seed=0).save(folder)
+    NLUModel(LocalModelOptions(), random_state=0).fit(load_file(demo_data / "batch-1.jsonl")).save(folder)
     return folder
 
 
@@ -713,7 +713,7 @@ def test_a_promoted_model_is_swapped_in_under_load_without_a_failed_request(
             # Train and promote a second model while the requests are in flight.
             train_b = load_file(demo_data / "batch-2.jsonl")
             model_b = tmp_path / "model-b"
-            NLUModel().fit(train_b, LocalModelOptions(C=0.5), seed=1).save(model_b)
+            NLUModel(LocalModelOptions(C=0.5), random_state=1).fit(train_b).save(model_b)
             store.add_model(PROJECT, "m-b", model_b, **ADD)
             activating = time.monotonic()  # m-b cannot serve before the pointer names it
             store.activate(PROJECT, "m-b", reason="promoted during the serve test")
