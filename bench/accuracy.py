@@ -50,15 +50,15 @@ CHILD_TIMEOUT_SECONDS = 3600.0
 class BenchModel(Protocol):
     """What the benchmark needs from a model: ``NLUModel``'s fit/parse."""
 
-    def fit(self, dataset: Dataset, options: LocalModelOptions | None = None, seed: int = 0) -> Any: ...
+    def fit(self, dataset: Dataset) -> Any: ...
 
     def parse(self, texts: Sequence[str]) -> list[Parse]: ...
 
 
-def _nlu_model() -> BenchModel:
+def _nlu_model(options: LocalModelOptions, seed: int) -> BenchModel:
     from nluflow.models.nlu import NLUModel
 
-    return NLUModel()
+    return NLUModel(options, random_state=seed)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class BenchConfig:
     description: str
     options: Callable[[], LocalModelOptions]
     requires: tuple[str, ...] = ()  # importable modules the configuration needs (an optional extra)
-    make_model: Callable[[], BenchModel] = _nlu_model
+    make_model: Callable[[LocalModelOptions, int], BenchModel] = _nlu_model
 
     def unavailable(self) -> str | None:
         """Why this configuration cannot run here (a missing extra), or None."""
@@ -173,9 +173,9 @@ def measure_one(
     tests = {label: load_file(path) for label, path in test_paths.items()}
     load_seconds = time.perf_counter() - started
 
-    model = config.make_model()
+    model = config.make_model(config.options(), seed)
     started = time.perf_counter()
-    model.fit(train, config.options(), seed)
+    model.fit(train)
     fit_seconds = time.perf_counter() - started
 
     rows: list[dict[str, Any]] = []

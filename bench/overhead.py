@@ -96,7 +96,7 @@ def bare_retrain(
     target_precision: float = 0.95,
 ) -> dict[str, Any]:
     """What the retrain flow does for a local model, as plain ``nluflow`` calls in this process."""
-    from nluflow.audit import AuditLog, audit_record
+    from nluflow.audit import audit_record
     from nluflow.backends.base import JobState, ModelRef, TrainingConfig
     from nluflow.backends.local import LocalBackend
     from nluflow.data.loaders import load_paths
@@ -106,8 +106,9 @@ def bare_retrain(
     from nluflow.evaluation.metrics import evaluate
     from nluflow.evaluation.plots import render_figures
     from nluflow.pipeline import Workspace, model_id_for, remove_test_overlap, training_key
-    from nluflow.registry import ModelStore
     from nluflow.report import render_run_report
+    from nluflow.store import ModelStore
+    from nluflow.store.audit_log import AuditLog
 
     started, cpu = time.perf_counter(), time.process_time()
     timer = StageTimer()
@@ -222,13 +223,13 @@ def seed_active_model(train_path: Path, stores: Sequence[tuple[Path, str]], seed
     from nluflow.data.splits import stratified_split
     from nluflow.models.nlu import NLUModel
     from nluflow.pipeline import model_id_for, training_key
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     config = TrainingConfig(seed=seed)
     _, share = stratified_split(load_paths([train_path]), test_fraction=ACTIVE_FRACTION, seed=seed)
     model_id = model_id_for(training_key(share.sha256(), config, "local"))
     folder = scratch / model_id
-    NLUModel().fit(share, config.local, seed).save(folder)
+    NLUModel(config.local, random_state=seed).fit(share).save(folder)
     for root, project in stores:
         store = ModelStore.local(root, create=True)
         store.add_model(

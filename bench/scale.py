@@ -151,7 +151,7 @@ def fit_one(path: Path, part: str = "all") -> dict[str, Any]:
     if part == "intent":
         IntentClassifier.from_options(config.local, config.seed).fit(data.texts, data.intents)
     else:
-        NLUModel().fit(data, config.local, config.seed, on_progress=progress)
+        NLUModel(config.local, random_state=config.seed).fit(data, on_progress=progress)
     ended = time.perf_counter()
     crf_start = marks.get("crf_start", ended)
     return {

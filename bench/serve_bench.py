@@ -7,7 +7,7 @@ What it does, bounded in time and request count:
 1. trains the default local model (TF-IDF + linear intents, CRF entities) on the in-repo SNIPS demo batches,
    stores and activates it in a temporary model store;
 2. measures in-process ``NLUModel.parse`` predictions per second at several batch sizes;
-3. starts ``nluflow.serve.run`` in a *separate process* (the server and this load generator do not share
+3. starts ``nluflow.apps.serve.run`` in a *separate process* (the server and this load generator do not share
    a GIL) and drives ``POST /model/parse`` with the demo test utterances:
    - closed loop: N connections, each sending its next request when the previous answer arrives
      (concurrency 1 is the bare latency; more connections show the peak throughput);
@@ -45,7 +45,7 @@ GOAL_RPS = 500.0
 READY_TIMEOUT_SECONDS = 120.0
 REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_REQUESTS_PER_PHASE = 50_000
-DEFAULT_MAX_BATCH = 64  # nluflow.serve.DEFAULT_MAX_BATCH; not imported so --help stays instant
+DEFAULT_MAX_BATCH = 64  # nluflow.apps.serve.DEFAULT_MAX_BATCH; not imported so --help stays instant
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -56,12 +56,12 @@ def build_store(root: Path) -> tuple[Path, list[str], dict[str, Any]]:
     from nluflow.backends.base import LocalModelOptions
     from nluflow.data.loaders import load_file, load_paths
     from nluflow.models.nlu import NLUModel
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     train = load_paths([DEMO / "batch-1.jsonl", DEMO / "batch-2.jsonl"])
     texts = load_file(DEMO / "test.jsonl").texts
     started = time.perf_counter()
-    model = NLUModel().fit(train, LocalModelOptions(), seed=0)
+    model = NLUModel(LocalModelOptions(), random_state=0).fit(train)
     fit_seconds = time.perf_counter() - started
     model_dir = root / "model"
     model.save(model_dir)
@@ -114,8 +114,9 @@ def start_server(store: Path, port: int, max_batch: int) -> subprocess.Popen[byt
     code = (
         "import logging, sys\n"
         "logging.basicConfig(level=logging.WARNING)\n"
-        "from nluflow.serve import run\n"
-        f"run('127.0.0.1', {port}, {PROJECT!r}, sys.argv[1], max_batch={max_batch}, log_level='warning')\n"
+        "from nluflow.apps.serve import ServeOptions, run\n"
+        f"options = ServeOptions(max_batch={max_batch}, log_level='warning')\n"
+        f"run('127.0.0.1', {port}, {PROJECT!r}, sys.argv[1], options)\n"
     )
     return subprocess.Popen([sys.executable, "-c", code, str(store)], cwd=REPO)
 

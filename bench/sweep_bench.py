@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from flows.sweep import SweepParams, score_configurations, task_runner_for
     from nluflow.pipeline import Workspace, snapshot
-    from nluflow.sweep import CVScore, comparison_rows, config_labels
+    from nluflow.sweep import CVScore, comparison_rows
+    from nluflow.sweep_configs import config_labels
 
     data = subsample(load_jsonl(train_file), args.examples, SEED)
     snap = snapshot(data, Workspace(_HOME / "work"))

@@ -9,7 +9,8 @@ import httpx
 from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl, SecretStr
 
-from nluflow.backends.cognigy import TRAIN_WAIT, CognigyBackend
+from nluflow.backends.cognigy import TRAIN_WAIT, CognigyBackend, CognigySettings
+from nluflow.backends.http import HttpOptions
 
 
 class CognigyBackendBlock(Block):
@@ -19,13 +20,13 @@ class CognigyBackendBlock(Block):
     Give either an API key or OAuth2 client credentials.
 
     Example:
-        Load the block and build the backend client:
+        Load the block and build the backend client (a context manager: it closes its HTTP clients):
         ```python
         from blocks.cognigy import CognigyBackendBlock
 
         cognigy_block = CognigyBackendBlock.load("BLOCK_NAME")
-        backend = cognigy_block.get_client()
-        print(backend.name)
+        with cognigy_block.get_client() as backend:
+            print(backend.name)
         ```
     """
 
@@ -83,18 +84,21 @@ class CognigyBackendBlock(Block):
         transport: httpx.BaseTransport | None = None,
     ) -> CognigyBackend:
         """Build the backend client (secrets are unwrapped here only; a fresh client for each call)."""
-        return CognigyBackend(
-            self.url,
+        settings = CognigySettings(
             project_id=self.project_id,
             flow_id=self.flow_id,
             locale=self.locale,
-            api_key=self.api_key.get_secret_value() if self.api_key else None,
-            client_id=self.client_id,
-            client_secret=self.client_secret.get_secret_value() if self.client_secret else None,
             endpoint_id=self.endpoint_id,
             train_mode=self.train_mode,
             import_mode=self.import_mode,
             train_wait=self.train_wait_seconds,
-            transport=transport,
+        )
+        return CognigyBackend(
+            self.url,
+            settings,
+            api_key=self.api_key.get_secret_value() if self.api_key else None,
+            client_id=self.client_id,
+            client_secret=self.client_secret.get_secret_value() if self.client_secret else None,
+            http=HttpOptions(transport=transport),
             on_progress=on_progress,
         )

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import Field, HttpUrl
+from pydantic import Field, HttpUrl, model_validator
 
 from nluflow.evaluation.gates import GatePolicy
 
-_DEFAULT = GatePolicy()
+# The block's fields before it held a GatePolicy: documents saved then keep their values at the top level.
+LEGACY_FLAT_FIELDS: frozenset[str] = frozenset(GatePolicy.model_fields)
 
 
 class GatePolicyBlock(Block):
     """Promotion gates: absolute floors, the margin over the active model, and regression guards.
+
+    The block holds one ``GatePolicy`` (``nluflow.evaluation.gates``): every field, default and constraint is
+    the core's, declared once. Documents saved before (the policy's fields at the top level) still load.
 
     Example:
         Load the team's gates and use them in a retrain:
@@ -30,62 +34,32 @@ class GatePolicyBlock(Block):
     _block_type_slug: ClassVar[str] = "nluflow-gate-policy"
     _description: ClassVar[str] = "When a retrained NLU model may replace the active one."
     _documentation_url: ClassVar[HttpUrl | None] = HttpUrl("https://github.com/nluflow/nluflow#gates")
+    # Read by ``blocks.blocks_file``: a blocks file may still write these at the top level of the entry.
+    _legacy_flat_fields: ClassVar[dict[str, str]] = dict.fromkeys(sorted(LEGACY_FLAT_FIELDS), "policy")
 
-    min_macro_f1: float = Field(
-        default=_DEFAULT.min_macro_f1,
-        ge=0.0,
-        le=1.0,
-        title="Minimum macro F1",
-        description="The candidate's intent macro F1 must reach this.",
+    policy: GatePolicy = Field(
+        default_factory=GatePolicy,
+        title="Gate policy",
+        description="The promotion gates; fields left out keep nluflow's defaults.",
     )
-    min_precision: float = Field(
-        default=_DEFAULT.min_precision,
-        ge=0.0,
-        le=1.0,
-        title="Minimum precision",
-        description="The candidate's intent macro precision must reach this.",
-    )
-    primary_metric: Literal["macro_f1", "accuracy"] = Field(
-        default=_DEFAULT.primary_metric,
-        title="Primary metric",
-        description="The metric on which the candidate must beat the active model.",
-    )
-    min_delta: float = Field(
-        default=_DEFAULT.min_delta,
-        ge=0.0,
-        le=1.0,
-        title="Minimum improvement",
-        description="The candidate must beat the active model on the primary metric by more than this.",
-    )
-    tolerance: float = Field(
-        default=_DEFAULT.tolerance,
-        ge=0.0,
-        le=1.0,
-        title="Regression tolerance",
-        description="Other headline metrics may drop by at most this much.",
-    )
-    require_significance: bool = Field(
-        default=_DEFAULT.require_significance,
-        title="Require significance",
-        description=(
-            "Require the lower bound of the paired bootstrap confidence interval of the delta above zero."
-        ),
-    )
-    max_intent_f1_drop: float = Field(
-        default=_DEFAULT.max_intent_f1_drop,
-        ge=0.0,
-        le=1.0,
-        title="Maximum per-intent F1 drop",
-        description="No intent with enough support may lose more F1 than this.",
-    )
-    min_intent_support: int = Field(
-        default=_DEFAULT.min_intent_support,
-        ge=1,
-        title="Minimum intent support",
-        description="Test examples an intent needs before the per-intent guard applies to it.",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_legacy_fields(cls, data: Any) -> Any:
+        """Move a legacy document's top-level policy fields (``min_macro_f1``, ...) into ``policy``."""
+        if not isinstance(data, dict) or not LEGACY_FLAT_FIELDS.intersection(data):
+            return data
+        flat = {key: value for key, value in data.items() if key in LEGACY_FLAT_FIELDS}
+        rest = {key: value for key, value in data.items() if key not in LEGACY_FLAT_FIELDS}
+        nested = rest.get("policy") or {}
+        if isinstance(nested, GatePolicy):
+            nested = nested.model_dump(exclude_unset=True)
+        if not isinstance(nested, dict):
+            return data  # let validation name the bad 'policy' value
+        # 'policy' wins: Prefect merges a document's data when it is saved again (``overwrite=True``), so a
+        # legacy document saved after this change keeps its stale top-level fields beside the new 'policy'.
+        return {**rest, "policy": {**flat, **nested}}
 
     def get_policy(self) -> GatePolicy:
         """The gate policy as the plain model that ``nluflow.evaluation.gates.decide`` takes."""
-        fields = self.model_dump(include=set(GatePolicyBlock.model_fields) - set(Block.model_fields))
-        return GatePolicy.model_validate({**_DEFAULT.model_dump(), **fields})
+        return self.policy

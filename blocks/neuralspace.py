@@ -9,7 +9,8 @@ import httpx
 from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl, SecretStr
 
-from nluflow.backends.neuralspace import BASE_URL, NeuralSpaceBackend, NeuralSpacePaths
+from nluflow.backends.http import HttpOptions
+from nluflow.backends.neuralspace import BASE_URL, NeuralSpaceBackend, NeuralSpacePaths, NeuralSpaceSettings
 
 _PATHS = NeuralSpacePaths()
 _GUESS = " Not publicly documented any more: check it against your account."
@@ -21,13 +22,13 @@ class NeuralSpaceBackendBlock(Block):
     Documented paths are the defaults; the others are guesses that you can override here.
 
     Example:
-        Load the block and build the backend client:
+        Load the block and build the backend client (a context manager: it closes its HTTP clients):
         ```python
         from blocks.neuralspace import NeuralSpaceBackendBlock
 
         neuralspace_block = NeuralSpaceBackendBlock.load("BLOCK_NAME")
-        backend = neuralspace_block.get_client()
-        print(backend.name)
+        with neuralspace_block.get_client() as backend:
+            print(backend.name)
         ```
     """
 
@@ -102,14 +103,17 @@ class NeuralSpaceBackendBlock(Block):
             undeploy=self.undeploy_path or None,
             parse=self.parse_path,
         )
-        return NeuralSpaceBackend(
-            self.token.get_secret_value(),
-            self.project_id,
-            url=self.url,
+        settings = NeuralSpaceSettings(
             language=self.language,
             paths=paths,
             training_jobs=self.training_jobs,
             replicas=self.replicas,
-            transport=transport,
+        )
+        return NeuralSpaceBackend(
+            self.token.get_secret_value(),
+            self.project_id,
+            url=self.url,
+            settings=settings,
+            http=HttpOptions(transport=transport),
             on_progress=on_progress,
         )

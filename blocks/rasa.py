@@ -9,7 +9,8 @@ import httpx
 from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl, SecretStr
 
-from nluflow.backends.rasa import IDLE_WAIT, TRAIN_READ_TIMEOUT, RasaBackend
+from nluflow.backends.http import HttpOptions
+from nluflow.backends.rasa import IDLE_WAIT, TRAIN_READ_TIMEOUT, RasaBackend, RasaSettings
 
 
 class RasaBackendBlock(Block):
@@ -22,13 +23,13 @@ class RasaBackendBlock(Block):
     either a token (``--auth-token``) or a JWT.
 
     Example:
-        Load the block and build the backend client:
+        Load the block and build the backend client (a context manager: it closes its HTTP clients):
         ```python
         from blocks.rasa import RasaBackendBlock
 
         rasa_block = RasaBackendBlock.load("BLOCK_NAME")
-        backend = rasa_block.get_client()
-        print(backend.name)
+        with rasa_block.get_client() as backend:
+            print(backend.name)
         ```
     """
 
@@ -115,18 +116,21 @@ class RasaBackendBlock(Block):
         workdir: str | None = None,
     ) -> RasaBackend:
         """Build the backend client (secrets are unwrapped here only; a fresh client for each call)."""
-        return RasaBackend(
-            self.url,
-            token=self.token.get_secret_value() if self.token else None,
-            jwt=self.jwt.get_secret_value() if self.jwt else None,
+        settings = RasaSettings(
             evaluation_url=self.evaluation_url,
             models_dir=self.models_dir,
             server_models_folder=self.server_models_folder,
             language=self.language,
             pipeline=self.pipeline,
-            workdir=workdir,
             train_timeout=self.train_timeout_seconds,
             idle_wait=self.idle_wait_seconds,
-            transport=transport,
+        )
+        return RasaBackend(
+            self.url,
+            token=self.token.get_secret_value() if self.token else None,
+            jwt=self.jwt.get_secret_value() if self.jwt else None,
+            settings=settings,
+            workdir=workdir,
+            http=HttpOptions(transport=transport),
             on_progress=on_progress,
         )

@@ -9,8 +9,8 @@ from prefect_aws.credentials import AwsCredentials, MinIOCredentials
 from prefect_aws.s3 import S3Bucket
 from pydantic import Field, HttpUrl, field_validator
 
-from nluflow.registry import ModelStore
-from nluflow.s3 import S3FileSystem
+from nluflow.store import ModelStore
+from nluflow.store.s3 import S3FileSystem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

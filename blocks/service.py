@@ -9,7 +9,8 @@ import httpx
 from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl, SecretStr
 
-from nluflow.backends.service import ServiceFields, ServicePaths, TrainingServiceBackend
+from nluflow.backends.http import HttpOptions
+from nluflow.backends.service import ServiceFields, ServicePaths, ServiceSettings, TrainingServiceBackend
 
 _PATHS = ServicePaths()
 _FIELDS = ServiceFields()
@@ -21,13 +22,13 @@ class TrainingServiceBlock(Block):
     Job creation must honour the `Idempotency-Key` header (the same key returns the same job).
 
     Example:
-        Load the block and build the backend client:
+        Load the block and build the backend client (a context manager: it closes its HTTP clients):
         ```python
         from blocks.service import TrainingServiceBlock
 
         service_block = TrainingServiceBlock.load("BLOCK_NAME")
-        backend = service_block.get_client()
-        print(backend.name)
+        with service_block.get_client() as backend:
+            print(backend.name)
         ```
     """
 
@@ -133,15 +134,15 @@ class TrainingServiceBlock(Block):
                 "states": dict(self.status_map),
             }
         )
+        settings = ServiceSettings(
+            paths=paths, fields=fields, gpu_tier=self.gpu_tier, deployment=self.deployment
+        )
         return TrainingServiceBackend(
             self.url,
             self.client_id,
             self.client_secret.get_secret_value(),
             scope=self.scope,
-            paths=paths,
-            fields=fields,
-            gpu_tier=self.gpu_tier,
-            deployment=self.deployment,
-            transport=transport,
+            settings=settings,
+            http=HttpOptions(transport=transport),
             on_progress=on_progress,
         )

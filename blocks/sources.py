@@ -14,6 +14,7 @@ from prefect_aws.s3 import S3Bucket
 from pydantic import Field, HttpUrl, SecretStr, model_validator
 
 from blocks.s3_store import _s3_client
+from nluflow.backends.http import HttpOptions
 from nluflow.sources.base import FOLDER_SLUG, LABEL_STUDIO_SLUG, DataSource
 from nluflow.sources.folder import FolderDataSource, S3PrefixSource
 from nluflow.sources.labelstudio import EXPORT_READ_TIMEOUT, LabelStudioClient, LabelStudioExportSource
@@ -84,8 +85,8 @@ class LabelStudioSource(Block):
             self.url,
             self.token.get_secret_value(),
             self.token_kind,
-            transport=transport,
-            timeout=self.timeout_seconds,
+            export_timeout=self.timeout_seconds,
+            http=HttpOptions(transport=transport),
         )
 
     def get_source(

@@ -7,7 +7,7 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field, HttpUrl
 
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
 
 
 class LocalModelStore(Block):

@@ -59,7 +59,7 @@ def create(
 def register() -> None:
     """Register nluflow's block types (and the prefect-aws ones the S3 store nests) with the Prefect API."""
     import blocks
-    from blocks.provision import block_class
+    from blocks.blocks_file import block_class
 
     classes = [getattr(blocks, name) for name in blocks.__all__]
     classes += [block_class(slug) for slug in ("s3-bucket", "aws-credentials", "minio-credentials")]

@@ -6,19 +6,21 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import uuid
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_env import error_text_and_exit_code
-from nluflow.errors import NluflowError
+from flows.cli_common import (
+    ProjectOpt,
+    StoreBlockOpt,
+    StoreOpt,
+    console,
+    earlier_runs,
+    guard,
+    open_store,
+    print_notes,
+)
 
 testset_app = typer.Typer(
     help="Show or reset a project's frozen test set (the one both models are scored on).",
@@ -26,37 +28,15 @@ testset_app = typer.Typer(
     add_completion=False,
 )
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project (bot) name.")]
-StoreOpt = Annotated[
-    Path | None, typer.Option("--store", help="Model store folder [default: $NLUFLOW_HOME/store].")
-]
-
-
-def _fail(exc: NluflowError) -> typer.Exit:
-    """A known error becomes one clear paragraph and its exit code, never a traceback."""
-    text, code = error_text_and_exit_code(exc)  # a full or read-only store: exit 1 and what to do
-    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _store_path(store: Path | None) -> Path:
-    return (store or Path(os.environ.get("NLUFLOW_HOME", ".nluflow")) / "store").resolve()
-
 
 @testset_app.command("show")
-def show(project: ProjectOpt = "default", store: StoreOpt = None) -> None:
+def show(project: ProjectOpt = "default", store: StoreOpt = None, store_block: StoreBlockOpt = None) -> None:
     """Version, sha256, size, per-intent counts and history of the project's frozen test set."""
-    from nluflow.registry import ModelStore
-    from nluflow.testset import TestSetStore, intent_table
+    from nluflow.store.testsets import TestSetStore
+    from nluflow.testset import intent_table
 
-    try:
-        testsets = TestSetStore(ModelStore.local(_store_path(store)).fs, project)
-        current = testsets.current()  # reads the data too: its sha256 is checked
-    except NluflowError as exc:
-        raise _fail(exc) from None
+    testsets = guard(lambda: TestSetStore(open_store(store, store_block).fs, project))
+    current = guard(testsets.current)  # reads the data too: its sha256 is checked
     if current is None:
         console.print(
             f"no frozen test set for {project!r} in {testsets.where()}; the next run without --test splits "
@@ -96,64 +76,29 @@ def show(project: ProjectOpt = "default", store: StoreOpt = None) -> None:
 def reset(
     project: ProjectOpt = "default",
     store: StoreOpt = None,
+    store_block: StoreBlockOpt = None,
     reason: Annotated[str, typer.Option("--reason", help="Why, for the audit line.")] = "reset from CLI",
 ) -> None:
     """Remove the project's frozen test set so the next run without --test freezes a new one (audited).
 
     Earlier versions' data stays in the store under testset/versions/ for the audit trail."""
-    from nluflow.audit import AuditLog, audit_record
-    from nluflow.recovery import EarlierRun, recover_and_describe
-    from nluflow.registry import ModelStore, check_id
-    from nluflow.testset import TestSetStore
+    from nluflow.store.manage import prepare_change, reset_testset
+    from nluflow.store.testsets import TestSetRecord, TestSetStore
 
-    root = _store_path(store)
-    try:
-        model_store = ModelStore.local(root)
-        log = AuditLog(root / check_id(project, "project") / "audit.jsonl")
+    def run() -> tuple[TestSetRecord, dict[str, Any]] | str:
+        model_store = open_store(store, store_block)
         # A promotion a killed run left half-way, and a run killed before its own line, are closed (and
-        # said) before the reset is recorded.
-        earlier: list[EarlierRun] = []
-        if os.environ.get("PREFECT_API_URL"):  # a configured server only; the client import costs seconds
-            from tasks.crashed_runs import earlier_runs_for_cli
+        # said) before the reset is recorded; a log that could not record it refuses it.
+        log, notes = prepare_change(model_store, project, earlier_runs(model_store, project))
+        print_notes(notes)
+        done = reset_testset(model_store, log, project, reason)
+        return done if done is not None else TestSetStore(model_store.fs, project).where()
 
-            earlier, note = earlier_runs_for_cli(root, project)
-            if note:
-                err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
-        for note in recover_and_describe(log, model_store, project, actor="cli", earlier_runs=earlier):
-            err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
-        testsets = TestSetStore(model_store.fs, project)
-        pointer = model_store.active(project)
-        removed = testsets.reset()
-        if removed is None:
-            console.print(f"no frozen test set for {project!r} in {testsets.where()}; nothing was changed")
-            return
-        line = log.append(
-            audit_record(
-                run_id=f"cli-{uuid.uuid4().hex[:12]}",
-                flow_run_id=None,
-                project=project,
-                dataset_sha256=None,
-                test_sha256=removed.sha256,
-                backend="none",
-                job_id=None,
-                model_id=pointer.model_id if pointer else None,
-                config={},
-                duration_seconds=0.0,
-                metrics={},
-                decision="testset-reset",
-                promoted=False,
-                reasons=[
-                    f"{reason}: test set version {removed.version} (sha256 {removed.sha256[:16]}…, "
-                    f"{removed.n_examples} utterances) removed; the next run without --test freezes a new one"
-                ],
-                previous_model_id=pointer.model_id if pointer else None,
-                manifest_sha256=None,
-                test_set_version=removed.version,
-                actor="cli",
-            )
-        )
-    except NluflowError as exc:
-        raise _fail(exc) from None
+    done = guard(run)
+    if isinstance(done, str):
+        console.print(f"no frozen test set for {project!r} in {done}; nothing was changed")
+        return
+    removed, line = done
     console.print(
         f"removed version {removed.version} of {project}'s frozen test set ({removed.n_examples} utterances, "
         f"sha256 {removed.sha256[:16]}…); the next run without --test freezes a new one. "

@@ -2,7 +2,7 @@
 
 How an annotation becomes a retrain::
 
-    Label Studio / script ─► relay (nluflow.relay) ─► POST /api/events ─┐
+    Label Studio / script ─► relay (nluflow.apps.relay) ─► POST /api/events ─┐
     nluflow notify-annotated ──────────────────────► POST /api/events ─┼─► trigger ─► retrain(params) run
     a flow: emit_annotated() ─────────────────────► emit_event() ──────┘   (one per project per window)
 
@@ -47,9 +47,7 @@ from prefect.events.schemas.events import Event
 from prefect.settings import get_current_settings
 from pydantic import SecretStr
 
-from nluflow.errors import BackendError, ConfigError
-from nluflow.registry import ID_PATTERN
-from nluflow.relay import (
+from nluflow.apps.relay import (
     EVENT_NAME,
     RESOURCE_PREFIX,
     Emitter,
@@ -60,7 +58,9 @@ from nluflow.relay import (
     create_app,
     resource_id,
 )
+from nluflow.errors import BackendError, ConfigError
 from nluflow.sources.base import is_source_ref
+from nluflow.store import ID_PATTERN
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -371,7 +371,7 @@ def serve_relay(
     """Run the relay with uvicorn until interrupted (``nluflow relay``)."""
     import uvicorn
 
-    from nluflow.server_limits import uvicorn_config
+    from nluflow.apps.server_limits import uvicorn_config
 
     app = build_relay(config, emitter=emitter, api_url=api_url, api_key=api_key)
     relay_logging()
@@ -384,7 +384,7 @@ def serve_relay(
             extra=local,
         )
     logger.info("relay on http://%s:%d/hooks/label-studio and /hooks/generic", host, port, extra=local)
-    # Slow and idle clients are timed out, open connections capped (nluflow.server_limits).
+    # Slow and idle clients are timed out, open connections capped (nluflow.apps.server_limits).
     server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level))
     # After Config (which configures uvicorn's loggers): a query string never reaches the access log.
     logging.getLogger("uvicorn.access").addFilter(QueryRedactor())

@@ -16,7 +16,7 @@ from prefect.states import Completed, Failed
 from prefect.transactions import transaction
 from pydantic import BaseModel, ConfigDict, Field
 
-from nluflow.audit import AuditLog, audit_record, error_summary
+from nluflow.audit import audit_record, error_summary
 from nluflow.backends.base import ModelRef, TrainingConfig
 from nluflow.data.validation import ValidationPolicy, ValidationReport
 from nluflow.errors import DataError
@@ -26,7 +26,8 @@ from nluflow.notify import DecisionNotice
 from nluflow.outcome import Outcome, RunOutcome, blocked_by_validation, decided, superseded
 from nluflow.pipeline import DatasetSnapshot, headline_delta, model_files_sha256, model_id_for, training_key
 from nluflow.recovery import is_run_line, recover_promotions, release_promotion_lock
-from nluflow.registry import ID_PATTERN
+from nluflow.store import ID_PATTERN
+from nluflow.store.audit_log import AuditLog
 from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT, audit_fields
 from tasks.audit import (
     notify,

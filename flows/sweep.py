@@ -47,10 +47,9 @@ from nluflow.sweep import (
     check_metric,
     choose_best,
     comparison_rows,
-    config_labels,
     cross_validate_config,
-    resolve_configs,
 )
+from nluflow.sweep_configs import config_labels, resolve_configs
 from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy
 from tasks.data import freeze_test_set, load_dataset, validate_dataset
 from tasks.sources import data_label, resolve_data

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from nluflow.backends._http import Redactor, _install_log_redaction
+from nluflow.backends.http import Redactor, install_log_redaction
 
 if TYPE_CHECKING:
     from nluflow.evaluation.gates import Decision
@@ -228,7 +228,7 @@ class WebhookNotifier:
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, NOTIFY_CONNECT_TIMEOUT_SECONDS))
         self._transport = transport
         self._redact = Redactor([url, _normalized(url), *self._headers.values()])
-        _install_log_redaction()  # httpx logs full request URLs at INFO
+        install_log_redaction()  # httpx logs full request URLs at INFO
 
     def __repr__(self) -> str:
         flags = ", only_promotions=True" if self.only_promotions else ""

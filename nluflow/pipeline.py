@@ -19,7 +19,7 @@ from nluflow.data.schema import Dataset, Origin
 from nluflow.data.validation import normalize_text
 from nluflow.errors import DataError
 from nluflow.hashing import sha256_file, sha256_json
-from nluflow.registry import MANIFEST_NAME
+from nluflow.store import MANIFEST_NAME
 
 # Bump when a change to nluflow's training or evaluation code should invalidate cached results.
 CODE_VERSION = f"nluflow-{nluflow.__version__}-2"  # -2: Label Studio ground truth / latest annotation

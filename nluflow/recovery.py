@@ -42,9 +42,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nluflow.audit import ABANDONED, CRASHED, INTENT, RUN_DECISIONS, AuditLog, redacted_line
+from nluflow.audit import ABANDONED, CRASHED, INTENT, RUN_DECISIONS, redacted_line
 from nluflow.errors import AuditError
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog, ChainLog
+from nluflow.store.layout import PROMOTION_LOCK_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ _held_guard = threading.Lock()
 
 def promotion_lock_path(audit_path: str | Path) -> Path:
     path = Path(audit_path)
-    return path.with_name(path.name + ".promoting")
+    return path.with_name(path.name + PROMOTION_LOCK_SUFFIX)
 
 
 def _open_lock(audit_path: str | Path) -> int:
@@ -150,9 +152,15 @@ def release_promotion_lock(audit_path: str | Path, holder: str) -> bool:
 
 
 @contextmanager
-def _try_lock(audit_path: str | Path) -> Iterator[bool]:
-    """Hold the promotion lock for the block if it is free now (True), else yield False at once."""
-    fd = _open_lock(audit_path)
+def _try_lock(log: ChainLog) -> Iterator[bool]:
+    """Hold the promotion lock for the block if it is free now (True), else yield False at once.
+
+    A log on an object store (S3) has no lock file: there the project's promotion slot (Prefect) is what
+    keeps a recovery from meeting a live promotion, so the lock is always free."""
+    if not isinstance(log, AuditLog):
+        yield True
+        return
+    fd = _open_lock(log.path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -411,7 +419,7 @@ def crashed_run_lines(
 
 
 def _write_crashed_lines(
-    log: AuditLog,
+    log: ChainLog,
     store: ModelStore,
     project: str,
     runs: Sequence[EarlierRun],
@@ -440,7 +448,7 @@ def _write_crashed_lines(
 
 
 def recover_promotions(
-    log: AuditLog,
+    log: ChainLog,
     store: ModelStore,
     project: str,
     actor: str,
@@ -454,7 +462,7 @@ def recover_promotions(
     recoveries never write the same line twice). Raises AuditError when the chain is broken (with the
     command that seals it)."""
     log.repair()
-    with _try_lock(log.path) as free:
+    with _try_lock(log) as free:
         if not free:
             logger.info("%s: a promotion is in progress (lock held); nothing to recover now", log.path)
             return []
@@ -471,7 +479,7 @@ def recover_promotions(
 
 
 def recover_and_describe(
-    log: AuditLog,
+    log: ChainLog,
     store: ModelStore,
     project: str,
     actor: str,
@@ -479,7 +487,7 @@ def recover_and_describe(
 ) -> list[str]:
     """:func:`recover_promotions` for a person: one sentence per repair and per line written (a missing log
     has nothing to recover)."""
-    if not log.path.exists() and not log.path.is_symlink():
+    if not log.exists():
         return []
     lines = recover_promotions(log, store, project, actor=actor, earlier_runs=earlier_runs)
     notes = [f"audit log repaired: {repair}" for repair in log.repairs]

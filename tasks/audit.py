@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 
 from blocks.notify import WebhookNotification
-from nluflow.audit import AuditLog, error_summary
+from nluflow.audit import error_summary
 from nluflow.notify import DecisionNotice
 from nluflow.recovery import (
     EarlierRun,
@@ -21,6 +21,7 @@ from nluflow.recovery import (
     recover_promotions,
     release_promotion_lock,
 )
+from nluflow.store.audit_log import AuditLog
 from tasks.common import StoreSpec, crash_point
 from tasks.crashed_runs import earlier_retrain_runs
 

@@ -23,7 +23,8 @@ from nluflow.backends.local import LocalBackend
 from nluflow.errors import ConfigError, TransientBackendError
 from nluflow.hashing import sha256_json
 from nluflow.pipeline import CODE_VERSION, Workspace
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import refresh_audit_copy
 
 # Retry delays (seconds) for stages that talk to a backend: transient errors only.
 BACKEND_RETRY_DELAYS: list[float] = [2.0, 10.0, 30.0]
@@ -125,7 +126,9 @@ class StoreSpec(BaseModel):
             if isinstance(block, LocalModelStore):
                 return Path(block.path) / project / "audit.jsonl"
             assert self.workspace is not None
-            return Path(self.workspace) / "audit" / project / "audit.jsonl"
+            copy = Path(self.workspace) / "audit" / project / "audit.jsonl"
+            refresh_audit_copy(block.get_store().fs, project, copy)  # lines the CLI wrote in the store
+            return copy
         assert self.path is not None
         return Path(self.path) / project / "audit.jsonl"
 

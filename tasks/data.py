@@ -14,23 +14,25 @@ from nluflow.data.splits import stratified_split
 from nluflow.data.validation import ValidationPolicy, ValidationReport, validate
 from nluflow.errors import StoreError
 from nluflow.pipeline import DatasetSnapshot, remove_test_overlap, snapshot
-from nluflow.registry import ModelStore
 from nluflow.sources.base import with_source_origins
-from nluflow.testset import (
-    DEFAULT_MIN_TEST_PER_INTENT,
+from nluflow.store import ModelStore
+from nluflow.store.testsets import (
     TestSetRecord,
     TestSetStore,
+    keep_offered_data,
+    stored_offered_data,
+    stored_training_data,
+)
+from nluflow.store.testsets import keep_training_data as store_training_data
+from nluflow.testset import (
+    DEFAULT_MIN_TEST_PER_INTENT,
     data_delta,
     example_key,
-    keep_offered_data,
     new_example_indices,
     refuse_unmeasurable,
     route_to_test,
-    stored_offered_data,
-    stored_training_data,
     tiny_warning,
 )
-from nluflow.testset import keep_training_data as store_training_data
 from tasks.common import StoreSpec, cache_key, cache_policy, workspace
 
 # data_info key: sha256 of the test set version this run froze or grew (None: it changed nothing).

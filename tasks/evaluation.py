@@ -16,7 +16,7 @@ from nluflow.evaluation.gates import MustPassResult, check_must_pass
 from nluflow.evaluation.metrics import EvaluationResult, evaluate
 from nluflow.hashing import sha256_file
 from nluflow.pipeline import DatasetSnapshot, model_files_sha256
-from nluflow.registry import Manifest
+from nluflow.store import Manifest
 from tasks.common import (
     BACKEND_RETRY_DELAYS,
     BackendSpec,

@@ -41,7 +41,7 @@ from nluflow.errors import ConfigError, PromotionError
 from nluflow.evaluation.gates import Decision, GatePolicy, MustPassResult, decide
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.pipeline import DatasetSnapshot
-from nluflow.registry import ActivePointer, Manifest, ModelStore
+from nluflow.store import ActivePointer, Manifest, ModelStore
 from tasks.common import BACKEND_RETRY_DELAYS, BackendSpec, StoreSpec, crash_point, is_transient
 from tasks.evaluation import evaluate_model, fetch_active_model
 

@@ -30,7 +30,7 @@ from nluflow.evaluation.report import error_rows, per_intent_rows
 from nluflow.hashing import sha256_json
 from nluflow.outcome import RUN_TAG, RunOutcome
 from nluflow.report import FIGURE_TITLES, render_run_report
-from nluflow.s3 import sync_folder
+from nluflow.store.s3 import sync_folder
 from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy, crash_point
 
 logger = logging.getLogger("nluflow.publish")

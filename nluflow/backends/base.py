@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,10 +18,11 @@ from nluflow.data.schema import Dataset, Example, IntentScore, Parse
 from nluflow.errors import ConfigError
 from nluflow.hashing import sha256_json
 from nluflow.models.options import LocalModelOptions
-from nluflow.registry import Manifest
+from nluflow.store import Manifest
 
 # Re-exported: the values that cross the protocol, defined where the layers below can use them.
 __all__ = [
+    "ClosingClient",
     "IntentScore",
     "JobRef",
     "JobState",
@@ -132,9 +133,23 @@ class ModelRef(BaseModel):
         )
 
 
+class ClosingClient:
+    """A client that is its own context manager: ``with Backend(...) as backend:`` closes it at the end."""
+
+    def close(self) -> None:
+        """Release what the client holds (its HTTP clients); a no-op where it holds nothing."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @runtime_checkable
 class TrainingBackend(Protocol):
-    """What the retrain flow needs from a platform."""
+    """What the retrain flow needs from a platform. A backend is a context manager; ``close`` ends the HTTP
+    clients a remote backend holds (the local backend holds none)."""
 
     name: str
 
@@ -153,6 +168,14 @@ class TrainingBackend(Protocol):
     def activate(self, model: ModelRef) -> None:
         """Make ``model`` the one the platform serves (a no-op where nothing is served)."""
         ...
+
+    def close(self) -> None:
+        """Release the client's resources (its HTTP clients); calling it again does nothing."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 @runtime_checkable

@@ -26,25 +26,30 @@ import contextlib
 import csv
 import io
 import json
-import random
-import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from nluflow.backends._http import (
-    MAX_RETRIES,
+from nluflow.backends.base import (
+    ClosingClient,
+    IntentScore,
+    JobRef,
+    JobState,
+    JobStatus,
+    ModelRef,
+    Parse,
+    TrainingConfig,
+)
+from nluflow.backends.errors import ContractError, MalformedResponseError, TransientHTTPError
+from nluflow.backends.http import (
+    HttpOptions,
     HttpSession,
     OAuth2ClientCredentials,
     api_key_auth,
-    make_client,
     require,
     wait_for_job,
 )
-from nluflow.backends.base import IntentScore, JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
-from nluflow.backends.errors import ContractError, MalformedResponseError, TransientHTTPError
 from nluflow.data.schema import Dataset
 from nluflow.errors import BackendError, ConfigError, TrainingFailedError
 from nluflow.hashing import sha256_json
@@ -95,64 +100,61 @@ def _millis(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
-class CognigyBackend:
-    """One Cognigy.AI flow and locale as a training backend."""
+@dataclass(frozen=True)
+class CognigySettings:
+    """Which Cognigy.AI flow and locale nluflow trains, and how: checked when made (``ConfigError``)."""
+
+    project_id: str
+    flow_id: str
+    locale: str = "en-US"
+    endpoint_id: str | None = None
+    train_mode: str = "full"
+    import_mode: str = "overwrite"
+    train_wait: float = TRAIN_WAIT
+
+    def __post_init__(self) -> None:
+        if self.locale not in LOCALES:
+            raise ConfigError(
+                f"locale {self.locale!r} is not in the Cognigy language matrix ({', '.join(LOCALES)}); "
+                "nothing was sent"
+            )
+        if self.train_mode not in TRAIN_MODES:
+            raise ConfigError(f"train_mode {self.train_mode!r} is not one of {', '.join(TRAIN_MODES)}")
+        if self.import_mode not in IMPORT_MODES:
+            raise ConfigError(f"import_mode {self.import_mode!r} is not one of {', '.join(IMPORT_MODES)}")
+
+
+class CognigyBackend(ClosingClient):
+    """One Cognigy.AI flow and locale as a training backend (a context manager: ``close`` ends its client)."""
 
     name = "cognigy"
 
     def __init__(
         self,
         url: str,
+        settings: CognigySettings,
         *,
-        project_id: str,
-        flow_id: str,
-        locale: str = "en-US",
         api_key: str | None = None,
         client_id: str | None = None,
         client_secret: str | None = None,
-        endpoint_id: str | None = None,
-        train_mode: str = "full",
-        import_mode: str = "overwrite",
-        train_wait: float = TRAIN_WAIT,
-        timeout: httpx.Timeout | None = None,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
-        max_retries: int = MAX_RETRIES,
+        http: HttpOptions | None = None,
         on_progress: Callable[[float, str], None] | None = None,
     ) -> None:
-        if locale not in LOCALES:
-            raise ConfigError(
-                f"locale {locale!r} is not in the Cognigy language matrix ({', '.join(LOCALES)}); "
-                "nothing was sent"
-            )
-        if train_mode not in TRAIN_MODES:
-            raise ConfigError(f"train_mode {train_mode!r} is not one of {', '.join(TRAIN_MODES)}")
-        if import_mode not in IMPORT_MODES:
-            raise ConfigError(f"import_mode {import_mode!r} is not one of {', '.join(IMPORT_MODES)}")
         if bool(api_key) == bool(client_id and client_secret):
             raise ConfigError(
                 "give Cognigy either an API key or an OAuth2 client id and secret (exactly one)"
             )
-        self.project_id = project_id
-        self.flow_id = flow_id
-        self.locale = locale
-        self.endpoint_id = endpoint_id
-        self.train_mode = train_mode
-        self.import_mode = import_mode
-        self.train_wait = train_wait
+        self.settings = settings
+        self.project_id = settings.project_id
+        self.flow_id = settings.flow_id
+        self.locale = settings.locale
+        self.endpoint_id = settings.endpoint_id
+        self.train_mode = settings.train_mode
+        self.import_mode = settings.import_mode
+        self.train_wait = settings.train_wait
         self.on_progress = on_progress
-        self._sleep, self._clock = sleep, clock
-        self._session = HttpSession(
-            make_client(url, transport=transport, timeout=timeout),
-            sleep=sleep,
-            clock=clock,
-            wall_clock=wall_clock,
-            rng=rng or random.Random(),
-            max_retries=max_retries,
-        )
+        self._session = HttpSession.open(url, http)
+        self._sleep, self._clock = self._session.sleep, self._session.clock
         if api_key:
             self._session.auth = api_key_auth(api_key)
         else:

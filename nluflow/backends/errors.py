@@ -3,102 +3,36 @@
 What to catch::
 
     BackendError (nluflow.errors)
-    ├── HTTPStatusError               a 4xx other than 408/429: a bug or bad input; never retried
-    │   └── AuthenticationError       401/403 that a token refresh did not cure, or a refused token request
-    ├── ContractError                 a 2xx answer that does not have the documented shape
+    ├── HTTPError                     carries the evidence of one failed exchange (never raised itself)
+    │   ├── HTTPStatusError           a 4xx other than 408/429: a bug or bad input; never retried
+    │   │   └── AuthenticationError   401/403 that a token refresh did not cure, or a refused token request
+    │   ├── ContractError             a 2xx answer that does not have the documented shape
+    │   ├── TransientHTTPError        (also a TransientBackendError) 408/429/5xx or a transport error that
+    │   │                             outlasted the retry budget, or was not retried because a retry could
+    │   │                             start a second job
+    │   └── MalformedResponseError    (also a TransientBackendError) a 2xx answer whose body is not JSON
     ├── TrainingOutcomeUnknownError   a train request's answer was lost and nluflow cannot find out what the
     │                                 server did (not retried: a retry could train a second time)
     ├── ServedModelMismatchError      the server serves another project's model (one server per project)
-    └── TransientBackendError (nluflow.errors)
-        ├── TransientHTTPError        408/429/5xx or a transport error that outlasted the retry budget,
-        │                             or that was not retried because a retry could start a second job
-        └── MalformedResponseError    a 2xx answer whose body is not JSON (a truncated or garbled reply)
+    └── TransientBackendError (nluflow.errors)   worth retrying at the task level
 
 Every HTTP error carries the evidence (method, URL path, status, request id, a short body excerpt) with the
-secrets redacted, and pickles with it (Prefect persists task exceptions).
+secrets redacted, and pickles with it (Prefect persists task exceptions). ``err.restated(message)`` is the
+same error with a message that says more (``err.restated_as(Kind, message)`` changes its class too).
 """
 
 from __future__ import annotations
 
+from typing import Self, TypeVar
+
 from nluflow.errors import BackendError, TransientBackendError
 
 
-class _Evidence:
-    """The evidence of one failed HTTP exchange, shared by the HTTP error classes."""
+class HTTPError(BackendError):
+    """The evidence of one failed HTTP exchange, shared by every HTTP error class.
 
-    message: str
-    method: str
-    url: str
-    status: int | None
-    request_id: str | None
-    body_excerpt: str
-
-    def _store(
-        self,
-        message: str,
-        method: str,
-        url: str,
-        status: int | None,
-        request_id: str | None,
-        body_excerpt: str,
-    ) -> None:
-        self.message = message
-        self.method = method
-        self.url = url
-        self.status = status
-        self.request_id = request_id
-        self.body_excerpt = body_excerpt
-
-    def _args(self) -> tuple[object, ...]:
-        return (self.message, self.method, self.url, self.status, self.request_id, self.body_excerpt)
-
-
-class HTTPStatusError(_Evidence, BackendError):
-    """The platform answered with a status that retrying cannot fix (400, 403, 404, 409, 422, ...)."""
-
-    def __init__(
-        self,
-        message: str,
-        method: str = "",
-        url: str = "",
-        status: int | None = None,
-        request_id: str | None = None,
-        body_excerpt: str = "",
-    ) -> None:
-        self._store(message, method, url, status, request_id, body_excerpt)
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), self._args())
-
-
-class AuthenticationError(HTTPStatusError):
-    """The credentials were refused (after one token refresh where the platform issues tokens)."""
-
-
-class ContractError(_Evidence, BackendError):
-    """A successful answer did not have the documented shape (a missing field, a wrong type)."""
-
-    def __init__(
-        self,
-        message: str,
-        method: str = "",
-        url: str = "",
-        status: int | None = None,
-        request_id: str | None = None,
-        body_excerpt: str = "",
-    ) -> None:
-        self._store(message, method, url, status, request_id, body_excerpt)
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), self._args())
-
-
-class TransientHTTPError(_Evidence, TransientBackendError):
-    """A rate limit, server or transport error that outlasted the retry budget (or was unsafe to retry).
-
-    Worth retrying later, at a higher level (the Prefect task), which re-runs the whole idempotent step.
+    One ``__init__`` stores the evidence and one ``__reduce__`` pickles it (Prefect persists task errors);
+    ``restated`` makes the same error, evidence and class kept, with a message that says more.
     """
 
     def __init__(
@@ -110,30 +44,53 @@ class TransientHTTPError(_Evidence, TransientBackendError):
         request_id: str | None = None,
         body_excerpt: str = "",
     ) -> None:
-        self._store(message, method, url, status, request_id, body_excerpt)
+        self.message = message
+        self.method = method
+        self.url = url
+        self.status = status
+        self.request_id = request_id
+        self.body_excerpt = body_excerpt
         super().__init__(message)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), self._args())
+        return (type(self), (self.message, *self._evidence()))
+
+    def _evidence(self) -> tuple[str, str, int | None, str | None, str]:
+        return (self.method, self.url, self.status, self.request_id, self.body_excerpt)
+
+    def restated(self, message: str) -> Self:
+        """The same error (class and evidence) with ``message`` instead of its own."""
+        return type(self)(message, *self._evidence())
+
+    def restated_as(self, kind: type[_E], message: str) -> _E:
+        """An error of class ``kind`` that carries this error's evidence and ``message``."""
+        return kind(message, *self._evidence())
 
 
-class MalformedResponseError(_Evidence, TransientBackendError):
+_E = TypeVar("_E", bound=HTTPError)
+
+
+class HTTPStatusError(HTTPError):
+    """The platform answered with a status that retrying cannot fix (400, 403, 404, 409, 422, ...)."""
+
+
+class AuthenticationError(HTTPStatusError):
+    """The credentials were refused (after one token refresh where the platform issues tokens)."""
+
+
+class ContractError(HTTPError):
+    """A successful answer did not have the documented shape (a missing field, a wrong type)."""
+
+
+class TransientHTTPError(HTTPError, TransientBackendError):
+    """A rate limit, server or transport error that outlasted the retry budget (or was unsafe to retry).
+
+    Worth retrying later, at a higher level (the Prefect task), which re-runs the whole idempotent step.
+    """
+
+
+class MalformedResponseError(HTTPError, TransientBackendError):
     """A 2xx answer whose body could not be decoded as JSON; the request is retried where that is safe."""
-
-    def __init__(
-        self,
-        message: str,
-        method: str = "",
-        url: str = "",
-        status: int | None = None,
-        request_id: str | None = None,
-        body_excerpt: str = "",
-    ) -> None:
-        self._store(message, method, url, status, request_id, body_excerpt)
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), self._args())
 
 
 class TrainingOutcomeUnknownError(BackendError):

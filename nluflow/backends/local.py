@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nluflow.backends.base import JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
+from nluflow.backends.base import ClosingClient, JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
 from nluflow.data.schema import Dataset
 from nluflow.errors import BackendError, ConfigError, ModelNotFoundError, TrainingFailedError, UnsafePathError
 from nluflow.models.nlu import META_FILE, NLUModel, cross_validate_intents
@@ -70,7 +70,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-class LocalBackend:
+class LocalBackend(ClosingClient):
     """Trains in-process (implements ``TrainingBackend``); ``on_progress(fraction, message)`` sees stages."""
 
     name = "local"
@@ -152,11 +152,8 @@ class LocalBackend:
             metrics["cv_seconds"] = time.perf_counter() - started
             fit_start = _CV_SHARE
         started = time.perf_counter()
-        model = NLUModel().fit(
-            train,
-            config.local,
-            config.seed,
-            on_progress=lambda f, m: self._progress(key, fit_start + (_FIT_END - fit_start) * f, m),
+        model = NLUModel(config.local, random_state=config.seed).fit(
+            train, on_progress=lambda f, m: self._progress(key, fit_start + (_FIT_END - fit_start) * f, m)
         )
         metrics["train_seconds"] = time.perf_counter() - started
         metrics["n_intents"] = float(len(model.intents))

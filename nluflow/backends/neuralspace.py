@@ -18,26 +18,17 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 
-from nluflow.backends._http import (
-    MAX_RETRIES,
-    HeaderAuth,
-    HttpSession,
-    make_client,
-    require,
-    wait_for_job,
-)
-from nluflow.backends.base import JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
+from nluflow.backends.base import ClosingClient, JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
 from nluflow.backends.errors import ContractError, MalformedResponseError, TransientHTTPError
+from nluflow.backends.http import HeaderAuth, HttpOptions, HttpSession, require, wait_for_job
 from nluflow.backends.service import parse_from_json
 from nluflow.data.schema import Dataset
 from nluflow.errors import BackendError, ConfigError, TrainingFailedError
@@ -133,8 +124,26 @@ def _data(body: Any, what: str) -> Any:
     return body["data"]
 
 
-class NeuralSpaceBackend:
-    """A NeuralSpace NLU project and language as a training backend."""
+@dataclass(frozen=True)
+class NeuralSpaceSettings:
+    """The project's language, the API's paths and the job's resources; checked when made
+    (``ConfigError``)."""
+
+    language: str = "en"
+    paths: NeuralSpacePaths | Mapping[str, str] = field(default_factory=NeuralSpacePaths)
+    training_jobs: int = 1
+    replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.training_jobs <= 5:
+            raise ConfigError(f"training_jobs (noOfTrainingJob) must be 1-5, found {self.training_jobs}")
+        if not isinstance(self.paths, NeuralSpacePaths):
+            object.__setattr__(self, "paths", NeuralSpacePaths.model_validate(dict(self.paths)))
+
+
+class NeuralSpaceBackend(ClosingClient):
+    """A NeuralSpace NLU project and language as a training backend (a context manager: ``close`` ends its
+    HTTP client)."""
 
     name = "neuralspace"
 
@@ -144,44 +153,26 @@ class NeuralSpaceBackend:
         project_id: str,
         *,
         url: str = BASE_URL,
-        language: str = "en",
-        paths: NeuralSpacePaths | Mapping[str, str] | None = None,
-        training_jobs: int = 1,
-        replicas: int = 1,
-        timeout: httpx.Timeout | None = None,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
-        max_retries: int = MAX_RETRIES,
+        settings: NeuralSpaceSettings | None = None,
+        http: HttpOptions | None = None,
         on_progress: Callable[[float, str], None] | None = None,
     ) -> None:
-        if not 1 <= training_jobs <= 5:
-            raise ConfigError(f"training_jobs (noOfTrainingJob) must be 1-5, found {training_jobs}")
+        settings = settings or NeuralSpaceSettings()
+        assert isinstance(settings.paths, NeuralSpacePaths)
+        self.settings = settings
         self.project_id = project_id
-        self.language = language.split("-")[0].lower()
-        self.paths = (
-            paths if isinstance(paths, NeuralSpacePaths) else NeuralSpacePaths.model_validate(paths or {})
-        )
-        self.training_jobs = training_jobs
-        self.replicas = replicas
+        self.language = settings.language.split("-")[0].lower()
+        self.paths: NeuralSpacePaths = settings.paths
+        self.training_jobs = settings.training_jobs
+        self.replicas = settings.replicas
         self.on_progress = on_progress
-        self._sleep, self._clock = sleep, clock
-        self._session = HttpSession(
-            make_client(
-                url,
-                transport=transport,
-                timeout=timeout,
-                headers={"Accept": "application/json, text/plain, */*"},
-            ),
+        self._session = HttpSession.open(
+            url,
+            http,
             auth=HeaderAuth("Authorization", token),
-            sleep=sleep,
-            clock=clock,
-            wall_clock=wall_clock,
-            rng=rng or random.Random(),
-            max_retries=max_retries,
+            headers={"Accept": "application/json, text/plain, */*"},
         )
+        self._sleep, self._clock = self._session.sleep, self._session.clock
 
     def __repr__(self) -> str:
         return (

@@ -20,24 +20,16 @@ options. Status words are mapped with ``ServiceFields.states``.
 from __future__ import annotations
 
 import json
-import random
-import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from nluflow.backends._http import (
-    MAX_RETRIES,
-    HttpSession,
-    OAuth2ClientCredentials,
-    make_client,
-    require,
-)
-from nluflow.backends.base import JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
+from nluflow.backends.base import ClosingClient, JobRef, JobState, JobStatus, ModelRef, Parse, TrainingConfig
 from nluflow.backends.errors import ContractError
+from nluflow.backends.http import HttpOptions, HttpSession, OAuth2ClientCredentials, require
 from nluflow.data.schema import Dataset
 from nluflow.errors import BackendError, ConfigError, TrainingFailedError
 
@@ -131,8 +123,32 @@ def parse_from_json(body: Any, text: str, what: str) -> Parse:
         raise ContractError(f"{what}: the parse of {text!r} does not have the Rasa shape ({exc})") from None
 
 
-class TrainingServiceBackend:
-    """A client of a generic training service (OAuth2 client credentials, idempotent job creation)."""
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What a training service's API looks like and what jobs ask for; checked when made (``ConfigError``)."""
+
+    paths: ServicePaths | Mapping[str, str] = field(default_factory=ServicePaths)
+    fields: ServiceFields | Mapping[str, Any] = field(default_factory=ServiceFields)
+    gpu_tier: str = "none"
+    deployment: str = "production"
+    predict_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.gpu_tier not in GPU_TIERS:
+            raise ConfigError(
+                f"gpu_tier {self.gpu_tier!r} is not one of {', '.join(GPU_TIERS)}; nothing was sent"
+            )
+        if self.predict_batch_size < 1:
+            raise ConfigError(f"predict_batch_size must be at least 1, found {self.predict_batch_size}")
+        if not isinstance(self.paths, ServicePaths):
+            object.__setattr__(self, "paths", ServicePaths.model_validate(dict(self.paths)))
+        if not isinstance(self.fields, ServiceFields):
+            object.__setattr__(self, "fields", ServiceFields.model_validate(dict(self.fields)))
+
+
+class TrainingServiceBackend(ClosingClient):
+    """A client of a generic training service (OAuth2 client credentials, idempotent job creation); a context
+    manager: ``close`` ends its HTTP client."""
 
     name = "service"
 
@@ -143,40 +159,20 @@ class TrainingServiceBackend:
         client_secret: str,
         *,
         scope: str | None = None,
-        paths: ServicePaths | Mapping[str, str] | None = None,
-        fields: ServiceFields | Mapping[str, Any] | None = None,
-        gpu_tier: str = "none",
-        deployment: str = "production",
-        predict_batch_size: int = 64,
-        timeout: httpx.Timeout | None = None,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
-        max_retries: int = MAX_RETRIES,
+        settings: ServiceSettings | None = None,
+        http: HttpOptions | None = None,
         on_progress: Callable[[float, str], None] | None = None,
     ) -> None:
-        if gpu_tier not in GPU_TIERS:
-            raise ConfigError(f"gpu_tier {gpu_tier!r} is not one of {', '.join(GPU_TIERS)}; nothing was sent")
-        if predict_batch_size < 1:
-            raise ConfigError(f"predict_batch_size must be at least 1, found {predict_batch_size}")
-        self.paths = paths if isinstance(paths, ServicePaths) else ServicePaths.model_validate(paths or {})
-        self.fields = (
-            fields if isinstance(fields, ServiceFields) else ServiceFields.model_validate(fields or {})
-        )
-        self.gpu_tier = gpu_tier
-        self.deployment = deployment
-        self.predict_batch_size = predict_batch_size
+        settings = settings or ServiceSettings()
+        assert isinstance(settings.paths, ServicePaths) and isinstance(settings.fields, ServiceFields)
+        self.settings = settings
+        self.paths: ServicePaths = settings.paths
+        self.fields: ServiceFields = settings.fields
+        self.gpu_tier = settings.gpu_tier
+        self.deployment = settings.deployment
+        self.predict_batch_size = settings.predict_batch_size
         self.on_progress = on_progress
-        self._session = HttpSession(
-            make_client(base_url, transport=transport, timeout=timeout),
-            sleep=sleep,
-            clock=clock,
-            wall_clock=wall_clock,
-            rng=rng or random.Random(),
-            max_retries=max_retries,
-        )
+        self._session = HttpSession.open(base_url, http)
         self._session.auth = OAuth2ClientCredentials(
             self._session, self.paths.token, client_id, client_secret, scope
         )

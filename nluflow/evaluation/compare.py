@@ -76,12 +76,33 @@ def paired_bootstrap(
     Each resample draws ``n`` utterance indices with replacement and scores both models on them; the interval
     is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of the resampled deltas.
     """
-    n = len(y_true)
+    _check_bootstrap_args(len(y_true), len(pred_candidate), len(pred_active), metric, n_resamples, confidence)
+    t, pc, pa, k = _encode(y_true, pred_candidate, pred_active)
+    if metric == "accuracy":
+        point = float(np.mean(pc == t) - np.mean(pa == t))
+    else:
+        point = _macro_f1_present(t, pc, k) - _macro_f1_present(t, pa, k)
+    deltas = _resampled_deltas(t, pc, pa, k, metric, n_resamples, seed)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(deltas, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return BootstrapResult(
+        metric=metric,
+        delta=point,
+        low=float(low),
+        high=float(high),
+        n_resamples=n_resamples,
+        confidence=confidence,
+    )
+
+
+def _check_bootstrap_args(
+    n: int, n_candidate: int, n_active: int, metric: str, n_resamples: int, confidence: float
+) -> None:
     if n == 0:
         raise ConfigError("paired bootstrap needs at least one test utterance")
-    if len(pred_candidate) != n or len(pred_active) != n:
+    if n_candidate != n or n_active != n:
         raise ConfigError(
-            f"paired bootstrap got {n} gold labels, {len(pred_candidate)} candidate and {len(pred_active)} "
+            f"paired bootstrap got {n} gold labels, {n_candidate} candidate and {n_active} "
             "active predictions; expected both models' predictions on the same test utterances"
         )
     if metric not in ("macro_f1", "accuracy"):
@@ -91,6 +112,12 @@ def paired_bootstrap(
     if not 0.0 < confidence < 1.0:
         raise ConfigError(f"bootstrap confidence {confidence} is out of range; expected 0 < confidence < 1")
 
+
+def _encode(
+    y_true: Sequence[str], pred_candidate: Sequence[str], pred_active: Sequence[str]
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp], int]:
+    """Gold labels and both models' predictions as class indices, and the number of gold classes ``k``."""
+    n = len(y_true)
     labels = sorted(set(y_true))
     k = len(labels)
     index = {label: i for i, label in enumerate(labels)}
@@ -98,12 +125,20 @@ def paired_bootstrap(
     # Intents outside the gold labels share the extra class k: a miss for the true intent, never averaged.
     pc = np.fromiter((index.get(y, k) for y in pred_candidate), dtype=np.intp, count=n)
     pa = np.fromiter((index.get(y, k) for y in pred_active), dtype=np.intp, count=n)
+    return t, pc, pa, k
 
-    if metric == "accuracy":
-        point = float(np.mean(pc == t) - np.mean(pa == t))
-    else:
-        point = _macro_f1_present(t, pc, k) - _macro_f1_present(t, pa, k)
 
+def _resampled_deltas(
+    t: NDArray[np.intp],
+    pc: NDArray[np.intp],
+    pa: NDArray[np.intp],
+    k: int,
+    metric: Metric,
+    n_resamples: int,
+    seed: int,
+) -> NDArray[np.float64]:
+    """The metric delta on each of ``n_resamples`` resamples, drawn in chunks that bound the memory used."""
+    n = len(t)
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_ELEMENTS // n)
     deltas = np.empty(n_resamples, dtype=float)
@@ -115,17 +150,7 @@ def paired_bootstrap(
             deltas[start : start + b] = diff[idx].mean(axis=1)
         else:
             deltas[start : start + b] = _resampled_macro_f1_delta(t, pc, pa, k, idx)
-
-    alpha = 1.0 - confidence
-    low, high = np.quantile(deltas, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return BootstrapResult(
-        metric=metric,
-        delta=point,
-        low=float(low),
-        high=float(high),
-        n_resamples=n_resamples,
-        confidence=confidence,
-    )
+    return deltas
 
 
 def per_intent_deltas(candidate: EvaluationResult, active: EvaluationResult) -> dict[str, float]:

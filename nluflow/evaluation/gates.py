@@ -41,27 +41,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from nluflow.backends.base import Parse
 from nluflow.data.schema import Example
 from nluflow.errors import ConfigError
-from nluflow.evaluation.compare import BootstrapResult, paired_bootstrap, per_intent_deltas
+from nluflow.evaluation.compare import BootstrapResult, paired_bootstrap
+from nluflow.evaluation.gate_checks import (
+    GateResult,
+    absolute_gates,
+    ci_text,
+    comparison_gates,
+    md_cell,
+    must_pass_gate,
+    num_text,
+    signed,
+    skipped_must_pass,
+)
 from nluflow.evaluation.metrics import EvaluationResult
 
 __all__ = ["Decision", "GatePolicy", "GateResult", "MustPassResult", "check_must_pass", "decide"]
-
-_TIE = 1e-9
-_MAX_NAMED = 10  # failing utterances / regressed intents named in a reason
-
-_METRIC_NAMES: dict[str, str] = {
-    "intent_accuracy": "accuracy",
-    "macro_f1": "macro F1",
-    "macro_precision": "macro precision",
-    "weighted_f1": "weighted F1",
-    "pr_auc": "PR-AUC",
-    "coverage_at_target": "coverage at target precision",
-    "entity_f1": "entity F1",
-    "entity_precision": "entity precision",
-    "entity_recall": "entity recall",
-}
-_PRIMARY_KEY: dict[str, str] = {"macro_f1": "macro_f1", "accuracy": "intent_accuracy"}
-_REGRESSION_KEYS = ("intent_accuracy", "macro_f1", "entity_f1")
 
 
 class GatePolicy(BaseModel):
@@ -123,26 +117,6 @@ class GatePolicy(BaseModel):
                 f"{'.'.join(str(p) for p in err['loc']) or 'policy'}: {err['msg']}" for err in exc.errors()
             )
             raise ConfigError(f"gate policy refused before any decision was made: {problems}") from None
-
-
-class GateResult(BaseModel):
-    """One gate's verdict."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    passed: bool = Field(description="False blocks the promotion; a skipped gate does not block.")
-    value: float | None = Field(description="What the gate measured (e.g. a metric or a delta).")
-    threshold: float | None = Field(description="What the value was compared with.")
-    reason: str
-    skipped: bool = Field(default=False, description="The gate had nothing to check; the reason says why.")
-
-    @property
-    def status(self) -> Literal["pass", "fail", "skipped"]:
-        """``skipped``, ``pass`` or ``fail``: what the report and the CLI show."""
-        if self.skipped:
-            return "skipped"
-        return "pass" if self.passed else "fail"
 
 
 class MustPassResult(BaseModel):
@@ -219,26 +193,25 @@ class Decision(BaseModel):
     def to_markdown(self) -> str:
         """The gate table (gate | result | value | threshold | reason), under the one-line summary."""
         lines = [
-            f"**{_md(self.summary())}**",
+            f"**{md_cell(self.summary())}**",
             "",
             "| gate | result | value | threshold | reason |",
             "|---|:---:|---:|---:|---|",
         ]
         for gate in self.gates:
             mark = _MARKS[gate.status]  # plain text: renders without emoji fonts
-            lines.append(
-                f"| {gate.name} | {mark} | {_num(gate.value)} | {_num(gate.threshold)} | {_md(gate.reason)} |"
-            )
+            value, threshold = num_text(gate.value), num_text(gate.threshold)
+            lines.append(f"| {gate.name} | {mark} | {value} | {threshold} | {md_cell(gate.reason)} |")
         if self.first_model:
             lines += ["", "First model of the project: there is no active model to compare with."]
         for warning in self.warnings:
-            lines += ["", f"**Warning:** {_md(warning)}"]
+            lines += ["", f"**Warning:** {md_cell(warning)}"]
         if self.bootstrap is not None:
             b = self.bootstrap
             lines += [
                 "",
                 f"Paired bootstrap ({b.n_resamples} resamples): {_METRIC_LABEL[b.metric]} delta "
-                f"{_signed(b.delta)}, {_ci(b)}.",
+                f"{signed(b.delta)}, {ci_text(b)}.",
             ]
         return "\n".join(lines) + "\n"
 
@@ -261,7 +234,7 @@ def decide(
     if active is not None:
         _check_same_test_set(candidate, active)
 
-    gates = _absolute_gates(candidate, policy)
+    gates = absolute_gates(candidate, policy)
     bootstrap: BootstrapResult | None = None
     deltas: dict[str, float] = {}
     headline_reason: str | None = None
@@ -276,11 +249,10 @@ def decide(
             n_resamples=policy.bootstrap_resamples,
             confidence=policy.bootstrap_confidence,
         )
-        gates += _comparison_gates(candidate, active, policy, bootstrap, cand_h, act_h)
-        headline_reason = (
-            f"beats active by {_signed(bootstrap.delta)} {_METRIC_LABEL[bootstrap.metric]} ({_ci(bootstrap)})"
-        )
-    gates.append(_must_pass_gate(must_pass) if must_pass is not None else _skipped_must_pass())
+        gates += comparison_gates(candidate, active, policy, bootstrap, cand_h, act_h)
+        label = _METRIC_LABEL[bootstrap.metric]
+        headline_reason = f"beats active by {signed(bootstrap.delta)} {label} ({ci_text(bootstrap)})"
+    gates.append(must_pass_gate(must_pass) if must_pass is not None else skipped_must_pass())
 
     promote = all(g.passed for g in gates)
     if not promote:
@@ -338,245 +310,3 @@ def _check_same_test_set(candidate: EvaluationResult, active: EvaluationResult) 
             "expected both on the same frozen test set; no decision was made — evaluate the active model on "
             "the candidate's test set"
         )
-
-
-def _absolute_gates(candidate: EvaluationResult, policy: GatePolicy) -> list[GateResult]:
-    gates = [
-        _floor_gate("min_macro_f1", "macro F1", candidate.macro_f1, policy.min_macro_f1),
-        _floor_gate("min_precision", "macro precision", candidate.macro_precision, policy.min_precision),
-    ]
-    if policy.min_entity_f1 is not None:
-        if candidate.entity is None and candidate.entity_absent_reason:
-            # The test set has entities but the platform predicts none: nothing to check, not a failure.
-            gates.append(
-                GateResult(
-                    name="min_entity_f1",
-                    passed=True,
-                    skipped=True,
-                    value=None,
-                    threshold=policy.min_entity_f1,
-                    reason=f"skipped: {candidate.entity_absent_reason}",
-                )
-            )
-        elif candidate.entity is None:
-            # Fail closed: the policy asks for an entity guarantee nobody can check on this test set.
-            gates.append(
-                GateResult(
-                    name="min_entity_f1",
-                    passed=False,
-                    value=None,
-                    threshold=policy.min_entity_f1,
-                    reason="entity F1 cannot be checked: the test set has no entity annotations; "
-                    "add entities to the test set or unset min_entity_f1 in the gate policy",
-                )
-            )
-        else:
-            gates.append(_floor_gate("min_entity_f1", "entity F1", candidate.entity.f1, policy.min_entity_f1))
-    return gates
-
-
-def _floor_gate(name: str, label: str, value: float, floor: float) -> GateResult:
-    passed = value >= floor - _TIE
-    reason = (
-        f"{label} {value:.3f} ≥ {floor:.3f}"
-        if passed
-        else f"{label} {value:.3f} < {floor:.3f}: below the absolute minimum"
-    )
-    return GateResult(name=name, passed=passed, value=value, threshold=floor, reason=reason)
-
-
-def _comparison_gates(
-    candidate: EvaluationResult,
-    active: EvaluationResult,
-    policy: GatePolicy,
-    bootstrap: BootstrapResult,
-    cand_h: dict[str, float],
-    act_h: dict[str, float],
-) -> list[GateResult]:
-    primary = _PRIMARY_KEY[policy.primary_metric]
-    label = _METRIC_NAMES[primary]
-    delta = cand_h[primary] - act_h[primary]
-    beats = delta > policy.min_delta + _TIE
-    head = f"{label} {_signed(delta)} vs active {act_h[primary]:.3f}"
-    gates = [
-        GateResult(
-            name="beats_active",
-            passed=beats,
-            value=delta,
-            threshold=policy.min_delta,
-            reason=f"{head}: above min delta {policy.min_delta:.3f}"
-            if beats
-            else f"{head}: not above min delta {policy.min_delta:.3f} — "
-            "the candidate does not beat the active model",
-        )
-    ]
-    for key in _REGRESSION_KEYS:
-        absent = candidate.entity_absent_reason or active.entity_absent_reason
-        if key == "entity_f1" and absent and (candidate.entity is None or active.entity is None):
-            gates.append(
-                GateResult(
-                    name=f"no_regression_{key}",
-                    passed=True,
-                    skipped=True,
-                    value=None,
-                    threshold=-policy.tolerance,
-                    reason=f"skipped: {absent}, so entity F1 was not compared",
-                )
-            )
-            continue
-        if key == "entity_f1" and candidate.entity is None:
-            gates.append(
-                GateResult(
-                    name=f"no_regression_{key}",
-                    passed=True,
-                    skipped=True,
-                    value=None,
-                    threshold=-policy.tolerance,
-                    reason="skipped: the test set has no entity annotations, so entity F1 was not compared",
-                )
-            )
-            continue
-        if key == primary or key not in cand_h or key not in act_h:
-            continue
-        drop = act_h[key] - cand_h[key]
-        ok = drop <= policy.tolerance + _TIE
-        name = _METRIC_NAMES[key]
-        change = f"{name} {cand_h[key]:.3f} vs active {act_h[key]:.3f} ({_signed(-drop)})"
-        gates.append(
-            GateResult(
-                name=f"no_regression_{key}",
-                passed=ok,
-                value=-drop,
-                threshold=-policy.tolerance,
-                reason=f"{change}: within tolerance {policy.tolerance:.3f}"
-                if ok
-                else f"{change}: drops more than the tolerance {policy.tolerance:.3f}",
-            )
-        )
-    if policy.require_significance:
-        significant = bootstrap.low > _TIE
-        gates.append(
-            GateResult(
-                name="significance",
-                passed=significant,
-                value=bootstrap.low,
-                threshold=0.0,
-                reason=f"{label} delta {_signed(bootstrap.delta)}, {_ci(bootstrap)} lies above 0"
-                if significant
-                else f"{label} delta {_signed(bootstrap.delta)}, {_ci(bootstrap)} does not lie above 0: "
-                "the improvement is not significant on this test set",
-            )
-        )
-    gates.append(_intent_regression_gate(candidate, active, policy))
-    return gates
-
-
-def _intent_regression_gate(
-    candidate: EvaluationResult, active: EvaluationResult, policy: GatePolicy
-) -> GateResult:
-    deltas = per_intent_deltas(candidate, active)
-    support = {label: int(candidate.intent_report[label]["support"]) for label in deltas}
-    guarded = [label for label in deltas if support[label] >= policy.min_intent_support]
-    regressed = sorted(
-        (label for label in guarded if -deltas[label] > policy.max_intent_f1_drop + _TIE),
-        key=lambda label: (deltas[label], label),
-    )
-    worst = min((deltas[label] for label in guarded), default=0.0)
-    scope = f"intents with support ≥ {policy.min_intent_support}"
-    if not guarded:
-        return GateResult(
-            name="intent_regression",
-            passed=True,
-            skipped=True,
-            value=None,
-            threshold=-policy.max_intent_f1_drop,
-            reason=f"skipped: no intent has ≥ {policy.min_intent_support} test utterances "
-            "(min_intent_support), so no per-intent F1 was compared; grow the test set or lower "
-            "min_intent_support",
-        )
-    if not regressed:
-        reason = (
-            f"no intent lost more than {policy.max_intent_f1_drop:.3f} F1 ({len(guarded)} {scope}; "
-            f"largest change {_signed(worst)})"
-        )
-        return GateResult(
-            name="intent_regression",
-            passed=True,
-            value=worst,
-            threshold=-policy.max_intent_f1_drop,
-            reason=reason,
-        )
-    cand_f1, act_f1 = candidate.intent_f1(), active.intent_f1()
-    named = ", ".join(
-        f"{label} {act_f1[label]:.3f}→{cand_f1[label]:.3f} ({_signed(deltas[label])})"
-        for label in regressed[:_MAX_NAMED]
-    )
-    more = f" and {len(regressed) - _MAX_NAMED} more" if len(regressed) > _MAX_NAMED else ""
-    noun = "intent" if len(regressed) == 1 else "intents"
-    reason = (
-        f"{len(regressed)} {noun} lost more than {policy.max_intent_f1_drop:.3f} F1 ({scope}): {named}{more}"
-    )
-    return GateResult(
-        name="intent_regression",
-        passed=False,
-        value=worst,
-        threshold=-policy.max_intent_f1_drop,
-        reason=reason,
-    )
-
-
-def _skipped_must_pass() -> GateResult:
-    return GateResult(
-        name="must_pass",
-        passed=True,
-        skipped=True,
-        value=None,
-        threshold=None,
-        reason="skipped: no must-pass file was given (--must-pass), so no utterance was checked",
-    )
-
-
-def _must_pass_gate(must_pass: MustPassResult) -> GateResult:
-    failed = len(must_pass.failures)
-    if not failed:
-        return GateResult(
-            name="must_pass",
-            passed=True,
-            value=float(must_pass.total),
-            threshold=float(must_pass.total),
-            reason=f"all {must_pass.total} must-pass utterances get their expected intent",
-        )
-    named = "; ".join(
-        f"{f['text']!r} expected {f['expected']}, got {f['predicted']} ({float(f['confidence']):.2f})"
-        for f in must_pass.failures[:_MAX_NAMED]
-    )
-    more = f"; and {failed - _MAX_NAMED} more" if failed > _MAX_NAMED else ""
-    return GateResult(
-        name="must_pass",
-        passed=False,
-        value=float(must_pass.total - failed),
-        threshold=float(must_pass.total),
-        reason=f"{failed} of {must_pass.total} must-pass utterances fail: {named}{more}",
-    )
-
-
-def _signed(x: float, digits: int = 3) -> str:
-    r = round(x, digits)
-    return f"{r + 0.0:+.{digits}f}"  # + 0.0 turns -0.0 into 0.0, so ties read "+0.000"
-
-
-def _ci(b: BootstrapResult) -> str:
-    return f"{_pct(b.confidence)} CI {_signed(b.low)}..{_signed(b.high)}"
-
-
-def _pct(share: float) -> str:
-    pct = share * 100.0
-    return f"{pct:.0f}%" if abs(pct - round(pct)) < 1e-9 else f"{pct:.1f}%"
-
-
-def _num(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")

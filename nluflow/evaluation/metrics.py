@@ -207,6 +207,39 @@ def evaluate(test: Dataset, parses: Sequence[Parse], target_precision: float = 0
     Raises ``ConfigError`` when the test set is empty, the counts differ, a text does not line up with its
     prediction (compared with whitespace collapsed), or a confidence is not a finite number.
     """
+    _check_inputs(test, parses, target_precision)
+    examples = test.examples
+    y_true = [e.intent for e in examples]
+    y_pred = [p.intent.name for p in parses]
+    confidences = [float(p.intent.confidence) for p in parses]
+    correct = np.asarray([t == p for t, p in zip(y_true, y_pred, strict=True)], dtype=bool)
+    pr_precision, pr_recall, pr_thresholds, pr_auc = _pr_curve(correct, confidences)
+    threshold, coverage, precision_at = threshold_for_precision(
+        correct.tolist(), confidences, target_precision
+    )
+    entity, entity_absent_reason = _entity_scores(examples, parses)
+    return EvaluationResult(
+        n=len(examples),
+        test_sha256=test.sha256(),
+        target_precision=target_precision,
+        **_intent_scores(y_true, y_pred, correct),
+        errors=_errors(examples, parses),
+        pr_precision=pr_precision,
+        pr_recall=pr_recall,
+        pr_thresholds=pr_thresholds,
+        pr_auc=pr_auc,
+        threshold=threshold,
+        coverage=coverage,
+        precision_at_threshold=precision_at,
+        entity=entity,
+        entity_absent_reason=entity_absent_reason,
+        y_true=y_true,
+        y_pred=y_pred,
+        confidences=confidences,
+    )
+
+
+def _check_inputs(test: Dataset, parses: Sequence[Parse], target_precision: float) -> None:
     if not 0.0 < target_precision <= 1.0:
         raise ConfigError(f"target precision {target_precision} is out of range; expected 0 < target <= 1")
     examples = test.examples
@@ -221,11 +254,9 @@ def evaluate(test: Dataset, parses: Sequence[Parse], target_precision: float = 0
         )
     _check_alignment(examples, parses)
 
-    y_true = [e.intent for e in examples]
-    y_pred = [p.intent.name for p in parses]
-    confidences = [float(p.intent.confidence) for p in parses]
-    correct = np.asarray([t == p for t, p in zip(y_true, y_pred, strict=True)], dtype=bool)
 
+def _intent_scores(y_true: list[str], y_pred: list[str], correct: NDArray[np.bool_]) -> dict[str, Any]:
+    """Accuracy, macro and weighted averages, the per-intent report and the confusion matrix."""
     gold_labels = sorted(set(y_true))
     labels = sorted(set(gold_labels) | set(y_pred))
     index = {label: i for i, label in enumerate(labels)}
@@ -245,54 +276,32 @@ def evaluate(test: Dataset, parses: Sequence[Parse], target_precision: float = 0
     intent_report["weighted avg"] = _avg_entry(
         weights @ precision, weights @ recall, weights @ f1, len(y_true)
     )
+    return {
+        "accuracy": accuracy,
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "weighted_precision": float(weights @ precision),
+        "weighted_recall": float(weights @ recall),
+        "weighted_f1": float(weights @ f1),
+        "intent_report": intent_report,
+        "labels": labels,
+        "confusion": confusion.tolist(),
+    }
 
-    pr_precision, pr_recall, pr_thresholds, pr_auc = _pr_curve(correct, confidences)
-    threshold, coverage, precision_at = threshold_for_precision(
-        correct.tolist(), confidences, target_precision
-    )
 
-    has_entities = any(e.entities for e in examples)
+def _entity_scores(
+    examples: Sequence[Example], parses: Sequence[Parse]
+) -> tuple[EntityMetrics | None, str | None]:
+    """Entity metrics, or None with the reason they are absent (never a 0 for a platform that is blind)."""
+    if not any(e.entities for e in examples):
+        return None, None
     # A platform that returns no entity predictions is not scored 0 on entities: its metrics are absent.
-    blind = has_entities and not all(p.entities_predicted for p in parses)
-    entity = (
-        entity_metrics([e.entities for e in examples], [p.entities for p in parses])
-        if has_entities and not blind
-        else None
-    )
-    entity_absent_reason = (
-        "the platform returned no entity predictions, so entity metrics were not computed (absent, not 0)"
-        if blind
-        else None
-    )
-
-    return EvaluationResult(
-        n=len(examples),
-        test_sha256=test.sha256(),
-        target_precision=target_precision,
-        accuracy=accuracy,
-        macro_precision=float(precision.mean()),
-        macro_recall=float(recall.mean()),
-        macro_f1=float(f1.mean()),
-        weighted_precision=float(weights @ precision),
-        weighted_recall=float(weights @ recall),
-        weighted_f1=float(weights @ f1),
-        intent_report=intent_report,
-        errors=_errors(examples, parses),
-        labels=labels,
-        confusion=confusion.tolist(),
-        pr_precision=pr_precision,
-        pr_recall=pr_recall,
-        pr_thresholds=pr_thresholds,
-        pr_auc=pr_auc,
-        threshold=threshold,
-        coverage=coverage,
-        precision_at_threshold=precision_at,
-        entity=entity,
-        entity_absent_reason=entity_absent_reason,
-        y_true=y_true,
-        y_pred=y_pred,
-        confidences=confidences,
-    )
+    if not all(p.entities_predicted for p in parses):
+        return None, (
+            "the platform returned no entity predictions, so entity metrics were not computed (absent, not 0)"
+        )
+    return entity_metrics([e.entities for e in examples], [p.entities for p in parses]), None
 
 
 def _check_alignment(examples: Sequence[Example], parses: Sequence[Parse]) -> None:

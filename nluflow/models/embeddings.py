@@ -39,11 +39,12 @@ from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from nluflow.errors import ConfigError, NotFittedError
+from nluflow.models.options import LocalModelOptions
 from nluflow.models.tokenize import as_texts
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_EMBEDDING_MODEL: str = LocalModelOptions.model_fields["embedding_model"].default
 # Model names whose weights ship inside a Python package: name -> (distribution, import name). The module
 # has ``get_model_path()`` returning the folder of a sentence-transformers model.
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {

@@ -37,6 +37,7 @@ from sklearn.model_selection import KFold
 
 from nluflow.data.schema import Entity
 from nluflow.errors import NotFittedError
+from nluflow.models.options import LocalModelOptions
 from nluflow.models.tokenize import Token, as_texts, tokenize
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ FEATURE_SETS = ("basic", "rich")
 LEGACY_PARAMS: dict[str, Any] = {"features": "basic", "gazetteer": False}
 # crfsuite taggers are not thread-safe; tagging is fast, so one lock for all of them is enough.
 _TAGGER_LOCK = threading.Lock()
+# The hyperparameters' defaults are declared once, in LocalModelOptions.
+_DEFAULTS = LocalModelOptions()
 
 
 def _shape(word: str) -> str:
@@ -228,13 +231,13 @@ class CRFEntityExtractor(BaseEstimator):  # type: ignore[misc]
 
     def __init__(
         self,
-        c1: float = 0.05,
-        c2: float = 0.01,
-        max_iterations: int = 50,
+        c1: float = _DEFAULTS.crf_c1,
+        c2: float = _DEFAULTS.crf_c2,
+        max_iterations: int = _DEFAULTS.crf_max_iterations,
         window: int = 2,
-        use_intents: bool = True,
-        features: str = "rich",
-        gazetteer: bool = True,
+        use_intents: bool = _DEFAULTS.crf_intent_features,
+        features: str = _DEFAULTS.crf_features,
+        gazetteer: bool = _DEFAULTS.crf_gazetteer,
         gazetteer_folds: int = 5,
     ) -> None:
         self.c1 = c1
@@ -247,16 +250,9 @@ class CRFEntityExtractor(BaseEstimator):  # type: ignore[misc]
         self.gazetteer_folds = gazetteer_folds
 
     @classmethod
-    def from_options(cls, options: Any) -> CRFEntityExtractor:
+    def from_options(cls, options: LocalModelOptions) -> CRFEntityExtractor:
         """Build from a ``LocalModelOptions``."""
-        return cls(
-            c1=options.crf_c1,
-            c2=options.crf_c2,
-            max_iterations=options.crf_max_iterations,
-            use_intents=options.crf_intent_features,
-            features=options.crf_features,
-            gazetteer=options.crf_gazetteer,
-        )
+        return cls(**options.entity_params())
 
     def _features(
         self, tokens: Sequence[Token], intent: str | None, gazetteer: Gazetteer | None

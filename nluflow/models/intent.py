@@ -38,12 +38,8 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
 from nluflow.errors import ConfigError, NotFittedError
-from nluflow.models.embeddings import (
-    DEFAULT_EMBEDDING_MODEL,
-    EXTRA_HINT,
-    SentenceEmbedder,
-    embeddings_available,
-)
+from nluflow.models.embeddings import EXTRA_HINT, SentenceEmbedder, embeddings_available
+from nluflow.models.options import LocalModelOptions
 from nluflow.models.tokenize import WORD_PATTERN, as_texts, words
 
 logger = logging.getLogger(__name__)
@@ -56,8 +52,8 @@ SVC_MAX_ITER = 5000
 SPARSE_COEF_DENSITY = 0.5
 # Search range of log(temperature); SVM decision values are O(1), fitted temperatures are O(0.1).
 LOG_TEMPERATURE_BOUNDS = (-7.0, 4.0)
-# Weight of the sentence-embedding block against the TF-IDF blocks (chosen by 5-fold CV on Banking77 train).
-DEFAULT_EMBEDDING_WEIGHT = 2.0
+# The hyperparameters' defaults are declared once, in LocalModelOptions.
+_DEFAULTS = LocalModelOptions()
 
 
 class WordPairs:
@@ -193,18 +189,21 @@ class IntentClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     embeddings`` on the machine that runs); it never changes a prediction.
     """
 
+    # Eleven parameters, flat, as scikit-learn estimators keep them (LinearSVC has 12, TfidfVectorizer 21): so
+    # that set_params, clone and a grid search name each hyperparameter. NLUModel groups them in one options
+    # object for callers that configure the whole model.
     def __init__(
         self,
-        word_ngram_max: int = 2,
-        char_ngram_min: int = 2,
-        char_ngram_max: int = 5,
-        word_pair_window: int = 20,
-        C: float = 1.0,
-        calibration_folds: int = 3,
+        word_ngram_max: int = _DEFAULTS.word_ngram_max,
+        char_ngram_min: int = _DEFAULTS.char_ngram_min,
+        char_ngram_max: int = _DEFAULTS.char_ngram_max,
+        word_pair_window: int = _DEFAULTS.word_pair_window,
+        C: float = _DEFAULTS.C,
+        calibration_folds: int = _DEFAULTS.calibration_folds,
         random_state: int | None = None,
-        embeddings: bool = False,
-        embedding_model: str = DEFAULT_EMBEDDING_MODEL,
-        embedding_weight: float = DEFAULT_EMBEDDING_WEIGHT,
+        embeddings: bool = _DEFAULTS.embeddings,
+        embedding_model: str = _DEFAULTS.embedding_model,
+        embedding_weight: float = _DEFAULTS.embedding_weight,
         embedding_cache_dir: str | None = None,
     ) -> None:
         self.word_ngram_max = word_ngram_max
@@ -221,20 +220,15 @@ class IntentClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     @classmethod
     def from_options(
-        cls, options: Any, seed: int | None = None, embedding_cache_dir: str | Path | None = None
+        cls,
+        options: LocalModelOptions,
+        seed: int | None = None,
+        embedding_cache_dir: str | Path | None = None,
     ) -> IntentClassifier:
-        """Build from a ``LocalModelOptions`` (typed ``Any`` to keep this module free of pydantic models)."""
+        """Build from a ``LocalModelOptions``."""
         return cls(
-            word_ngram_max=options.word_ngram_max,
-            char_ngram_min=options.char_ngram_min,
-            char_ngram_max=options.char_ngram_max,
-            word_pair_window=options.word_pair_window,
-            C=options.C,
-            calibration_folds=options.calibration_folds,
+            **options.intent_params(),
             random_state=seed,
-            embeddings=options.embeddings,
-            embedding_model=options.embedding_model,
-            embedding_weight=options.embedding_weight,
             embedding_cache_dir=str(embedding_cache_dir) if embedding_cache_dir is not None else None,
         )
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
@@ -79,33 +80,32 @@ def _check_trainable(dataset: Dataset) -> None:
         )
 
 
-class NLUModel:
-    """Intent classifier + entity extractor. ``NLUModel().fit(dataset, options, seed)``, then ``parse``."""
+class NLUModel(BaseEstimator):  # type: ignore[misc]
+    """Intent classifier + entity extractor, a scikit-learn-style estimator over a ``Dataset``.
 
-    def __init__(self) -> None:
-        self.intent_: IntentClassifier | None = None
-        self.entities_: CRFEntityExtractor | None = None
-        self.options_: LocalModelOptions | None = None
-        self.seed_: int | None = None
-        self.n_train_: int = 0
+    ``NLUModel(options, random_state=seed).fit(dataset)``, then ``parse``. Parameters (``get_params``,
+    ``set_params``, ``clone``): ``options`` (``LocalModelOptions``; ``None``: its defaults), ``random_state``
+    and ``embedding_cache_dir`` (where sentence embeddings are cached when ``options.embeddings`` is on;
+    ``None``: ``$NLUFLOW_HOME/cache/embeddings``; it never changes a prediction). ``__init__`` only stores
+    them. Fitted attributes: ``intent_`` (``IntentClassifier``), ``entities_`` (``CRFEntityExtractor``),
+    ``options_`` (the options used), ``seed_`` (the seed used), ``n_train_``.
+    """
+
+    def __init__(
+        self,
+        options: LocalModelOptions | None = None,
+        random_state: int = 0,
+        embedding_cache_dir: str | Path | None = None,
+    ) -> None:
+        self.options = options
+        self.random_state = random_state
+        self.embedding_cache_dir = embedding_cache_dir
 
     # -- fitting -------------------------------------------------------------------------------------------
 
-    def fit(
-        self,
-        dataset: Dataset,
-        options: LocalModelOptions | None = None,
-        seed: int = 0,
-        on_progress: Progress | None = None,
-        *,
-        embedding_cache_dir: Path | None = None,
-    ) -> Self:
-        """Fit both parts on ``dataset``; ``on_progress(fraction, message)`` reports the stages.
-
-        ``embedding_cache_dir``: where sentence embeddings are cached when ``options.embeddings`` is on
-        (default ``$NLUFLOW_HOME/cache/embeddings``).
-        """
-        options = options or LocalModelOptions()
+    def fit(self, dataset: Dataset, on_progress: Progress | None = None) -> Self:
+        """Fit both parts on ``dataset``; ``on_progress(fraction, message)`` reports the stages."""
+        options = self.options if self.options is not None else LocalModelOptions()
         _check_trainable(dataset)
         texts, intents = dataset.texts, dataset.intents
 
@@ -113,7 +113,7 @@ class NLUModel:
             if on_progress:
                 on_progress(0.6 * fraction, message)
 
-        intent = IntentClassifier.from_options(options, seed, embedding_cache_dir).fit(
+        intent = IntentClassifier.from_options(options, self.random_state, self.embedding_cache_dir).fit(
             texts, intents, on_progress=intent_progress
         )
         if on_progress:
@@ -124,11 +124,13 @@ class NLUModel:
         if on_progress:
             on_progress(1.0, "model fitted")
         self.intent_, self.entities_ = intent, entities
-        self.options_, self.seed_, self.n_train_ = options, seed, len(dataset)
+        self.options_: LocalModelOptions | None = options
+        self.seed_: int | None = self.random_state
+        self.n_train_ = len(dataset)
         return self
 
     def _fitted(self) -> tuple[IntentClassifier, CRFEntityExtractor]:
-        if self.intent_ is None or self.entities_ is None:
+        if not hasattr(self, "intent_") or not hasattr(self, "entities_"):
             raise NotFittedError(
                 "NLUModel is not fitted yet: call fit(dataset) or NLUModel.load(folder) first"
             )
@@ -216,67 +218,85 @@ class NLUModel:
     def load(cls, directory: Path) -> NLUModel:
         """Load a folder written by ``save``. Hashes are not checked here (the model store does that)."""
         directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.is_file():
-            raise ModelNotFoundError(
-                f"{directory}: no {META_FILE} found; expected a folder written by NLUModel.save "
-                f"({META_FILE}, {INTENT_FILE}[, {ENTITY_FILE}]); nothing was loaded"
-            )
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BackendError(f"{meta_path}: unreadable ({exc}); expected JSON; nothing was loaded") from exc
-        if meta.get("format") != MODEL_FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise BackendError(
-                f"{meta_path}: format {meta.get('format')!r} version {meta.get('format_version')!r}; "
-                f"expected {MODEL_FORMAT!r} version {FORMAT_VERSION}; nothing was loaded"
-            )
-        _warn_on_version_drift(meta_path, meta.get("versions", {}))
-        embedding_model = meta.get("intent_classifier", {}).get("embedding_model")
-        if embedding_model and not embeddings_available(embedding_model):
-            raise ConfigError(
-                f"{meta_path}: this model uses sentence embeddings ({embedding_model!r}) but the "
-                f"'embeddings' extra is not installed; expected it installed ({EXTRA_HINT}); "
-                "nothing was loaded"
-            )
+        meta = _read_meta(directory)
         files = meta["files"]
-        intent_path = directory / files["intent"]
-        if not intent_path.is_file():
-            raise ModelNotFoundError(f"{directory}: {files['intent']} is missing; nothing was loaded")
-        intent = pickle.loads(intent_path.read_bytes())  # trusted: see the module docstring
-        if not isinstance(intent, IntentClassifier):
-            raise BackendError(
-                f"{intent_path}: holds a {type(intent).__name__}, expected an IntentClassifier; "
-                "nothing was loaded"
-            )
-        crf_bytes: bytes | None = None
-        if files.get("entities"):
-            crf_path = directory / files["entities"]
-            if not crf_path.is_file():
-                raise ModelNotFoundError(f"{directory}: {files['entities']} is missing; nothing was loaded")
-            crf_bytes = crf_path.read_bytes()
-        gazetteer: dict[str, list[str]] | None = None
-        if files.get("gazetteer"):
-            gazetteer_path = directory / files["gazetteer"]
-            if not gazetteer_path.is_file():
-                raise ModelNotFoundError(f"{directory}: {files['gazetteer']} is missing; nothing was loaded")
-            try:
-                gazetteer = json.loads(gazetteer_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise BackendError(
-                    f"{gazetteer_path}: unreadable ({exc}); expected JSON written by NLUModel.save; "
-                    "nothing was loaded"
-                ) from exc
+        intent = _load_intent(directory, files["intent"])
+        crf_bytes = _read_part(directory, files.get("entities"))
+        gazetteer = _read_gazetteer(directory, files.get("gazetteer"))
         ext = meta["entity_extractor"]
-        model = cls()
+        options = LocalModelOptions.model_validate(meta["options"]) if meta.get("options") else None
+        model = cls(options=options, random_state=meta.get("seed") or 0)
         model.intent_ = intent
         model.entities_ = CRFEntityExtractor.from_fitted(
             ext["params"], crf_bytes, ext["labels"], bool(ext["uses_intents"]), gazetteer
         )
-        model.options_ = LocalModelOptions.model_validate(meta["options"]) if meta.get("options") else None
-        model.seed_ = meta.get("seed")
+        model.options_, model.seed_ = options, meta.get("seed")
         model.n_train_ = int(meta.get("n_train", 0))
         return model
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    """``meta.json`` of a saved model, checked: its format and version, and the extras it needs."""
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise ModelNotFoundError(
+            f"{directory}: no {META_FILE} found; expected a folder written by NLUModel.save "
+            f"({META_FILE}, {INTENT_FILE}[, {ENTITY_FILE}]); nothing was loaded"
+        )
+    try:
+        meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"{meta_path}: unreadable ({exc}); expected JSON; nothing was loaded") from exc
+    if meta.get("format") != MODEL_FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise BackendError(
+            f"{meta_path}: format {meta.get('format')!r} version {meta.get('format_version')!r}; "
+            f"expected {MODEL_FORMAT!r} version {FORMAT_VERSION}; nothing was loaded"
+        )
+    _warn_on_version_drift(meta_path, meta.get("versions", {}))
+    embedding_model = meta.get("intent_classifier", {}).get("embedding_model")
+    if embedding_model and not embeddings_available(embedding_model):
+        raise ConfigError(
+            f"{meta_path}: this model uses sentence embeddings ({embedding_model!r}) but the "
+            f"'embeddings' extra is not installed; expected it installed ({EXTRA_HINT}); "
+            "nothing was loaded"
+        )
+    return meta
+
+
+def _read_part(directory: Path, name: str | None) -> bytes | None:
+    """The bytes of a file the meta names (``None`` when it names none); a named file must exist."""
+    if not name:
+        return None
+    path = directory / name
+    if not path.is_file():
+        raise ModelNotFoundError(f"{directory}: {name} is missing; nothing was loaded")
+    return path.read_bytes()
+
+
+def _load_intent(directory: Path, name: str) -> IntentClassifier:
+    data = _read_part(directory, name)
+    assert data is not None
+    intent = pickle.loads(data)  # trusted: see the module docstring
+    if not isinstance(intent, IntentClassifier):
+        raise BackendError(
+            f"{directory / name}: holds a {type(intent).__name__}, expected an IntentClassifier; "
+            "nothing was loaded"
+        )
+    return intent
+
+
+def _read_gazetteer(directory: Path, name: str | None) -> dict[str, list[str]] | None:
+    data = _read_part(directory, name)
+    if data is None or name is None:
+        return None
+    try:
+        gazetteer: dict[str, list[str]] = json.loads(data.decode("utf-8"))
+    except ValueError as exc:
+        raise BackendError(
+            f"{directory / name}: unreadable ({exc}); expected JSON written by NLUModel.save; "
+            "nothing was loaded"
+        ) from exc
+    return gazetteer
 
 
 def _embedding_meta(intent: IntentClassifier) -> dict[str, Any]:

@@ -1,10 +1,37 @@
-"""The local model's hyperparameters (``TrainingConfig.local``): plain values, no estimator code."""
+"""The local model's hyperparameters (``TrainingConfig.local``): plain values, no estimator code.
+
+The single place their defaults and limits are declared: the estimators' ``__init__`` defaults
+(``IntentClassifier``, ``CRFEntityExtractor``, ``SentenceEmbedder``) are read from here, and
+``intent_params`` / ``entity_params`` name which option sets which estimator parameter.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# IntentClassifier parameter -> option (the same names).
+INTENT_OPTIONS = (
+    "word_ngram_max",
+    "char_ngram_min",
+    "char_ngram_max",
+    "word_pair_window",
+    "C",
+    "calibration_folds",
+    "embeddings",
+    "embedding_model",
+    "embedding_weight",
+)
+# CRFEntityExtractor parameter -> option.
+ENTITY_OPTIONS = {
+    "c1": "crf_c1",
+    "c2": "crf_c2",
+    "max_iterations": "crf_max_iterations",
+    "use_intents": "crf_intent_features",
+    "features": "crf_features",
+    "gazetteer": "crf_gazetteer",
+}
 
 
 class LocalModelOptions(BaseModel):
@@ -49,6 +76,14 @@ class LocalModelOptions(BaseModel):
     embedding_weight: float = Field(
         default=2.0, gt=0.0, le=100.0, description="Weight of the embedding block against the TF-IDF blocks."
     )
+
+    def intent_params(self) -> dict[str, Any]:
+        """The ``IntentClassifier`` parameters these options set."""
+        return {name: getattr(self, name) for name in INTENT_OPTIONS}
+
+    def entity_params(self) -> dict[str, Any]:
+        """The ``CRFEntityExtractor`` parameters these options set (``crf_c1`` is its ``c1``, ...)."""
+        return {param: getattr(self, option) for param, option in ENTITY_OPTIONS.items()}
 
     @model_validator(mode="after")
     def _ngram_order(self) -> LocalModelOptions:

@@ -18,8 +18,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from nluflow.data.loaders import SUPPORTED_SUFFIXES, data_files_sha256
 from nluflow.errors import DataError, SourceError, StoreError, TransientSourceError
-from nluflow.s3 import S3FileSystem
 from nluflow.sources.base import PulledData, SourceProvenance
+from nluflow.store.s3 import S3FileSystem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

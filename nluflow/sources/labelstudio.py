@@ -24,8 +24,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -34,21 +32,15 @@ from typing import Any
 
 import httpx
 
-from nluflow.backends._http import (
-    MAX_RETRIES,
-    HeaderAuth,
-    HttpSession,
-    Redactor,
-    default_timeout,
-    make_client,
-)
+from nluflow.backends.base import ClosingClient
 from nluflow.backends.errors import (
     AuthenticationError,
-    ContractError,
     HTTPStatusError,
     MalformedResponseError,
     TransientHTTPError,
 )
+from nluflow.backends.http import HeaderAuth, HttpOptions, HttpSession, Redactor
+from nluflow.backends.http.auth import RefreshingTokenAuth, Token
 from nluflow.data.formats.label_studio import annotation_label, choose_annotation
 from nluflow.errors import BackendError, DataError, SourceError, TransientSourceError
 from nluflow.sources.base import (
@@ -95,83 +87,40 @@ def _jwt_expiry(token: str) -> float | None:
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
-class PersonalAccessTokenAuth:
+class PersonalAccessTokenAuth(RefreshingTokenAuth):
     """A Label Studio personal access token: exchanged for short-lived bearer access tokens as needed."""
 
-    can_refresh = True
-
     def __init__(self, session: HttpSession, refresh_token: str, path: str = TOKEN_REFRESH_PATH) -> None:
-        self._session = session
-        self._refresh = refresh_token
+        super().__init__(session, refresh_token)
         self.path = path
-        self._access: str | None = None
-        self._expires_at = 0.0
-        self._lock = threading.Lock()
-        self.refreshes = 0
-        session.redactor.add(refresh_token)
 
     def __repr__(self) -> str:
         return f"PersonalAccessTokenAuth(path={self.path!r})"
 
-    def secrets(self) -> list[str]:
-        return [self._refresh] + ([self._access] if self._access else [])
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._access = None
-
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        with self._lock:
-            if self._access is None or self._session.clock() >= self._expires_at:
-                self._access = self._exchange()
-            headers["Authorization"] = f"Bearer {self._access}"
-
-    def _exchange(self) -> str:
-        try:
-            response = self._session.request(
-                "POST",
-                self.path,
-                json_body={"refresh": self._refresh},
-                retry_safe=True,
-                expect_json=True,
-                use_auth=False,
-            )
-        except HTTPStatusError as exc:
-            raise AuthenticationError(
+    def _fetch(self) -> Token:
+        _, access = self._request_token(
+            self.path,
+            "access",
+            lambda exc: (
                 f"Label Studio refused the personal access token at {exc.url} (HTTP {exc.status}: "
                 f"{exc.body_excerpt or 'no body'}); create a new one under Account & Settings → Personal "
-                "Access Token and store it in the source block",
-                exc.method,
-                exc.url,
-                exc.status,
-                exc.request_id,
-                exc.body_excerpt,
-            ) from None
-        body = response.json()
-        access = body.get("access") if isinstance(body, dict) else None
-        if not isinstance(access, str) or not access:
-            raise ContractError(
-                f'POST {self.path} answered without an \'access\' token; expected {{"access": "<jwt>"}} '
-                "as Label Studio 1.23 sends",
-                "POST",
-                self.path,
-                response.status_code,
-            )
-        self._session.redactor.add(access)
+                "Access Token and store it in the source block"
+            ),
+            json_body={"refresh": self._credential},
+        )
         exp = _jwt_expiry(access)
         lifetime = exp - self._session.wall_clock() if exp is not None else ACCESS_TOKEN_TTL
         margin = min(ACCESS_REFRESH_MARGIN, max(lifetime, 0.0) / 2.0)
-        self._expires_at = self._session.clock() + lifetime - margin
-        self.refreshes += 1
         logger.debug("exchanged the personal access token for an access token (%.0f s)", lifetime)
-        return access
+        return Token(f"Bearer {access}", access, self._session.clock() + lifetime - margin)
 
 
-class LabelStudioClient:
+class LabelStudioClient(ClosingClient):
     """A small Label Studio API client: what nluflow needs, the project export. Knows nothing of Prefect.
 
-    ``transport``, ``sleep`` and the clocks are injected (tests run it against the emulator, fault injection
-    included). A fresh client per pull; close it (or use it as a context manager) when done.
+    ``http`` carries the transport, sleep and clocks (tests run it against the emulator, fault injection
+    included); the export's read timeout is ``export_timeout``. A fresh client per pull; close it (or use it
+    as a context manager) when done.
     """
 
     def __init__(
@@ -180,26 +129,16 @@ class LabelStudioClient:
         token: str,
         token_kind: TokenKind | str = TokenKind.LEGACY,
         *,
-        transport: httpx.BaseTransport | None = None,
-        timeout: float = EXPORT_READ_TIMEOUT,
-        sleep: Any = time.sleep,
-        clock: Any = time.monotonic,
-        wall_clock: Any = time.time,
-        max_retries: int = MAX_RETRIES,
+        export_timeout: float = EXPORT_READ_TIMEOUT,
+        http: HttpOptions | None = None,
     ) -> None:
         if not token:
             raise SourceError(f"Label Studio at {url}: no token given; expected an API token; {_NEXT}")
         self.token_kind = TokenKind(token_kind)
         redactor = Redactor([token])
         self.url = redactor.url(url.rstrip("/"))
-        self.session = HttpSession(
-            make_client(url, transport=transport, timeout=default_timeout(read=timeout)),
-            sleep=sleep,
-            clock=clock,
-            wall_clock=wall_clock,
-            redactor=redactor,
-            max_retries=max_retries,
-        )
+        options = (http or HttpOptions()).with_read_timeout(export_timeout)
+        self.session = HttpSession.open(url, options, redactor=redactor)
         if self.token_kind is TokenKind.PAT:
             self.session.auth = PersonalAccessTokenAuth(self.session, token)
         else:
@@ -207,12 +146,6 @@ class LabelStudioClient:
 
     def __repr__(self) -> str:
         return f"LabelStudioClient({self.url!r}, token_kind={self.token_kind.value!r})"
-
-    def __enter__(self) -> LabelStudioClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.session.close()

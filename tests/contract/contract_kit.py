@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nluflow.backends._http import default_timeout, wait_for_job
 from nluflow.backends.base import ModelRef, Parse, TrainingBackend, TrainingConfig
-from nluflow.backends.cognigy import CognigyBackend
+from nluflow.backends.cognigy import CognigyBackend, CognigySettings
+from nluflow.backends.http import HttpOptions, default_timeout, wait_for_job
 from nluflow.backends.neuralspace import NeuralSpaceBackend
-from nluflow.backends.rasa import RasaBackend
+from nluflow.backends.rasa import RasaBackend, RasaSettings
 from nluflow.backends.service import TrainingServiceBackend
 from nluflow.data.schema import Dataset, Entity, Example
 from nluflow.testing.emulators import EmulatorSettings, ServedApp
@@ -168,24 +168,33 @@ def make_emulator(kind: str, settings: EmulatorSettings, model_kw: dict[str, Any
     raise ValueError(kind)
 
 
+# Keyword arguments of make_backend that go into the HTTP options, not the backend's settings.
+HTTP_KW = ("timeout", "transport", "sleep", "clock", "wall_clock", "rng", "max_retries")
+
+
 def make_backend(
     kind: str, em: Emulator, url: str, rig_sleep: Any, workdir: Path, **kw: Any
 ) -> TrainingBackend:
-    timeout = default_timeout(read=READ_TIMEOUT)
-    common: dict[str, Any] = {"timeout": timeout, "sleep": rig_sleep, **kw}
+    """A client of ``em`` with short timeouts; ``kw`` may set HTTP options (``HTTP_KW``) or settings of the
+    backend (Rasa: train_timeout, idle_wait, server_models_folder; Cognigy: train_wait)."""
+    http_kw = {"timeout": default_timeout(read=READ_TIMEOUT), "sleep": rig_sleep}
+    http_kw.update({k: kw.pop(k) for k in HTTP_KW if k in kw})
+    http = HttpOptions(**http_kw)
     if kind == "service":
-        return TrainingServiceBackend(url, "nluflow", SECRETS[kind], **common)
+        return TrainingServiceBackend(url, "nluflow", SECRETS[kind], http=http, **kw)
     if kind == "rasa":
         # The server's models folder as mounted here (a shared volume): where a lost train answer's archive
         # is found. Tests of the client without it pass server_models_folder=None.
         folder = str(em.models_folder) if isinstance(em, RasaEmulator) else None
-        rasa_kw = {
-            "train_timeout": RASA_TRAIN_TIMEOUT,
-            "idle_wait": MAX_WAIT,
-            "server_models_folder": folder,
-            **common,
-        }
-        return RasaBackend(url, token=SECRETS[kind], workdir=workdir, **rasa_kw)
+        settings = RasaSettings(
+            **{
+                "train_timeout": RASA_TRAIN_TIMEOUT,
+                "idle_wait": MAX_WAIT,
+                "server_models_folder": folder,
+                **kw,
+            }
+        )
+        return RasaBackend(url, token=SECRETS[kind], settings=settings, workdir=workdir, http=http)
     if kind in ("cognigy", "cognigy-oauth2"):
         assert isinstance(em, CognigyEmulator)
         auth: dict[str, Any] = (
@@ -193,15 +202,15 @@ def make_backend(
             if kind == "cognigy"
             else {"client_id": "nluflow", "client_secret": SECRETS[kind]}
         )
-        return CognigyBackend(
-            url,
+        settings_c = CognigySettings(
             project_id=em.project_id,
             flow_id=em.flow_id,
             endpoint_id=em.endpoint_id,
-            **{"train_wait": MAX_WAIT, **auth, **common},
+            **{"train_wait": MAX_WAIT, **kw},
         )
+        return CognigyBackend(url, settings_c, http=http, **auth)
     if kind == "neuralspace":
-        return NeuralSpaceBackend(SECRETS[kind], "project-1", url=url + PREFIX, **common)
+        return NeuralSpaceBackend(SECRETS[kind], "project-1", url=url + PREFIX, http=http, **kw)
     raise ValueError(kind)
 
 

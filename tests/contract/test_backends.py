@@ -12,9 +12,8 @@ import pytest
 import yaml
 from contract_kit import BACKENDS, SECRETS, TEST_TEXTS, make_backend, rig, tiny_dataset
 
-from nluflow.backends._http import default_timeout, wait_for_job
 from nluflow.backends.base import JobState, ModelRef, TrainingBackend, TrainingConfig
-from nluflow.backends.cognigy import CognigyBackend
+from nluflow.backends.cognigy import CognigyBackend, CognigySettings
 from nluflow.backends.errors import (
     AuthenticationError,
     ContractError,
@@ -23,16 +22,18 @@ from nluflow.backends.errors import (
     TrainingOutcomeUnknownError,
     TransientHTTPError,
 )
+from nluflow.backends.http import HttpOptions, default_timeout, wait_for_job
 from nluflow.backends.neuralspace import NeuralSpaceBackend, check_minimum, state_of
 from nluflow.backends.rasa import (
     PADDING_INTENT,
     PLACEHOLDER_INTENT,
     RasaBackend,
-    _lost_answer,
+    RasaSettings,
     archive_tag,
     tag_project,
 )
-from nluflow.backends.service import TrainingServiceBackend
+from nluflow.backends.rasa.training import lost_answer
+from nluflow.backends.service import ServiceSettings, TrainingServiceBackend
 from nluflow.data.schema import Dataset, Entity, Example
 from nluflow.errors import BackendError, ConfigError, TrainingFailedError, TransientBackendError
 from nluflow.testing.emulators import Fault, JobOutcome
@@ -110,7 +111,7 @@ def test_service_unknown_status_word_is_a_contract_error() -> None:
         return httpx.Response(200, json={"id": "j1", "status": "exploded"})
 
     backend = TrainingServiceBackend(
-        "http://svc.test", "c", "secret-x", transport=httpx.MockTransport(handler)
+        "http://svc.test", "c", "secret-x", http=HttpOptions(transport=httpx.MockTransport(handler))
     )
     from nluflow.backends.base import JobRef
 
@@ -131,10 +132,7 @@ def test_service_field_names_and_paths_are_configurable() -> None:
             return httpx.Response(201, json={"trainingId": "t1"})
         return httpx.Response(200, json={"trainingId": "t1", "state": "DONE", "pct": 1})
 
-    backend = TrainingServiceBackend(
-        "http://svc.test",
-        "c",
-        "secret-x",
+    settings = ServiceSettings(
         paths={
             "token": "/auth/token",
             "datasets": "/v2/data",
@@ -148,7 +146,13 @@ def test_service_field_names_and_paths_are_configurable() -> None:
             "progress": "pct",
             "states": {"done": "succeeded"},
         },
-        transport=httpx.MockTransport(handler),
+    )
+    backend = TrainingServiceBackend(
+        "http://svc.test",
+        "c",
+        "secret-x",
+        settings=settings,
+        http=HttpOptions(transport=httpx.MockTransport(handler)),
     )
     job = backend.submit(tiny_dataset(), TrainingConfig(), "k")
     assert job.job_id == "t1" and backend.status(job).state is JobState.SUCCEEDED
@@ -253,9 +257,9 @@ def test_rasa_evaluation_server_gives_full_parses(tmp_path: Path, model_kw: dict
             backend = RasaBackend(
                 prod.served.url,
                 token=SECRETS["rasa"],
-                evaluation_url=ev.url,
+                settings=RasaSettings(evaluation_url=ev.url),
                 workdir=tmp_path / "client",
-                timeout=default_timeout(read=5.0),
+                http=HttpOptions(timeout=default_timeout(read=5.0)),
             )
             job = backend.submit(variant(0), TrainingConfig(), "k1")
             model = backend.fetch(job, tmp_path / "m")
@@ -481,7 +485,8 @@ def _rasa_answering(answer: dict[str, Any], seen: list[httpx.Request]) -> RasaBa
         seen.append(request)
         return httpx.Response(200, json=answer)
 
-    return RasaBackend("http://rasa.test", transport=httpx.MockTransport(handler), sleep=lambda _: None)
+    http = HttpOptions(transport=httpx.MockTransport(handler), sleep=lambda _: None)
+    return RasaBackend("http://rasa.test", http=http)
 
 
 def _model() -> ModelRef:
@@ -661,10 +666,16 @@ def test_cognigy_conventions(tmp_path: Path, model_kw: dict[str, Any]) -> None:
 
 def test_cognigy_locale_matrix_and_credentials_are_checked_up_front() -> None:
     with pytest.raises(ConfigError, match="language matrix"):
-        CognigyBackend("http://c.test", project_id="p", flow_id="f", locale="it-IT", api_key="k" * 8)
+        CognigyBackend(
+            "http://c.test", CognigySettings(project_id="p", flow_id="f", locale="it-IT"), api_key="k" * 8
+        )
     with pytest.raises(ConfigError, match="exactly one"):
         CognigyBackend(
-            "http://c.test", project_id="p", flow_id="f", api_key="k" * 8, client_id="c", client_secret="s"
+            "http://c.test",
+            CognigySettings(project_id="p", flow_id="f"),
+            api_key="k" * 8,
+            client_id="c",
+            client_secret="s",
         )
 
 
@@ -758,4 +769,45 @@ def test_neuralspace_scoring_leaves_deployments_as_it_found_them(
 def test_rasa_lost_train_answer_is_described_as_what_happened(
     error: TransientHTTPError | MalformedResponseError, said: str
 ) -> None:
-    assert said in _lost_answer(error, 900.0)
+    assert said in lost_answer(error, 900.0)
+
+
+# ------------------------------------------------------------------------------------ closing the clients
+
+
+class _CountingTransport(httpx.MockTransport):
+    """A transport that counts how often the clients built on it were closed."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda request: httpx.Response(503))
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_remote_backend_is_a_context_manager_that_closes_its_http_clients(
+    kind: str, tmp_path: Path
+) -> None:
+    em = CognigyEmulator(api_key=None, client_id="nluflow", client_secret="x" * 8, workdir=tmp_path / "em")
+    transport = _CountingTransport()
+    backend = make_backend(
+        kind, em, "http://platform.test", lambda s: None, tmp_path / "client", transport=transport
+    )
+    with backend as entered:
+        assert entered is backend and transport.closed == 0
+    assert transport.closed == 1
+    model = ModelRef(backend=kind, model_id="m-1", backend_model_id="m-1", path=str(tmp_path))
+    with pytest.raises(RuntimeError, match="closed"):
+        backend.predict(model, ["hello"])  # nothing is sent on a closed client
+
+
+def test_rasa_closes_its_evaluation_server_client_too(tmp_path: Path) -> None:
+    transport = _CountingTransport()
+    settings = RasaSettings(evaluation_url="http://rasa-eval.test")
+    with RasaBackend(
+        "http://rasa.test", settings=settings, workdir=tmp_path, http=HttpOptions(transport=transport)
+    ):
+        pass
+    assert transport.closed == 2

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from nluflow.testing.emulators import EmulatorSettings, Fault, TrainingServiceEmulator, serve
-from nluflow.testing.emulators._base import FaultPlan
+from nluflow.testing.emulators._middleware import FaultPlan
 
 
 def _port_is_free(port: int) -> bool:

@@ -1,4 +1,5 @@
-"""The shared HTTP layer: the pure retry functions, then ``request_with_retries`` over a MockTransport."""
+"""The shared HTTP layer: the pure retry functions and the decision table, then ``HttpSession`` over a
+MockTransport."""
 
 from __future__ import annotations
 
@@ -11,32 +12,39 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from nluflow.backends import _http
-from nluflow.backends._http import (
-    INITIAL_BACKOFF,
-    JITTER,
-    MAX_BACKOFF,
-    MAX_RETRIES,
-    MAX_RETRY_AFTER,
+from nluflow.backends.base import JobState, JobStatus
+from nluflow.backends.errors import (
+    AuthenticationError,
+    ContractError,
+    HTTPError,
+    HTTPStatusError,
+    MalformedResponseError,
+    TransientHTTPError,
+)
+from nluflow.backends.http import (
+    HttpOptions,
     HttpSession,
     OAuth2ClientCredentials,
     QueryTokenAuth,
     Redactor,
     api_key_auth,
-    backoff_delay,
-    make_client,
-    parse_retry_after,
-    should_retry,
+    require,
+    send_once,
     wait_for_job,
 )
-from nluflow.backends.base import JobState, JobStatus
-from nluflow.backends.errors import (
-    AuthenticationError,
-    ContractError,
-    HTTPStatusError,
-    MalformedResponseError,
-    TransientHTTPError,
+from nluflow.backends.http.auth import TOKEN_REFRESH_MARGIN
+from nluflow.backends.http.options import INITIAL_BACKOFF, JITTER, MAX_BACKOFF, MAX_RETRIES, MAX_RETRY_AFTER
+from nluflow.backends.http.retry import (
+    Attempt,
+    GiveUp,
+    GiveUpReason,
+    Retry,
+    backoff_delay,
+    decide,
+    parse_retry_after,
+    should_retry,
 )
+from nluflow.backends.http.session import Request
 from nluflow.errors import BackendError, TrainingFailedError, TransientBackendError
 
 NOW = 1_700_000_000.0
@@ -151,7 +159,144 @@ def test_should_retry_exceptions(exc: BaseException, expected: bool) -> None:
     assert should_retry(exc) is expected
 
 
-# ------------------------------------------------------------------------------------- request_with_retries
+# ----------------------------------------------------------------------------------------- decide (a table)
+
+GET, POST = "GET", "POST"
+BUDGET = GiveUp(GiveUpReason.BUDGET)
+UNSAFE = GiveUp(GiveUpReason.UNSAFE)
+NOT_RETRYABLE = GiveUp(GiveUpReason.NOT_RETRYABLE)
+DEADLINE = GiveUp(GiveUpReason.DEADLINE)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "options", "expected"),
+    [
+        # retryable statuses and transport errors on a safe request: backoff 0.5 * 2**n (draw 0: no jitter)
+        (Attempt(0, GET, 500), HttpOptions(), Retry(INITIAL_BACKOFF)),
+        (Attempt(2, GET, 503), HttpOptions(), Retry(INITIAL_BACKOFF * 4)),
+        (Attempt(0, GET, 408), HttpOptions(), Retry(INITIAL_BACKOFF)),
+        (Attempt(1, GET, httpx.ReadTimeout("slow")), HttpOptions(), Retry(INITIAL_BACKOFF * 2)),
+        (Attempt(20, GET, 502), HttpOptions(max_retries=50), Retry(MAX_BACKOFF)),
+        # the server's Retry-After wins, capped by the options
+        (Attempt(0, GET, 429, retry_after=7.0), HttpOptions(), Retry(7.0)),
+        (Attempt(0, GET, 429, retry_after=500.0), HttpOptions(max_retry_after=60.0), Retry(60.0)),
+        # the budget: attempts after the first
+        (Attempt(MAX_RETRIES, GET, 500), HttpOptions(), BUDGET),
+        (Attempt(1, GET, 500), HttpOptions(max_retries=1), BUDGET),
+        (Attempt(0, GET, 500), HttpOptions(max_retries=0), BUDGET),
+        # a bug or bad input fails on the first attempt
+        (Attempt(0, GET, 400), HttpOptions(), NOT_RETRYABLE),
+        (Attempt(0, GET, 404), HttpOptions(), NOT_RETRYABLE),
+        (Attempt(0, GET, 401), HttpOptions(), NOT_RETRYABLE),
+        (Attempt(0, GET, httpx.UnsupportedProtocol("ftp")), HttpOptions(), NOT_RETRYABLE),
+        # a POST that may have been processed is not resent ...
+        (Attempt(0, POST, 502), HttpOptions(), UNSAFE),
+        (Attempt(0, POST, httpx.ReadTimeout("slow")), HttpOptions(), UNSAFE),
+        (Attempt(0, POST, httpx.RemoteProtocolError("dropped")), HttpOptions(), UNSAFE),
+        (Attempt(0, POST, 200, malformed=True), HttpOptions(), UNSAFE),
+        # ... unless it certainly was not, or it is idempotent (a key, or marked safe)
+        (Attempt(0, POST, 429, retry_after=1.0), HttpOptions(), Retry(1.0)),
+        (Attempt(0, POST, httpx.ConnectError("refused")), HttpOptions(), Retry(INITIAL_BACKOFF)),
+        (Attempt(0, POST, 502, idempotent=True), HttpOptions(), Retry(INITIAL_BACKOFF)),
+        (Attempt(0, GET, 502, idempotent=False), HttpOptions(), UNSAFE),
+        (Attempt(0, POST, 400, idempotent=True), HttpOptions(), NOT_RETRYABLE),
+        # a garbled 2xx body is retried like a 5xx where that is safe
+        (Attempt(0, GET, 200, malformed=True), HttpOptions(), Retry(INITIAL_BACKOFF)),
+        (Attempt(MAX_RETRIES, GET, 200, malformed=True), HttpOptions(), BUDGET),
+        # the longest time a request may take
+        (Attempt(1, GET, 500, elapsed=9.5), HttpOptions(max_elapsed=10.0), DEADLINE),
+        (Attempt(1, GET, 500, elapsed=8.0), HttpOptions(max_elapsed=10.0), Retry(INITIAL_BACKOFF * 2)),
+        (Attempt(1, GET, 500, elapsed=1e6), HttpOptions(), Retry(INITIAL_BACKOFF * 2)),
+    ],
+)
+def test_decide(attempt: Attempt, options: HttpOptions, expected: Retry | GiveUp) -> None:
+    assert decide(attempt, options, draw=0.0) == expected
+
+
+def test_decide_takes_jitter_off_the_backoff_only() -> None:
+    options = HttpOptions(jitter=0.5)
+    assert decide(Attempt(1, GET, 500), options, draw=1.0) == Retry(INITIAL_BACKOFF * 2 * 0.5)
+    assert decide(Attempt(1, GET, 429, retry_after=3.0), options, draw=1.0) == Retry(3.0)
+
+
+def test_send_once_returns_any_answer_or_the_transport_error_and_never_retries() -> None:
+    script = Script(httpx.Response(503), httpx.ConnectError("refused"))
+    client = httpx.Client(base_url="http://api.test", transport=httpx.MockTransport(script))
+    request = Request("POST", "/jobs", json_body={"a": 1}, idempotency_key="k-1")
+    first = send_once(client, request, api_key_auth("key-abcdef"))
+    assert isinstance(first, httpx.Response) and first.status_code == 503
+    second = send_once(client, request, None)
+    assert isinstance(second, httpx.ConnectError)
+    assert len(script.requests) == 2
+    assert script.requests[0].headers["Idempotency-Key"] == "k-1"
+    assert script.requests[0].headers["X-API-Key"] == "key-abcdef"
+
+
+def test_options_are_frozen_and_replace_gives_a_copy() -> None:
+    options = HttpOptions()
+    with pytest.raises(AttributeError):
+        options.max_retries = 9  # type: ignore[misc]
+    longer = options.with_read_timeout(900.0)
+    assert longer.timeout.read == 900.0 and options.timeout.read != 900.0
+    assert longer.timeout.connect == options.timeout.connect
+    assert options.replace(max_retries=1).max_retries == 1 and options.max_retries == MAX_RETRIES
+
+
+def test_options_headers_and_user_agent_reach_every_request() -> None:
+    script = Script(httpx.Response(200, json={}))
+    http = HttpOptions(
+        transport=httpx.MockTransport(script), headers={"X-Team": "nlu"}, user_agent="nluflow-test/1"
+    )
+    with HttpSession.open("http://api.test", http, headers={"Accept": "application/json"}) as session:
+        session.json("GET", "/x")
+    sent = script.requests[0].headers
+    assert (sent["X-Team"], sent["User-Agent"], sent["Accept"]) == (
+        "nlu",
+        "nluflow-test/1",
+        "application/json",
+    )
+    assert session.client.is_closed
+
+
+def test_a_request_past_its_longest_time_gives_up_with_a_transient_error() -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    script = Script(httpx.Response(503))
+    http = HttpOptions(
+        transport=httpx.MockTransport(script), sleep=sleep, clock=lambda: now[0], max_elapsed=2.0
+    )
+    session = HttpSession.open("http://api.test", http)
+    with pytest.raises(TransientHTTPError, match="longest a request may take") as info:
+        session.request("GET", "/x")
+    assert info.value.status == 503 and now[0] <= 2.0 and len(script.requests) >= 2
+
+
+# ----------------------------------------------------------------------------------------------- the errors
+
+EVIDENCE = ("GET", "/x", 502, "req-1", "bad gateway")
+
+
+@pytest.mark.parametrize(
+    "kind", [HTTPStatusError, AuthenticationError, ContractError, TransientHTTPError, MalformedResponseError]
+)
+def test_every_http_error_pickles_with_its_evidence_and_restates(kind: type[HTTPError]) -> None:
+    err = kind("GET /x failed", *EVIDENCE)
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is kind and str(again) == "GET /x failed"
+    assert (again.method, again.url, again.status, again.request_id, again.body_excerpt) == EVIDENCE
+    said = err.restated("GET /x failed; more words")
+    assert type(said) is kind and str(said) == "GET /x failed; more words" and said.message == str(said)
+    assert (said.method, said.url, said.status, said.request_id, said.body_excerpt) == EVIDENCE
+    other = err.restated_as(TransientHTTPError, "now transient")
+    assert type(other) is TransientHTTPError and isinstance(other, TransientBackendError)
+    assert (other.status, other.request_id, other.body_excerpt) == (502, "req-1", "bad gateway")
+    assert isinstance(err, HTTPError) and isinstance(err, BackendError)
+
+
+# --------------------------------------------------------------------------------------------- HttpSession
 
 
 class Script:
@@ -173,8 +318,13 @@ class Script:
 
 def _session(script: Script, **kw: object) -> tuple[HttpSession, list[float]]:
     slept: list[float] = []
-    client = make_client("http://api.test", transport=httpx.MockTransport(script))
-    session = HttpSession(client, sleep=slept.append, wall_clock=lambda: NOW, rng=random.Random(1), **kw)  # type: ignore[arg-type]
+    http = HttpOptions(
+        transport=httpx.MockTransport(script),
+        sleep=slept.append,
+        wall_clock=lambda: NOW,
+        rng=random.Random(1),
+    )
+    session = HttpSession.open("http://api.test", http, **kw)  # type: ignore[arg-type]
     return session, slept
 
 
@@ -336,8 +486,13 @@ class TokenServer:
 
 
 def _oauth(server: TokenServer, now: list[float]) -> tuple[HttpSession, OAuth2ClientCredentials]:
-    client = make_client("http://api.test", transport=httpx.MockTransport(server))
-    session = HttpSession(client, sleep=lambda s: None, clock=lambda: now[0], rng=random.Random(0))
+    http = HttpOptions(
+        transport=httpx.MockTransport(server),
+        sleep=lambda s: None,
+        clock=lambda: now[0],
+        rng=random.Random(0),
+    )
+    session = HttpSession.open("http://api.test", http)
     auth = OAuth2ClientCredentials(session, "/oauth/token", "client-1", "s3cret-value", scope="nlu")
     session.auth = auth
     return session, auth
@@ -352,7 +507,7 @@ def test_oauth2_token_is_cached_and_refreshed_before_it_expires() -> None:
     now[0] = 500.0  # still well inside the lifetime minus the margin: cached
     session.json("GET", "/x")
     assert server.issued == 1
-    now[0] = 600.0 - _http.TOKEN_REFRESH_MARGIN + 1  # inside the margin: refreshed before it runs out
+    now[0] = 600.0 - TOKEN_REFRESH_MARGIN + 1  # inside the margin: refreshed before it runs out
     assert session.json("GET", "/x") == {"auth": "Bearer tok-0002"}
     assert auth.tokens_fetched == 2
 
@@ -384,8 +539,9 @@ def test_oauth2_refused_credentials_are_an_authentication_error_without_the_secr
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, json={"error": "invalid_client", "echo": request.content.decode()})
 
-    client = make_client("http://api.test", transport=httpx.MockTransport(handler))
-    session = HttpSession(client, sleep=lambda s: None)
+    session = HttpSession.open(
+        "http://api.test", HttpOptions(transport=httpx.MockTransport(handler), sleep=lambda s: None)
+    )
     session.auth = OAuth2ClientCredentials(session, "/oauth/token", "client-1", "s3cret-value")
     caplog.set_level(logging.DEBUG, logger="nluflow")
     with pytest.raises(AuthenticationError) as info:
@@ -411,7 +567,7 @@ def test_redactor_removes_secrets_and_credential_shapes() -> None:
 
 def test_contract_error_names_the_missing_field() -> None:
     with pytest.raises(ContractError, match=r"'_id'.*nothing"):
-        _http.require({"status": "queued"}, "_id", str, "the train task")
+        require({"status": "queued"}, "_id", str, "the train task")
 
 
 # ------------------------------------------------------------------------------------------------ polling
@@ -470,3 +626,20 @@ def test_wait_for_job_has_a_hard_maximum_wait() -> None:
             clock=lambda: clock[0],
         )
     assert clock[0] == pytest.approx(60.0)
+
+
+def test_a_token_answer_without_the_token_is_a_contract_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"token_type": "bearer"}, headers={"x-request-id": "r-7"})
+
+    http = HttpOptions(transport=httpx.MockTransport(handler), sleep=lambda s: None)
+    session = HttpSession.open("http://api.test", http)
+    session.auth = OAuth2ClientCredentials(session, "/oauth/token", "client-1", "s3cret-value")
+    with pytest.raises(ContractError, match="without 'access_token'") as info:
+        session.json("GET", "/x")
+    assert (info.value.status, info.value.request_id, info.value.url) == (
+        200,
+        "r-7",
+        "http://api.test/oauth/token",
+    )
+    assert "s3cret-value" not in str(info.value)

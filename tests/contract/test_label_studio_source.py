@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
+from nluflow.backends.http import HttpOptions
 from nluflow.data.loaders import load_paths
 from nluflow.errors import DataError, SourceError, TransientSourceError
 from nluflow.sources.base import with_source_origins
 from nluflow.sources.labelstudio import LabelStudioClient, LabelStudioExportSource, TokenKind
 from nluflow.testing.emulators import Fault, LabelStudioEmulator
-from nluflow.testing.emulators._base import ServedApp
+from nluflow.testing.emulators._serving import ServedApp
 
 EXPORT = Path(__file__).resolve().parents[1] / "fixtures" / "label-studio" / "export.json"
 
@@ -50,10 +51,10 @@ def served(emulator: LabelStudioEmulator) -> Iterator[ServedApp]:
 def client(
     served: ServedApp, token: str, kind: TokenKind, clock: Clock | None = None, **kw: Any
 ) -> LabelStudioClient:
-    extra: dict[str, Any] = {"sleep": lambda s: None}
+    options: dict[str, Any] = {"sleep": lambda s: None, **kw}
     if clock is not None:
-        extra.update(clock=clock, wall_clock=clock)
-    return LabelStudioClient(served.url, token, kind, **extra, **kw)
+        options.update(clock=clock, wall_clock=clock)
+    return LabelStudioClient(served.url, token, kind, http=HttpOptions(**options))
 
 
 def test_legacy_token_exports_the_project(served: ServedApp, emulator: LabelStudioEmulator) -> None:
@@ -170,7 +171,8 @@ def test_unreachable_server_is_transient(emulator: LabelStudioEmulator) -> None:
     with emulator.serve() as app:
         url = app.url
     with pytest.raises(TransientSourceError) as info:
-        LabelStudioClient(url, "tok-12345678", sleep=lambda s: None, max_retries=1).export(1)
+        http = HttpOptions(sleep=lambda s: None, max_retries=1)
+        LabelStudioClient(url, "tok-12345678", http=http).export(1)
     assert f"Label Studio project 1 at {url}" in str(info.value)
 
 

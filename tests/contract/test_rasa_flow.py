@@ -23,12 +23,12 @@ from contract_kit import SECRETS
 import tasks.training
 from blocks.rasa import RasaBackendBlock
 from flows.retrain import RetrainParams, retrain
-from nluflow.audit import AuditLog
 from nluflow.backends.errors import ServedModelMismatchError
 from nluflow.backends.rasa import archive_tag
 from nluflow.data.loaders import load_jsonl
 from nluflow.errors import TrainingFailedError
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
 from nluflow.testing.emulators import EmulatorSettings, JobOutcome, ServedApp
 from nluflow.testing.emulators.rasa import SERVER_FAILURE, RasaEmulator
 

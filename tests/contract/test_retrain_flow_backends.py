@@ -43,16 +43,17 @@ from blocks.rasa import RasaBackendBlock
 from blocks.service import TrainingServiceBlock
 from flows.cli import app as cli_app
 from flows.retrain import RetrainParams, RetrainResult, retrain
-from nluflow.audit import AuditLog
 from nluflow.backends.base import ModelRef
 from nluflow.backends.cognigy import SNAPSHOT_PREFIX
 from nluflow.data.loaders import load_jsonl
 from nluflow.errors import BackendError
 from nluflow.evaluation.gates import Decision, GatePolicy, MustPassResult, decide
 from nluflow.evaluation.metrics import EvaluationResult, evaluate
-from nluflow.registry import ActivePointer, ModelStore
+from nluflow.store import ActivePointer, ModelStore
+from nluflow.store.audit_log import AuditLog
 from nluflow.testing.emulators import EmulatorSettings, ServedApp
-from nluflow.testing.emulators._base import Emulator, Receive, Scope, Send
+from nluflow.testing.emulators._base import Emulator
+from nluflow.testing.emulators._middleware import Receive, Scope, Send
 from nluflow.testing.emulators.cognigy import CognigyEmulator
 from nluflow.testing.emulators.neuralspace import PREFIX, NeuralSpaceEmulator
 from nluflow.testing.emulators.rasa import RasaEmulator
@@ -88,14 +89,12 @@ class RefuseActivation:
         # says it did not.
         self.after = False
 
-    def _is_activation(self, method: str, path: str) -> bool:
-        return any(
-            r.endpoint == "activate" and r.method == method and r.pattern.fullmatch(path)
-            for r in self.emulator.table
-        )
+    def _is_activation(self, scope: Scope) -> bool:
+        endpoint = self.emulator.endpoint_of(scope)
+        return endpoint is not None and endpoint.fault == "activate"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.armed and scope["type"] == "http" and self._is_activation(scope["method"], scope["path"]):
+        if self.armed and scope["type"] == "http" and self._is_activation(scope):
             self.refused += 1
             if self.after:
                 self.armed = False

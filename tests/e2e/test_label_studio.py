@@ -32,11 +32,11 @@ from typing import Any
 import httpx
 import pytest
 
-from nluflow.audit import AuditLog
 from nluflow.data.loaders import load_paths
 from nluflow.data.schema import Entity
 from nluflow.outcome import AUDIT_DECISION
 from nluflow.sources.labelstudio import LabelStudioClient, LabelStudioExportSource
+from nluflow.store.audit_log import AuditLog
 
 from . import labelstudio
 from .annotations import Utterance, UtterancePool

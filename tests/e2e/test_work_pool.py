@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nluflow.audit import AuditLog
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
 
 from .conftest import (
     DEPLOYMENTS,

@@ -29,8 +29,7 @@ from flows.events import (
     emit_annotated,
     notify_annotated,
 )
-from nluflow.errors import BackendError, ConfigError
-from nluflow.relay import (
+from nluflow.apps.relay import (
     LabelStudioRoute,
     PrefectApiEmitter,
     RelayConfig,
@@ -38,6 +37,7 @@ from nluflow.relay import (
     create_app,
     signed_headers,
 )
+from nluflow.errors import BackendError, ConfigError
 
 from .conftest import free_port, serve
 

@@ -15,9 +15,8 @@ import anyio
 import httpx
 import pytest
 
-from nluflow import relay
-from nluflow.errors import ConfigError
-from nluflow.relay import (
+from nluflow.apps import relay
+from nluflow.apps.relay import (
     EVENT_NAME,
     LabelStudioRoute,
     PrefectApiEmitter,
@@ -27,6 +26,7 @@ from nluflow.relay import (
     sign,
     signed_headers,
 )
+from nluflow.errors import ConfigError
 
 from .conftest import Receiver, free_port, serve
 
@@ -283,14 +283,14 @@ def test_each_emission_is_logged_at_info_and_never_sent_to_the_prefect_api(
     from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 
-    relay_logger = logging.getLogger("nluflow.relay")
+    relay_logger = logging.getLogger("nluflow.apps.relay")
     handler = APILogHandler()
     relay_logger.addHandler(handler)  # what PREFECT_LOGGING_EXTRA_LOGGERS=nluflow attaches
     try:
         with (
             temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "warn"}),
             warnings.catch_warnings(record=True) as caught,
-            caplog.at_level(logging.INFO, logger="nluflow.relay"),
+            caplog.at_level(logging.INFO, logger="nluflow.apps.relay"),
         ):
             warnings.simplefilter("always")
             post_ls(client, ls_body(label_studio, "ANNOTATION_CREATED"))
@@ -299,7 +299,7 @@ def test_each_emission_is_logged_at_info_and_never_sent_to_the_prefect_api(
         relay_logger.removeHandler(handler)
 
     assert [str(w.message) for w in caught if "flow run id" in str(w.message)] == []
-    infos = [r for r in caplog.records if r.levelno == logging.INFO and r.name == "nluflow.relay"]
+    infos = [r for r in caplog.records if r.levelno == logging.INFO and r.name == "nluflow.apps.relay"]
     assert len(infos) == 2 and all(getattr(r, "send_to_api", True) is False for r in infos)
     assert f"label-studio ANNOTATION_CREATED (project 1) → nlu.dataset.annotated {emitted[0]['id']}" in (
         infos[0].getMessage()
@@ -591,7 +591,7 @@ def test_signed_generic_payload_becomes_one_event(client: AppClient, emitted: Em
 
 
 def test_signature_is_hmac_sha256_of_the_timestamp_dot_raw_body() -> None:
-    # Reference value from the standard library, computed independently of nluflow.relay.sign.
+    # Reference value from the standard library, computed independently of nluflow.apps.relay.sign.
     import hashlib
     import hmac
 
@@ -1077,7 +1077,7 @@ def test_relay_logging_shows_info_lines_on_the_nluflow_logger() -> None:
     log.setLevel(logging.NOTSET)  # inherits the root's WARNING: the emissions would not print
     try:
         relay_logging()
-        assert logging.getLogger("nluflow.relay").isEnabledFor(logging.INFO)
+        assert logging.getLogger("nluflow.apps.relay").isEnabledFor(logging.INFO)
     finally:
         log.setLevel(level)
 

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.retrain import RetrainParams, retrain
-from nluflow.audit import AuditLog
 from nluflow.errors import DataError
 from nluflow.evaluation.gates import GatePolicy
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
 
 PROJECT = "history"
 runner = CliRunner()

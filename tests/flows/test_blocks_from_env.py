@@ -16,14 +16,16 @@ from prefect_aws.credentials import AwsCredentials
 from prefect_aws.s3 import S3Bucket
 from pydantic import SecretStr
 
+from blocks.blocks_file import block_class, parse_blocks_file
 from blocks.gates import GatePolicyBlock
 from blocks.notify import WebhookNotification
-from blocks.provision import block_class, create_blocks, parse_blocks_file
+from blocks.provision import create_blocks
 from blocks.rasa import RasaBackendBlock
 from blocks.s3_store import S3ModelStore
 from nluflow.errors import ConfigError, NluflowError
-from nluflow.registry import ModelStore
-from nluflow.s3 import S3FileSystem
+from nluflow.evaluation.gates import GatePolicy
+from nluflow.store import ModelStore
+from nluflow.store.s3 import S3FileSystem
 
 RASA_TOKEN = "rasa-token-7f3e9c1d-do-not-print"
 S3_SECRET = "s3-secret-0b5a2e44-do-not-print"
@@ -103,9 +105,10 @@ blocks:
   - type: nluflow-gate-policy
     name: gates-{s}
     fields:
-      min_macro_f1: "{{{{ $T_GATES_MIN_F1 }}}}"
-      require_significance: "{{{{ $T_GATES_SIGNIFICANCE }}}}"
-      min_delta: "{{{{ $T_GATES_MIN_DELTA_UNSET }}}}"
+      policy:
+        min_macro_f1: "{{{{ $T_GATES_MIN_F1 }}}}"
+        require_significance: "{{{{ $T_GATES_SIGNIFICANCE }}}}"
+        min_delta: "{{{{ $T_GATES_MIN_DELTA_UNSET }}}}"
   - type: nluflow-webhook-notification
     name: slack-{s}
     when: T_SLACK_URL
@@ -164,9 +167,9 @@ def test_creates_every_document_from_the_environment_and_loads_it_back(
     assert rasa.pipeline == [{"name": "WhitespaceTokenizer"}, {"name": "DIETClassifier", "epochs": 50}]
     assert rasa.train_timeout_seconds == 900.0
 
-    gates = GatePolicyBlock.load(f"gates-{s}")
+    gates = GatePolicyBlock.load(f"gates-{s}").get_policy()
     assert (gates.min_macro_f1, gates.require_significance) == (0.9, True)
-    assert gates.min_delta == GatePolicyBlock.model_fields["min_delta"].default
+    assert gates.min_delta == GatePolicy.model_fields["min_delta"].default
 
     slack = WebhookNotification.load(f"slack-{s}")
     assert isinstance(slack.url, SecretStr) and slack.url.get_secret_value() == SLACK_URL
@@ -207,7 +210,8 @@ blocks:
   - type: nluflow-gate-policy
     name: gates-{s}
     fields:
-      min_macro_f1: "{{{{ $T_GATES_MIN_F1 }}}}"
+      policy:
+        min_macro_f1: "{{{{ $T_GATES_MIN_F1 }}}}"
   - type: nluflow-rasa-backend
     name: rasa-{s}
     fields:
@@ -264,7 +268,8 @@ blocks:
   - type: nluflow-gate-policy
     name: gates-{s}
     fields:
-      min_macro_f1: "{{{{ $T_GATES_MIN_F1 }}}}"
+      policy:
+        min_macro_f1: "{{{{ $T_GATES_MIN_F1 }}}}"
 """,
     )
     env = {
@@ -283,7 +288,9 @@ blocks:
         "T_RASA_HOST_UNSET }}:5005": "field 'url': template {{ $T_RASA_HOST_UNSET }} inside",
         "T_RASA_PIPELINE": "field 'pipeline': not valid JSON",
         "T_SLACK_KIND": "field 'kind': expected 'json' or 'slack'; check T_SLACK_KIND",
-        "T_GATES_MIN_F1": "field 'min_macro_f1': expected less than or equal to 1; check T_GATES_MIN_F1",
+        "T_GATES_MIN_F1": (
+            "field 'policy.min_macro_f1': expected less than or equal to 1; check T_GATES_MIN_F1"
+        ),
     }
     for needle, fragment in expected.items():
         prefix = f"{path}:{_line_of(path, needle)}: "
@@ -423,6 +430,82 @@ def test_an_unknown_block_type_lists_the_known_ones(tmp_path: Path) -> None:
         parse_blocks_file(path)
 
 
+def _gates_file(s: str, fields: str) -> str:
+    return f"blocks:\n  - type: nluflow-gate-policy\n    name: gates-{s}\n    fields:\n{fields}"
+
+
+def test_the_gate_policy_takes_every_core_field_with_the_core_limits(tmp_path: Path) -> None:
+    s = _suffix()
+    # The three fields the block could not set before, and a negative min_delta (the core allows -1..1).
+    path = _write(
+        tmp_path,
+        _gates_file(
+            s,
+            "      policy:\n"
+            '        min_delta: "{{ $T_DELTA }}"\n'
+            '        bootstrap_resamples: "{{ $T_RESAMPLES }}"\n'
+            '        bootstrap_confidence: "{{ $T_CONFIDENCE }}"\n'
+            '        min_entity_f1: "{{ $T_ENTITY_F1 }}"\n',
+        ),
+    )
+    env = {"T_DELTA": "-0.02", "T_RESAMPLES": "2000", "T_CONFIDENCE": "0.9", "T_ENTITY_F1": "0.6"}
+    create_blocks(path, env)
+    policy = GatePolicyBlock.load(f"gates-{s}").get_policy()
+    assert policy == GatePolicy(
+        min_delta=-0.02, bootstrap_resamples=2000, bootstrap_confidence=0.9, min_entity_f1=0.6
+    )
+    # A value the core refuses is reported on its own line, naming its variable.
+    with pytest.raises(ConfigError) as info:
+        create_blocks(path, {**env, "T_RESAMPLES": "10"}, overwrite=True, dry_run=True)
+    assert str(info.value) == (
+        f"{path}:{_line_of(path, 'T_RESAMPLES')}: block 'gates-{s}' (nluflow-gate-policy), field "
+        "'policy.bootstrap_resamples': expected greater than or equal to 100; check T_RESAMPLES; "
+        "nothing was saved"
+    )
+
+
+def test_a_blocks_file_with_the_legacy_flat_gate_fields_still_creates_the_policy(tmp_path: Path) -> None:
+    s = _suffix()
+    path = _write(
+        tmp_path,
+        _gates_file(
+            s,
+            '      min_macro_f1: "{{ $T_GATES_MIN_F1 }}"\n'
+            '      require_significance: "{{ $T_GATES_SIGNIFICANCE }}"\n'
+            '      min_delta: "{{ $T_GATES_MIN_DELTA_UNSET }}"\n',
+        ),
+    )
+    report = create_blocks(path, {"T_GATES_MIN_F1": "0.9", "T_GATES_SIGNIFICANCE": "true"})
+    assert [(o.ref, o.action) for o in report.outcomes] == [(f"nluflow-gate-policy/gates-{s}", "created")]
+    assert GatePolicyBlock.load(f"gates-{s}").get_policy() == GatePolicy(
+        min_macro_f1=0.9, require_significance=True
+    )
+    # A bad legacy value is reported on its own line, under the field's new name.
+    with pytest.raises(ConfigError) as info:
+        create_blocks(path, {"T_GATES_MIN_F1": "1.5"}, dry_run=True)
+    assert str(info.value).startswith(
+        f"{path}:{_line_of(path, 'T_GATES_MIN_F1')}: block 'gates-{s}' (nluflow-gate-policy), field "
+        "'policy.min_macro_f1': expected less than or equal to 1; check T_GATES_MIN_F1"
+    )
+
+
+def test_a_gate_field_given_flat_and_under_policy_is_refused_before_anything_is_saved(tmp_path: Path) -> None:
+    s = _suffix()
+    path = _write(
+        tmp_path,
+        _gates_file(
+            s, "      policy:\n        min_delta: 0.01\n      min_delta: 0.02\n      tolerance: 0.5\n"
+        ),
+    )
+    with pytest.raises(ConfigError) as info:
+        create_blocks(path, {})
+    assert str(info.value) == (
+        f"{path}:7: block 'gates-{s}' (nluflow-gate-policy): field 'min_delta' is given twice, at the top "
+        "level and under 'policy'; nothing was saved"
+    )
+    assert not _exists(f"nluflow-gate-policy/gates-{s}")
+
+
 # -------------------------------------------------------------------------------- the repo's blocks.yaml
 
 
@@ -483,8 +566,11 @@ def test_the_repo_blocks_file_validates_with_every_variable_set() -> None:
         "NLUFLOW_SERVICE_GPU_TIER": "t4",
         "NLUFLOW_GATES_MIN_MACRO_F1": "0.8",
         "NLUFLOW_GATES_MIN_PRECISION": "0.8",
+        "NLUFLOW_GATES_MIN_ENTITY_F1": "0.5",
+        "NLUFLOW_GATES_BOOTSTRAP_RESAMPLES": "2000",
+        "NLUFLOW_GATES_BOOTSTRAP_CONFIDENCE": "0.9",
         "NLUFLOW_GATES_PRIMARY_METRIC": "accuracy",
-        "NLUFLOW_GATES_MIN_DELTA": "0.01",
+        "NLUFLOW_GATES_MIN_DELTA": "-0.01",
         "NLUFLOW_GATES_TOLERANCE": "0.02",
         "NLUFLOW_GATES_REQUIRE_SIGNIFICANCE": "false",
         "NLUFLOW_GATES_MAX_INTENT_F1_DROP": "0.1",

@@ -20,8 +20,8 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.sorting import LogSort
 from prefect.settings import PREFECT_API_URL
 
-from nluflow.audit import AuditLog
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
 
 pytestmark = pytest.mark.slow
 

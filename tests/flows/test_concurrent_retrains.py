@@ -26,14 +26,15 @@ from typing import Any
 import pytest
 
 from flows.retrain import RetrainParams, retrain
-from nluflow.audit import RUN_DECISIONS, AuditLog
+from nluflow.audit import RUN_DECISIONS
 from nluflow.backends.base import LabelledPredictor, ModelRef, TrainingConfig
 from nluflow.backends.local import LocalBackend
 from nluflow.evaluation.gates import GatePolicy, decide
 from nluflow.evaluation.metrics import EvaluationResult, evaluate
 from nluflow.models.options import LocalModelOptions
-from nluflow.registry import ModelStore
-from nluflow.testset import TestSetStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
+from nluflow.store.testsets import TestSetStore
 
 pytestmark = pytest.mark.slow
 

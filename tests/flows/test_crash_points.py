@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.retrain import RetrainParams, retrain
-from nluflow.audit import AuditLog
 from nluflow.recovery import pending_intents
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
 
 STEPS = ("store", "activate", "intent", "pointer", "audit", "sync")
 # What the next run must find of the killed run's promotion: (pointer moved, line that closes the intent).

@@ -26,9 +26,10 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.retrain import RetrainParams, retrain
-from nluflow.audit import RUN_DECISIONS, AuditLog
+from nluflow.audit import RUN_DECISIONS
 from nluflow.recovery import ZOMBIE_AFTER_SECONDS
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
 from tasks.crashed_runs import HEARTBEAT_EVENT
 
 EVENTS_VISIBLE_WITHIN_SECONDS = 60.0

@@ -252,7 +252,7 @@ def test_the_lease_defaults_to_the_servers_shortest(monkeypatch: pytest.MonkeyPa
 
 
 def _store_with_two_models(root: Path, project: str) -> Any:
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     store = ModelStore.local(root, create=True)
     for i, model_id in enumerate(("m-aaaaaaaaaaaa", "m-bbbbbbbbbbbb")):
@@ -282,7 +282,7 @@ def test_cli_pointer_changes_take_the_promotion_slot_and_refuse_while_a_run_hold
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
 
     project = f"slot-cli-{uuid.uuid4().hex[:8]}"
     root = tmp_path / "store"

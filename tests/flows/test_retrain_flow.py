@@ -24,11 +24,11 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 
 from flows.retrain import RetrainParams, RetrainResult, retrain
-from nluflow.audit import AuditLog
 from nluflow.errors import AuditError, DataError, StoreError
 from nluflow.evaluation.gates import GatePolicy
-from nluflow.registry import ModelStore
-from nluflow.testset import TestSetStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
+from nluflow.store.testsets import TestSetStore
 
 PROJECT = "flowtest"
 

@@ -23,10 +23,10 @@ from prefect.client.schemas.sorting import TaskRunSort
 
 from blocks.sources import FolderSource, LabelStudioSource
 from flows.retrain import RetrainParams, RetrainResult, retrain
-from nluflow.audit import AuditLog
 from nluflow.errors import SourceError
+from nluflow.store.audit_log import AuditLog
 from nluflow.testing.emulators import LabelStudioEmulator
-from nluflow.testing.emulators._base import ServedApp
+from nluflow.testing.emulators._serving import ServedApp
 
 
 def task_states(flow_run_id: str) -> dict[str, list[str]]:
@@ -200,8 +200,8 @@ def test_webhooks_through_the_relay_start_a_run_that_pulls_the_new_annotations(
     home: Path, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator
 ) -> None:
     """Label Studio → webhook → relay → event → the trigger's parameters → a run that exports the project."""
-    from nluflow.relay import LabelStudioRoute, RelayConfig, create_app
-    from nluflow.testing.emulators._base import serve
+    from nluflow.apps.relay import LabelStudioRoute, RelayConfig, create_app
+    from nluflow.testing.emulators._serving import serve
 
     secret = "relay-secret-for-flow-tests-1234"
     events: list[dict[str, Any]] = []

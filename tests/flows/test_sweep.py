@@ -26,26 +26,23 @@ from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 from pydantic import ValidationError
 
 from flows.sweep import SweepParams, SweepResult, sweep, task_runner_for
-from nluflow.audit import AuditLog
 from nluflow.backends.base import LocalModelOptions, TrainingConfig
 from nluflow.data.loaders import load_jsonl, load_paths
 from nluflow.data.schema import Dataset
 from nluflow.data.validation import normalize_text
 from nluflow.errors import ConfigError, DataError
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
 from nluflow.sweep import (
     CVScore,
     FoldScore,
     choose_best,
     comparison_rows,
-    config_labels,
     cross_validate_config,
-    expand_grid,
     fold_indices,
-    load_sweep_file,
     rank,
-    resolve_configs,
 )
+from nluflow.sweep_configs import config_labels, expand_grid, load_sweep_file, resolve_configs
 
 PROJECT = "sweeptest"
 

@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 
 from flows.retrain import RetrainParams, retrain
-from nluflow.audit import AuditLog
 from nluflow.data.loaders import load_paths
 from nluflow.data.schema import Dataset, Example
 from nluflow.data.validation import Severity, ValidationPolicy, normalize_text
 from nluflow.errors import DataError
 from nluflow.evaluation.gates import GatePolicy
-from nluflow.registry import ModelStore
-from nluflow.testset import TestSetStore, example_key, stored_training_data
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
+from nluflow.store.testsets import TestSetStore, stored_training_data
+from nluflow.testset import example_key
 
 PROJECT = "growtest"
 # The first model is judged on a 28-utterance split; these floors only make sure it becomes the active one.

@@ -11,7 +11,7 @@ from typing import Any
 
 import uvicorn
 
-from nluflow.server_limits import ServerLimits, uvicorn_config
+from nluflow.apps.server_limits import ServerLimits, uvicorn_config
 
 # nluflow's warnings outside a flow run are expected here (loaders, serve): Prefect must not warn about them.
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
@@ -19,8 +19,9 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 @contextmanager
 def real_server(app: Any, limits: ServerLimits | None = None, *, lifespan: str = "off") -> Iterator[int]:
-    """Run ``app`` as ``nluflow serve``/``relay`` run it (uvicorn + :mod:`nluflow.server_limits`) on a free
-    127.0.0.1 port in a thread; yields the port. ``log_config=None`` lets uvicorn's records reach caplog."""
+    """Run ``app`` as ``nluflow serve``/``relay`` run it (uvicorn + :mod:`nluflow.apps.server_limits`) on a
+    free 127.0.0.1 port in a thread; yields the port. ``log_config=None`` lets uvicorn's records reach
+    caplog."""
     config = uvicorn_config(
         app, limits=limits, host="127.0.0.1", port=0, lifespan=lifespan, log_config=None, log_level="info"
     )

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nluflow.relay import LabelStudioRoute, RelayConfig, create_app, signed_headers
+from nluflow.apps.relay import LabelStudioRoute, RelayConfig, create_app, signed_headers
 
 SECRET = "relay-secret-for-fuzzing-0b7e"  # a test value, not a credential
 LABEL_STUDIO = Path(__file__).resolve().parents[1] / "fixtures" / "label-studio"

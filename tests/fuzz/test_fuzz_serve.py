@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nluflow.apps.serve import create_app
 from nluflow.backends.base import LocalModelOptions
 from nluflow.data.loaders import load_file
 from nluflow.models.nlu import NLUModel
-from nluflow.registry import ModelStore
-from nluflow.serve import create_app
+from nluflow.store import ModelStore
 
 from .conftest import real_server
 
@@ -39,7 +39,7 @@ BOMBS = (b"9" * 5000, b"[" * 50_000, b'"\\ud800"', b'"a\\udfff"', b"\xed\xa0\x80
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> ModelStore:
     folder = tmp_path_factory.mktemp("model")
-    NLUModel().fit(load_file(demo_data / "batch-1.jsonl"), LocalModelOptions(), seed=0).save(folder)
+    NLUModel(LocalModelOptions(), random_state=0).fit(load_file(demo_data / "batch-1.jsonl")).save(folder)
     store = ModelStore.local(tmp_path_factory.mktemp("store"), create=True)
     store.add_model(
         PROJECT, "m-1", folder, backend="local", dataset_sha256="d", test_sha256=None, config={}, metrics={}

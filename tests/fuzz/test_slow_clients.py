@@ -1,7 +1,7 @@
 """Slow and idle clients against a real uvicorn server with nluflow's connection limits (the relay app).
 
-Before :mod:`nluflow.server_limits`, uvicorn's h11 protocol timed out nothing until a first answer, and any
-byte cancelled its keep-alive timer: 3,000 unauthenticated connections that sent nothing (or one header
+Before :mod:`nluflow.apps.server_limits`, uvicorn's h11 protocol timed out nothing until a first answer, and
+any byte cancelled its keep-alive timer: 3,000 unauthenticated connections that sent nothing (or one header
 byte at a time) were held as long as their clients liked. Each test gives the server a short head deadline
 and waits at most ``WAIT`` seconds for the server to hang up: a connection still open then fails the test.
 """
@@ -19,10 +19,10 @@ import pytest
 import uvicorn
 
 from flows import events
-from nluflow import serve
-from nluflow.registry import ModelStore
-from nluflow.relay import LabelStudioRoute, RelayConfig, create_app
-from nluflow.server_limits import HeaderDeadlineProtocol, ServerLimits, protocol_class, uvicorn_config
+from nluflow.apps import serve
+from nluflow.apps.relay import LabelStudioRoute, RelayConfig, create_app
+from nluflow.apps.server_limits import HeaderDeadlineProtocol, ServerLimits, protocol_class, uvicorn_config
+from nluflow.store import ModelStore
 
 from .conftest import real_server
 

@@ -1,9 +1,9 @@
 """One store test-suite, run over every store: the local folder and S3 (moto's server on 127.0.0.1).
 
-Each test in the first part takes the ``env`` fixture, parametrised by store, and checks what the registry
+Each test in the first part takes the ``env`` fixture, parametrised by store, and checks what the store
 promises whatever the storage: manifests with sha256s, idempotent adds, verification on load, the atomic
 active pointer with its history, rollback, refusals (active model, unsafe ids, corrupted files, a pointer to a
-missing model) and the folder semantics the registry relies on (``remove_tree("p/models/m")`` never touches
+missing model) and the folder semantics the store relies on (``remove_tree("p/models/m")`` never touches
 ``p/models/m.bin``). The S3 store must pass exactly what the local one passes. The last part tests what
 only S3 has: pagination, key prefixes, error messages, and the ``S3ModelStore`` block.
 """
@@ -15,7 +15,6 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,8 +24,9 @@ from botocore.config import Config
 
 from nluflow.errors import IntegrityError, ModelNotFoundError, StoreError, UnsafePathError
 from nluflow.hashing import sha256_bytes
-from nluflow.registry import ActivePointer, FileSystem, LocalFileSystem, Manifest, ModelStore
-from nluflow.s3 import S3FileSystem, sync_folder
+from nluflow.store import ActivePointer, FileSystem, LocalFileSystem, Manifest, ModelStore
+from nluflow.store.s3 import S3FileSystem, sync_folder
+from tests.stores.store_kit import Clock, ModelSource, model_files, tree
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -52,67 +52,14 @@ _MUTATIONS = ("PutObject", "DeleteObject", "DeleteObjects", "CopyObject", "Compl
 # --------------------------------------------------------------------------------------------- the stores
 
 
-class Clock:
-    """One second per call, so 'newest first' is deterministic."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2025, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
-def _model_files(name: str) -> dict[str, bytes]:
-    return {
-        "intent.pkl": f"intent model {name}".encode() * 10,
-        "entities/crf.bin": f"crf {name}".encode(),
-        "meta.json": json.dumps({"name": name}).encode(),
-    }
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for path in sorted(root.rglob("*")):
-        out[path.relative_to(root).as_posix()] = path.read_bytes() if path.is_file() else b"<dir>"
-    return out
-
-
 @dataclass
-class Env:
+class Env(ModelSource):
     kind: str
     store: ModelStore
     fs: FileSystem
     tmp: Path
     snapshot: Callable[[], dict[str, Any]]  # everything a call could have touched
     make_store: Callable[[FileSystem], ModelStore]
-
-    def src(self, name: str, files: dict[str, bytes] | None = None) -> Path:
-        folder = self.tmp / "src" / name
-        folder.mkdir(parents=True)
-        for rel, data in (files or _model_files(name)).items():
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_bytes(data)
-        return folder
-
-    def add(self, model_id: str, project: str = "p", **kwargs: Any) -> Manifest:
-        src = self.tmp / "src" / model_id
-        if not src.exists():
-            src = self.src(model_id)
-        args: dict[str, Any] = {
-            "backend": "local",
-            "dataset_sha256": "d" * 64,
-            "test_sha256": "t" * 64,
-            "config": {"seed": 42},
-            "metrics": {"intent_accuracy": 0.9, "macro_f1": 0.85},
-        }
-        args.update(kwargs)
-        return self.store.add_model(project, model_id, src, **args)
-
-    def corrupt(self, key: str) -> None:
-        data = bytearray(self.fs.read_bytes(key))
-        data[0] ^= 0x01
-        self.fs.write_bytes(key, bytes(data))
 
 
 def _make_local(tmp: Path) -> Env:
@@ -121,7 +68,7 @@ def _make_local(tmp: Path) -> Env:
     (victim / "models" / "m1").mkdir(parents=True)
     (victim / "models" / "m1" / "manifest.json").write_text("{}")
     (victim / "active.json").write_text("{}")
-    return Env("local", ModelStore(fs, clock=Clock()), fs, tmp, lambda: {"files": _tree(tmp)}, _store)
+    return Env("local", ModelStore(fs, clock=Clock()), fs, tmp, lambda: {"files": tree(tmp)}, _store)
 
 
 def _make_s3(tmp: Path, client: S3Client, bucket: str) -> Env:
@@ -141,7 +88,7 @@ def _make_s3(tmp: Path, client: S3Client, bucket: str) -> Env:
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for obj in page.get("Contents", [])
         }
-        return {"objects": objects, "writes": writes["count"], "files": _tree(tmp)}
+        return {"objects": objects, "writes": writes["count"], "files": tree(tmp)}
 
     fs = S3FileSystem(client, bucket, S3_PREFIX)
     return Env("s3", ModelStore(fs, clock=Clock()), fs, tmp, snapshot, _store)
@@ -211,7 +158,7 @@ def test_add_model_stores_the_files_and_a_manifest_of_their_sha256(env: Env) -> 
         "p", "m1", env.src("m1"), backend="local", dataset_sha256="d" * 64, test_sha256=None,
         config={}, metrics={"intent_accuracy": 0.9}, run_id="run-1",
     )  # fmt: skip
-    files = _model_files("m1")
+    files = model_files("m1")
     assert manifest.files == {rel: sha256_bytes(data) for rel, data in files.items()}
     for rel, data in files.items():
         assert env.fs.read_bytes(f"p/models/m1/{rel}") == data
@@ -233,7 +180,7 @@ def test_adding_the_same_model_again_changes_nothing(env: Env) -> None:
 
 def test_the_same_id_with_other_files_is_refused(env: Env) -> None:
     env.add("m1")
-    other = env.src("other", {**_model_files("m1"), "intent.pkl": b"different"})
+    other = env.src("other", {**model_files("m1"), "intent.pkl": b"different"})
     before = env.snapshot()
     with pytest.raises(StoreError, match=r"different files \(intent\.pkl"):
         env.store.add_model("p", "m1", other, backend="x", dataset_sha256="d", test_sha256=None,
@@ -281,7 +228,7 @@ def test_verify_and_materialize_give_the_verified_files(env: Env) -> None:
     manifest = env.add("m1")
     assert env.store.verify("p", "m1") == manifest
     folder = env.store.materialize("p", "m1", env.tmp / "dest")
-    for rel, data in _model_files("m1").items():
+    for rel, data in model_files("m1").items():
         assert (folder / rel).read_bytes() == data
     assert Manifest.model_validate_json((folder / "manifest.json").read_bytes()) == manifest
     if env.kind == "s3":
@@ -401,6 +348,8 @@ def test_rollback_steps_back_and_to_a_named_model(env: Env) -> None:
     assert env.store.rollback("p").model_id == "m1"  # steps back again, no toggling to m3
     with pytest.raises(StoreError, match="no previous model"):
         env.store.rollback("p")
+    active = env.store.active("p")
+    assert active is not None and active.model_id == "m1"
     again = env.store.rollback("p", to="m3")
     assert again.model_id == "m3" and [e.model_id for e in again.history] == ["m1"]
     assert env.store.active("p") == again
@@ -418,6 +367,30 @@ def test_rollback_refuses_a_corrupted_target_and_changes_nothing(env: Env) -> No
     with pytest.raises(IntegrityError):
         env.store.rollback("p")
     assert env.snapshot() == before
+
+
+def test_rollback_to_a_named_model(env: Env) -> None:
+    for model_id in ("m1", "m2", "m3"):
+        env.add(model_id)
+        env.store.activate("p", model_id)
+    env.add("m4")  # stored, never active
+    back = env.store.rollback("p", to="m1")
+    assert back.model_id == "m1" and back.history == []
+    again = env.store.rollback("p", to="m4")
+    assert again.model_id == "m4" and [e.model_id for e in again.history] == ["m1"]
+    assert env.store.rollback("p", to="m4") == again
+
+
+def test_rollback_refuses_a_target_whose_manifest_changed_since_it_was_active(env: Env) -> None:
+    env.add("m1")
+    env.add("m2")
+    env.store.activate("p", "m1")
+    env.store.activate("p", "m2")
+    raw = json.loads(env.fs.read_bytes("p/models/m1/manifest.json"))
+    raw["metrics"]["macro_f1"] = 0.99
+    env.fs.write_bytes("p/models/m1/manifest.json", json.dumps(raw).encode())
+    with pytest.raises(IntegrityError, match="changed since the model was active"):
+        env.store.rollback("p")
 
 
 def test_a_pointer_to_a_missing_model_says_what_to_do(env: Env) -> None:
@@ -623,7 +596,7 @@ def test_s3_layout_is_the_local_layout_under_the_prefix(
         if key.startswith("root/store/")
     }
     assert stored == {
-        rel: data for rel, data in _tree(tmp_path / "local" / "store").items() if data != b"<dir>"
+        rel: data for rel, data in tree(tmp_path / "local" / "store").items() if data != b"<dir>"
     }
     for neighbour in S3_NEIGHBOURS:
         assert objects[neighbour] == b"{}"
@@ -812,3 +785,47 @@ def test_rejected_candidates_are_kept_and_pruned_the_same_way_on_every_store(env
     assert not env.store.has_model("p", "r2") and not env.fs.exists("p/models/r2")
     assert sorted(m.model_id for m in env.store.list_models("p")) == ["m1", "r1", "r3"]
     assert env.store.rollback("p").model_id == "r1"
+
+
+def test_rejected_candidates_are_kept_listed_and_pruned_beyond_the_newest_n(env: Env) -> None:
+    env.add("m-active")
+    env.store.activate("p", "m-active")
+    for i in range(4):
+        env.add(f"r{i}")
+        env.store.record_rejected("p", f"r{i}", run_id=f"run-{i}", reason="reject: does not beat")
+    assert [e.model_id for e in env.store.rejected("p")] == ["r0", "r1", "r2", "r3"]
+    assert env.store.rejected("p")[0].run_id == "run-0"
+    assert env.store.prune_rejected("p", 2) == ["r0", "r1"]
+    assert [e.model_id for e in env.store.rejected("p")] == ["r2", "r3"]
+    assert not env.store.has_model("p", "r0") and not env.store.has_model("p", "r1")
+    assert env.store.has_model("p", "r2") and env.store.has_model("p", "m-active")
+    assert env.store.prune_rejected("p", 2) == []  # within the limit: nothing to do
+
+
+def test_pruning_never_removes_the_active_model_or_a_rollback_target(env: Env) -> None:
+    env.add("m1")
+    env.store.activate("p", "m1")
+    for model_id in ("r1", "r2", "r3"):
+        env.add(model_id)
+        env.store.record_rejected("p", model_id)
+    env.store.activate("p", "r1")  # a rejected candidate promoted by hand, then replaced: in the history
+    env.store.activate("p", "r2")  # active
+    assert env.store.prune_rejected("p", 0) == ["r3"]
+    assert [e.model_id for e in env.store.rejected("p")] == ["r1", "r2"]
+    for model_id in ("m1", "r1", "r2"):
+        env.store.verify("p", model_id)
+    assert env.store.rollback("p").model_id == "r1"
+
+
+def test_forget_rejected_and_record_rejected_refuse_or_ignore_unknown_models(env: Env) -> None:
+    env.add("r1")
+    env.store.record_rejected("p", "r1")
+    env.store.record_rejected("p", "r1")  # recorded once
+    assert [e.model_id for e in env.store.rejected("p")] == ["r1"]
+    env.store.forget_rejected("p", "r1")
+    env.store.forget_rejected("p", "never-rejected")
+    assert env.store.rejected("p") == []
+    with pytest.raises(ModelNotFoundError):
+        env.store.record_rejected("p", "not-stored")
+    with pytest.raises(StoreError, match="keep must be 0 or more"):
+        env.store.prune_rejected("p", -1)

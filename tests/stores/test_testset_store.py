@@ -9,9 +9,9 @@ import pytest
 
 from nluflow.data.schema import Dataset, Example
 from nluflow.errors import StoreError
-from nluflow.registry import FileSystem, LocalFileSystem
-from nluflow.s3 import S3FileSystem
-from nluflow.testset import (
+from nluflow.store import FileSystem, LocalFileSystem
+from nluflow.store.s3 import S3FileSystem
+from nluflow.store.testsets import (
     TestSetStore,
     keep_offered_data,
     keep_training_data,

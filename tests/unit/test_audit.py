@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from nluflow.audit import GENESIS, AuditLog, audit_record
+from nluflow.audit import GENESIS, audit_record
 from nluflow.errors import AuditError
 from nluflow.hashing import canonical_json, sha256_text
+from nluflow.store.audit_log import AuditLog
 
 
 def _record(i: int, **extra: Any) -> dict[str, Any]:

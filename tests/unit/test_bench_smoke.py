@@ -188,8 +188,8 @@ def test_overhead_summary_uses_paired_ratios_and_judges_goals() -> None:
 
 
 def test_bare_retrain_does_the_flows_work_without_prefect(tiny: Path, tmp_path: Path) -> None:
-    from nluflow.audit import AuditLog
-    from nluflow.registry import ModelStore
+    from nluflow.store import ModelStore
+    from nluflow.store.audit_log import AuditLog
 
     store = tmp_path / "store"
     result = overhead.bare_retrain(

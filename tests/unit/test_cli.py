@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from nluflow.audit import AuditLog
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
 
 runner = CliRunner()
 # `models promote / activate / rollback` take the project's promotion slot, a Prefect concurrency limit:
@@ -303,7 +303,8 @@ def test_audit_verify_without_project_checks_and_lists_every_project(tmp_path: P
     assert out.exit_code == 1
     assert "alpha: intact" in out.output and "broken: beta" in out.output
     out = runner.invoke(app, ["audit", "verify", "--store", str(tmp_path / "nowhere")])
-    assert out.exit_code == 2 and "no model store" in out.output
+    text = out.output.replace("\n", " ")
+    assert out.exit_code == 2 and "model store folder" in text and "does not exist" in text
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -386,7 +387,7 @@ def test_audit_verify_refuses_a_symlinked_log(tmp_path: Path) -> None:
 def test_a_full_or_read_only_store_exits_1_with_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, advice: str
 ) -> None:
-    import nluflow.registry as registry
+    import nluflow.store.local as registry
 
     root = tmp_path / "store"
     _store_with_two_models(root)
@@ -404,7 +405,7 @@ def test_a_full_or_read_only_store_exits_1_with_what_to_do(
 
 
 def test_a_full_disk_under_a_bare_os_error_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nluflow.registry as registry
+    import nluflow.store.models as registry
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -424,7 +425,7 @@ def test_a_read_only_store_whose_error_lost_its_cause_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An error that crossed a Prefect task result keeps only its message; the errno in it still counts."""
-    import nluflow.registry as registry
+    import nluflow.store.models as registry
     from nluflow.errors import StoreError
 
     def read_only(*args: object, **kwargs: object) -> None:

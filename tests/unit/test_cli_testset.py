@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from nluflow.audit import AuditLog
 from nluflow.data.schema import Dataset, Example
-from nluflow.registry import ModelStore
-from nluflow.testset import TestSetStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
+from nluflow.store.testsets import TestSetStore
 
 runner = CliRunner()
 

@@ -308,9 +308,7 @@ def test_loading_an_embedding_model_without_the_extra_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = Dataset.of([Example(text=t, intent=i) for t, i in zip(TRAIN_TEXTS, TRAIN_LABELS, strict=True)])
-    NLUModel().fit(data, LocalModelOptions(embeddings=True), embedding_cache_dir=tmp_path).save(
-        tmp_path / "m"
-    )
+    NLUModel(LocalModelOptions(embeddings=True), embedding_cache_dir=tmp_path).fit(data).save(tmp_path / "m")
     monkeypatch.setattr("nluflow.models.nlu.embeddings_available", lambda name: False)
     with pytest.raises(ConfigError, match=r"uses sentence embeddings.*nothing was loaded"):
         NLUModel.load(tmp_path / "m")

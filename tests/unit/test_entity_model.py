@@ -329,7 +329,7 @@ def test_snips_entity_exact_span_f1_with_default_options() -> None:
         pytest.skip(f"shared datasets not found at {DATASETS} (CI clones them beside the repo)")
     train = _read_jsonl(folder / "train.jsonl")
     test = _read_jsonl(folder / "test.jsonl")
-    model = NLUModel().fit(train, LocalModelOptions(), seed=42)
+    model = NLUModel(LocalModelOptions(), random_state=42).fit(train)
     parses = model.parse(test.texts)
     for parse in parses:
         assert all(parse.text[e.start : e.end] == e.value for e in parse.entities)

@@ -130,11 +130,14 @@ def test_a_disagreement_on_entity_spans_alone_counts(tasks: list[dict[str, Any]]
 
 
 def test_the_cli_passes_source_references_through_and_preflights_paths_only(tmp_path: Path) -> None:
-    from flows.cli import _params, _preflight
+    from flows.cli import RunInputs, _params, _preflight
     from flows.retrain import RetrainParams
 
     ref = Path("nluflow-label-studio-source/bookings")
-    params = _params(RetrainParams, [ref, EXPORT], None, "bookings", tmp_path / "store", None, None, {})
+    inputs = RunInputs(
+        data=[ref, EXPORT], test=None, project="bookings", store=tmp_path / "store", must_pass=None
+    )
+    params = _params(RetrainParams, inputs, None, {})
 
     assert params.data == ["nluflow-label-studio-source/bookings", str(EXPORT.resolve())]
     _preflight([ref], None, None)  # nothing to read before the run: the run pulls the source

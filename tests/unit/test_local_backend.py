@@ -67,7 +67,7 @@ DATA = make_dataset()
 
 @pytest.fixture(scope="module")
 def model() -> NLUModel:
-    return NLUModel().fit(DATA, LocalModelOptions(), seed=7)
+    return NLUModel(LocalModelOptions(), random_state=7).fit(DATA)
 
 
 # -- NLUModel ------------------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_save_load_round_trip_keeps_predictions_and_probabilities(model: NLUMode
 
 
 def test_same_data_and_config_give_the_same_model(model: NLUModel, tmp_path: Path) -> None:
-    again = NLUModel().fit(DATA, LocalModelOptions(), seed=7)
+    again = NLUModel(LocalModelOptions(), random_state=7).fit(DATA)
     assert again.parse(PROBES) == model.parse(PROBES)
     model.save(tmp_path / "a")
     again.save(tmp_path / "b")
@@ -128,7 +128,7 @@ def test_same_data_and_config_give_the_same_model(model: NLUModel, tmp_path: Pat
 
 
 def test_model_without_entities_saves_no_crf_file(tmp_path: Path) -> None:
-    plain = NLUModel().fit(make_dataset(with_entities=False), seed=1)
+    plain = NLUModel(random_state=1).fit(make_dataset(with_entities=False))
     written = plain.save(tmp_path)
     assert ENTITY_FILE not in [p.name for p in written] and not (tmp_path / ENTITY_FILE).exists()
     loaded = NLUModel.load(tmp_path)
@@ -190,6 +190,14 @@ def test_local_backend_implements_the_protocol(tmp_path: Path) -> None:
     assert backend.name == "local"
 
 
+def test_local_backend_is_a_context_manager_whose_close_changes_nothing(tmp_path: Path) -> None:
+    with LocalBackend(tmp_path) as backend:
+        job = backend.submit(DATA, TrainingConfig(seed=3), "k")
+        model = backend.fetch(job, tmp_path / "model")
+    backend.close()  # twice, and after the block: still a no-op
+    assert backend.predict(model, [DATA.examples[0].text])[0].text == DATA.examples[0].text
+
+
 def test_submit_status_fetch_predict(tmp_path: Path) -> None:
     progress: list[tuple[float, str]] = []
     backend = LocalBackend(tmp_path / "work", on_progress=lambda f, m: progress.append((f, m)))
@@ -214,7 +222,7 @@ def test_submit_status_fetch_predict(tmp_path: Path) -> None:
     )
 
     parses = backend.predict(ref, PROBES)
-    assert parses == NLUModel().fit(DATA, TrainingConfig().local, seed=3).parse(PROBES)
+    assert parses == NLUModel(TrainingConfig().local, random_state=3).fit(DATA).parse(PROBES)
     backend.activate(ref)  # a no-op that must not fail
 
 
@@ -350,7 +358,7 @@ def test_predict_caches_the_loaded_model_until_it_changes(
     assert backend.predict(ref, PROBES) == first
     assert len(loads) == 1
     # a different model written into the same folder is loaded afresh
-    NLUModel().fit(make_dataset(with_entities=False), seed=1).save(tmp_path / "m")
+    NLUModel(random_state=1).fit(make_dataset(with_entities=False)).save(tmp_path / "m")
     (tmp_path / "m" / ENTITY_FILE).unlink()
     backend.predict(ref, PROBES)
     assert len(loads) == 2

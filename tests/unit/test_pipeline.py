@@ -15,7 +15,7 @@ from nluflow.pipeline import (
     snapshot,
     training_key,
 )
-from nluflow.registry import check_id
+from nluflow.store import check_id
 
 
 def test_training_key_changes_with_data_config_and_backend() -> None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from nluflow.audit import AuditLog
 from nluflow.errors import AuditError
 from nluflow.recovery import (
     FAILED_HOOK_GRACE_SECONDS,
@@ -28,7 +27,8 @@ from nluflow.recovery import (
     release_promotion_lock,
     why_gone,
 )
-from nluflow.registry import ModelStore
+from nluflow.store import ModelStore
+from nluflow.store.audit_log import AuditLog
 
 PROJECT = "bot"
 

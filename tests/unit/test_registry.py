@@ -13,8 +13,8 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,15 @@ import pytest
 
 from nluflow.errors import IntegrityError, ModelNotFoundError, StoreError, UnsafePathError
 from nluflow.hashing import sha256_bytes, sha256_json
-from nluflow.registry import (
+from nluflow.store import (
     ID_PATTERN,
-    ActivePointer,
     FileSystem,
     LocalFileSystem,
     Manifest,
     ModelStore,
     check_id,
 )
+from tests.stores.store_kit import Clock, ModelSource, model_files, tree
 
 # --------------------------------------------------------------------------------------------- fixtures
 
@@ -87,67 +87,13 @@ class MemoryFileSystem:
         return "memory store"
 
 
-class Clock:
-    """A clock that ticks one second per call, so 'newest first' is deterministic."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2025, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
 @dataclass
-class Env:
+class Env(ModelSource):
     store: ModelStore
     fs: FileSystem
     tmp: Path
     snapshot: Callable[[], dict[str, bytes]]  # everything a call could have touched
-
-    def src(self, name: str, files: dict[str, bytes] | None = None) -> Path:
-        folder = self.tmp / "src" / name
-        folder.mkdir(parents=True)
-        for rel, data in (files or _model_files(name)).items():
-            path = folder / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        return folder
-
-    def add(self, model_id: str, project: str = "p", **kwargs: Any) -> Manifest:
-        src = self.tmp / "src" / model_id
-        if not src.exists():
-            src = self.src(model_id)
-        args: dict[str, Any] = {
-            "backend": "local",
-            "dataset_sha256": "d" * 64,
-            "test_sha256": "t" * 64,
-            "config": {"seed": 42, "local": {"C": 10.0}},
-            "metrics": {"intent_accuracy": 0.9, "macro_f1": 0.85},
-        }
-        args.update(kwargs)
-        return self.store.add_model(project, model_id, src, **args)
-
-    def corrupt(self, key: str) -> None:
-        data = bytearray(self.fs.read_bytes(key))
-        data[0] ^= 0x01
-        self.fs.write_bytes(key, bytes(data))
-
-
-def _model_files(name: str) -> dict[str, bytes]:
-    return {
-        "intent.pkl": f"intent model {name}".encode() * 10,
-        "entities/crf.bin": f"crf {name}".encode(),
-        "meta.json": json.dumps({"name": name}).encode(),
-    }
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        out[rel] = path.read_bytes() if path.is_file() else b"<dir>"
-    return out
+    config: dict[str, Any] = field(default_factory=lambda: {"seed": 42, "local": {"C": 10.0}})
 
 
 def _make_local(tmp: Path) -> Env:
@@ -157,12 +103,12 @@ def _make_local(tmp: Path) -> Env:
     (victim / "models" / "m").mkdir(parents=True)
     (victim / "models" / "m" / "manifest.json").write_text("{}")
     (victim / "active.json").write_text("{}")
-    return Env(ModelStore(fs, clock=Clock()), fs, tmp, lambda: _tree(tmp))
+    return Env(ModelStore(fs, clock=Clock()), fs, tmp, lambda: tree(tmp))
 
 
 def _make_memory(tmp: Path) -> Env:
     fs = MemoryFileSystem()
-    return Env(ModelStore(fs, clock=Clock()), fs, tmp, lambda: {**dict(fs.files), **_tree(tmp)})
+    return Env(ModelStore(fs, clock=Clock()), fs, tmp, lambda: {**dict(fs.files), **tree(tmp)})
 
 
 FILESYSTEMS: dict[str, Callable[[Path], Env]] = {"local": _make_local, "memory": _make_memory}
@@ -209,7 +155,7 @@ def test_id_pattern_agrees_with_check_id_apart_from_double_dots(value: str) -> N
 
 def test_add_model_hashes_every_file_and_writes_the_manifest(env: Env) -> None:
     manifest = env.add("m1", run_id="run-1", training_metrics={"loss": 0.1}, backend_model_id="remote-9")
-    expected = {rel: sha256_bytes(data) for rel, data in _model_files("m1").items()}
+    expected = {rel: sha256_bytes(data) for rel, data in model_files("m1").items()}
     assert manifest.files == expected
     assert (manifest.project, manifest.model_id, manifest.run_id) == ("p", "m1", "run-1")
     assert manifest.backend_model_id == "remote-9" and manifest.training_metrics == {"loss": 0.1}
@@ -233,23 +179,6 @@ def test_manifest_sha256_covers_every_field(env: Env) -> None:
 def test_nan_metrics_survive_the_round_trip(env: Env) -> None:
     manifest = env.add("m1", metrics={"entity_f1": float("nan")})
     assert env.store.manifest("p", "m1").sha256() == manifest.sha256()
-
-
-def test_add_model_is_idempotent_for_identical_files(env: Env) -> None:
-    first = env.add("m1")
-    before = env.snapshot()
-    again = env.add("m1", run_id="a-retry")
-    assert again == first  # the stored manifest, not a new one
-    assert env.snapshot() == before
-
-
-def test_add_model_refuses_the_same_id_with_other_files(env: Env) -> None:
-    env.add("m1")
-    other = env.src("other", {**_model_files("m1"), "intent.pkl": b"different"})
-    before = env.snapshot()
-    with pytest.raises(StoreError, match=r"different files \(intent\.pkl"):
-        env.store.add_model("p", "m1", other, **ADD)
-    assert env.snapshot() == before
 
 
 def test_add_model_refuses_bad_source_folders(env: Env) -> None:
@@ -323,26 +252,6 @@ def test_failure_part_way_removes_the_partial_model(
     assert [m.model_id for m in env.store.list_models("p")] == ["m0"]
 
 
-def test_incomplete_folder_is_ignored_and_replaced(env: Env) -> None:
-    env.add("m0")
-    env.fs.write_bytes("p/models/m1/intent.pkl", b"half an upload")  # no manifest: a crashed add_model
-    assert not env.store.has_model("p", "m1")
-    assert [m.model_id for m in env.store.list_models("p")] == ["m0"]
-    with pytest.raises(ModelNotFoundError, match="'m1'"):
-        env.store.manifest("p", "m1")
-    manifest = env.add("m1")
-    assert env.store.verify("p", "m1") == manifest
-
-
-def test_list_models_is_newest_first(env: Env) -> None:
-    for model_id in ("b", "a", "c"):
-        env.add(model_id)
-    env.add("x", project="other")
-    assert [m.model_id for m in env.store.list_models("p")] == ["c", "a", "b"]
-    assert env.store.list_models("nothing-here") == []
-    assert env.store.list_projects() == ["other", "p"]
-
-
 def test_a_model_folder_linked_out_of_the_store_is_refused_and_hides_no_other_model(local_env: Env) -> None:
     env = local_env
     env.add("m0")
@@ -366,51 +275,6 @@ def test_a_model_folder_linked_out_of_the_store_is_refused_and_hides_no_other_mo
 # --------------------------------------------------------------------------------------------- integrity
 
 
-def test_verify_names_the_corrupted_file_and_both_hashes(env: Env) -> None:
-    manifest = env.add("m1")
-    env.corrupt("p/models/m1/entities/crf.bin")
-    actual = sha256_bytes(env.fs.read_bytes("p/models/m1/entities/crf.bin"))
-    with pytest.raises(IntegrityError) as info:
-        env.store.verify("p", "m1")
-    message = str(info.value)
-    assert "entities/crf.bin" in message
-    assert manifest.files["entities/crf.bin"] in message and actual in message
-
-
-def test_verify_names_a_missing_file(env: Env) -> None:
-    env.add("m1")
-    env.fs.remove_tree("p/models/m1/meta.json")
-    with pytest.raises(IntegrityError, match=r"meta\.json: missing"):
-        env.store.verify("p", "m1")
-
-
-def test_corrupted_model_is_refused_everywhere_and_nothing_changes(env: Env) -> None:
-    env.add("m1")
-    env.add("m2")
-    env.store.activate("p", "m1")
-    env.corrupt("p/models/m2/intent.pkl")
-    before = env.snapshot()
-    dest = env.tmp / "dest"
-    with pytest.raises(IntegrityError, match=r"intent\.pkl"):
-        env.store.activate("p", "m2")
-    with pytest.raises(IntegrityError, match=r"intent\.pkl"):
-        env.store.materialize("p", "m2", dest)
-    assert env.snapshot() == before  # the downloaded files were removed again
-    assert not dest.exists()
-    active = env.store.active("p")
-    assert active is not None and active.model_id == "m1"
-
-
-def test_edited_manifest_of_the_active_model_is_refused(env: Env) -> None:
-    env.add("m1")
-    env.store.activate("p", "m1")
-    raw = json.loads(env.fs.read_bytes("p/models/m1/manifest.json"))
-    raw["metrics"]["intent_accuracy"] = 0.99  # files unchanged, the claims changed
-    env.fs.write_bytes("p/models/m1/manifest.json", json.dumps(raw).encode())
-    with pytest.raises(IntegrityError, match="changed since it was activated"):
-        env.store.verify("p", "m1")
-
-
 def test_manifest_with_an_escaping_file_path_is_refused(env: Env) -> None:
     env.add("m1")
     raw = json.loads(env.fs.read_bytes("p/models/m1/manifest.json"))
@@ -423,7 +287,7 @@ def test_manifest_with_an_escaping_file_path_is_refused(env: Env) -> None:
 def test_materialize_gives_a_folder_with_the_verified_files(env: Env) -> None:
     env.add("m1")
     folder = env.store.materialize("p", "m1", env.tmp / "dest")
-    for rel, data in _model_files("m1").items():
+    for rel, data in model_files("m1").items():
         assert (folder / rel).read_bytes() == data
     assert Manifest.model_validate_json((folder / "manifest.json").read_bytes()) == env.store.manifest(
         "p", "m1"
@@ -438,7 +302,7 @@ def test_materialize_to_a_temporary_folder(env: Env) -> None:
     env.add("m1")
     folder = env.store.materialize("p", "m1")
     try:
-        assert (folder / "intent.pkl").read_bytes() == _model_files("m1")["intent.pkl"]
+        assert (folder / "intent.pkl").read_bytes() == model_files("m1")["intent.pkl"]
     finally:
         if not isinstance(env.fs, LocalFileSystem):
             shutil.rmtree(folder)
@@ -465,158 +329,6 @@ def test_materialize_reuses_an_intact_earlier_download_only(tmp_path: Path) -> N
     with pytest.raises(StoreError, match="new or empty folder"):
         env.store.materialize("p", "m1", dest)
     assert (dest / "intent.pkl").read_bytes() == b"changed locally"  # not someone else's files to delete
-
-
-# --------------------------------------------------------------------------------------------- the pointer
-
-
-def test_activate_pushes_the_previous_active_onto_history(env: Env) -> None:
-    m1, m2 = env.add("m1"), env.add("m2")
-    assert env.store.active("p") is None
-    first = env.store.activate("p", "m1", run_id="r1", reason="first model")
-    assert (first.model_id, first.manifest_sha256, first.history) == ("m1", m1.sha256(), [])
-    second = env.store.activate("p", "m2", run_id="r2", reason="beats m1")
-    assert second.model_id == "m2" and second.manifest_sha256 == m2.sha256()
-    assert [(e.model_id, e.run_id, e.reason) for e in second.history] == [("m1", "r1", "first model")]
-    assert env.store.active("p") == second
-    stored = ActivePointer.model_validate_json(env.fs.read_bytes("p/active.json"))
-    assert stored == second
-
-
-def test_activating_the_active_model_again_is_a_no_op(env: Env) -> None:
-    env.add("m1")
-    pointer = env.store.activate("p", "m1", run_id="r1")
-    before = env.snapshot()
-    assert env.store.activate("p", "m1", run_id="r2", reason="again") == pointer
-    assert env.snapshot() == before
-
-
-def test_rollback_steps_back_through_history(env: Env) -> None:
-    for model_id in ("m1", "m2", "m3"):
-        env.add(model_id)
-        env.store.activate("p", model_id)
-    back = env.store.rollback("p", run_id="r-rb")
-    assert back.model_id == "m2" and back.run_id == "r-rb" and "m3" in back.reason
-    assert [e.model_id for e in back.history] == ["m1"]
-    assert env.store.rollback("p").model_id == "m1"  # steps back again, no toggling to m3
-    with pytest.raises(StoreError, match="no previous model"):
-        env.store.rollback("p")
-    active = env.store.active("p")
-    assert active is not None and active.model_id == "m1"
-
-
-def test_rollback_to_a_named_model(env: Env) -> None:
-    for model_id in ("m1", "m2", "m3"):
-        env.add(model_id)
-        env.store.activate("p", model_id)
-    env.add("m4")  # stored, never active
-    back = env.store.rollback("p", to="m1")
-    assert back.model_id == "m1" and back.history == []
-    again = env.store.rollback("p", to="m4")
-    assert again.model_id == "m4" and [e.model_id for e in again.history] == ["m1"]
-    assert env.store.rollback("p", to="m4") == again
-
-
-def test_rollback_refuses_without_an_active_model_or_a_corrupted_target(env: Env) -> None:
-    env.add("m1")
-    env.add("m2")
-    with pytest.raises(StoreError, match="no active model"):
-        env.store.rollback("p")
-    env.store.activate("p", "m1")
-    env.store.activate("p", "m2")
-    env.corrupt("p/models/m1/meta.json")
-    before = env.snapshot()
-    with pytest.raises(IntegrityError):
-        env.store.rollback("p")
-    assert env.snapshot() == before
-
-
-def test_rollback_refuses_a_target_whose_manifest_changed_since_it_was_active(env: Env) -> None:
-    env.add("m1")
-    env.add("m2")
-    env.store.activate("p", "m1")
-    env.store.activate("p", "m2")
-    raw = json.loads(env.fs.read_bytes("p/models/m1/manifest.json"))
-    raw["metrics"]["macro_f1"] = 0.99
-    env.fs.write_bytes("p/models/m1/manifest.json", json.dumps(raw).encode())
-    with pytest.raises(IntegrityError, match="changed since the model was active"):
-        env.store.rollback("p")
-
-
-def test_pointer_to_a_missing_model_says_what_to_do(env: Env) -> None:
-    env.add("m1")
-    env.store.activate("p", "m1")
-    env.fs.remove_tree("p/models/m1")  # removed behind the store's back
-    for call in (
-        lambda: env.store.verify("p", "m1"),
-        lambda: env.store.materialize("p", "m1", env.tmp / "d"),
-    ):
-        with pytest.raises(ModelNotFoundError) as info:
-            call()
-        message = str(info.value)
-        assert "'p'" in message and "'m1'" in message and "nluflow models rollback" in message
-
-
-def test_broken_active_pointer_is_an_integrity_error(env: Env) -> None:
-    env.fs.write_bytes("p/active.json", b'{"project": "p", "model_id": ')
-    with pytest.raises(IntegrityError, match="not a valid active pointer"):
-        env.store.active("p")
-
-
-def test_remove_model_refuses_the_active_model(env: Env) -> None:
-    env.add("m1")
-    env.add("m2")
-    env.store.activate("p", "m1")
-    before = env.snapshot()
-    with pytest.raises(StoreError, match="is the active model"):
-        env.store.remove_model("p", "m1")
-    assert env.snapshot() == before
-    env.store.remove_model("p", "m2")
-    assert not env.store.has_model("p", "m2") and not env.fs.exists("p/models/m2")
-    with pytest.raises(ModelNotFoundError):
-        env.store.remove_model("p", "m2")
-
-
-# --------------------------------------------------------------------------------------------- unsafe ids
-
-BAD_IDS = ["../x", "../victim", "/abs", "a/b", "a\\b", "", ".", "..", "a..b"]
-
-
-def _calls(store: ModelStore, src: Path, dest: Path, bad: str) -> list[Callable[[], object]]:
-    return [
-        lambda: store.add_model(bad, "m9", src, **ADD),
-        lambda: store.add_model("p", bad, src, **ADD),
-        lambda: store.has_model(bad, "m1"),
-        lambda: store.has_model("p", bad),
-        lambda: store.manifest(bad, "m1"),
-        lambda: store.manifest("p", bad),
-        lambda: store.verify(bad, "m1"),
-        lambda: store.verify("p", bad),
-        lambda: store.materialize(bad, "m1", dest),
-        lambda: store.materialize("p", bad, dest),
-        lambda: store.active(bad),
-        lambda: store.activate(bad, "m1"),
-        lambda: store.activate("p", bad),
-        lambda: store.rollback(bad),
-        lambda: store.rollback("p", to=bad),
-        lambda: store.remove_model(bad, "m1"),
-        lambda: store.remove_model("p", bad),
-        lambda: store.list_models(bad),
-    ]
-
-
-@pytest.mark.parametrize("bad", BAD_IDS)
-def test_every_public_method_refuses_unsafe_ids_and_changes_nothing(env: Env, bad: str) -> None:
-    env.add("m1")
-    env.add("m2")
-    env.store.activate("p", "m1")
-    src = env.src("m9")
-    before = env.snapshot()
-    calls = _calls(env.store, src, env.tmp / "dest", bad)
-    for i, call in enumerate(calls):
-        with pytest.raises(UnsafePathError):
-            call()
-        assert env.snapshot() == before, f"call #{i} changed the store"
 
 
 # --------------------------------------------------------------------------------------------- local folder
@@ -710,50 +422,3 @@ def test_local_filesystem_basic_operations(tmp_path: Path) -> None:
     fs.remove_tree("a")
     fs.remove_tree("a")  # missing: nothing happens
     assert not fs.exists("a")
-
-
-# --------------------------------------------------------------------------------------------- rejected
-
-
-def test_rejected_candidates_are_kept_listed_and_pruned_beyond_the_newest_n(env: Env) -> None:
-    env.add("m-active")
-    env.store.activate("p", "m-active")
-    for i in range(4):
-        env.add(f"r{i}")
-        env.store.record_rejected("p", f"r{i}", run_id=f"run-{i}", reason="reject: does not beat")
-    assert [e.model_id for e in env.store.rejected("p")] == ["r0", "r1", "r2", "r3"]
-    assert env.store.rejected("p")[0].run_id == "run-0"
-    assert env.store.prune_rejected("p", 2) == ["r0", "r1"]
-    assert [e.model_id for e in env.store.rejected("p")] == ["r2", "r3"]
-    assert not env.store.has_model("p", "r0") and not env.store.has_model("p", "r1")
-    assert env.store.has_model("p", "r2") and env.store.has_model("p", "m-active")
-    assert env.store.prune_rejected("p", 2) == []  # within the limit: nothing to do
-
-
-def test_pruning_never_removes_the_active_model_or_a_rollback_target(env: Env) -> None:
-    env.add("m1")
-    env.store.activate("p", "m1")
-    for model_id in ("r1", "r2", "r3"):
-        env.add(model_id)
-        env.store.record_rejected("p", model_id)
-    env.store.activate("p", "r1")  # a rejected candidate promoted by hand, then replaced: in the history
-    env.store.activate("p", "r2")  # active
-    assert env.store.prune_rejected("p", 0) == ["r3"]
-    assert [e.model_id for e in env.store.rejected("p")] == ["r1", "r2"]
-    for model_id in ("m1", "r1", "r2"):
-        env.store.verify("p", model_id)
-    assert env.store.rollback("p").model_id == "r1"
-
-
-def test_forget_rejected_and_record_rejected_refuse_or_ignore_unknown_models(env: Env) -> None:
-    env.add("r1")
-    env.store.record_rejected("p", "r1")
-    env.store.record_rejected("p", "r1")  # recorded once
-    assert [e.model_id for e in env.store.rejected("p")] == ["r1"]
-    env.store.forget_rejected("p", "r1")
-    env.store.forget_rejected("p", "never-rejected")
-    assert env.store.rejected("p") == []
-    with pytest.raises(ModelNotFoundError):
-        env.store.record_rejected("p", "not-stored")
-    with pytest.raises(StoreError, match="keep must be 0 or more"):
-        env.store.prune_rejected("p", -1)

@@ -28,19 +28,21 @@ import sklearn
 import uvicorn
 from starlette.applications import Starlette
 
-from nluflow import __version__, serve
-from nluflow.backends.base import IntentScore, LocalModelOptions, Parse
-from nluflow.data.loaders import load_file
-from nluflow.errors import ConfigError, ModelNotFoundError, StoreError, UnsafePathError
-from nluflow.models.nlu import INTENT_FILE, NLUModel
-from nluflow.registry import ModelStore
-from nluflow.serve import (
+from nluflow import __version__
+from nluflow.apps import serve
+from nluflow.apps.serve import (
     MODEL_HEADER,
-    ActiveModelWatcher,
+    ServeOptions,
     _TokenRedactor,
     create_app,
     run,
 )
+from nluflow.apps.serve_watcher import ActiveModelWatcher
+from nluflow.backends.base import IntentScore, LocalModelOptions, Parse
+from nluflow.data.loaders import load_file
+from nluflow.errors import ConfigError, ModelNotFoundError, StoreError, UnsafePathError
+from nluflow.models.nlu import INTENT_FILE, NLUModel
+from nluflow.store import ModelStore
 
 PROJECT = "bot"
 TEXT = "play the new album by queen on spotify"
@@ -61,7 +63,7 @@ ERROR_KEYS = {"version", "status", "message", "reason", "details", "help", "code
 def model_a(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Path:
     """A small real model (the default local pipeline) on the first demo batch."""
     folder = tmp_path_factory.mktemp("model-a")
-    NLUModel().fit(load_file(demo_data / "batch-1.jsonl"), LocalModelOptions(), seed=0).save(folder)
+    NLUModel(LocalModelOptions(), random_state=0).fit(load_file(demo_data / "batch-1.jsonl")).save(folder)
     return folder
 
 
@@ -190,7 +192,7 @@ def test_status_and_version(client: AppClient, store: ModelStore) -> None:
 
 @pytest.fixture
 def secured(store: ModelStore) -> Iterator[AppClient]:
-    with AppClient(create_app(store, PROJECT, token="s3cret-token", watch=False)) as c:
+    with AppClient(create_app(store, PROJECT, ServeOptions(token="s3cret-token"), watch=False)) as c:
         yield c
 
 
@@ -246,7 +248,7 @@ def test_the_access_log_never_shows_the_token() -> None:
 
 def test_request_size_limit_413(store: ModelStore) -> None:
     limit = 2048
-    with AppClient(create_app(store, PROJECT, max_body_bytes=limit, watch=False)) as c:
+    with AppClient(create_app(store, PROJECT, ServeOptions(max_body_bytes=limit), watch=False)) as c:
         fits = json.dumps({"text": "play " + "a" * (limit - 40)}).encode()
         assert len(fits) <= limit
         assert c.post("/model/parse", content=fits).status_code == 200
@@ -407,11 +409,13 @@ def test_no_active_model_answers_409_until_one_is_activated(tmp_path: Path, mode
 def test_run_refuses_bad_settings_before_serving(tmp_path: Path, store: ModelStore) -> None:
     root = store.fs.local_path("")  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="token is empty"):
-        run("127.0.0.1", 0, PROJECT, root, token=" ")
+        run("127.0.0.1", 0, PROJECT, root, ServeOptions(token=" "))
     with pytest.raises(ConfigError, match="poll interval"):
-        run("127.0.0.1", 0, PROJECT, root, poll_seconds=0.0)
+        run("127.0.0.1", 0, PROJECT, root, ServeOptions(poll_seconds=0.0))
     with pytest.raises(ConfigError, match="size limit"):
-        run("127.0.0.1", 0, PROJECT, root, max_body_bytes=10)
+        run("127.0.0.1", 0, PROJECT, root, ServeOptions(max_body_bytes=10))
+    with pytest.raises(ConfigError, match="max_batch 0 must be at least 1"):
+        run("127.0.0.1", 0, PROJECT, root, ServeOptions(max_batch=0))
     with pytest.raises(UnsafePathError):
         run("127.0.0.1", 0, "../etc", root)
     with pytest.raises(StoreError, match="does not exist"):
@@ -424,9 +428,9 @@ def test_run_serves_logs_the_model_and_keeps_tokens_out_of_the_access_log(store:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     code = (
-        "import sys\nfrom nluflow.serve import run\n"
+        "import sys\nfrom nluflow.apps.serve import ServeOptions, run\n"
         "run('127.0.0.1', int(sys.argv[1]), sys.argv[2], sys.argv[3],\n"
-        "    token='s3cret-token', access_log=True)\n"
+        "    ServeOptions(token='s3cret-token', access_log=True))\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(port), PROJECT, str(root)],
@@ -489,7 +493,7 @@ def test_a_model_that_fails_verification_is_refused_and_the_old_one_keeps_servin
     watcher: ActiveModelWatcher = app.state.watcher
     with AppClient(app) as c:
         tamper(store, "m-b")
-        with caplog.at_level(logging.ERROR, logger="nluflow.serve"):
+        with caplog.at_level(logging.ERROR, logger="nluflow.apps.serve_watcher"):
             assert watcher.refresh() is False
 
         assert watcher.current is not None and watcher.current.model_id == "m-a"
@@ -618,7 +622,9 @@ def test_concurrent_requests_are_batched_and_one_bad_text_fails_alone(tmp_path: 
     (folder / "weights.txt").write_text("fake")
     store = make_store(tmp_path / "store", {"m-fake": folder}, active="m-fake")
     parser = SlowParser()
-    app: Starlette = create_app(store, PROJECT, max_batch=4, loader=lambda _: parser, watch=False)
+    app: Starlette = create_app(
+        store, PROJECT, ServeOptions(max_batch=4), loader=lambda _: parser, watch=False
+    )
     texts = ["hi", *[f"hello {i}" for i in range(8)], "boom"]
 
     async def scenario() -> list[httpx.Response]:
@@ -672,7 +678,7 @@ def test_a_promoted_model_is_swapped_in_under_load_without_a_failed_request(
 ) -> None:
     store = make_store(tmp_path / "store", {"m-a": model_a}, active="m-a")
     texts = load_file(demo_data / "test.jsonl").texts
-    app = create_app(store, PROJECT, poll_seconds=0.1)
+    app = create_app(store, PROJECT, ServeOptions(poll_seconds=0.1))
     stop = threading.Event()
     max_requests_per_client = 4000
     results: list[list[tuple[float, str]]] = [[] for _ in range(3)]  # per client: (time done, model id)
@@ -707,7 +713,7 @@ def test_a_promoted_model_is_swapped_in_under_load_without_a_failed_request(
             # Train and promote a second model while the requests are in flight.
             train_b = load_file(demo_data / "batch-2.jsonl")
             model_b = tmp_path / "model-b"
-            NLUModel().fit(train_b, LocalModelOptions(C=0.5), seed=1).save(model_b)
+            NLUModel(LocalModelOptions(C=0.5), random_state=1).fit(train_b).save(model_b)
             store.add_model(PROJECT, "m-b", model_b, **ADD)
             activating = time.monotonic()  # m-b cannot serve before the pointer names it
             store.activate(PROJECT, "m-b", reason="promoted during the serve test")

@@ -11,16 +11,14 @@ import pytest
 from nluflow.data.schema import Dataset, Example
 from nluflow.data.validation import normalize_text
 from nluflow.errors import DataError, IntegrityError
-from nluflow.registry import LocalFileSystem
+from nluflow.store import LocalFileSystem
+from nluflow.store.testsets import TestSetStore, keep_training_data, stored_training_data
 from nluflow.testset import (
-    TestSetStore,
     audit_fields,
     data_delta,
-    keep_training_data,
     new_example_indices,
     refuse_unmeasurable,
     route_to_test,
-    stored_training_data,
     tiny_warning,
 )
 

@@ -7,16 +7,9 @@ and trains the local NLU model behind it, so its predictions are real. Serve one
 annotation tool's export and auth (a data source, not a training platform).
 """
 
-from nluflow.testing.emulators._base import (
-    Emulator,
-    EmulatorSettings,
-    Fault,
-    FaultPlan,
-    JobOutcome,
-    RecordedRequest,
-    ServedApp,
-    serve,
-)
+from nluflow.testing.emulators._base import Emulator, JobOutcome
+from nluflow.testing.emulators._middleware import EmulatorSettings, Fault, FaultPlan, RecordedRequest
+from nluflow.testing.emulators._serving import ServedApp, serve
 from nluflow.testing.emulators.cognigy import CognigyEmulator
 from nluflow.testing.emulators.labelstudio import LabelStudioEmulator
 from nluflow.testing.emulators.neuralspace import NeuralSpaceEmulator

@@ -12,7 +12,8 @@ import signal
 import threading
 from pathlib import Path
 
-from nluflow.testing.emulators._base import Emulator, ServedApp
+from nluflow.testing.emulators._base import Emulator
+from nluflow.testing.emulators._serving import ServedApp
 from nluflow.testing.emulators.cognigy import CognigyEmulator
 from nluflow.testing.emulators.labelstudio import LabelStudioEmulator
 from nluflow.testing.emulators.neuralspace import PREFIX, NeuralSpaceEmulator

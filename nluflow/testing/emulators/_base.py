@@ -1,63 +1,50 @@
-"""What every emulator shares: fault injection, request recording, job bookkeeping, and a uvicorn runner.
+"""What every emulator shares: its route table wired to the middleware, request recording, training jobs.
 
-Faults are injected per endpoint (a name each emulator gives its routes) and consumed one per request::
+A platform lists its routes once in :meth:`Emulator.endpoints`; ``_middleware`` puts the auth gate and the
+fault injector in front of the app serving them, and ``_serving`` runs an emulator with uvicorn.
+Faults are injected per endpoint (the fault name of its routes) and consumed one per request::
 
     emulator.faults.inject("train", Fault.RATE_LIMIT)          # the next train request gets a 429
     emulator.faults.inject("status", Fault.SERVER_ERROR, times=3)
     emulator.outcome = JobOutcome.FAIL                          # the next training job ends failed
 
-Some faults strike *before* the request is processed (429, 500, 503, 401: the server did nothing), others
-*after* it (502 from a proxy, a slow answer, a dropped connection, a garbled body: the server did the work and
-the client never learnt it). The second kind is what makes a retried "start training" request dangerous;
-``jobs_started`` counts the trainings an emulator really started, so tests can prove none ran twice.
+``jobs_started`` counts the trainings an emulator really started, so tests can prove none ran twice after a
+fault that struck once the work was done.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import json
-import re
-import socket
 import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import uvicorn
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
 
 from nluflow.data.schema import Dataset
+from nluflow.testing.emulators._middleware import (
+    ASGIApp,
+    AuthGate,
+    EmulatorSettings,
+    Endpoint,
+    FaultInjector,
+    FaultPlan,
+    RecordedRequest,
+    Scope,
+    answering,
+)
 from nluflow.testing.emulators._model import Loader, Predictor, Trainer, load_local, train_local
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class Fault(StrEnum):
-    """One injected HTTP fault."""
-
-    RATE_LIMIT = "429 + Retry-After"
-    SERVER_ERROR = "500"
-    BAD_GATEWAY = "502"
-    UNAVAILABLE = "503"
-    SLOW = "slow (beyond timeout)"
-    DROP = "dropped connection"
-    TOKEN_EXPIRED = "401 token expired"
-    MALFORMED_JSON = "malformed JSON"
-
-    @property
-    def after_processing(self) -> bool:
-        """Whether the server did the work before the fault hit (so the client cannot know it happened)."""
-        return self in (Fault.BAD_GATEWAY, Fault.SLOW, Fault.DROP, Fault.MALFORMED_JSON)
+from nluflow.testing.emulators._serving import ServedApp
 
 
 class JobOutcome(StrEnum):
@@ -68,273 +55,6 @@ class JobOutcome(StrEnum):
     CANCEL = "job CANCELLED"
     ERROR = "job error"
     NEVER_FINISH = "job never finishes"
-
-
-class FaultPlan:
-    """Faults waiting for their endpoint, consumed one per request (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._queues: dict[str, deque[Fault]] = {}
-        self._lock = threading.Lock()
-        self.fired: list[tuple[str, Fault]] = []
-
-    def inject(self, endpoint: str, fault: Fault, times: int = 1) -> None:
-        with self._lock:
-            self._queues.setdefault(endpoint, deque()).extend([fault] * times)
-
-    def take(self, endpoint: str) -> Fault | None:
-        with self._lock:
-            queue = self._queues.get(endpoint)
-            if not queue:
-                return None
-            fault = queue.popleft()
-            self.fired.append((endpoint, fault))
-            return fault
-
-    def pending(self) -> int:
-        with self._lock:
-            return sum(len(q) for q in self._queues.values())
-
-    def clear(self) -> None:
-        with self._lock:
-            self._queues.clear()
-            self.fired.clear()
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the emulator received it (for the recorded-contract checks)."""
-
-    endpoint: str | None
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class EmulatorSettings:
-    """Knobs shared by every emulator."""
-
-    retry_after_seconds: int = 1
-    slow_seconds: float = 2.0
-    # How long a job stays "running" after its model is trained, so polling sees intermediate states.
-    job_min_seconds: float = 0.2
-
-
-@dataclass
-class Route:
-    method: str
-    pattern: re.Pattern[str]
-    endpoint: str
-
-
-def routes(*table: tuple[str, str, str]) -> list[Route]:
-    """``(method, path regex, endpoint name)`` triples; the first match names a request's endpoint."""
-    return [Route(m, re.compile(p), e) for m, p, e in table]
-
-
-ErrorBody = Callable[[int, str, str], tuple[bytes, str]]
-
-
-@dataclass
-class FaultInjector:
-    """ASGI middleware: names each request's endpoint, records it, applies the next fault queued for it."""
-
-    app: ASGIApp
-    table: list[Route]
-    plan: FaultPlan
-    settings: EmulatorSettings
-    error_body: ErrorBody
-    on_token_expired: Callable[[], None] = lambda: None
-    recorded: list[RecordedRequest] = field(default_factory=list)
-
-    def endpoint_of(self, method: str, path: str) -> str | None:
-        for route in self.table:
-            if route.method == method and route.pattern.fullmatch(path):
-                return route.endpoint
-        return None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method, path = scope["method"], scope["path"]
-        endpoint = self.endpoint_of(method, path)
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        self.recorded.append(
-            RecordedRequest(endpoint, method, path, scope.get("query_string", b"").decode(), headers, body)
-        )
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return {"type": "http.disconnect"}
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        fault = self.plan.take(endpoint) if endpoint else None
-        if fault is None:
-            await self.app(scope, replay, send)
-            return
-        if not fault.after_processing:
-            await self._refuse(fault, send)
-            return
-        status, out_headers, out_body = await self._capture(scope, replay)
-        if fault is Fault.BAD_GATEWAY:
-            await _respond(send, 502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
-        elif fault is Fault.SLOW:
-            await asyncio.sleep(self.settings.slow_seconds)
-            await _send_raw(send, status, out_headers, out_body)
-        elif fault is Fault.MALFORMED_JSON:
-            # A garbled reply: the body cut in half (an empty 204 has nothing to garble and goes through).
-            cut = out_body[: len(out_body) // 2] if status not in (204, 304) else out_body
-            await _send_raw(send, status, out_headers, cut)
-        else:  # Fault.DROP
-            _drop(send)
-
-    async def _capture(self, scope: Scope, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        status = 500
-        headers: list[tuple[bytes, bytes]] = []
-        chunks: list[bytes] = []
-
-        async def capture(message: Message) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        await self.app(scope, receive, capture)
-        return status, headers, b"".join(chunks)
-
-    async def _refuse(self, fault: Fault, send: Send) -> None:
-        if fault is Fault.RATE_LIMIT:
-            body, ctype = self.error_body(429, "Too Many Requests", "rate limit exceeded; retry later")
-            await _respond(send, 429, body, ctype, {"retry-after": str(self.settings.retry_after_seconds)})
-        elif fault is Fault.TOKEN_EXPIRED:
-            self.on_token_expired()
-            body, ctype = self.error_body(401, "Unauthorized", "the access token has expired")
-            await _respond(send, 401, body, ctype)
-        else:
-            code = {Fault.SERVER_ERROR: 500, Fault.UNAVAILABLE: 503}[fault]
-            title = {500: "Internal Server Error", 503: "Service Unavailable"}[code]
-            body, ctype = self.error_body(code, title, f"injected fault: {fault.value}")
-            await _respond(send, code, body, ctype)
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None
-) -> None:
-    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
-    await _send_raw(send, status, headers, body)
-
-
-async def _send_raw(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def _drop(send: Send) -> None:
-    """Close the connection without a response (uvicorn's h11 cycle exposes its transport)."""
-    cycle = getattr(send, "__self__", None)
-    transport = getattr(cycle, "transport", None)
-    if transport is None:
-        raise ConnectionResetError("injected fault: connection dropped")
-    transport.abort()
-    cycle.disconnected = True  # type: ignore[union-attr]
-
-
-def json_error(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
-    return status, json.dumps(body).encode()
-
-
-# --------------------------------------------------------------------------------------------- serving
-
-
-class ServedApp:
-    """An ASGI app served by uvicorn on 127.0.0.1 in a daemon thread; ``stop()`` ends it."""
-
-    def __init__(
-        self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, on_stop: Callable[[], None] | None = None
-    ) -> None:
-        self._on_stop = on_stop
-        # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only then (else Nagle's algorithm
-        # and delayed ACKs add ~40 ms to every request).
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.host, self.port = self._sock.getsockname()[:2]
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            timeout_graceful_shutdown=1,
-            http="h11",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [self._sock]},
-            name=f"emulator-{self.port}",
-            daemon=True,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> ServedApp:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the emulator on {self.url} did not start within {timeout:.0f} s")
-            time.sleep(0.01)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._on_stop is not None:
-            self._on_stop()  # e.g. end jobs that would never finish, so open requests can return
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout)
-        with contextlib.suppress(OSError):
-            self._sock.close()
-
-    def __enter__(self) -> ServedApp:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-@contextlib.contextmanager
-def serve(app: ASGIApp, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``app`` on a free port of ``host`` for the duration of the block; yields the base URL."""
-    served = ServedApp(app, host).start()
-    try:
-        yield served.url
-    finally:
-        served.stop()
 
 
 # ------------------------------------------------------------------------------------------- training jobs
@@ -372,10 +92,14 @@ class TrainingJob:
 
 
 class Emulator:
-    """Base of the platform emulators: faults, recorded requests, jobs, and the local model behind them."""
+    """Base of the platform emulators: faults, recorded requests, jobs, and the local model behind them.
+
+    A platform lists its routes once in :meth:`endpoints`; the app (:meth:`build_app`), the auth gate
+    (:meth:`authenticate`) and the fault injector all read that one table.
+    """
 
     name = "emulator"
-    table: ClassVar[list[Route]] = []
+    title = "emulator"
 
     def __init__(
         self,
@@ -395,13 +119,30 @@ class Emulator:
         self.jobs_started = 0
         self.lock = threading.RLock()
         self._ids = itertools.count(1)
+        table = self.endpoints()
+        router = self.build_app(table)
+        # The served routes in table order: a request's endpoint is found with the router's own matching.
+        self._routes = list(zip(router.routes[len(router.routes) - len(table) :], table, strict=True))
+        gate = AuthGate(router, self.endpoint_of, self.authenticate)
         self._injector = FaultInjector(
-            self.build_app(), self.table, self.faults, self.settings, self.error_body, self.expire_tokens
+            gate, self.endpoint_of, self.faults, self.settings, self.error_body, self.expire_tokens
         )
 
     # --- what each platform defines
-    def build_app(self) -> ASGIApp:
+    def endpoints(self) -> list[Endpoint]:
+        """The platform's routes, each declared once."""
         raise NotImplementedError
+
+    def build_app(self, endpoints: Sequence[Endpoint]) -> Starlette:
+        """The app serving ``endpoints``: FastAPI, whose 404 and 405 answers are JSON."""
+        app = FastAPI(title=self.title, openapi_url=None)
+        for endpoint in endpoints:
+            app.add_api_route(endpoint.path, answering(endpoint.handler), methods=[endpoint.method])
+        return app
+
+    def authenticate(self, request: Request, body: bytes) -> Response | None:
+        """None when a request for a non-public endpoint may go on, else the platform's refusal."""
+        return None
 
     def error_body(self, status: int, title: str, detail: str) -> tuple[bytes, str]:
         return json.dumps({"status": status, "title": title, "detail": detail}).encode(), "application/json"
@@ -410,6 +151,13 @@ class Emulator:
         """Called when a 401 'token expired' fault fires: emulators that issue tokens revoke them."""
 
     # --- shared
+    def endpoint_of(self, scope: Scope) -> Endpoint | None:
+        """The endpoint an HTTP request is for (None: no route, or the method does not match)."""
+        for route, endpoint in self._routes:
+            if endpoint.method == scope["method"] and route.matches(scope)[0] is Match.FULL:
+                return endpoint
+        return None
+
     @property
     def app(self) -> ASGIApp:
         return self._injector

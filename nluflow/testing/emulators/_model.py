@@ -26,7 +26,7 @@ def train_local(dataset: Dataset, seed: int) -> Predictor:
     """Fit ``nluflow.models.nlu.NLUModel`` with its default options (imported late: it is heavy)."""
     from nluflow.models.nlu import NLUModel
 
-    model: Predictor = NLUModel().fit(dataset, LocalModelOptions(), seed)
+    model: Predictor = NLUModel(LocalModelOptions(), random_state=seed).fit(dataset)
     return model
 
 

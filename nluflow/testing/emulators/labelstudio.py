@@ -43,7 +43,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from nluflow.testing.emulators._base import ASGIApp, Emulator, routes
+from nluflow.testing.emulators._base import Emulator
+from nluflow.testing.emulators._middleware import Endpoint, answering
 
 LEGACY_DISABLED = "legacy token authentication has been disabled for this organization"
 DEFAULT_ACCESS_TTL = 300.0
@@ -64,14 +65,39 @@ def _stamp(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _result(
+    task_id: int, text: str, intent: str | None, entities: Sequence[tuple[int, int, str]]
+) -> list[dict[str, Any]]:
+    """An annotation's ``result``: the intent choice (none when ``intent`` is None) and the entity spans."""
+    result: list[dict[str, Any]] = []
+    if intent is not None:
+        result.append(
+            {
+                "id": f"t{task_id}-intent",
+                "from_name": "intent",
+                "to_name": "text",
+                "type": "choices",
+                "value": {"choices": [intent]},
+            }
+        )
+    for n, (start, end, label) in enumerate(entities, 1):
+        result.append(
+            {
+                "id": f"t{task_id}-e{n}",
+                "from_name": "entities",
+                "to_name": "text",
+                "type": "labels",
+                "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]},
+            }
+        )
+    return result
+
+
 class LabelStudioEmulator(Emulator):
     """One Label Studio organisation with projects of text tasks, legacy tokens and personal access tokens."""
 
     name = "label-studio"
-    table = routes(
-        ("POST", r"/api/token/refresh/?", "refresh"),
-        ("GET", r"/api/projects/\d+/export/?", "export"),
-    )
+    title = "label studio emulator"
 
     def __init__(
         self,
@@ -186,57 +212,34 @@ class LabelStudioEmulator(Emulator):
         skip (``cancelled``: Label Studio keeps a skip as an annotation with ``was_cancelled``, no result)."""
         with self._data_lock:
             task = self._task(task_id)
-            text = task["data"]["text"]
-            result: list[dict[str, Any]] = []
-            if not cancelled and intent is not None:  # intent None: an annotation with spans only
-                result.append(
-                    {
-                        "id": f"t{task_id}-intent",
-                        "from_name": "intent",
-                        "to_name": "text",
-                        "type": "choices",
-                        "value": {"choices": [intent]},
-                    }
-                )
-            for n, (start, end, label) in enumerate(() if cancelled else entities, 1):
-                result.append(
-                    {
-                        "id": f"t{task_id}-e{n}",
-                        "from_name": "entities",
-                        "to_name": "text",
-                        "type": "labels",
-                        "value": {"start": start, "end": end, "text": text[start:end], "labels": [label]},
-                    }
-                )
+            result = [] if cancelled else _result(task_id, task["data"]["text"], intent, entities)
             self._annotation_ids += 1
             now = _stamp(self.clock())
-            task["annotations"].append(
-                {
-                    "id": self._annotation_ids,
-                    "completed_by": 1,
-                    "result": result,
-                    "was_cancelled": cancelled,
-                    "ground_truth": ground_truth,
-                    "created_at": now,
-                    "updated_at": now,
-                    "draft_created_at": None,
-                    "lead_time": 5.0,
-                    "prediction": {},
-                    "result_count": len(result),
-                    "unique_id": str(uuid.uuid4()),
-                    "import_id": None,
-                    "last_action": None,
-                    "bulk_created": False,
-                    "task": task_id,
-                    "project": task["project"],
-                    "updated_by": 1,
-                    "parent_prediction": None,
-                    "parent_annotation": None,
-                    "last_created_by": None,
-                }
-            )
+            annotation = {
+                "id": self._annotation_ids,
+                "completed_by": 1,
+                "result": result,
+                "was_cancelled": cancelled,
+                "ground_truth": ground_truth,
+                "created_at": now,
+                "updated_at": now,
+                "draft_created_at": None,
+                "lead_time": 5.0,
+                "prediction": {},
+                "result_count": len(result),
+                "unique_id": str(uuid.uuid4()),
+                "import_id": None,
+                "last_action": None,
+                "bulk_created": False,
+                "task": task_id,
+                "project": task["project"],
+                "updated_by": 1,
+                "parent_prediction": None,
+                "parent_annotation": None,
+                "last_created_by": None,
+            }
+            task["annotations"].append(annotation)
             self._recount(task, now)
-            annotation = task["annotations"][-1]
             webhook_task = {
                 k: v for k, v in task.items() if k not in ("annotations", "drafts", "predictions")
             }
@@ -300,7 +303,7 @@ class LabelStudioEmulator(Emulator):
         with self.lock:
             self.access_tokens.clear()
 
-    def _authenticate(self, request: Request) -> JSONResponse | None:
+    def authenticate(self, request: Request, body: bytes) -> Response | None:
         """None when the request carries valid credentials, else the 401 Label Studio would answer."""
         header = request.headers.get("authorization", "")
         kind, _, value = header.partition(" ")
@@ -354,9 +357,6 @@ class LabelStudioEmulator(Emulator):
         return JSONResponse({"access": access})
 
     async def export(self, request: Request) -> Response:
-        denied = self._authenticate(request)
-        if denied is not None:
-            return denied
         project = int(request.path_params["project"])
         export_type = request.query_params.get("exportType", "JSON")
         if export_type != "JSON":
@@ -372,10 +372,12 @@ class LabelStudioEmulator(Emulator):
             self.exports += 1
         return Response(body, media_type="application/json")
 
-    def build_app(self) -> ASGIApp:
-        return Starlette(
-            routes=[
-                Route("/api/token/refresh/", self.refresh, methods=["POST"]),
-                Route("/api/projects/{project:int}/export", self.export, methods=["GET"]),
-            ]
-        )
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("POST", "/api/token/refresh/", self.refresh, "refresh", public=True),
+            Endpoint("GET", "/api/projects/{project:int}/export", self.export, "export"),
+        ]
+
+    def build_app(self, endpoints: Sequence[Endpoint]) -> Starlette:
+        """Plain Starlette, as this emulator always was (its 404 and 405 answers are plain text)."""
+        return Starlette(routes=[Route(e.path, answering(e.handler), methods=[e.method]) for e in endpoints])

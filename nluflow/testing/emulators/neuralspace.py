@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nluflow.data.schema import Dataset, Entity, Example
-from nluflow.testing.emulators._base import ASGIApp, Emulator, JobPhase, TrainingJob, routes
+from nluflow.testing.emulators._base import Emulator, JobPhase, TrainingJob
+from nluflow.testing.emulators._middleware import Endpoint, Refused
 
 PREFIX = "/api/nlu/v1"
 LIFECYCLE = (
@@ -82,6 +83,9 @@ class ParseBody(BaseModel):
     text: str = Field(min_length=1)
 
 
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
 def _word(job: TrainingJob) -> str:
     if job.phase is JobPhase.QUEUED:
         return "Queued"
@@ -99,15 +103,7 @@ class NeuralSpaceEmulator(Emulator):
     """NeuralSpace NLU with the local model behind it."""
 
     name = "neuralspace"
-    table = routes(
-        ("POST", rf"{PREFIX}/dataset/upload", "upload"),
-        ("POST", rf"{PREFIX}/model/train/queue", "train"),
-        ("GET", rf"{PREFIX}/models", "models"),
-        ("GET", rf"{PREFIX}/model/[^/]+", "status"),
-        ("POST", rf"{PREFIX}/model/deploy", "activate"),
-        ("POST", rf"{PREFIX}/model/undeploy", "activate"),
-        ("POST", rf"{PREFIX}/model/parse", "predict"),
-    )
+    title = "neuralspace emulator"
 
     def __init__(self, token: str = "neuralspace-token", **kw: Any) -> None:
         self.token = token
@@ -142,7 +138,7 @@ class NeuralSpaceEmulator(Emulator):
             status_code=status,
         )
 
-    def _auth(self, request: Request) -> Response | None:
+    def authenticate(self, request: Request, body: bytes) -> Response | None:
         if request.headers.get("authorization") != self.token:
             return self._fail(401, "Unauthorized: invalid or expired authorization token")
         return None
@@ -157,137 +153,111 @@ class NeuralSpaceEmulator(Emulator):
         out["metrics"] = {"i_acc": last.get("accuracy", 0.0)} if last else {}
         return out
 
-    def build_app(self) -> ASGIApp:
-        app = FastAPI(title="neuralspace emulator", openapi_url=None)
+    async def _body(self, request: Request, model: type[_Body]) -> _Body:
+        """The JSON body as ``model``; raises :class:`Refused` with the platform's 400 otherwise."""
+        try:
+            return model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise Refused(
+                self._fail(400, f"Invalid request body: {first['msg']} at {first['loc']}")
+            ) from None
 
-        async def body_of(request: Request, model: type[BaseModel]) -> Any:
-            try:
-                return model.model_validate_json(await request.body())
-            except ValidationError as exc:
-                return self._fail(
-                    400, f"Invalid request body: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
-                )
+    def _model(self, model_id: str) -> dict[str, Any]:
+        model = self.models.get(model_id)
+        if model is None:
+            raise Refused(self._fail(404, f"Model {model_id} not found"))
+        return model
 
-        @app.post(f"{PREFIX}/dataset/upload")
-        async def upload(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            body = await body_of(request, Upload)
-            if isinstance(body, Response):
-                return body
-            with self.lock:
-                self.data[(body.projectId, body.language)] = list(body.trainingData)
-            return self._ok("Dataset uploaded successfully", {"examples": len(body.trainingData)})
+    # -------------------------------------------------------------------------------------------- routes
 
-        @app.post(f"{PREFIX}/model/train/queue")
-        async def queue(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            body = await body_of(request, Queue)
-            if isinstance(body, Response):
-                return body
-            rows = [r for r in self.data.get((body.projectId, body.language), []) if r.type == "train"]
-            counts: dict[str, int] = {}
-            for row in rows:
-                counts[row.intent] = counts.get(row.intent, 0) + 1
-            if len(counts) < 2 or min(counts.values()) < 10:
-                return self._fail(
-                    400,
-                    "At least 2 intents with 10 examples each are needed to train",
-                    {"examplesPerIntent": counts},
-                )
-            dataset = Dataset.of(
-                Example(text=r.text, intent=r.intent, entities=tuple(r.entities)) for r in rows
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("POST", f"{PREFIX}/dataset/upload", self.upload, "upload"),
+            Endpoint("POST", f"{PREFIX}/model/train/queue", self.queue, "train"),
+            Endpoint("GET", f"{PREFIX}/models", self.list_models, "models"),
+            Endpoint("GET", f"{PREFIX}/model/{{model_id}}", self.get_model, "status"),
+            Endpoint("DELETE", f"{PREFIX}/model/{{model_id}}", self.delete_model),
+            Endpoint("POST", f"{PREFIX}/model/deploy", self.deploy, "activate"),
+            Endpoint("POST", f"{PREFIX}/model/undeploy", self.undeploy, "activate"),
+            Endpoint("POST", f"{PREFIX}/model/parse", self.parse, "predict"),
+        ]
+
+    async def upload(self, request: Request) -> Response:
+        body = await self._body(request, Upload)
+        with self.lock:
+            self.data[(body.projectId, body.language)] = list(body.trainingData)
+        return self._ok("Dataset uploaded successfully", {"examples": len(body.trainingData)})
+
+    async def queue(self, request: Request) -> Response:
+        body = await self._body(request, Queue)
+        rows = [r for r in self.data.get((body.projectId, body.language), []) if r.type == "train"]
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row.intent] = counts.get(row.intent, 0) + 1
+        if len(counts) < 2 or min(counts.values()) < 10:
+            return self._fail(
+                400,
+                "At least 2 intents with 10 examples each are needed to train",
+                {"examplesPerIntent": counts},
             )
-            model_id = str(uuid.uuid4())
-            job = self.start_job(dataset, 0, model=model_id)
-            with self.lock:
-                self.models[model_id] = {
-                    "modelId": model_id,
-                    "modelName": body.modelName,
-                    "projectId": body.projectId,
-                    "language": body.language,
-                    "noOfTrainingJob": body.noOfTrainingJob,
-                    "examplesPerIntent": counts,
-                    "deployed": False,
-                    "job": job,
-                }
-            return self._ok("Model queued for training", {"modelId": model_id})
+        dataset = Dataset.of(Example(text=r.text, intent=r.intent, entities=tuple(r.entities)) for r in rows)
+        model_id = str(uuid.uuid4())
+        job = self.start_job(dataset, 0, model=model_id)
+        with self.lock:
+            self.models[model_id] = {
+                "modelId": model_id,
+                "modelName": body.modelName,
+                "projectId": body.projectId,
+                "language": body.language,
+                "noOfTrainingJob": body.noOfTrainingJob,
+                "examplesPerIntent": counts,
+                "deployed": False,
+                "job": job,
+            }
+        return self._ok("Model queued for training", {"modelId": model_id})
 
-        @app.get(f"{PREFIX}/models")
-        async def list_models(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            project = request.query_params.get("projectId")
-            items = [self._describe(m) for m in self.models.values() if m["projectId"] == project]
-            return self._ok("Models fetched successfully", {"models": items, "total": len(items)})
+    async def list_models(self, request: Request) -> Response:
+        project = request.query_params.get("projectId")
+        items = [self._describe(m) for m in self.models.values() if m["projectId"] == project]
+        return self._ok("Models fetched successfully", {"models": items, "total": len(items)})
 
-        @app.get(f"{PREFIX}/model/{{model_id}}")
-        async def get_model(model_id: str, request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            model = self.models.get(model_id)
-            if model is None:
-                return self._fail(404, f"Model {model_id} not found")
-            return self._ok("Model fetched successfully", self._describe(model))
+    async def get_model(self, request: Request) -> Response:
+        return self._ok(
+            "Model fetched successfully", self._describe(self._model(request.path_params["model_id"]))
+        )
 
-        @app.delete(f"{PREFIX}/model/{{model_id}}")
-        async def delete_model(model_id: str, request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            with self.lock:
-                found = self.models.pop(model_id, None)
-            if found is None:
-                return self._fail(404, f"Model {model_id} not found")
-            return self._ok("Model deleted successfully", {"modelId": model_id})
+    async def delete_model(self, request: Request) -> Response:
+        model_id = request.path_params["model_id"]
+        with self.lock:
+            found = self.models.pop(model_id, None)
+        if found is None:
+            return self._fail(404, f"Model {model_id} not found")
+        return self._ok("Model deleted successfully", {"modelId": model_id})
 
-        @app.post(f"{PREFIX}/model/deploy")
-        async def deploy(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            body = await body_of(request, Deploy)
-            if isinstance(body, Response):
-                return body
-            model = self.models.get(body.modelId)
-            if model is None:
-                return self._fail(404, f"Model {body.modelId} not found")
-            if model["job"].phase is not JobPhase.SUCCEEDED:
-                return self._fail(400, f"Model {body.modelId} is not trained and cannot be deployed")
-            model["deployed"] = True
-            with self.lock:
-                self.deploy_history.append(body.modelId)
-            return self._ok("Model deployed successfully", {"modelId": body.modelId, "deployed": True})
+    async def deploy(self, request: Request) -> Response:
+        body = await self._body(request, Deploy)
+        model = self._model(body.modelId)
+        if model["job"].phase is not JobPhase.SUCCEEDED:
+            return self._fail(400, f"Model {body.modelId} is not trained and cannot be deployed")
+        model["deployed"] = True
+        with self.lock:
+            self.deploy_history.append(body.modelId)
+        return self._ok("Model deployed successfully", {"modelId": body.modelId, "deployed": True})
 
-        @app.post(f"{PREFIX}/model/undeploy")
-        async def undeploy(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            body = await body_of(request, Undeploy)
-            if isinstance(body, Response):
-                return body
-            model = self.models.get(body.modelId)
-            if model is None:
-                return self._fail(404, f"Model {body.modelId} not found")
-            model["deployed"] = False
-            return self._ok("Model undeployed successfully", {"modelId": body.modelId, "deployed": False})
+    async def undeploy(self, request: Request) -> Response:
+        body = await self._body(request, Undeploy)
+        self._model(body.modelId)["deployed"] = False
+        return self._ok("Model undeployed successfully", {"modelId": body.modelId, "deployed": False})
 
-        @app.post(f"{PREFIX}/model/parse")
-        async def parse(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            body = await body_of(request, ParseBody)
-            if isinstance(body, Response):
-                return body
-            model = self.models.get(body.modelId)
-            if model is None:
-                return self._fail(404, f"Model {body.modelId} not found")
-            if not model["deployed"] or model["job"].model is None:
-                return self._fail(400, f"Model {body.modelId} is not deployed; deploy it before parsing")
-            result = model["job"].model.parse([body.text])[0].model_dump(mode="json")
-            result["entities"] = [{**e, "confidence": 0.99} for e in result["entities"]]
-            return self._ok("Model parsed successfully", result)
-
-        return app
+    async def parse(self, request: Request) -> Response:
+        body = await self._body(request, ParseBody)
+        model = self._model(body.modelId)
+        if not model["deployed"] or model["job"].model is None:
+            return self._fail(400, f"Model {body.modelId} is not deployed; deploy it before parsing")
+        result = model["job"].model.parse([body.text])[0].model_dump(mode="json")
+        result["entities"] = [{**e, "confidence": 0.99} for e in result["entities"]]
+        return self._ok("Model parsed successfully", result)
 
     def deployed(self) -> list[str]:
         return [m["modelName"] for m in self.models.values() if m["deployed"]]

@@ -40,14 +40,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from nluflow.data.loaders import load_rasa_yaml
-from nluflow.data.schema import Dataset, Entity, Example
+from nluflow.data.schema import Dataset
 from nluflow.errors import DataError
-from nluflow.testing.emulators._base import ASGIApp, Emulator, JobPhase, routes
+from nluflow.testing.emulators._base import Emulator, JobPhase, TrainingJob
+from nluflow.testing.emulators._middleware import Endpoint
 from nluflow.testing.emulators._model import Predictor
+from nluflow.testing.emulators._rasa_eval import (
+    entity_evaluation,
+    from_rasa_json,
+    intent_evaluation,
+    sanitize,
+)
 
 RASA_VERSION = "3.6.20"
 # What a Rasa server answers when it fails while training (JobOutcome.ERROR): the exception it caught.
@@ -103,13 +110,7 @@ class RasaEmulator(Emulator):
     """``rasa run --enable-api`` with the local model behind it."""
 
     name = "rasa"
-    table = routes(
-        ("GET", r"/status", "status"),
-        ("POST", r"/model/train", "train"),
-        ("PUT", r"/model", "activate"),
-        ("POST", r"/model/parse", "parse"),
-        ("POST", r"/model/test/intents", "predict"),
-    )
+    title = "rasa emulator"
 
     def __init__(self, token: str | None = None, jwt_secret: str | None = None, **kw: Any) -> None:
         self.token = token
@@ -129,7 +130,7 @@ class RasaEmulator(Emulator):
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    def _auth(self, request: Request) -> Response | None:
+    def authenticate(self, request: Request, body: bytes) -> Response | None:
         if self.token is None and self.jwt_secret is None:
             return None
         if self.token is not None and request.query_params.get("token") == self.token:
@@ -250,260 +251,154 @@ class RasaEmulator(Emulator):
         data["intent_ranking"] = list(data.get("intent_ranking") or [])
         return data
 
-    # ---------------------------------------------------------------------------------------------- app
+    # -------------------------------------------------------------------------------------------- routes
 
-    def build_app(self) -> ASGIApp:
-        app = FastAPI(title="rasa emulator", openapi_url=None)
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("GET", "/", self.health, public=True),
+            Endpoint("GET", "/version", self.version, public=True),
+            Endpoint("GET", "/status", self.status, "status"),
+            Endpoint("POST", "/model/train", self.train, "train"),
+            Endpoint("PUT", "/model", self.replace, "activate"),
+            Endpoint("POST", "/model/parse", self.parse, "parse"),
+            Endpoint("POST", "/model/test/intents", self.test_intents, "predict"),
+        ]
 
-        @app.get("/")
-        async def health() -> Response:
-            return PlainTextResponse(f"Hello from Rasa: {RASA_VERSION}")
+    async def health(self, request: Request) -> Response:
+        return PlainTextResponse(f"Hello from Rasa: {RASA_VERSION}")
 
-        @app.get("/version")
-        async def version() -> Response:
-            return JSONResponse({"version": RASA_VERSION, "minimum_compatible_version": "3.5.0"})
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": RASA_VERSION, "minimum_compatible_version": "3.5.0"})
 
-        @app.get("/status")
-        async def status(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            if self.loaded is None:
-                return rasa_error(
-                    409,
-                    "Conflict",
-                    "No agent loaded. To continue processing, a model of a trained agent needs to be loaded.",
-                )
-            return JSONResponse(
-                {
-                    "model_file": self.loaded[0],
-                    "model_id": self.loaded_model_id,
-                    "num_active_training_jobs": self.active_trainings,
-                }
+    async def status(self, request: Request) -> Response:
+        if self.loaded is None:
+            return rasa_error(
+                409,
+                "Conflict",
+                "No agent loaded. To continue processing, a model of a trained agent needs to be loaded.",
             )
+        return JSONResponse(
+            {
+                "model_file": self.loaded[0],
+                "model_id": self.loaded_model_id,
+                "num_active_training_jobs": self.active_trainings,
+            }
+        )
 
-        @app.post("/model/train")
-        async def train(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            raw = await request.body()
-            try:
-                text = raw.decode("utf-8")
-                document = yaml.safe_load(text)
-            except (UnicodeDecodeError, yaml.YAMLError) as exc:
-                return rasa_error(
-                    400, "BadRequest", f"The request body does not contain valid YAML. Error: {exc}"
-                )
-            if not isinstance(document, dict) or "nlu" not in document:
-                return rasa_error(400, "BadRequest", "The training data does not contain NLU data.")
-            try:
-                dataset = self._dataset(text)
-            except DataError as exc:
-                return rasa_error(400, "BadRequest", f"Invalid training data: {exc}")
-            # Rasa 3.x trains on every request (force_training only turns off reusing cached components).
-            assistant_id = document.get("assistant_id")
-            assistant_id = assistant_id if isinstance(assistant_id, str) else None
-            seed = 0
-            for component in document.get("pipeline") or []:
-                if isinstance(component, dict) and isinstance(component.get("random_seed"), int):
-                    seed = component["random_seed"]
-            with self.lock:
-                self.active_trainings += 1
-                self.trainings.append(assistant_id)
-            job = self.start_job(dataset, seed)
-            try:
-                while not job.done.is_set():
-                    await asyncio.sleep(0.01)
-            finally:
-                if job.done.is_set():
-                    with self.lock:
-                        self.active_trainings -= 1
-            if job.phase is not JobPhase.SUCCEEDED or job.model_dir is None:
-                # A job "error" is the server's own failure; Rasa shows the exception it caught.
-                error = SERVER_FAILURE if job.phase is JobPhase.ERROR else job.error
-                return rasa_error(
-                    500, "TrainingError", f"An unexpected error occurred during training. Error: {error}"
-                )
-            language = document.get("language")
-            filename = self._write_archive(
-                job.model_dir, assistant_id, language if isinstance(language, str) else None
+    async def train(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            text = raw.decode("utf-8")
+            document = yaml.safe_load(text)
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            return rasa_error(
+                400, "BadRequest", f"The request body does not contain valid YAML. Error: {exc}"
             )
-            return self._file(filename)
+        if not isinstance(document, dict) or "nlu" not in document:
+            return rasa_error(400, "BadRequest", "The training data does not contain NLU data.")
+        try:
+            dataset = self._dataset(text)
+        except DataError as exc:
+            return rasa_error(400, "BadRequest", f"Invalid training data: {exc}")
+        # Rasa 3.x trains on every request (force_training only turns off reusing cached components).
+        assistant_id = document.get("assistant_id")
+        assistant_id = assistant_id if isinstance(assistant_id, str) else None
+        job = await self._train(dataset, _seed_of(document), assistant_id)
+        if job.phase is not JobPhase.SUCCEEDED or job.model_dir is None:
+            # A job "error" is the server's own failure; Rasa shows the exception it caught.
+            error = SERVER_FAILURE if job.phase is JobPhase.ERROR else job.error
+            return rasa_error(
+                500, "TrainingError", f"An unexpected error occurred during training. Error: {error}"
+            )
+        language = document.get("language")
+        filename = self._write_archive(
+            job.model_dir, assistant_id, language if isinstance(language, str) else None
+        )
+        return self._file(filename)
 
-        @app.put("/model")
-        async def replace(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            try:
-                body = json.loads(await request.body())
-                model_file = body["model_file"]
-                assert isinstance(model_file, str)
-            except (ValueError, KeyError, TypeError, AssertionError):
-                return rasa_error(400, "BadRequest", "No path to model file defined in request_body.")
-            loaded = await asyncio.to_thread(self._load, model_file)
-            if loaded is None:
-                return rasa_error(400, "BadRequest", f"Agent with name '{model_file}' could not be loaded.")
-            self._serve(loaded)
-            return Response(status_code=204)
+    async def _train(self, dataset: Dataset, seed: int, assistant_id: str | None) -> TrainingJob:
+        """Run one training job to its end, counted in ``num_active_training_jobs`` meanwhile."""
+        with self.lock:
+            self.active_trainings += 1
+            self.trainings.append(assistant_id)
+        job = self.start_job(dataset, seed)
+        try:
+            while not job.done.is_set():
+                await asyncio.sleep(0.01)
+        finally:
+            if job.done.is_set():
+                with self.lock:
+                    self.active_trainings -= 1
+        return job
 
-        @app.post("/model/parse")
-        async def parse(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            try:
-                body = json.loads(await request.body())
-                text = body["text"]
-                assert isinstance(text, str)
-            except (ValueError, KeyError, TypeError, AssertionError):
-                return rasa_error(
-                    400,
-                    "BadRequest",
-                    "No text message defined in request_body. Add text message to request body in order to "
-                    "obtain the intent and extracted entities.",
-                )
-            if self.loaded is None:
-                return rasa_error(409, "Conflict", "No agent loaded.")
-            result = self.loaded[1].parse([text])[0]
-            return JSONResponse(self._parse_dict(result))
+    async def replace(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+            model_file = body["model_file"]
+            assert isinstance(model_file, str)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            return rasa_error(400, "BadRequest", "No path to model file defined in request_body.")
+        loaded = await asyncio.to_thread(self._load, model_file)
+        if loaded is None:
+            return rasa_error(400, "BadRequest", f"Agent with name '{model_file}' could not be loaded.")
+        self._serve(loaded)
+        return Response(status_code=204)
 
-        @app.post("/model/test/intents")
-        async def test_intents(request: Request) -> Response:
-            if (denied := self._auth(request)) is not None:
-                return denied
-            raw = (await request.body()).decode("utf-8", errors="replace")
-            try:
-                if request.headers.get("content-type") == "application/x-yaml":
-                    data = self._dataset(raw)
-                else:
-                    data = _from_rasa_json(json.loads(raw))
-            except (DataError, ValueError, KeyError, TypeError) as exc:
-                return rasa_error(400, "BadRequest", f"Invalid test data: {exc}")
-            model_param = request.query_params.get("model")
-            if model_param:
-                agent = await asyncio.to_thread(self._load, model_param)
-                if agent is None:
-                    return rasa_error(
-                        400, "BadRequest", f"Agent with name '{model_param}' could not be loaded."
-                    )
-            elif self.loaded is not None:
-                agent = self.loaded
+    async def parse(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+            text = body["text"]
+            assert isinstance(text, str)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            return rasa_error(
+                400,
+                "BadRequest",
+                "No text message defined in request_body. Add text message to request body in order to "
+                "obtain the intent and extracted entities.",
+            )
+        if self.loaded is None:
+            return rasa_error(409, "Conflict", "No agent loaded.")
+        result = self.loaded[1].parse([text])[0]
+        return JSONResponse(self._parse_dict(result))
+
+    async def test_intents(self, request: Request) -> Response:
+        raw = (await request.body()).decode("utf-8", errors="replace")
+        try:
+            if request.headers.get("content-type") == "application/x-yaml":
+                data = self._dataset(raw)
             else:
-                return rasa_error(409, "Conflict", "Loaded model file not found.")
-            data = _sanitize(data)
-            parses = agent[1].parse(data.texts)
-            intents = _intent_evaluation(data, parses) if len(set(data.intents)) >= 2 else None
-            return JSONResponse(
-                {
-                    "intent_evaluation": intents,
-                    "entity_evaluation": _entity_evaluation(data, parses) if len(data) else None,
-                    "response_selection_evaluation": None,
-                }
-            )
-
-        return app
+                data = from_rasa_json(json.loads(raw))
+        except (DataError, ValueError, KeyError, TypeError) as exc:
+            return rasa_error(400, "BadRequest", f"Invalid test data: {exc}")
+        model_param = request.query_params.get("model")
+        if model_param:
+            agent = await asyncio.to_thread(self._load, model_param)
+            if agent is None:
+                return rasa_error(400, "BadRequest", f"Agent with name '{model_param}' could not be loaded.")
+        elif self.loaded is not None:
+            agent = self.loaded
+        else:
+            return rasa_error(409, "Conflict", "Loaded model file not found.")
+        data = sanitize(data)
+        parses = agent[1].parse(data.texts)
+        intents = intent_evaluation(data, parses) if len(set(data.intents)) >= 2 else None
+        return JSONResponse(
+            {
+                "intent_evaluation": intents,
+                "entity_evaluation": entity_evaluation(data, parses) if len(data) else None,
+                "response_selection_evaluation": None,
+            }
+        )
 
     def _file(self, filename: str) -> Response:
         data = (self.workdir / "models" / filename).read_bytes()
         return Response(data, media_type="application/octet-stream", headers={"filename": filename})
 
 
-def _from_rasa_json(body: Any) -> Dataset:
-    items = body["rasa_nlu_data"]["common_examples"]
-    examples = [
-        Example(
-            text=i["text"],
-            intent=i["intent"],
-            entities=tuple(
-                Entity(**{k: e[k] for k in ("start", "end", "entity", "value")})
-                for e in i.get("entities", [])
-            ),
-        )
-        for i in items
-    ]
-    return Dataset.of(examples)
-
-
-def _intent_evaluation(data: Dataset, parses: list[Any]) -> dict[str, Any]:
-    from sklearn.metrics import accuracy_score, classification_report, f1_score, precision_score
-
-    targets = data.intents
-    predicted = [p.intent.name for p in parses]
-    labels = sorted(set(targets))
-    report = classification_report(targets, predicted, labels=labels, output_dict=True, zero_division=0)
-    return {
-        "predictions": [
-            {"text": p.text, "intent": t, "predicted": p.intent.name, "confidence": p.intent.confidence}
-            for t, p in zip(targets, parses, strict=True)
-        ],
-        "report": report,
-        "precision": float(
-            precision_score(targets, predicted, labels=labels, average="weighted", zero_division=0)
-        ),
-        "f1_score": float(f1_score(targets, predicted, labels=labels, average="weighted", zero_division=0)),
-        "accuracy": float(accuracy_score(targets, predicted)),
-        "errors": [
-            {
-                "text": p.text,
-                "intent": t,
-                "intent_prediction": {"name": p.intent.name, "confidence": p.intent.confidence},
-            }
-            for t, p in zip(targets, parses, strict=True)
-            if t != p.intent.name
-        ],
-    }
-
-
-def _sanitize(data: Dataset) -> Dataset:
-    """Rasa's ``TrainingData.sanitize_examples``: identical examples (text, intent, entities) kept once."""
-    seen: set[tuple[str, str, tuple[tuple[int, int, str, str], ...]]] = set()
-    kept = []
-    for example in data.examples:
-        key = (
-            example.text,
-            example.intent,
-            tuple((e.start, e.end, e.entity, e.value) for e in example.entities),
-        )
-        if key not in seen:
-            seen.add(key)
-            kept.append(example)
-    return Dataset.of(kept)
-
-
-def _entity_dicts(entities: Any, extractor: str | None) -> list[dict[str, Any]]:
-    out = []
-    for e in entities:
-        item: dict[str, Any] = {"start": e.start, "end": e.end, "value": e.value, "entity": e.entity}
-        if extractor is not None:
-            item.update(confidence_entity=0.99, extractor=extractor)
-        out.append(item)
-    return out
-
-
-def _entity_evaluation(data: Dataset, parses: list[Any]) -> dict[str, Any]:
-    """Rasa's ``evaluate_entities`` for one extractor: summary figures and the utterances it got wrong."""
-    extractor = "DIETClassifier"
-    tp = n_pred = n_gold = 0
-    errors = []
-    for example, parse in zip(data.examples, parses, strict=True):
-        gold = {(e.start, e.end, e.entity) for e in example.entities}
-        pred = {(e.start, e.end, e.entity) for e in parse.entities}
-        tp, n_pred, n_gold = tp + len(gold & pred), n_pred + len(pred), n_gold + len(gold)
-        if gold != pred:
-            errors.append(
-                {
-                    "text": example.text,
-                    "entities": _entity_dicts(example.entities, None),
-                    "predicted_entities": _entity_dicts(parse.entities, extractor),
-                }
-            )
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        extractor: {
-            "report": {},
-            "precision": precision,
-            "f1_score": f1,
-            "accuracy": 1.0 - len(errors) / len(data),
-            "errors": errors,
-        }
-    }
+def _seed_of(document: dict[str, Any]) -> int:
+    """The last ``random_seed`` of the config's pipeline components (0 without one)."""
+    seed = 0
+    for component in document.get("pipeline") or []:
+        if isinstance(component, dict) and isinstance(component.get("random_seed"), int):
+            seed = component["random_seed"]
+    return seed

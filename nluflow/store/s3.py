@@ -1,6 +1,6 @@
 """The model store on S3 (or an S3-compatible server such as MinIO): :class:`S3FileSystem`.
 
-``S3FileSystem`` implements the registry's :class:`~nluflow.registry.FileSystem` on a plain boto3 S3 client
+``S3FileSystem`` implements the store's :class:`~nluflow.store.FileSystem` on a plain boto3 S3 client
 that the caller builds (the ``S3ModelStore`` block builds it from a prefect-aws ``S3Bucket``); this module
 knows nothing about Prefect. A store key ``p/models/m1/manifest.json`` is the object
 ``<prefix>/p/models/m1/manifest.json`` in the bucket. "Folders" are key prefixes: a folder exists while an
@@ -14,8 +14,8 @@ What S3 guarantees, and what the store builds on it:
 - **A single-object PUT is atomic**: readers see the whole old object or the whole new one, never a part.
   Every write here is one ``PutObject`` (no multipart upload), so ``write_bytes`` and ``put_file`` are atomic
   like the local store's rename. Objects are limited to 5 GiB by this. botocore also sends a CRC32 checksum
-  with each PUT and checks it on each GET, and the registry re-hashes every file against its manifest.
-- **No atomic rename and no multi-object transaction**: a model's files land one by one. The registry makes
+  with each PUT and checks it on each GET, and the store re-hashes every file against its manifest.
+- **No atomic rename and no multi-object transaction**: a model's files land one by one. The store makes
   this safe by ordering: ``manifest.json`` is written after every model file (a folder without it counts as
   absent) and ``<project>/active.json`` is one object written last, after the model was read back and
   verified. A crash at any point leaves the previous pointer intact. ``remove_tree`` deletes object by
@@ -23,10 +23,12 @@ What S3 guarantees, and what the store builds on it:
 - **No locking**: S3 lets the last PUT win. Two promotions of one project that read ``active.json``, change it
   and write it back at the same time would lose one update (and its history entry). The retrain flow's
   per-project Prefect concurrency limit serialises promotions, so there is only ever one writer of a
-  project's pointer; manual ``nluflow models`` commands should not run while a promotion of the same project
-  is in flight. Creating a file that must exist once (a project's first frozen test set) uses S3's
-  conditional write instead: ``create_exclusive`` is a ``PutObject`` with ``If-None-Match: *``, which S3
-  (and MinIO, and moto) refuse with 412 when the key exists, so of two concurrent creators exactly one wins.
+  project's pointer (the ``nluflow models`` commands take the same limit). Creating a file that must exist
+  once (a project's first frozen test set) uses S3's conditional write instead: ``create_exclusive`` is a
+  ``PutObject`` with ``If-None-Match: *``, which S3 (and MinIO, and moto) refuse with 412 when the key
+  exists, so of two concurrent creators exactly one wins. The audit log is appended with ``replace_if``: a
+  ``PutObject`` with ``If-Match`` on the ETag :meth:`S3FileSystem.read_tagged` returned, refused with 412
+  when another writer changed the object since (see :mod:`nluflow.store.audit_object`).
 
 Errors: a missing object is :class:`~nluflow.errors.ModelNotFoundError`; everything else S3 or the transport
 reports (missing bucket, access denied, connection refused) is :class:`~nluflow.errors.StoreError` naming the
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
-    from nluflow.registry import FileSystem
+    from nluflow.store.fs import FileSystem
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ def _endpoint_host(client: S3Client) -> str | None:
 
 
 class S3FileSystem:
-    """The registry's ``FileSystem`` on an S3 bucket, below an optional key prefix.
+    """The store's ``FileSystem`` on an S3 bucket, below an optional key prefix.
 
     ``client`` is a boto3 S3 client (``boto3.client("s3", endpoint_url=...)`` for MinIO or a moto server);
     it is used as given, so its retries, timeouts and credentials are the caller's. ``prefix`` is the
@@ -307,6 +309,43 @@ class S3FileSystem:
             except BotoCoreError as exc:
                 raise self._error(exc, "create", key, "nothing was written") from None
         return False  # pragma: no cover - the loop returns
+
+    def read_tagged(self, key: str) -> tuple[bytes, str | None]:
+        """The object's bytes and its ETag (``(b"", None)`` when there is no object): the version a
+        :meth:`replace_if` compares with."""
+        full = self.object_key(key)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+            return response["Body"].read(), str(response["ETag"])
+        except ClientError as exc:
+            if self._is_missing(exc):
+                return b"", None
+            raise self._error(exc, "read", key) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, "read", key) from None
+
+    def replace_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        """One conditional PutObject: ``If-Match: <tag>`` (the ETag :meth:`read_tagged` returned), or
+        ``If-None-Match: *`` when ``tag`` is None. False when the object changed, appeared or went away since
+        (412, 409 or 404: nothing written), so the caller reads again and retries."""
+        if tag is None:
+            return self.create_exclusive(key, data)
+        if key == "":
+            raise UnsafePathError("the empty store key names the store root itself; refusing to write it")
+        full = self.object_key(key)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=bytes(data), IfMatch=tag)
+            return True
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return False
+            if self._is_missing(exc):
+                return False
+            raise self._error(exc, "write", key, "the previous object is unchanged") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, "write", key, "the previous object is unchanged") from None
 
     def put_file(self, local: Path, key: str) -> None:
         """Upload a local file in one PutObject (atomic like ``write_bytes``)."""
