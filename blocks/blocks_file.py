@@ -25,6 +25,8 @@ from prefect.utilities.dispatch import get_registry_for_type
 from prefect.utilities.templating import PLACEHOLDER_CAPTURE_REGEX
 from pydantic import BaseModel
 
+from nluflow.data.yaml_positions import YamlPositionError, compose
+from nluflow.data.yaml_positions import line_of as _line
 from nluflow.errors import ConfigError
 
 DEFAULT_FILE = "blocks.yaml"
@@ -202,10 +204,6 @@ def redact(text: str, secrets: list[str]) -> str:
 # ------------------------------------------------------------------------------------------------ the file
 
 
-def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
-
-
 def _compose(path: Path) -> yaml.Node | None:
     where = str(path)
     try:
@@ -213,11 +211,10 @@ def _compose(path: Path) -> yaml.Node | None:
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read the blocks file ({exc.strerror}); {NOTHING_SAVED}") from None
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
+        return compose(text)
+    except YamlPositionError as exc:
+        line = f":{exc.line}" if exc.line is not None else ""
+        problem = exc.problem or type(exc.cause).__name__
         raise ConfigError(f"{where}{line}: not valid YAML ({problem}); {NOTHING_SAVED}") from None
 
 

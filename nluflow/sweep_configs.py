@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from nluflow.backends.base import LocalModelOptions, TrainingConfig
+from nluflow.data import yaml_positions as yp
 from nluflow.errors import ConfigError, DataError
 
 __all__ = ["MAX_SWEEP_CONFIGS", "config_labels", "expand_grid", "load_sweep_file", "resolve_configs"]
@@ -210,25 +211,6 @@ def config_labels(configs: Sequence[TrainingConfig]) -> list[str]:
 # -- the sweep file ----------------------------------------------------------------------------------------
 
 
-def _line_of(node: yaml.Node | None) -> int | None:
-    return node.start_mark.line + 1 if node is not None else None
-
-
-def _key_lines(node: yaml.Node | None) -> dict[str, int]:
-    """Line of each key of a YAML mapping node."""
-    if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
-
-
-def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            if isinstance(k, yaml.ScalarNode) and k.value == key and isinstance(v, yaml.Node):
-                return v
-    return None
-
-
 def load_sweep_file(path: str | Path) -> list[TrainingConfig]:
     """Read a sweep file (YAML or JSON; see the module docstring) into its configurations.
 
@@ -237,7 +219,7 @@ def load_sweep_file(path: str | Path) -> list[TrainingConfig]:
     """
     path = Path(path)
     root, raw = _read_sweep_yaml(path)
-    lines = _key_lines(root)
+    lines = yp.key_lines(root)
     base = _check_sections(path, raw, lines)
     if "grid" in raw:
         return _grid_configs(path, raw["grid"], base, root, lines)
@@ -251,15 +233,13 @@ def _read_sweep_yaml(path: Path) -> tuple[yaml.Node | None, dict[str, Any]]:
     except OSError as exc:
         raise DataError(f"cannot read the sweep file: {exc.strerror}; nothing was trained", path) from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        root = yp.compose(text)
+        raw = yp.construct(root)
+    except yp.YamlPositionError as exc:
         raise DataError(
-            f"the sweep file is not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}; "
-            "nothing was trained",
+            f"the sweep file is not valid YAML/JSON: {exc.problem or exc.cause}; nothing was trained",
             path,
-            mark.line + 1 if mark is not None else None,
+            exc.line,
         ) from None
     if not isinstance(raw, dict):
         raise DataError(
@@ -306,7 +286,7 @@ def _grid_configs(
         raise DataError(
             "'grid' must map option names to lists of values; nothing was trained", path, lines.get("grid")
         )
-    grid_lines = _key_lines(_child(root, "grid"))
+    grid_lines = yp.key_lines(yp.child(root, "grid"))
     for key in grid:
         try:
             _check_grid_key(str(key))
@@ -321,7 +301,7 @@ def _grid_configs(
 def _listed_configs(
     path: Path, entries: Any, base: dict[str, Any], root: yaml.Node | None, lines: dict[str, int]
 ) -> list[TrainingConfig]:
-    node = _child(root, "configs")
+    node = yp.child(root, "configs")
     items = node.value if isinstance(node, yaml.SequenceNode) else []
     if not isinstance(entries, list) or not entries:
         raise DataError(
@@ -330,7 +310,7 @@ def _listed_configs(
             lines.get("configs"),
         )
     for i, entry in enumerate(entries):
-        where = _line_of(items[i]) if i < len(items) else lines.get("configs")
+        where = yp.line_of(items[i]) if i < len(items) else lines.get("configs")
         if not isinstance(entry, dict):
             raise DataError(
                 f"configuration {i + 1} is {type(entry).__name__}; expected a mapping of training options; "

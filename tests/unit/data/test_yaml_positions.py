@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from blocks.blocks_file import parse_blocks_file
 from nluflow.data import yaml_positions as yp
 from nluflow.data.loaders import load_file
-from nluflow.errors import DataError
+from nluflow.errors import ConfigError, DataError
+from nluflow.sweep_configs import load_sweep_file
 
 TEXT = "top:\n  a: 1\n  b:\n    - x\n    - y\nother: &anchor {k: v}\nmerged:\n  <<: *anchor\n  z: [1, 2]\n"
 
@@ -67,3 +69,27 @@ def test_the_rasa_reader_reports_malformed_yaml_at_its_line(tmp_path: Path) -> N
         f"{data}:2: malformed YAML (found undefined alias 'nowhere'); expected Rasa NLU YAML; the file was "
         "not loaded; fix the line and rerun"
     )
+
+
+def test_the_sweep_and_blocks_files_report_malformed_yaml_at_its_line(tmp_path: Path) -> None:
+    bad = "a: 1\nb: *nowhere\n"
+    sweep = tmp_path / "sweep.yml"
+    sweep.write_text(bad, encoding="utf-8")
+    with pytest.raises(DataError) as swept:
+        load_sweep_file(sweep)
+    assert str(swept.value) == (
+        f"{sweep}:2: the sweep file is not valid YAML/JSON: found undefined alias 'nowhere'; "
+        "nothing was trained"
+    )
+    blocks = tmp_path / "blocks.yml"
+    blocks.write_text(bad, encoding="utf-8")
+    with pytest.raises(ConfigError) as parsed:
+        parse_blocks_file(blocks)
+    assert str(parsed.value).startswith(f"{blocks}:2: not valid YAML (found undefined alias 'nowhere'); ")
+
+
+def test_a_sweep_file_nested_too_deeply_is_a_data_error_not_a_traceback(tmp_path: Path) -> None:
+    sweep = tmp_path / "deep.yml"
+    sweep.write_text("[" * 5000 + "]" * 5000, encoding="utf-8")
+    with pytest.raises(DataError, match=r"the sweep file is not valid YAML/JSON: .*; nothing was trained"):
+        load_sweep_file(sweep)
