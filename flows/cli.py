@@ -637,7 +637,7 @@ def _pointer_change(project: str, wait: float) -> Iterator[None]:
     import socket
 
     from nluflow.registry import check_id
-    from tasks.promotion import promotion_slot
+    from tasks.slot import promotion_slot
 
     check_id(project, "project")
     who = f"nluflow models (cli, user {getpass.getuser()} on {socket.gethostname()}, pid {os.getpid()})"

@@ -36,10 +36,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner
 from pydantic import BaseModel, Field, model_validator
 
-from flows.retrain import RetrainParams, RetrainResult, RunSettings, nluflow_home, retrain
+from flows.retrain import RetrainParams, RunSettings, nluflow_home, retrain
 from nluflow.backends.base import TrainingConfig
 from nluflow.errors import ConfigError, DataError
 from nluflow.pipeline import DatasetSnapshot
+from nluflow.retrain import RetrainResult, TestSetPlan
 from nluflow.sweep import (
     CV_VERSION,
     CVScore,
@@ -258,9 +259,13 @@ def sweep(params: SweepParams) -> SweepResult:
     data_paths, sources = resolve_data(params.data, work)  # pulls Label Studio / folder / S3 sources
     data = load_dataset(data_paths, work, data_label(params.data, sources))
     given_test = load_dataset(params.test, work) if params.test else None
-    train, test, _ = freeze_test_set(
-        project, data, given_test, store, work, params.test_fraction, params.seed, params.min_test_per_intent
+    plan = TestSetPlan(
+        project=project,
+        test_fraction=params.test_fraction,
+        seed=params.seed,
+        min_test_per_intent=params.min_test_per_intent,
     )
+    train, test, _ = freeze_test_set(store, plan, data, given_test, work)
     report, train = validate_dataset(train, test, params.validation, work)
     if not report.ok:  # the retrain publishes the findings, writes the 'blocked' audit line and raises
         retrain(params.retrain_params(configs[0]))

@@ -7,7 +7,8 @@ import os
 import re
 import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -94,6 +95,17 @@ class BackendSpec(BaseModel):
                 Path(self.workspace) / "backends" / re.sub(r"[^A-Za-z0-9._-]", "-", self.name)
             )
         return cast(TrainingBackend, block.get_client(**kwargs))
+
+    @contextmanager
+    def client(self, on_progress: Callable[[float, str], None] | None = None) -> Iterator[TrainingBackend]:
+        """A fresh client for the ``with`` body, closed after it (when the client has a ``close``)."""
+        backend = self.build(on_progress)
+        try:
+            yield backend
+        finally:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
 
 
 class StoreSpec(BaseModel):
