@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nluflow.audit import AuditLog, error_summary
 from nluflow.backends.base import JobRef, ModelRef, TrainingConfig
-from nluflow.data.validation import ValidationPolicy, ValidationReport
+from nluflow.data.validation import ValidationPolicy
 from nluflow.errors import DataError
 from nluflow.evaluation.gates import GatePolicy, decide
+from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.outcome import RunOutcome
 from nluflow.pipeline import DatasetSnapshot, files_sha256, model_id_for, training_key
 from nluflow.recovery import is_run_line, recover_promotions, release_promotion_lock
@@ -36,9 +37,7 @@ from nluflow.retrain import (
     Judged,
     Published,
     RetrainResult,
-    RunData,
     RunIdentity,
-    TestSetPlan,
     blocked_record,
     decided_record,
     failed_record,
@@ -47,7 +46,7 @@ from nluflow.retrain import (
 from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT
 from tasks.audit import notify, recover_promotions_task, upload_audit, write_audit, write_promotion_intent
 from tasks.common import BackendSpec, StoreSpec
-from tasks.data import freeze_test_set, keep_training_data, load_dataset, restore_test_set, validate_dataset
+from tasks.data import PreparedData, keep_training_data, prepare_data, restore_test_set
 from tasks.evaluation import check_must_pass_utterances, evaluate_model, fetch_active_model
 from tasks.promotion import (
     Judging,
@@ -67,7 +66,6 @@ from tasks.publish import (
     sync_run_to_store,
 )
 from tasks.slot import promotion_slot
-from tasks.sources import data_label, provenance_info, resolve_data
 from tasks.training import candidate_ready, submit_training, wait_for_training
 
 
@@ -264,142 +262,132 @@ def retrain(params: RetrainParams) -> RetrainResult:
     """Retrain a project's NLU model and promote it only if it passes the gates and beats the active one."""
     started = time.monotonic()
     run = _resolve(params, str(flow_run.get_id() or "local"), flow_run.get_flow_run_ui_url())
-    store, backend, project, work = run.store, run.backend, run.project, run.work
+    store, backend, project = run.store, run.backend, run.project
     # Earlier runs killed mid-promotion, or killed before their own audit line (a `crashed` line each).
     recover_promotions_task(store, project, actor=f"run {run.run_id}", run_id=run.run_id)
 
     # 1. Data: load, fix the frozen test set, validate.
-    data, train, test, data_info, sources = _data(params, run)
-    report, train = validate_dataset(train, test, params.validation, work)
-    publish_validation(project, report)
-    run_data = RunData(
-        dataset_sha256=train.sha256,
-        test_sha256=test.sha256,
-        train_examples=train.n_examples,
-        test_examples=test.n_examples,
-        info=data_info,
-        sources=provenance_info(sources),
-    )
-    if not report.ok:
-        return _blocked(params, run, run_data, report, time.monotonic() - started)
-    keep_training_data(store, project, train, data)  # what the next run compares with ("+N new")
+    data = prepare_data(params, store, run.work, params.config.seed)
+    publish_validation(project, data.report)
+    if not data.report.ok:
+        return _blocked(params, run, data, time.monotonic() - started)
+    keep_training_data(store, project, data.train, data.loaded)  # what the next run compares with ("+N new")
 
     # 2. Score the active model first: platforms that can only score what they hold (Cognigy) then keep
     #    the candidate loaded from training through scoring and activation, with no extra training.
     active = fetch_active_model(store, project, backend)
     active_ref: ModelRef | None = active[0] if active else None
-    active_eval = evaluate_model(backend, active_ref, test, params.target_precision) if active_ref else None
+    active_eval = (
+        evaluate_model(backend, active_ref, data.test, params.target_precision) if active_ref else None
+    )
 
     # 3. Train the candidate (cached on data + config + code: an unchanged rerun does not retrain).
-    job, model = _train(params, run, train)
+    job, model = _train(params, run, data.train)
 
-    # 4. Score it on the same frozen test set, and on the must-pass utterances; 5. decide (every gate).
-    cand_eval = evaluate_model(backend, model, test, params.target_precision)
-    must_pass = (
-        check_must_pass_utterances(backend, model, params.must_pass, sorted(report.intent_counts))
-        if params.must_pass
-        else None
-    )
-    decision = decide(cand_eval, active_eval, run.gates, must_pass)
+    # 4. Score it on the same frozen test set and the must-pass utterances; 5. decide (every gate).
+    judging = _judging(params, run, data, model)
+    decision = decide(judging.candidate_eval, active_eval, run.gates, judging.must_pass)
     for warning in decision.warnings:
         get_run_logger().warning(warning)
 
     # 6. Publish the report file, tables and figures (the report artifact follows the outcome, below).
-    compared_with = active_ref.model_id if active_ref else None
-    report_of = ReportInputs(
-        project=project,
-        candidate_id=model.model_id,
-        active_id=compared_with,
-        decision=decision,
-        candidate=cand_eval,
-        active=active_eval,
-        validation=report,
-        data_info=data_info,
-        figures=render_run_figures(cand_eval, work),
-    )
-    get_run_logger().info(report_of.run_outcome().message())
-    outdir = str(Path(work) / "runs" / project / run.run_id)
-    artifacts = publish_report(report_of, outdir)
+    report_of, artifacts = _publish(run, data, model, judging, Recheck(active_ref, active_eval, decision))
 
     # 7. Promote (one promotion per project at a time; all-or-nothing), or keep the rejected candidate.
-    candidate = Candidate(
-        project=project,
-        model=model,
-        dataset_sha256=train.sha256,
-        test_sha256=test.sha256,
-        config=run.identity.config,
-        metrics=cand_eval.headline(),
-        run_id=run.run_id,
-        backend_block=None if backend.name == "local" else backend.name,
-    )
-    now, active_now = Recheck(active_ref, active_eval, decision), compared_with
-    if decision.promote and compared_with != model.model_id:
-        judging = Judging(
-            candidate_eval=cand_eval,
-            test=test,
-            target_precision=params.target_precision,
-            gates=run.gates,
-            must_pass=must_pass,
-        )
+    candidate = _candidate(run, data, model, judging.candidate_eval)
+    now, active_now = Recheck(active_ref, active_eval, decision), report_of.active_id
+    if decision.promote and report_of.active_id != model.model_id:
         now, active_now = _promote(run, candidate, judging, now)
-    promoted = now.decision.promote and active_now == model.model_id
-    judged_against = now.active.model_id if now.active else None
-    outcome = final_outcome(project, now.decision, model.model_id, compared_with, judged_against, promoted)
-    if not promoted and active_now != model.model_id:
+    judged = _judged(run, candidate, job, now, active_now)
+    outcome = final_outcome(
+        project, now.decision, model.model_id, report_of.active_id, judged.previous_active, judged.promoted
+    )
+    if not judged.promoted and active_now != model.model_id:
         # Kept (not active) so a person can still force it: `nluflow models promote`.
         keep_rejected_candidate(store, candidate, params.keep_rejected, outcome.message())
-    judged = _judged(run, candidate, job, now, active_now)
+        judged = _judged(run, candidate, job, now, active_now)  # its manifest, now that it is stored
 
     # 8. The outcome: audit, sync, notify, the report artifact, the run's name and state.
-    record = decided_record(run.identity, run_data, judged, outcome, round(time.monotonic() - started, 3))
+    record = decided_record(
+        run.identity, data.run_data, judged, outcome, round(time.monotonic() - started, 3)
+    )
     line = write_audit(str(store.audit_path(project)), record.audit_line())
-    sync_run_to_store(store, project, run.run_id, outdir, str(store.audit_path(project)))
+    sync_run_to_store(store, project, run.run_id, artifacts["outdir"], str(store.audit_path(project)))
     notify(record.notice(), params.notify)
-    final_report = report_of.model_copy(
-        update={
-            "active_id": judged.previous_active,
-            "active": now.active_eval,
-            "decision": now.decision,
-            "outcome": outcome,
-        }
-    )
-    artifacts["report"] = publish_run_report(final_report)
+    artifacts["report"] = publish_run_report(judged.report(report_of, outcome))
     label_flow_run(outcome)
-    published = Published(
-        artifacts=artifacts,
-        report_path=artifacts["report_path"],
-        store=store.build().describe(),
-        audit_path=str(store.audit_path(project)),
-        audit_seq=int(line["seq"]),
-        duration_seconds=round(time.monotonic() - started, 3),
-    )
+    published = _published(store, project, artifacts, int(line["seq"]), time.monotonic() - started)
     return _final_state(Completed(message=outcome.message(), data=record.result(published)))
 
 
-def _data(
-    params: RetrainParams, run: _Run
-) -> tuple[DatasetSnapshot, DatasetSnapshot, DatasetSnapshot, dict[str, Any], list[Any]]:
-    """Load the data (pulling source blocks), fix the frozen test set: the data as loaded, the training
-    data and the test set, what the report says of them, and the sources' provenance."""
-    work = run.work
-    data_paths, sources = resolve_data(params.data, work)  # pulls Label Studio / folder / S3 sources
-    data = load_dataset(data_paths, work, data_label(params.data, sources))
-    given_test = load_dataset(params.test, work) if params.test else None
-    plan = TestSetPlan(
-        project=params.project,
-        test_fraction=params.test_fraction,
-        seed=params.config.seed,
-        min_test_per_intent=params.min_test_per_intent,
+def _judging(params: RetrainParams, run: _Run, data: PreparedData, model: ModelRef) -> Judging:
+    """Score the candidate on the frozen test set, and on the must-pass utterances."""
+    backend = run.backend
+    candidate_eval = evaluate_model(backend, model, data.test, params.target_precision)
+    must_pass = (
+        check_must_pass_utterances(backend, model, params.must_pass, sorted(data.report.intent_counts))
+        if params.must_pass
+        else None
     )
-    train, test, data_info = freeze_test_set(run.store, plan, data, given_test, work)
-    return data, train, test, {**provenance_info(sources, brief=True), **data_info}, sources
+    return Judging(
+        candidate_eval=candidate_eval,
+        test=data.test,
+        target_precision=params.target_precision,
+        gates=run.gates,
+        must_pass=must_pass,
+    )
 
 
-def _blocked(
-    params: RetrainParams, run: _Run, run_data: RunData, report: ValidationReport, elapsed: float
-) -> RetrainResult:
+def _publish(
+    run: _Run, data: PreparedData, model: ModelRef, judging: Judging, scored: Recheck
+) -> tuple[ReportInputs, dict[str, str]]:
+    """The report's inputs, and the report file, tables and figures published (with the run folder)."""
+    report_of = ReportInputs(
+        project=run.project,
+        candidate_id=model.model_id,
+        active_id=scored.active.model_id if scored.active else None,
+        decision=scored.decision,
+        candidate=judging.candidate_eval,
+        active=scored.active_eval,
+        validation=data.report,
+        data_info=data.run_data.info,
+        figures=render_run_figures(judging.candidate_eval, run.work),
+    )
+    get_run_logger().info(report_of.run_outcome().message())
+    outdir = str(Path(run.work) / "runs" / run.project / run.run_id)
+    return report_of, {**publish_report(report_of, outdir), "outdir": outdir}
+
+
+def _candidate(run: _Run, data: PreparedData, model: ModelRef, scores: EvaluationResult) -> Candidate:
+    return Candidate(
+        project=run.project,
+        model=model,
+        dataset_sha256=data.train.sha256,
+        test_sha256=data.test.sha256,
+        config=run.identity.config,
+        metrics=scores.headline(),
+        run_id=run.run_id,
+        backend_block=None if run.backend.name == "local" else run.backend.name,
+    )
+
+
+def _published(
+    store: StoreSpec, project: str, artifacts: dict[str, str], audit_seq: int, elapsed: float
+) -> Published:
+    return Published(
+        artifacts={k: v for k, v in artifacts.items() if k != "outdir"},
+        report_path=artifacts["report_path"],
+        store=store.build().describe(),
+        audit_path=str(store.audit_path(project)),
+        audit_seq=audit_seq,
+        duration_seconds=round(elapsed, 3),
+    )
+
+
+def _blocked(params: RetrainParams, run: _Run, data: PreparedData, elapsed: float) -> RetrainResult:
     """Validation stopped the run: undo its own test set change, audit and notify, then fail with the
     outcome as the state message (the caller, e.g. the CLI, still gets the validation error)."""
+    report, run_data = data.report, data.run_data
     record = blocked_record(run.identity, run_data, report, round(elapsed, 3))
     if params.test is None:
         restore_test_set(run.store, run.project, run_data.info)  # undoes only its own freeze or growth

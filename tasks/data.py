@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from pydantic import BaseModel, ConfigDict
 
 from nluflow.data.loaders import files_sha256, load_paths
 from nluflow.data.schema import Dataset
 from nluflow.data.validation import ValidationPolicy, ValidationReport, validate
 from nluflow.pipeline import DatasetSnapshot, snapshot
+from nluflow.retrain import RunData
 from nluflow.retrain.testset import TestSetPlan, choose_test_set, undo_test_set
 from nluflow.sources.base import with_source_origins
 from nluflow.testset import keep_offered_data
 from nluflow.testset import keep_training_data as store_training_data
 from tasks.common import StoreSpec, cache_key, cache_policy, workspace
+from tasks.sources import data_label, provenance_info, resolve_data
 
 
 def _load_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
@@ -101,3 +104,58 @@ def validate_dataset(
     if report.dropped:
         train = snapshot(report.usable(data), workspace(workspace_path))
     return report, train
+
+
+class DataSettings(Protocol):
+    """The data settings a run's data stages read (``flows.retrain.RunSettings`` has them)."""
+
+    @property
+    def project(self) -> str: ...
+    @property
+    def data(self) -> list[str]: ...
+    @property
+    def test(self) -> list[str] | None: ...
+    @property
+    def test_fraction(self) -> float: ...
+    @property
+    def min_test_per_intent(self) -> int: ...
+    @property
+    def validation(self) -> ValidationPolicy: ...
+
+
+class PreparedData(BaseModel):
+    """The data stages' result: the data as loaded, the training data (validated) and the test set, the
+    validation report, and what the run records of them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    loaded: DatasetSnapshot
+    train: DatasetSnapshot
+    test: DatasetSnapshot
+    report: ValidationReport
+    run_data: RunData
+
+
+def prepare_data(settings: DataSettings, store: StoreSpec, work: str, seed: int) -> PreparedData:
+    """Load the data (pulling source blocks), fix the frozen test set, validate: the retrain's and the
+    sweep's data stages (cached, so a sweep's retrain reuses them)."""
+    data_paths, sources = resolve_data(settings.data, work)  # pulls Label Studio / folder / S3 sources
+    data = load_dataset(data_paths, work, data_label(settings.data, sources))
+    given_test = load_dataset(settings.test, work) if settings.test else None
+    plan = TestSetPlan(
+        project=settings.project,
+        test_fraction=settings.test_fraction,
+        seed=seed,
+        min_test_per_intent=settings.min_test_per_intent,
+    )
+    train, test, data_info = freeze_test_set(store, plan, data, given_test, work)
+    report, train = validate_dataset(train, test, settings.validation, work)
+    run_data = RunData(
+        dataset_sha256=train.sha256,
+        test_sha256=test.sha256,
+        train_examples=train.n_examples,
+        test_examples=test.n_examples,
+        info={**provenance_info(sources, brief=True), **data_info},
+        sources=provenance_info(sources),
+    )
+    return PreparedData(loaded=data, train=train, test=test, report=report, run_data=run_data)

@@ -22,6 +22,7 @@ from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.notify import DecisionNotice
 from nluflow.outcome import Outcome, RunOutcome, blocked_by_validation
 from nluflow.pipeline import headline_delta
+from nluflow.report import ReportInputs
 from nluflow.testset import audit_fields
 
 BLOCKED_SUMMARY = "blocked: the data failed validation; nothing was trained"
@@ -280,6 +281,17 @@ class Judged(BaseModel):
     previous_active: str | None = Field(description="The model the candidate was last judged against.")
     active_eval: EvaluationResult | None = None
     active: str | None = Field(default=None, description="The active model when the run ended.")
+
+    def report(self, first: ReportInputs, outcome: RunOutcome) -> ReportInputs:
+        """The run report as the run ends: judged against the model active under the promotion slot (not
+        necessarily the one ``first`` was written against), with the run's outcome."""
+        update = {
+            "active_id": self.previous_active,
+            "active": self.active_eval,
+            "decision": self.decision,
+            "outcome": outcome,
+        }
+        return first.model_copy(update=update)
 
 
 def decided_record(
