@@ -7,7 +7,6 @@ from typing import Any, cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 
 from blocks.notify import WebhookNotification
@@ -15,7 +14,7 @@ from nluflow.audit import AuditLog, error_summary
 from nluflow.notify import DecisionNotice
 from nluflow.recovery import EarlierRun, pending_intents, recover_promotions, release_promotion_lock
 from nluflow.retrain import promote
-from tasks.common import StoreSpec, crash_point
+from tasks.common import StoreSpec, crash_point, run_logger
 from tasks.crashed_runs import earlier_retrain_runs
 
 
@@ -28,7 +27,7 @@ def recover_promotions_task(
     with ``run_id`` (the current run, left out) write a ``crashed`` line for each earlier run of the project
     that Prefect knows was killed before it could write its own line (a recovered ``failed`` line for a
     Failed run whose hook wrote none)."""
-    logger = get_run_logger()
+    logger = run_logger()
     earlier: list[EarlierRun] = []
     if run_id is not None:
         try:
@@ -45,7 +44,7 @@ def recover_promotions_task(
 
 def _report_recovery(store: StoreSpec, project: str, log: AuditLog, written: list[dict[str, Any]]) -> None:
     """Upload the log when recovery wrote to it, and say what it repaired and wrote."""
-    logger = get_run_logger()
+    logger = run_logger()
     if written or log.repairs:
         upload_audit(store, project)
     for repair in log.repairs:
@@ -79,7 +78,7 @@ def _close_rolled_back_intent(txn: Transaction) -> None:
     store: StoreSpec = txn.get("audit_store")
     project: str = txn.get("audit_project")
     log = AuditLog(store.audit_path(project))
-    logger = get_run_logger()
+    logger = run_logger()
     try:
         written = promote.abandon_intent(log, store.build(create=True), project, txn.get("audit_run_id"))
         _report_recovery(store, project, log, written)
@@ -100,7 +99,7 @@ def write_audit(audit_path: str, record: dict[str, Any]) -> dict[str, Any]:
     line = log.append(record)
     release_promotion_lock(audit_path, f"run {run_id}")
     for repair in log.repairs:  # a torn last line was moved aside before this line
-        get_run_logger().warning("audit log repaired: %s", repair)
+        run_logger().warning("audit log repaired: %s", repair)
     if record.get("decision") == "promote":
         crash_point("audit")
     return line
@@ -119,7 +118,7 @@ def notify(notice: DecisionNotice, block_names: list[str]) -> dict[str, bool]:
 
     Runs after the promotion committed: a failing receiver or a missing block is logged, never raised, so a
     notification can never undo or fail a promotion."""
-    logger = get_run_logger()
+    logger = run_logger()
     logger.info("[%s] %s", notice.project, notice.summary)
     sent: dict[str, bool] = {}
     for name in block_names:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 import signal
@@ -41,6 +42,18 @@ def crash_point(step: str) -> None:
     """Test-only: SIGKILL this process after ``step`` when ``$NLUFLOW_TEST_KILL_AT`` names it."""
     if os.environ.get(KILL_AT_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_logger() -> Any:
+    """The run's logger inside a flow or task run; outside one (a task's ``.fn()`` called directly, a CLI
+    command) the ``nluflow.tasks`` logger."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("nluflow.tasks")
 
 
 def is_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:

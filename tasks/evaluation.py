@@ -7,7 +7,6 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.logging import get_run_logger
 
 from nluflow.backends.base import ModelRef
 from nluflow.evaluation.gates import MustPassResult
@@ -23,6 +22,7 @@ from tasks.common import (
     cache_key,
     cache_policy,
     is_transient,
+    run_logger,
     workspace,
 )
 
@@ -69,7 +69,7 @@ def evaluate_model(
     backend's, so candidate and active model are judged the same way)."""
     with backend.client() as client:
         result = scoring.score(client, model, test.load(), target_precision)
-    get_run_logger().info(
+    run_logger().info(
         "%s: accuracy %.4f, macro F1 %.4f on %d test utterances (sha %s)",
         model.model_id,
         result.accuracy,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 from pydantic import BaseModel, ConfigDict
 
@@ -24,7 +23,7 @@ from nluflow.pipeline import DatasetSnapshot
 from nluflow.registry import ActivePointer, Manifest
 from nluflow.retrain import promote
 from nluflow.retrain.promote import Candidate
-from tasks.common import BACKEND_RETRY_DELAYS, BackendSpec, StoreSpec, crash_point, is_transient
+from tasks.common import BACKEND_RETRY_DELAYS, BackendSpec, StoreSpec, crash_point, is_transient, run_logger
 from tasks.evaluation import evaluate_model, fetch_active_model
 
 
@@ -64,7 +63,7 @@ def recheck_active(
     pointer = store.build().active(project)
     if not promote.needs_recheck(pointer, compared_with, run_id):
         return None
-    get_run_logger().warning(
+    run_logger().warning(
         "the active model of %s changed while this run trained: %s, not %s; judging the candidate again "
         "against it on the same test set",
         project,

@@ -6,7 +6,6 @@ from typing import Any
 
 from prefect import task
 from prefect.context import TaskRunContext
-from prefect.logging import get_run_logger
 
 from nluflow.backends.base import JobRef, JobStatus, ModelRef, TrainingConfig
 from nluflow.pipeline import DatasetSnapshot
@@ -21,6 +20,7 @@ from tasks.common import (
     cache_policy,
     crash_point,
     is_transient,
+    run_logger,
     workspace,
 )
 
@@ -60,7 +60,7 @@ def submit_training(
     client never resends a train request whose answer was lost: a retry of this task first waits for the
     server's running training and takes the archive tagged with this key from its models folder.
     """
-    logger = get_run_logger()
+    logger = run_logger()
     progress = ProgressReporter(artifact_key(project, "training-progress"), logger)
     with backend.client(on_progress=progress) as client:
         logger.info(
@@ -90,7 +90,7 @@ def wait_for_training(
     max_wait_seconds: float,
 ) -> ModelRef:
     """Poll the job with backoff until it ends, then fetch the model files into the candidate folder."""
-    progress = ProgressReporter(artifact_key(project, "training-progress"), get_run_logger())
+    progress = ProgressReporter(artifact_key(project, "training-progress"), run_logger())
     # One progress artifact per run: a job that submit-training already reported to its end adds none.
     reported_by_submit = bool(job.data.get(PROGRESS_REPORTED))
 
