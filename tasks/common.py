@@ -171,7 +171,8 @@ def artifact_key(project: str, name: str) -> str:
 
 
 class ProgressReporter:
-    """Reports training progress to one Prefect progress artifact (created on the first report)."""
+    """Reports training progress to the log and, inside a run, to one Prefect progress artifact (created on
+    the first report; a task's ``.fn()`` called outside a run only logs)."""
 
     def __init__(self, key: str, logger: Any) -> None:
         self.key = key
@@ -181,17 +182,20 @@ class ProgressReporter:
 
     @property
     def reported(self) -> bool:
-        """Whether anything was reported (the artifact exists)."""
-        return self._artifact_id is not None
+        """Whether anything was reported."""
+        return self._last >= 0
 
     def __call__(self, fraction: float, message: str) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.context import FlowRunContext
 
         percent = round(max(0.0, min(1.0, fraction)) * 100, 1)
         if percent == self._last:
             return
         self._last = percent
         self.logger.info("training %5.1f%% %s", percent, message)
+        if FlowRunContext.get() is None and TaskRunContext.get() is None:
+            return
         if self._artifact_id is None:
             self._artifact_id = cast(
                 uuid.UUID,
