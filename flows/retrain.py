@@ -298,14 +298,14 @@ def retrain(params: RetrainParams) -> RetrainResult:
     now, active_now = Recheck(active_ref, active_eval, decision), report_of.active_id
     if decision.promote and report_of.active_id != model.model_id:
         now, active_now = _promote(run, candidate, judging, now)
-    judged = _judged(run, candidate, job, now, active_now)
+    promoted = now.decision.promote and active_now == model.model_id
     outcome = final_outcome(
-        project, now.decision, model.model_id, report_of.active_id, judged.previous_active, judged.promoted
+        project, now.decision, model.model_id, report_of.active_id, now.active_id, promoted
     )
-    if not judged.promoted and active_now != model.model_id:
+    if not promoted and active_now != model.model_id:
         # Kept (not active) so a person can still force it: `nluflow models promote`.
         keep_rejected_candidate(store, candidate, params.keep_rejected, outcome.message())
-        judged = _judged(run, candidate, job, now, active_now)  # its manifest, now that it is stored
+    judged = _judged(run, candidate, job, now, active_now)
 
     # 8. The outcome: audit, sync, notify, the report artifact, the run's name and state.
     record = decided_record(
@@ -458,7 +458,7 @@ def _judged(run: _Run, candidate: Candidate, job: JobRef, now: Recheck, active_n
         candidate=facts,
         decision=now.decision,
         promoted=now.decision.promote and active_now == model.model_id,
-        previous_active=now.active.model_id if now.active else None,
+        previous_active=now.active_id,
         active_eval=now.active_eval,
         active=active_now,
     )

@@ -47,6 +47,10 @@ class Recheck:
     active_eval: EvaluationResult | None
     decision: Decision
 
+    @property
+    def active_id(self) -> str | None:
+        return self.active.model_id if self.active else None
+
 
 def recheck_active(
     store: StoreSpec,
