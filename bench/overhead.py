@@ -106,7 +106,7 @@ def bare_retrain(
     from nluflow.evaluation.metrics import evaluate
     from nluflow.evaluation.plots import render_figures
     from nluflow.pipeline import Workspace, model_id_for, remove_test_overlap, training_key
-    from nluflow.report import render_run_report
+    from nluflow.report import ReportInputs, render_run_report
     from nluflow.store import ModelStore
     from nluflow.store.audit_log import AuditLog
 
@@ -154,15 +154,17 @@ def bare_retrain(
         figures = render_figures(cand_eval, outdir)
         (outdir / "report.md").write_text(
             render_run_report(
-                project=project,
-                candidate_id=model_id,
-                active_id=active_ref.model_id if active_ref else None,
-                decision=decision,
-                candidate=cand_eval,
-                active=active_eval,
-                validation=report,
-                data_info={"removed_from_train": removed, "test_source": "given"},
-                figures=figures,
+                ReportInputs(
+                    project=project,
+                    candidate_id=model_id,
+                    active_id=active_ref.model_id if active_ref else None,
+                    decision=decision,
+                    candidate=cand_eval,
+                    active=active_eval,
+                    validation=report,
+                    data_info={"removed_from_train": removed, "test_source": "given"},
+                    figures={name: str(path) for name, path in figures.items()},
+                ),
                 embed_figures=False,
             ),
             encoding="utf-8",

@@ -34,7 +34,7 @@ def audit_verify(
     Decisions: promote, reject, blocked, unchanged, failed (a retrain's own line); crashed (a retrain killed
     before its own line, written by the next run or a pointer change); promote-intent, promotion-abandoned;
     rollback, activate, forced-promote, testset-reset (the CLI); repaired, sealed (the log itself)."""
-    from nluflow.store.manage import audit_logs
+    from nluflow.retrain.manage import audit_logs
 
     broken = 0
     for log in guard(lambda: audit_logs(open_store(store, store_block), project)):
@@ -81,7 +81,7 @@ def audit_seal(
     line records where the chain broke and why you sealed it; `audit verify` then reports "sealed at line N"
     and checks the chain after it. Keep a copy of the broken log first. A torn last line is moved aside
     instead (a `repaired` line names the file)."""
-    from nluflow.store.manage import audit_logs
+    from nluflow.retrain.manage import audit_logs
 
     def run() -> dict[str, Any]:
         (log,) = audit_logs(open_store(store, store_block), project)

@@ -1,8 +1,9 @@
 """``nluflow models``: list, show, promote, activate and roll back the models of a store (local or S3).
 
-``flows/cli.py`` mounts ``models_app``. The changes themselves are :mod:`nluflow.store.manage` (Prefect-free);
-here each command opens the store (:func:`~flows.cli_common.open_store`), takes the project's promotion slot
-(a Prefect global concurrency limit, the one a retrain's promotion holds) and prints the result.
+``flows/cli.py`` mounts ``models_app``; the changes themselves are :mod:`nluflow.retrain.manage`
+(Prefect-free); here each command opens the store (:func:`~flows.cli_common.open_store`), takes the
+project's promotion slot (a Prefect global concurrency limit, the one a retrain's promotion holds) and
+prints the result.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from flows.cli_common import (
 from nluflow.errors import ConfigError
 
 if TYPE_CHECKING:
+    from nluflow.retrain.manage import PointerChange, ServeRemote
     from nluflow.store import Manifest, ModelStore
     from nluflow.store.audit_log import ChainLog
-    from nluflow.store.manage import PointerChange, ServeRemote
 
 models_app = typer.Typer(help="List, inspect, promote and roll back stored models.", no_args_is_help=True)
 
@@ -144,7 +145,7 @@ def models_rollback(
 
     A model trained on a remote platform is made the served one there too; if the platform refuses, the
     store's pointer is put back."""
-    from nluflow.store import manage
+    from nluflow.retrain import manage
 
     def run() -> PointerChange:
         ms = open_store(store, store_block)
@@ -173,7 +174,7 @@ def models_activate(
     A candidate the gates rejected needs --reason (it is then a forced promotion, as `models promote`).
     A model trained on a remote platform is made the served one there too; if the platform refuses, the
     store's pointer is put back."""
-    from nluflow.store import manage
+    from nluflow.retrain import manage
 
     def run() -> PointerChange:
         ms = open_store(store, store_block)
@@ -204,7 +205,7 @@ def models_promote(
 
     Rejected candidates are kept in the store (the newest RetrainParams.keep_rejected per project) for this.
     A model trained on a remote platform is made the served one there too."""
-    from nluflow.store import manage
+    from nluflow.retrain import manage
 
     def run() -> PointerChange:
         if not " ".join(reason.split()):
@@ -227,7 +228,7 @@ def models_promote(
 
 def _prepared_log(ms: ModelStore, project: str) -> ChainLog:
     """The project's audit log, with half-way promotions and crashed runs closed (and said) first."""
-    from nluflow.store import manage
+    from nluflow.retrain import manage
 
     log, notes = manage.prepare_change(ms, project, earlier_runs(ms, project))
     print_notes(notes)
@@ -261,7 +262,7 @@ def _pointer_change(project: str, wait: float) -> Iterator[None]:
     Prefect API: the server ``make server`` runs (found by main()), PREFECT_API_URL, or an ephemeral one.
     Waits up to ``wait`` seconds, then refuses, saying who holds the slot."""
     from nluflow.store import check_id
-    from tasks.promotion import promotion_slot
+    from tasks.slot import promotion_slot
 
     check_id(project, "project")
     who = f"nluflow models (cli, user {getpass.getuser()} on {socket.gethostname()}, pid {os.getpid()})"

@@ -82,7 +82,7 @@ def reset(
     """Remove the project's frozen test set so the next run without --test freezes a new one (audited).
 
     Earlier versions' data stays in the store under testset/versions/ for the audit trail."""
-    from nluflow.store.manage import prepare_change, reset_testset
+    from nluflow.retrain.manage import prepare_change, reset_testset
     from nluflow.store.testsets import TestSetRecord, TestSetStore
 
     def run() -> tuple[TestSetRecord, dict[str, Any]] | str:

@@ -1,5 +1,9 @@
 """The retrain flow: validate → train → evaluate → gate → promote → publish → audit.
 
+The stages are :mod:`nluflow.retrain`'s, run as tasks (retries, caching, artifacts, logging); what the run
+knows ends up in one :class:`~nluflow.retrain.RunRecord`, whose projections are the audit line, the notice
+and the :class:`RetrainResult`.
+
 Deployment entrypoint: ``flows/retrain.py:retrain``.
 """
 
@@ -16,39 +20,40 @@ from prefect.states import Completed, Failed
 from prefect.transactions import transaction
 from pydantic import BaseModel, ConfigDict, Field
 
-from nluflow.audit import audit_record, error_summary
-from nluflow.backends.base import ModelRef, TrainingConfig
-from nluflow.data.validation import ValidationPolicy, ValidationReport
+from nluflow.audit import error_summary
+from nluflow.backends.base import JobRef, ModelRef, TrainingConfig
+from nluflow.data.validation import ValidationPolicy
 from nluflow.errors import DataError
-from nluflow.evaluation.gates import Decision, GatePolicy, decide
+from nluflow.evaluation.gates import GatePolicy, decide
 from nluflow.evaluation.metrics import EvaluationResult
-from nluflow.notify import DecisionNotice
-from nluflow.outcome import Outcome, RunOutcome, blocked_by_validation, decided, superseded
-from nluflow.pipeline import DatasetSnapshot, headline_delta, model_files_sha256, model_id_for, training_key
+from nluflow.outcome import RunOutcome
+from nluflow.pipeline import DatasetSnapshot, model_files_sha256, model_id_for, training_key
 from nluflow.recovery import is_run_line, recover_promotions, release_promotion_lock
+from nluflow.report import ReportInputs
+from nluflow.retrain import (
+    Candidate,
+    CandidateFacts,
+    Judged,
+    Published,
+    RetrainResult,
+    RunIdentity,
+    blocked_record,
+    decided_record,
+    failed_record,
+    final_outcome,
+)
 from nluflow.store import ID_PATTERN
 from nluflow.store.audit_log import AuditLog
-from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT, audit_fields
-from tasks.audit import (
-    notify,
-    recover_promotions_task,
-    upload_audit,
-    write_audit,
-    write_promotion_intent,
-)
+from nluflow.testset import DEFAULT_MIN_TEST_PER_INTENT
+from tasks.audit import notify, recover_promotions_task, upload_audit, write_audit, write_promotion_intent
 from tasks.common import BackendSpec, StoreSpec
-from tasks.data import (
-    freeze_test_set,
-    keep_training_data,
-    load_dataset,
-    restore_test_set,
-    validate_dataset,
-)
+from tasks.data import PreparedData, keep_training_data, prepare_data, restore_test_set
 from tasks.evaluation import check_must_pass_utterances, evaluate_model, fetch_active_model
 from tasks.promotion import (
+    Judging,
+    Recheck,
     activate_on_backend,
     keep_rejected_candidate,
-    promotion_slot,
     recheck_active,
     store_candidate,
     switch_active_pointer,
@@ -61,7 +66,7 @@ from tasks.publish import (
     render_run_figures,
     sync_run_to_store,
 )
-from tasks.sources import data_label, provenance_info, resolve_data
+from tasks.slot import promotion_slot
 from tasks.training import candidate_ready, submit_training, wait_for_training
 
 
@@ -131,31 +136,27 @@ class RetrainParams(RunSettings):
     )
 
 
-class RetrainResult(BaseModel):
-    """What a run did, for the CLI summary and for callers."""
+class _Run(BaseModel):
+    """Where a run works: who it is, its store, backend, gates and working folder (resolved once)."""
 
-    project: str
-    flow_run_id: str | None
-    outcome: Outcome
-    message: str
-    candidate_id: str
-    previous_active: str | None
-    active: str | None
-    promoted: bool
-    decision: Decision
-    candidate_metrics: dict[str, float]
-    active_metrics: dict[str, float] | None
-    deltas: dict[str, float]
-    data_info: dict[str, Any]
-    artifacts: dict[str, str]
-    report_path: str
-    store: str
-    audit_path: str
-    audit_seq: int
-    duration_seconds: float
+    model_config = ConfigDict(frozen=True)
+
+    identity: RunIdentity
+    store: StoreSpec
+    backend: BackendSpec
+    gates: GatePolicy
+    work: str
+
+    @property
+    def project(self) -> str:
+        return self.identity.project
+
+    @property
+    def run_id(self) -> str:
+        return self.identity.run_id
 
 
-def _resolve(params: RetrainParams) -> tuple[StoreSpec, BackendSpec, GatePolicy, Path]:
+def _resolve(params: RetrainParams, run_id: str, run_url: str | None = None) -> _Run:
     home = nluflow_home()
     work = Path(params.workspace or home / "work").resolve()
     store = StoreSpec(
@@ -168,7 +169,22 @@ def _resolve(params: RetrainParams) -> tuple[StoreSpec, BackendSpec, GatePolicy,
         from blocks.gates import GatePolicyBlock
 
         gates = cast(GatePolicyBlock, GatePolicyBlock.load(params.gates_block)).get_policy()
-    return store, BackendSpec(name=params.backend, workspace=str(work)), gates, work
+    config = params.config.model_dump(mode="json")
+    identity = RunIdentity(
+        project=params.project, run_id=run_id, backend=params.backend, config=config, run_url=run_url
+    )
+    return _Run(
+        identity=identity,
+        store=store,
+        backend=BackendSpec(name=params.backend, workspace=str(work)),
+        gates=gates,
+        work=str(work),
+    )
+
+
+def _hook_run(flow_run: Any) -> tuple[RetrainParams, _Run]:
+    params = RetrainParams.model_validate(flow_run.parameters["params"])
+    return params, _resolve(params, str(flow_run.id))
 
 
 def _audit_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
@@ -181,64 +197,41 @@ def _audit_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
     it: the promotion stands, and the run is labelled promoted with the error."""
     logger = get_run_logger()
     try:
-        params = RetrainParams.model_validate(flow_run.parameters["params"])
-        store, backend, _, _ = _resolve(params)
-        path = store.audit_path(params.project)
-        run_id = str(flow_run.id)
-        log = AuditLog(path)
+        params, run = _hook_run(flow_run)
+        log = AuditLog(run.store.audit_path(params.project))
         error = state.result(raise_on_failure=False)
         message = error_summary(error) if isinstance(error, BaseException) else str(state.message or "failed")
         _close_own_promotion(flow, flow_run, state)
-        own = [line for line in log.records() if is_run_line(line, run_id)]
+        own = [line for line in log.records() if is_run_line(line, run.run_id)]
         if own:
-            if own[-1].get("decision") == "promote":
-                logger.error(
-                    "the run promoted %s (audit line %s) and then failed: %s. The promotion stands",
-                    own[-1].get("model_id"),
-                    own[-1].get("seq"),
-                    message,
-                )
-                label_flow_run(
-                    RunOutcome(
-                        outcome="promoted",
-                        project=params.project,
-                        candidate_id=own[-1].get("model_id"),
-                        reason=f"audit line {own[-1].get('seq')}; the run then failed: {message}",
-                    ),
-                    run_id,
-                )
-            upload_audit(store, params.project)
-            return
-        start = flow_run.start_time
-        elapsed = (state.timestamp - start).total_seconds() if start and state.timestamp else 0.0
-        log.append(
-            audit_record(
-                run_id=run_id,
-                flow_run_id=run_id,
-                project=params.project,
-                dataset_sha256=None,
-                test_sha256=None,
-                backend=backend.name,
-                job_id=None,
-                model_id=None,
-                config=params.config.model_dump(mode="json"),
-                duration_seconds=round(elapsed, 3),
-                metrics={},
-                decision="failed",
-                promoted=False,
-                reasons=[message],
-                previous_model_id=None,
-                manifest_sha256=None,
-                error=message,
-            )
-        )
-        upload_audit(store, params.project)
-        # The runs list shows it too (the state message is the error, set by Prefect).
-        label_flow_run(
-            RunOutcome(outcome="failed", project=params.project, candidate_id=None, reason=message), run_id
-        )
+            _keep_own_line(own[-1], run, message)
+        else:
+            start = flow_run.start_time
+            elapsed = (state.timestamp - start).total_seconds() if start and state.timestamp else 0.0
+            record = failed_record(run.identity, message, round(elapsed, 3))
+            log.append(record.audit_line())
+            upload_audit(run.store, run.project)
+            # The runs list shows it too (the state message is the error, set by Prefect).
+            label_flow_run(record.outcome, run.run_id)
     except Exception as exc:  # a hook must not hide the run's own error
         logger.warning("could not write the audit line of the failed run: %s", error_summary(exc))
+
+
+def _keep_own_line(line: dict[str, Any], run: _Run, message: str) -> None:
+    """The failed run wrote its own line already: a promotion stands (labelled promoted, with the error)."""
+    if line.get("decision") == "promote":
+        get_run_logger().error(
+            "the run promoted %s (audit line %s) and then failed: %s. The promotion stands",
+            line.get("model_id"),
+            line.get("seq"),
+            message,
+        )
+        reason = f"audit line {line.get('seq')}; the run then failed: {message}"
+        outcome = RunOutcome(
+            outcome="promoted", project=run.project, candidate_id=line.get("model_id"), reason=reason
+        )
+        label_flow_run(outcome, run.run_id)
+    upload_audit(run.store, run.project)
 
 
 def _close_own_promotion(flow: Any, flow_run: Any, state: Any = None) -> None:
@@ -246,14 +239,13 @@ def _close_own_promotion(flow: Any, flow_run: Any, state: Any = None) -> None:
     go of the promotion lock and close the run's intent line from the pointer if it stopped half-way."""
     logger = get_run_logger()
     try:
-        params = RetrainParams.model_validate(flow_run.parameters["params"])
-        store, _, _, _ = _resolve(params)
-        path = store.audit_path(params.project)
+        params, run = _hook_run(flow_run)
+        path = run.store.audit_path(params.project)
         release_promotion_lock(path, f"run {flow_run.id}")
         if not path.exists():
             return
         actor = f"run {flow_run.id} ({state.type.value.lower() if state is not None else 'ended'})"
-        for line in recover_promotions(AuditLog(path), store.build(), params.project, actor=actor):
+        for line in recover_promotions(AuditLog(path), run.store.build(), params.project, actor=actor):
             logger.warning("audit line %s: %s", line["seq"], line["reasons"][0])
     except Exception as exc:  # a hook must not hide the run's own error; the next run recovers
         logger.warning("could not close the run's promotion on the audit log: %s", error_summary(exc))
@@ -270,266 +262,207 @@ def _close_own_promotion(flow: Any, flow_run: Any, state: Any = None) -> None:
 def retrain(params: RetrainParams) -> RetrainResult:
     """Retrain a project's NLU model and promote it only if it passes the gates and beats the active one."""
     started = time.monotonic()
-    logger = get_run_logger()
-    run_id = str(flow_run.get_id() or "local")
-    store, backend, gates, work = _resolve(params)
-    project = params.project
+    run = _resolve(params, str(flow_run.get_id() or "local"), flow_run.get_flow_run_ui_url())
+    store, backend, project = run.store, run.backend, run.project
     # Earlier runs killed mid-promotion, or killed before their own audit line (a `crashed` line each).
-    recover_promotions_task(store, project, actor=f"run {run_id}", run_id=run_id)
+    recover_promotions_task(store, project, actor=f"run {run.run_id}", run_id=run.run_id)
 
     # 1. Data: load, fix the frozen test set, validate.
-    data_paths, sources = resolve_data(params.data, str(work))  # pulls Label Studio / folder / S3 sources
-    data = load_dataset(data_paths, str(work), data_label(params.data, sources))
-    given_test = load_dataset(params.test, str(work)) if params.test else None
-    train, test, data_info = freeze_test_set(
-        project,
-        data,
-        given_test,
-        store,
-        str(work),
-        params.test_fraction,
-        params.config.seed,
-        params.min_test_per_intent,
-    )
-    data_info = {**provenance_info(sources, brief=True), **data_info}
-    report, train = validate_dataset(train, test, params.validation, str(work))
-    publish_validation(project, report)
-    if not report.ok:
-        blocked = {
-            **_blocked_record(params, run_id, train, test, report, started, data_info),
-            **provenance_info(sources),
-        }
-        if params.test is None:
-            restore_test_set(store, project, data_info)  # undoes only its own freeze or growth
-        write_audit(str(store.audit_path(project)), blocked)
-        upload_audit(store, project)
-        notice = DecisionNotice(
-            project=project,
-            decision="blocked",
-            promoted=False,
-            summary="blocked: the data failed validation; nothing was trained",
-            reasons=blocked["reasons"],
-            run_url=flow_run.get_flow_run_ui_url(),
-            flow_run_id=run_id,
-        )
-        notify(notice, params.notify)
-        outcome = blocked_by_validation(project, report)
-        label_flow_run(outcome)
-        try:
-            report.raise_for_blocking()
-        except DataError as exc:
-            # The run fails with the outcome as its state message; the caller (the CLI) still gets the error.
-            return _final_state(Failed(message=outcome.message(), data=exc))
-    keep_training_data(store, project, train, data)  # what the next run compares with ("+N new")
+    data = prepare_data(params, store, run.work, params.config.seed)
+    publish_validation(project, data.report)
+    if not data.report.ok:
+        return _blocked(params, run, data, time.monotonic() - started)
+    keep_training_data(store, project, data.train, data.loaded)  # what the next run compares with ("+N new")
 
     # 2. Score the active model first: platforms that can only score what they hold (Cognigy) then keep
     #    the candidate loaded from training through scoring and activation, with no extra training.
     active = fetch_active_model(store, project, backend)
     active_ref: ModelRef | None = active[0] if active else None
-    active_eval: EvaluationResult | None = (
-        evaluate_model(backend, active_ref, test, params.target_precision) if active_ref else None
+    active_eval = (
+        evaluate_model(backend, active_ref, data.test, params.target_precision) if active_ref else None
     )
 
     # 3. Train the candidate (cached on data + config + code: an unchanged rerun does not retrain).
-    key = training_key(train.sha256, params.config, backend.name)
-    model_id = model_id_for(key)
-    refresh = not candidate_ready(backend, project, model_id)  # cached results need the files on disk
-    job = submit_training.with_options(refresh_cache=refresh)(
-        backend, project, model_id, train, params.config, key
-    )
-    candidate = wait_for_training.with_options(refresh_cache=refresh)(
-        backend, project, model_id, job, key, params.max_wait_seconds
-    )
+    job, model = _train(params, run, data.train)
 
-    # 4. Score the candidate on the same frozen test set, and on the must-pass utterances.
-    cand_eval = evaluate_model(backend, candidate, test, params.target_precision)
+    # 4. Score it on the same frozen test set and the must-pass utterances; 5. decide (every gate).
+    judging = _judging(params, run, data, model)
+    decision = decide(judging.candidate_eval, active_eval, run.gates, judging.must_pass)
+    for warning in decision.warnings:
+        get_run_logger().warning(warning)
+
+    # 6. Publish the report file, tables and figures (the report artifact follows the outcome, below).
+    report_of, artifacts = _publish(run, data, model, judging, Recheck(active_ref, active_eval, decision))
+
+    # 7. Promote (one promotion per project at a time; all-or-nothing), or keep the rejected candidate.
+    candidate = _candidate(run, data, model, judging.candidate_eval)
+    now, active_now = Recheck(active_ref, active_eval, decision), report_of.active_id
+    if decision.promote and report_of.active_id != model.model_id:
+        now, active_now = _promote(run, candidate, judging, now)
+    promoted = now.decision.promote and active_now == model.model_id
+    outcome = final_outcome(
+        project, now.decision, model.model_id, report_of.active_id, now.active_id, promoted
+    )
+    if not promoted and active_now != model.model_id:
+        # Kept (not active) so a person can still force it: `nluflow models promote`.
+        keep_rejected_candidate(store, candidate, params.keep_rejected, outcome.message())
+    judged = _judged(run, candidate, job, now, active_now)
+
+    # 8. The outcome: audit, sync, notify, the report artifact, the run's name and state.
+    record = decided_record(
+        run.identity, data.run_data, judged, outcome, round(time.monotonic() - started, 3)
+    )
+    line = write_audit(str(store.audit_path(project)), record.audit_line())
+    sync_run_to_store(store, project, run.run_id, artifacts["outdir"], str(store.audit_path(project)))
+    notify(record.notice(), params.notify)
+    artifacts["report"] = publish_run_report(judged.report(report_of, outcome))
+    label_flow_run(outcome)
+    published = _published(store, project, artifacts, int(line["seq"]), time.monotonic() - started)
+    return _final_state(Completed(message=outcome.message(), data=record.result(published)))
+
+
+def _judging(params: RetrainParams, run: _Run, data: PreparedData, model: ModelRef) -> Judging:
+    """Score the candidate on the frozen test set, and on the must-pass utterances."""
+    backend = run.backend
+    candidate_eval = evaluate_model(backend, model, data.test, params.target_precision)
     must_pass = (
-        check_must_pass_utterances(backend, candidate, params.must_pass, sorted(report.intent_counts))
+        check_must_pass_utterances(backend, model, params.must_pass, sorted(data.report.intent_counts))
         if params.must_pass
         else None
     )
-
-    # 5. Decide (a pure function: every gate with its reason).
-    decision = decide(cand_eval, active_eval, gates, must_pass)
-    for warning in decision.warnings:
-        logger.warning(warning)
-
-    # 6. Publish the report file, tables and figures (the report artifact follows the outcome, below).
-    outdir = work / "runs" / project / run_id
-    figures = render_run_figures(cand_eval, str(work))
-    active_id = active_ref.model_id if active_ref else None
-    report_of: dict[str, Any] = {  # what the report file and the report artifact are made of
-        "project": project,
-        "candidate_id": model_id,
-        "active_id": active_id,
-        "decision": decision,
-        "candidate": cand_eval,
-        "active": active_eval,
-        "validation": report,
-        "data_info": data_info,
-        "figures": figures,
-    }
-    intended = decided(project, decision, model_id, active_id, promoted=decision.promote)
-    logger.info(intended.message())
-    artifacts = publish_report(**report_of, outdir=str(outdir), outcome=intended)
-
-    # 7. Promote: one promotion per project at a time; all-or-nothing. Under the slot the active model is
-    #    read again: one that another run promoted meanwhile must be beaten too, on the same test set.
-    active_now = active_id
-    compared_with = active_id
-    if decision.promote and active_now != model_id:
-        # Keyed by run: a retried flow run that already committed its promotion does not promote again.
-        # No try/except in here: a failure must propagate so the transaction rolls back every step.
-        with (
-            promotion_slot(project, run_id),
-            transaction(key=f"promote-{project}-{model_id}-{run_id}") as txn,
-        ):
-            again = recheck_active(
-                store,
-                project,
-                backend,
-                test,
-                params.target_precision,
-                cand_eval,
-                active_id,
-                gates,
-                must_pass,
-                run_id,
-            )
-            if again is not None:
-                active_ref, active_eval, decision = again.active, again.active_eval, again.decision
-                active_id = active_ref.model_id if active_ref else None
-                report_of.update(active_id=active_id, active=active_eval, decision=decision)
-            if not decision.promote or active_id == model_id:
-                txn.rollback()  # nothing to promote now: no record of a promotion
-            elif not txn.is_committed():
-                store_candidate(
-                    store,
-                    project,
-                    candidate,
-                    train.sha256,
-                    test.sha256,
-                    params.config.model_dump(mode="json"),
-                    cand_eval.headline(),
-                    run_id,
-                    None if backend.name == "local" else backend.name,
-                )
-                activate_on_backend(backend, candidate, active_ref)
-                write_promotion_intent(store, project, model_id, run_id)  # the pointer never moves unaudited
-                switch_active_pointer(store, project, model_id, run_id, decision.summary())
-        pointer = store.build().active(project)
-        active_now = pointer.model_id if pointer else None
-    promoted = decision.promote and active_now == model_id
-    if active_id != compared_with and not promoted and active_id != model_id:
-        outcome = superseded(project, model_id, compared_with, active_id or "none", decision)
-    else:
-        outcome = decided(project, decision, model_id, active_id, promoted=promoted)
-    if not promoted and active_now != model_id:
-        # Kept (not active) so a person can still force it: `nluflow models promote`.
-        keep_rejected_candidate(
-            store,
-            project,
-            candidate,
-            train.sha256,
-            test.sha256,
-            params.config.model_dump(mode="json"),
-            cand_eval.headline(),
-            run_id,
-            None if backend.name == "local" else backend.name,
-            params.keep_rejected,
-            outcome.message(),
-        )
-
-    # 8. The outcome; audit and notify.
-    model_store = store.build()
-    stored = model_store.has_model(project, model_id)
-    manifest_sha = model_store.manifest(project, model_id).sha256() if stored else None
-    line = write_audit(
-        str(store.audit_path(project)),
-        audit_record(
-            run_id=run_id,
-            flow_run_id=run_id,
-            project=project,
-            dataset_sha256=train.sha256,
-            test_sha256=test.sha256,
-            backend=backend.name,
-            job_id=job.job_id,
-            model_id=model_id,
-            config=params.config.model_dump(mode="json"),
-            duration_seconds=round(time.monotonic() - started, 3),
-            metrics=cand_eval.headline(),
-            decision=outcome.audit_decision,
-            promoted=promoted,
-            reasons=_audit_reasons(outcome, decision),
-            previous_model_id=active_ref.model_id if active_ref else None,
-            manifest_sha256=manifest_sha,
-            validation_loss=candidate.metrics.get("val_loss"),
-            model_files_sha256=model_files_sha256(candidate.path) if candidate.path else None,
-            training_metrics=dict(candidate.metrics),
-            **audit_fields(data_info),
-            **provenance_info(sources),
-        ),
+    return Judging(
+        candidate_eval=candidate_eval,
+        test=data.test,
+        target_precision=params.target_precision,
+        gates=run.gates,
+        must_pass=must_pass,
     )
-    sync_run_to_store(store, project, run_id, str(outdir), str(store.audit_path(project)))
-    notice = DecisionNotice.from_decision(
-        project,
-        decision,
-        promoted=promoted,
-        candidate_id=model_id,
-        previous_active=active_ref.model_id if active_ref else None,
-        active=active_now,
-        metrics=cand_eval.headline(),
-        run_url=flow_run.get_flow_run_ui_url(),
-        flow_run_id=run_id,
+
+
+def _publish(
+    run: _Run, data: PreparedData, model: ModelRef, judging: Judging, scored: Recheck
+) -> tuple[ReportInputs, dict[str, str]]:
+    """The report's inputs, and the report file, tables and figures published (with the run folder)."""
+    report_of = ReportInputs(
+        project=run.project,
+        candidate_id=model.model_id,
+        active_id=scored.active.model_id if scored.active else None,
+        decision=scored.decision,
+        candidate=judging.candidate_eval,
+        active=scored.active_eval,
+        validation=data.report,
+        data_info=data.run_data.info,
+        figures=render_run_figures(judging.candidate_eval, run.work),
     )
-    if outcome.outcome in ("unchanged", "superseded"):  # not a plain gate decision: say what happened
-        notice = notice.model_copy(
-            update={
-                "decision": outcome.audit_decision,
-                "summary": outcome.message(),
-                "reasons": _audit_reasons(outcome, decision),
-            }
-        )
-    notify(notice, params.notify)
-    artifacts["report"] = publish_run_report(**report_of, outcome=outcome)
-    label_flow_run(outcome)
-    result = RetrainResult(
-        project=project,
-        flow_run_id=run_id,
-        outcome=outcome.outcome,
-        message=outcome.message(),
-        candidate_id=model_id,
-        previous_active=active_ref.model_id if active_ref else None,
-        active=active_now,
-        promoted=promoted,
-        decision=decision,
-        candidate_metrics=cand_eval.headline(),
-        active_metrics=active_eval.headline() if active_eval else None,
-        deltas=headline_delta(cand_eval.headline(), active_eval.headline() if active_eval else None),
-        data_info={
-            **data_info,
-            **provenance_info(sources),
-            "train_examples": train.n_examples,
-            "test_examples": test.n_examples,
-        },
-        artifacts={k: v for k, v in artifacts.items() if k != "report_path"},
+    get_run_logger().info(report_of.run_outcome().message())
+    outdir = str(Path(run.work) / "runs" / run.project / run.run_id)
+    return report_of, {**publish_report(report_of, outdir), "outdir": outdir}
+
+
+def _candidate(run: _Run, data: PreparedData, model: ModelRef, scores: EvaluationResult) -> Candidate:
+    return Candidate(
+        project=run.project,
+        model=model,
+        dataset_sha256=data.train.sha256,
+        test_sha256=data.test.sha256,
+        config=run.identity.config,
+        metrics=scores.headline(),
+        run_id=run.run_id,
+        backend_block=None if run.backend.name == "local" else run.backend.name,
+    )
+
+
+def _published(
+    store: StoreSpec, project: str, artifacts: dict[str, str], audit_seq: int, elapsed: float
+) -> Published:
+    return Published(
+        artifacts={k: v for k, v in artifacts.items() if k != "outdir"},
         report_path=artifacts["report_path"],
-        store=model_store.describe(),
+        store=store.build().describe(),
         audit_path=str(store.audit_path(project)),
-        audit_seq=int(line["seq"]),
-        duration_seconds=round(time.monotonic() - started, 3),
+        audit_seq=audit_seq,
+        duration_seconds=round(elapsed, 3),
     )
-    return _final_state(Completed(message=outcome.message(), data=result))
 
 
-def _audit_reasons(outcome: RunOutcome, decision: Decision) -> list[str]:
-    """The reasons an audit line and a notice list: the outcome's own for unchanged (nothing was judged) and
-    superseded (who got there first, then the gates against it), else the gates'."""
-    if outcome.outcome == "unchanged":
-        return [outcome.reason]
-    if outcome.outcome == "superseded":
-        return [outcome.reason, *decision.reasons]
-    return list(decision.reasons)
+def _blocked(params: RetrainParams, run: _Run, data: PreparedData, elapsed: float) -> RetrainResult:
+    """Validation stopped the run: undo its own test set change, audit and notify, then fail with the
+    outcome as the state message (the caller, e.g. the CLI, still gets the validation error)."""
+    report, run_data = data.report, data.run_data
+    record = blocked_record(run.identity, run_data, report, round(elapsed, 3))
+    if params.test is None:
+        restore_test_set(run.store, run.project, run_data.info)  # undoes only its own freeze or growth
+    write_audit(str(run.store.audit_path(run.project)), record.audit_line())
+    upload_audit(run.store, run.project)
+    notify(record.notice(), params.notify)
+    label_flow_run(record.outcome)
+    try:
+        report.raise_for_blocking()
+    except DataError as exc:
+        return _final_state(Failed(message=record.outcome.message(), data=exc))
+    raise AssertionError("a report that is not ok raises")  # pragma: no cover
+
+
+def _train(params: RetrainParams, run: _Run, train: DatasetSnapshot) -> tuple[JobRef, ModelRef]:
+    """Submit and wait; the cached result is refreshed when the candidate's files are gone from disk."""
+    backend, project = run.backend, run.project
+    key = training_key(train.sha256, params.config, backend.name)
+    model_id = model_id_for(key)
+    refresh = not candidate_ready(backend, project, model_id)
+    job = submit_training.with_options(refresh_cache=refresh)(
+        backend, project, model_id, train, params.config, key
+    )
+    model = wait_for_training.with_options(refresh_cache=refresh)(
+        backend, project, model_id, job, key, params.max_wait_seconds
+    )
+    return job, model
+
+
+def _promote(run: _Run, candidate: Candidate, judging: Judging, now: Recheck) -> tuple[Recheck, str | None]:
+    """Under the project's promotion slot, judge again against the model active now (another run's model
+    that got there first must be beaten too), then promote in one transaction; returns the decision that
+    stands and the model active afterwards."""
+    project, run_id, model_id = run.project, run.run_id, candidate.model_id
+    compared_with = now.active.model_id if now.active else None
+    # Keyed by run: a retried flow run that already committed its promotion does not promote again.
+    # No try/except in here: a failure must propagate so the transaction rolls back every step.
+    with (
+        promotion_slot(project, run_id),
+        transaction(key=f"promote-{project}-{model_id}-{run_id}") as txn,
+    ):
+        now = recheck_active(run.store, project, run.backend, judging, compared_with, run_id) or now
+        if not now.decision.promote or (now.active is not None and now.active.model_id == model_id):
+            txn.rollback()  # nothing to promote now: no record of a promotion
+        elif not txn.is_committed():
+            store_candidate(run.store, candidate)
+            activate_on_backend(run.backend, candidate.model, now.active)
+            write_promotion_intent(run.store, project, model_id, run_id)  # the pointer never moves unaudited
+            switch_active_pointer(run.store, project, model_id, run_id, now.decision.summary())
+    pointer = run.store.build().active(project)
+    return now, pointer.model_id if pointer else None
+
+
+def _judged(run: _Run, candidate: Candidate, job: JobRef, now: Recheck, active_now: str | None) -> Judged:
+    """The candidate as the run ends: its scores and files, its manifest once stored, what it was judged
+    against and what is active now."""
+    model, model_store = candidate.model, run.store.build()
+    stored = model_store.has_model(run.project, model.model_id)
+    facts = CandidateFacts(
+        model_id=model.model_id,
+        job_id=job.job_id,
+        metrics=candidate.metrics,
+        training_metrics=dict(model.metrics),
+        files_sha256=model_files_sha256(model.path) if model.path else None,
+        manifest_sha256=model_store.manifest(run.project, model.model_id).sha256() if stored else None,
+    )
+    return Judged(
+        candidate=facts,
+        decision=now.decision,
+        promoted=now.decision.promote and active_now == model.model_id,
+        previous_active=now.active_id,
+        active_eval=now.active_eval,
+        active=active_now,
+    )
 
 
 def _final_state(state: Any) -> RetrainResult:
@@ -537,34 +470,3 @@ def _final_state(state: Any) -> RetrainResult:
     the outcome line the runs list shows) and hands the caller its data (the :class:`RetrainResult`), or
     raises it when it is an exception. The cast only tells the type checker what callers receive."""
     return cast(RetrainResult, state)
-
-
-def _blocked_record(
-    params: RetrainParams,
-    run_id: str,
-    train: DatasetSnapshot,
-    test: DatasetSnapshot,
-    report: ValidationReport,
-    started: float,
-    data_info: dict[str, Any],
-) -> dict[str, Any]:
-    """The audit line of a run that validation stopped before training."""
-    return audit_record(
-        run_id=run_id,
-        flow_run_id=run_id,
-        project=params.project,
-        dataset_sha256=train.sha256,
-        test_sha256=test.sha256,
-        backend=params.backend,
-        job_id=None,
-        model_id=None,
-        config=params.config.model_dump(mode="json"),
-        duration_seconds=round(time.monotonic() - started, 3),
-        metrics={},
-        decision="blocked",
-        promoted=False,
-        reasons=[f"{f.rule}: {f.message}" for f in report.blocking],
-        previous_model_id=None,
-        manifest_sha256=None,
-        **audit_fields(data_info),
-    )

@@ -36,10 +36,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner
 from pydantic import BaseModel, Field, model_validator
 
-from flows.retrain import RetrainParams, RetrainResult, RunSettings, nluflow_home, retrain
+from flows.retrain import RetrainParams, RunSettings, nluflow_home, retrain
 from nluflow.backends.base import TrainingConfig
 from nluflow.errors import ConfigError, DataError
 from nluflow.pipeline import DatasetSnapshot
+from nluflow.retrain import RetrainResult
 from nluflow.sweep import (
     CV_VERSION,
     CVScore,
@@ -51,8 +52,7 @@ from nluflow.sweep import (
 )
 from nluflow.sweep_configs import config_labels, resolve_configs
 from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy
-from tasks.data import freeze_test_set, load_dataset, validate_dataset
-from tasks.sources import data_label, resolve_data
+from tasks.data import prepare_data
 
 
 class SweepParams(RunSettings):
@@ -254,13 +254,8 @@ def sweep(params: SweepParams) -> SweepResult:
 
     # 1. The retrain's data stages (cached, so the retrain below reuses them): the same frozen test set is
     #    removed from the training data before anything is scored.
-    data_paths, sources = resolve_data(params.data, work)  # pulls Label Studio / folder / S3 sources
-    data = load_dataset(data_paths, work, data_label(params.data, sources))
-    given_test = load_dataset(params.test, work) if params.test else None
-    train, test, _ = freeze_test_set(
-        project, data, given_test, store, work, params.test_fraction, params.seed, params.min_test_per_intent
-    )
-    report, train = validate_dataset(train, test, params.validation, work)
+    data = prepare_data(params, store, work, params.seed)
+    train, report = data.train, data.report
     if not report.ok:  # the retrain publishes the findings, writes the 'blocked' audit line and raises
         retrain(params.retrain_params(configs[0]))
         report.raise_for_blocking()

@@ -42,56 +42,49 @@ _SECRET_PATTERNS = (
 __all__ = ["GENESIS", "REPAIRED", "SEALED"]  # re-exported chain constants, for readers of records
 
 
+# The fields every run line has besides run, project, backend, decision and reasons (``validation_loss``
+# may be left out: it is then None).
+RUN_LINE_FIELDS = (
+    "flow_run_id",
+    "dataset_sha256",
+    "test_sha256",
+    "job_id",
+    "model_id",
+    "config",
+    "duration_seconds",
+    "metrics",
+    "validation_loss",
+    "promoted",
+    "previous_model_id",
+    "manifest_sha256",
+)
+
+
 def audit_record(
-    *,
-    run_id: str,
-    flow_run_id: str | None,
-    project: str,
-    dataset_sha256: str | None,
-    test_sha256: str | None,
-    backend: str,
-    job_id: str | None,
-    model_id: str | None,
-    config: dict[str, Any],
-    duration_seconds: float,
-    metrics: dict[str, Any],
-    decision: str,
-    promoted: bool,
-    reasons: Sequence[str],
-    previous_model_id: str | None,
-    manifest_sha256: str | None,
-    validation_loss: float | None = None,
-    **extra: Any,
+    *, run_id: str, project: str, backend: str, decision: str, reasons: Sequence[str], **fields: Any
 ) -> dict[str, Any]:
     """One retrain run as an audit record (UTC ``timestamp`` added); pass it to :meth:`AuditLog.append`.
 
-    ``extra`` adds fields (e.g. ``error`` for a failed run); it cannot override the named fields or the chain
-    fields.
+    ``fields`` must give every name of :data:`RUN_LINE_FIELDS` (``validation_loss`` defaults to None) and
+    may add others (e.g. ``error`` for a failed run); it cannot set the chain fields or the timestamp.
+    :meth:`nluflow.retrain.RunRecord.audit_line` is the one place a retrain builds its line.
     """
-    reserved = sorted(set(extra) & {*CHAIN_FIELDS, "timestamp"})
+    reserved = sorted(set(fields) & {*CHAIN_FIELDS, "timestamp"})
     if reserved:
         raise AuditError(f"audit record: {', '.join(reserved)} cannot be set by the caller")
+    missing = [name for name in RUN_LINE_FIELDS if name not in fields and name != "validation_loss"]
+    if missing:
+        raise AuditError(f"audit record: {', '.join(missing)} missing; expected every run line field")
     record: dict[str, Any] = {
         "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
         "run_id": run_id,
-        "flow_run_id": flow_run_id,
         "project": project,
-        "dataset_sha256": dataset_sha256,
-        "test_sha256": test_sha256,
         "backend": backend,
-        "job_id": job_id,
-        "model_id": model_id,
-        "config": config,
-        "duration_seconds": duration_seconds,
-        "metrics": metrics,
-        "validation_loss": validation_loss,
         "decision": decision,
-        "promoted": promoted,
         "reasons": list(reasons),
-        "previous_model_id": previous_model_id,
-        "manifest_sha256": manifest_sha256,
+        "validation_loss": None,
     }
-    record.update(extra)
+    record.update(fields)
     return record
 
 

@@ -67,32 +67,19 @@ class DecisionNotice(BaseModel):
 
     @classmethod
     def from_decision(
-        cls,
-        project: str,
-        decision: Decision,
-        *,
-        promoted: bool,
-        candidate_id: str | None = None,
-        previous_active: str | None = None,
-        active: str | None = None,
-        metrics: Mapping[str, float] | None = None,
-        run_url: str | None = None,
-        flow_run_id: str | None = None,
+        cls, project: str, decision: Decision, *, promoted: bool, **models: Any
     ) -> DecisionNotice:
-        """The notice of a gate decision (reasons, deltas and summary come from the decision)."""
+        """The notice of a gate decision (reasons, deltas and summary come from the decision); ``models``
+        sets the other fields (``candidate_id``, ``previous_active``, ``active``, ``metrics``, ``run_url``,
+        ``flow_run_id``)."""
         return cls(
             project=project,
             decision="promote" if decision.promote else "reject",
             promoted=promoted,
             summary=decision.summary(),
             reasons=list(decision.reasons),
-            candidate_id=candidate_id,
-            previous_active=previous_active,
-            active=active,
-            metrics=dict(metrics or {}),
             deltas=dict(decision.deltas),
-            run_url=run_url,
-            flow_run_id=flow_run_id,
+            **{**models, "metrics": dict(models.get("metrics") or {})},
         )
 
     def headline(self) -> str:

@@ -7,22 +7,15 @@ from typing import Any, cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 
 from blocks.notify import WebhookNotification
 from nluflow.audit import error_summary
 from nluflow.notify import DecisionNotice
-from nluflow.recovery import (
-    EarlierRun,
-    hold_promotion_lock,
-    intent_record,
-    pending_intents,
-    recover_promotions,
-    release_promotion_lock,
-)
+from nluflow.recovery import EarlierRun, pending_intents, recover_promotions, release_promotion_lock
+from nluflow.retrain import promote
 from nluflow.store.audit_log import AuditLog
-from tasks.common import StoreSpec, crash_point
+from tasks.common import StoreSpec, crash_point, run_logger
 from tasks.crashed_runs import earlier_retrain_runs
 
 
@@ -35,7 +28,7 @@ def recover_promotions_task(
     with ``run_id`` (the current run, left out) write a ``crashed`` line for each earlier run of the project
     that Prefect knows was killed before it could write its own line (a recovered ``failed`` line for a
     Failed run whose hook wrote none)."""
-    logger = get_run_logger()
+    logger = run_logger()
     earlier: list[EarlierRun] = []
     if run_id is not None:
         try:
@@ -46,13 +39,19 @@ def recover_promotions_task(
             )
     log = AuditLog(store.audit_path(project))
     written = recover_promotions(log, store.build(create=True), project, actor=actor, earlier_runs=earlier)
+    _report_recovery(store, project, log, written)
+    return written
+
+
+def _report_recovery(store: StoreSpec, project: str, log: AuditLog, written: list[dict[str, Any]]) -> None:
+    """Upload the log when recovery wrote to it, and say what it repaired and wrote."""
+    logger = run_logger()
     if written or log.repairs:
         upload_audit(store, project)
     for repair in log.repairs:
         logger.warning("audit log repaired: %s", repair)
     for line in written:
         logger.warning("audit line %s: %s", line["seq"], line["reasons"][0])
-    return written
 
 
 @task(name="write-promotion-intent", cache_policy=NO_CACHE)
@@ -61,22 +60,10 @@ def write_promotion_intent(store: StoreSpec, project: str, model_id: str, run_id
     ``promote-intent`` line (model, the model it replaces as the pointer says now, run). The run's
     ``promote`` line after the switch completes it; if the run stops in between, recovery completes it from
     the pointer."""
-    path = store.audit_path(project)
-    active = store.build().active(project)
-    hold_promotion_lock(path, holder=f"run {run_id}")
-    try:
-        line = AuditLog(path).append(
-            intent_record(
-                project=project,
-                model_id=model_id,
-                previous_model_id=active.model_id if active else None,
-                run_id=run_id,
-            )
-        )
-        upload_audit(store, project)
-    except BaseException:
-        release_promotion_lock(path, f"run {run_id}")
-        raise
+    log = AuditLog(store.audit_path(project))
+    line = promote.write_intent(
+        log, store.build(), project, model_id, run_id, after=lambda: upload_audit(store, project)
+    )
     txn = get_transaction()
     if txn is not None:
         txn.set("audit_store", store)
@@ -91,11 +78,13 @@ def _close_rolled_back_intent(txn: Transaction) -> None:
     """The promotion rolled back: let go of the lock and say on the log that it was abandoned."""
     store: StoreSpec = txn.get("audit_store")
     project: str = txn.get("audit_project")
-    release_promotion_lock(store.audit_path(project), f"run {txn.get('audit_run_id')}")
+    log = AuditLog(store.audit_path(project))
+    logger = run_logger()
     try:
-        recover_promotions_task.fn(store, project, actor="rollback")
+        written = promote.abandon_intent(log, store.build(create=True), project, txn.get("audit_run_id"))
+        _report_recovery(store, project, log, written)
     except Exception as exc:  # the other rollback hooks must still run; the next run recovers the intent
-        get_run_logger().warning("could not close the rolled-back promotion on the audit log: %s", exc)
+        logger.warning("could not close the rolled-back promotion on the audit log: %s", exc)
 
 
 @task(name="write-audit", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -111,7 +100,7 @@ def write_audit(audit_path: str, record: dict[str, Any]) -> dict[str, Any]:
     line = log.append(record)
     release_promotion_lock(audit_path, f"run {run_id}")
     for repair in log.repairs:  # a torn last line was moved aside before this line
-        get_run_logger().warning("audit log repaired: %s", repair)
+        run_logger().warning("audit log repaired: %s", repair)
     if record.get("decision") == "promote":
         crash_point("audit")
     return line
@@ -130,7 +119,7 @@ def notify(notice: DecisionNotice, block_names: list[str]) -> dict[str, bool]:
 
     Runs after the promotion committed: a failing receiver or a missing block is logged, never raised, so a
     notification can never undo or fail a promotion."""
-    logger = get_run_logger()
+    logger = run_logger()
     logger.info("[%s] %s", notice.project, notice.summary)
     sent: dict[str, bool] = {}
     for name in block_names:

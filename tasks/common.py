@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,6 +43,18 @@ def crash_point(step: str) -> None:
     """Test-only: SIGKILL this process after ``step`` when ``$NLUFLOW_TEST_KILL_AT`` names it."""
     if os.environ.get(KILL_AT_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_logger() -> Any:
+    """The run's logger inside a flow or task run; outside one (a task's ``.fn()`` called directly, a CLI
+    command) the ``nluflow.tasks`` logger."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("nluflow.tasks")
 
 
 def is_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
@@ -96,6 +110,17 @@ class BackendSpec(BaseModel):
             )
         return cast(TrainingBackend, block.get_client(**kwargs))
 
+    @contextmanager
+    def client(self, on_progress: Callable[[float, str], None] | None = None) -> Iterator[TrainingBackend]:
+        """A fresh client for the ``with`` body, closed after it (when the client has a ``close``)."""
+        backend = self.build(on_progress)
+        try:
+            yield backend
+        finally:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+
 
 class StoreSpec(BaseModel):
     """Which model store to use: a local folder, or a store block reference (local folder or S3)."""
@@ -149,7 +174,8 @@ def artifact_key(project: str, name: str) -> str:
 
 
 class ProgressReporter:
-    """Reports training progress to one Prefect progress artifact (created on the first report)."""
+    """Reports training progress to the log and, inside a run, to one Prefect progress artifact (created on
+    the first report; a task's ``.fn()`` called outside a run only logs)."""
 
     def __init__(self, key: str, logger: Any) -> None:
         self.key = key
@@ -159,17 +185,20 @@ class ProgressReporter:
 
     @property
     def reported(self) -> bool:
-        """Whether anything was reported (the artifact exists)."""
-        return self._artifact_id is not None
+        """Whether anything was reported."""
+        return self._last >= 0
 
     def __call__(self, fraction: float, message: str) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.context import FlowRunContext
 
         percent = round(max(0.0, min(1.0, fraction)) * 100, 1)
         if percent == self._last:
             return
         self._last = percent
         self.logger.info("training %5.1f%% %s", percent, message)
+        if FlowRunContext.get() is None and TaskRunContext.get() is None:
+            return
         if self._artifact_id is None:
             self._artifact_id = cast(
                 uuid.UUID,

@@ -23,13 +23,12 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 
 from nluflow.data.validation import ValidationReport
-from nluflow.evaluation.gates import Decision
 from nluflow.evaluation.metrics import EvaluationResult
 from nluflow.evaluation.plots import png_data_uri, render_figures
 from nluflow.evaluation.report import error_rows, per_intent_rows
 from nluflow.hashing import sha256_json
 from nluflow.outcome import RUN_TAG, RunOutcome
-from nluflow.report import FIGURE_TITLES, render_run_report
+from nluflow.report import FIGURE_TITLES, ReportInputs, render_run_report, run_metrics
 from nluflow.store.s3 import sync_folder
 from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy, crash_point
 
@@ -64,101 +63,52 @@ def render_run_figures(result: EvaluationResult, workspace_path: str) -> dict[st
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report(
-    project: str,
-    candidate_id: str,
-    active_id: str | None,
-    decision: Decision,
-    candidate: EvaluationResult,
-    active: EvaluationResult | None,
-    validation: ValidationReport,
-    data_info: dict[str, Any],
-    figures: dict[str, str],
-    outdir: str,
-    outcome: RunOutcome,
-) -> dict[str, str]:
-    """Write report.md and metrics.json next to the figures and publish the tables and images as artifacts
-    (the report's artifact is the flow's: :func:`publish_run_report`)."""
+def publish_report(report: ReportInputs, outdir: str) -> dict[str, str]:
+    """Write report.md and metrics.json next to copies of the figures and publish the tables and images as
+    artifacts (the report's artifact is the flow's: :func:`publish_run_report`)."""
     report_dir = Path(outdir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    fig_paths = {}
-    for name, src in figures.items():  # the run folder is self-contained: the report links its own copies
-        fig_paths[name] = Path(shutil.copy2(src, report_dir / Path(src).name))
-    common: dict[str, Any] = dict(
-        project=project,
-        candidate_id=candidate_id,
-        active_id=active_id,
-        decision=decision,
-        candidate=candidate,
-        active=active,
-        validation=validation,
-        data_info=data_info,
-        figures=fig_paths,
-        outcome=outcome,
-    )
-    report_path = Path(outdir) / "report.md"
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    # The file links its PNGs; the artifact embeds them, so the Prefect UI shows them without file access.
-    report_path.write_text(render_run_report(**common, embed_figures=False), encoding="utf-8")
-    metrics = {
-        "candidate": {"model_id": candidate_id, **candidate.headline()},
-        "active": {"model_id": active_id, **active.headline()} if active else None,
-        "decision": decision.model_dump(mode="json"),
-        "test_sha256": candidate.test_sha256,
+    # The run folder is self-contained: the report links its own copies of the figures.
+    figures = {
+        name: Path(shutil.copy2(src, report_dir / Path(src).name)) for name, src in report.figures.items()
     }
-    (report_path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    keys = {"report": artifact_key(project, "retrain-report")}
-    keys["per_intent"] = artifact_key(project, "per-intent-metrics")
+    report_path = report_dir / "report.md"
+    # The file links its PNGs; the artifact embeds them, so the Prefect UI shows them without file access.
+    report_path.write_text(render_run_report(report, figures=figures, embed_figures=False), encoding="utf-8")
+    (report_dir / "metrics.json").write_text(json.dumps(run_metrics(report), indent=2), encoding="utf-8")
+    project, candidate = report.project, report.candidate
+    keys = {
+        "report": artifact_key(project, "retrain-report"),
+        "per_intent": artifact_key(project, "per-intent-metrics"),
+        "errors": artifact_key(project, "errors"),
+    }
     create_table_artifact(
-        table=per_intent_rows(candidate, active), key=keys["per_intent"], description="Per-intent metrics"
+        table=per_intent_rows(candidate, report.active),
+        key=keys["per_intent"],
+        description="Per-intent metrics",
     )
-    keys["errors"] = artifact_key(project, "errors")
     create_table_artifact(
         table=error_rows(candidate), key=keys["errors"], description="Candidate's errors, confident first"
     )
-    for name, path in fig_paths.items():
-        key = artifact_key(project, name.replace("_", "-"))
+    for name, path in figures.items():
+        keys[name] = artifact_key(project, name.replace("_", "-"))
         create_image_artifact(
-            image_url=png_data_uri(path), key=key, description=FIGURE_TITLES.get(name, name)
+            image_url=png_data_uri(path), key=keys[name], description=FIGURE_TITLES.get(name, name)
         )
-        keys[name] = key
     return {**keys, "report_path": str(report_path)}
 
 
-def publish_run_report(
-    project: str,
-    candidate_id: str,
-    active_id: str | None,
-    decision: Decision,
-    candidate: EvaluationResult,
-    active: EvaluationResult | None,
-    validation: ValidationReport,
-    data_info: dict[str, Any],
-    figures: dict[str, str],
-    outcome: RunOutcome,
-) -> str:
+def publish_run_report(report: ReportInputs) -> str:
     """Publish the retrain report, figures embedded, as an artifact of the flow run; returns its key.
 
     Call it from the flow body, not from a task (inside a task the artifact would belong to that task run).
     The description is the run's outcome line, which the Artifacts tab shows on the report's card.
     """
-    key = artifact_key(project, "retrain-report")
+    key = artifact_key(report.project, "retrain-report")
     create_markdown_artifact(
-        markdown=render_run_report(
-            project=project,
-            candidate_id=candidate_id,
-            active_id=active_id,
-            decision=decision,
-            candidate=candidate,
-            active=active,
-            validation=validation,
-            data_info=data_info,
-            figures={name: Path(path) for name, path in figures.items()},
-            embed_figures=True,
-            outcome=outcome,
-        ),
+        markdown=render_run_report(report, embed_figures=True),
         key=key,
-        description=f"{project}: {outcome.message()}",
+        description=f"{report.project}: {report.run_outcome().message()}",
     )
     return key
 

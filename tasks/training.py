@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-import time
-from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.context import TaskRunContext
-from prefect.logging import get_run_logger
 
-from nluflow.backends.base import JobRef, JobState, ModelRef, ProjectScoped, TrainingConfig
-from nluflow.errors import TrainingFailedError
+from nluflow.backends.base import JobRef, JobStatus, ModelRef, TrainingConfig
 from nluflow.pipeline import DatasetSnapshot
+from nluflow.retrain import train as training
+from nluflow.retrain.train import complete_marker
 from tasks.common import (
     BACKEND_RETRY_DELAYS,
     BackendSpec,
@@ -23,20 +20,12 @@ from tasks.common import (
     cache_policy,
     crash_point,
     is_transient,
+    run_logger,
     workspace,
 )
 
 # JobRef.data flag: submit-training already reported the job's progress to its end (the local backend).
 PROGRESS_REPORTED = "nluflow_progress_reported"
-# Polling: first wait, growth factor, and the longest wait between two status calls (seconds).
-POLL_FIRST_SECONDS = 1.0
-POLL_FACTOR = 1.5
-POLL_MAX_SECONDS = 30.0
-
-
-def complete_marker(candidate: Path) -> Path:
-    """Written beside the candidate folder once all its files are fetched."""
-    return candidate.with_name(candidate.name + ".complete")
 
 
 def candidate_ready(backend: BackendSpec, project: str, model_id: str) -> bool:
@@ -71,14 +60,14 @@ def submit_training(
     client never resends a train request whose answer was lost: a retry of this task first waits for the
     server's running training and takes the archive tagged with this key from its models folder.
     """
-    logger = get_run_logger()
+    logger = run_logger()
     progress = ProgressReporter(artifact_key(project, "training-progress"), logger)
-    client = backend.build(on_progress=progress)
-    if isinstance(client, ProjectScoped):  # Rasa: archives name the project; another project's served model
-        client.bind_project(project)  # is refused
-    logger.info("submitting %s examples to the %s backend (key %s)", train.n_examples, backend.name, key[:12])
-    crash_point("train")  # test-only: a run killed while it trains
-    job = client.submit(train.load(), config, idempotency_key=key)
+    with backend.client(on_progress=progress) as client:
+        logger.info(
+            "submitting %s examples to the %s backend (key %s)", train.n_examples, backend.name, key[:12]
+        )
+        crash_point("train")  # test-only: a run killed while it trains
+        job = training.submit(client, project, train.load(), config, key)
     if progress.reported:  # the backend trained while submitting (the local one): wait-for-training adds none
         job = job.model_copy(update={"data": {**job.data, PROGRESS_REPORTED: True}})
     return job
@@ -101,40 +90,18 @@ def wait_for_training(
     max_wait_seconds: float,
 ) -> ModelRef:
     """Poll the job with backoff until it ends, then fetch the model files into the candidate folder."""
-    logger = get_run_logger()
-    progress = ProgressReporter(artifact_key(project, "training-progress"), logger)
-    client = backend.build()
-    deadline = time.monotonic() + max_wait_seconds
-    delay = POLL_FIRST_SECONDS
+    progress = ProgressReporter(artifact_key(project, "training-progress"), run_logger())
     # One progress artifact per run: a job that submit-training already reported to its end adds none.
     reported_by_submit = bool(job.data.get(PROGRESS_REPORTED))
-    while True:
-        status = client.status(job)
+
+    def on_status(status: JobStatus) -> None:
         if not (reported_by_submit and status.state.terminal):
             progress(status.progress, status.message or status.state.value)
-        if status.state.terminal:
-            break
-        if time.monotonic() + delay > deadline:
-            raise TrainingFailedError(
-                f"training job {job.job_id} on {backend.name} did not finish within {max_wait_seconds:.0f} s "
-                f"(last state {status.state.value}); no model was promoted"
-            )
-        time.sleep(delay)
-        delay = min(delay * POLL_FACTOR, POLL_MAX_SECONDS)
-    if status.state is not JobState.SUCCEEDED:
-        raise TrainingFailedError(
-            f"training job {job.job_id} on {backend.name} ended {status.state.value}: "
-            f"{status.message or 'no reason given'}; no model was promoted"
-        )
-    dest = workspace(backend.workspace).candidate(project, model_id)
-    staging = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    complete_marker(dest).unlink(missing_ok=True)
-    staging.mkdir(parents=True)
-    fetched = client.fetch(job, staging)
-    staging.rename(dest)
-    complete_marker(dest).touch()
+
+    with backend.client() as client:
+        training.wait_for_job(client, job, backend.name, training.Polling(max_wait_seconds), on_status)
+        dest = workspace(backend.workspace).candidate(project, model_id)
+        candidate = training.fetch_candidate(client, job, dest, model_id)
     if progress.reported or not reported_by_submit:
         progress(1.0, "model fetched")
-    return fetched.model_copy(update={"model_id": model_id, "path": str(dest)})
+    return candidate

@@ -10,7 +10,6 @@
 - :mod:`nluflow.store.testsets` keeps the frozen test set and the training data of stored models;
 - :mod:`nluflow.store.audit_log` is the hash-chained audit log, on a local file or on any filesystem that
   can write conditionally (S3);
-- :mod:`nluflow.store.manage` holds what a person does to a store from the CLI (promote, activate, roll back).
 """
 
 from nluflow.store.fs import FileSystem, LocalPaths

@@ -36,7 +36,7 @@ from prefect.blocks.core import Block
 from typer.testing import CliRunner
 
 import flows.retrain
-import tasks.promotion
+import nluflow.retrain.promote
 from blocks.cognigy import CognigyBackendBlock
 from blocks.neuralspace import NeuralSpaceBackendBlock
 from blocks.rasa import RasaBackendBlock
@@ -433,13 +433,13 @@ def test_activation_that_fails_after_the_platform_switched_is_undone(
         p.refuse.after = p.refuse.armed = True
 
     added = _hook_add_model(monkeypatch, arm)
-    real_restore = tasks.promotion._restore
+    real_restore = nluflow.retrain.promote._restore
 
     def restore(client: Any, previous: ModelRef) -> None:
         switched.append(p.serving())  # what the platform served when the failed activation returned
         real_restore(client, previous)
 
-    monkeypatch.setattr(tasks.promotion, "_restore", restore)
+    monkeypatch.setattr(nluflow.retrain.promote, "_restore", restore)
     try:
         with pytest.raises(BackendError, match="400"):
             retrain(p.params(THIRD, gates=PERMISSIVE))

@@ -19,7 +19,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
 from flows.retrain import RetrainParams
 from tasks.common import KILL_AT_ENV
-from tasks.promotion import promotion_limit_name
+from tasks.slot import promotion_limit_name
 
 RUN_IN_SUBPROCESS = (
     "import sys\n"

@@ -211,7 +211,7 @@ def _another_run_promotes_first(
     """Make the next promotion find ``model_id`` active when it takes the slot, as if another run had
     promoted it between this run's decision and its promotion."""
     import flows.retrain as retrain_module
-    from tasks.promotion import promotion_slot
+    from tasks.slot import promotion_slot
 
     real = promotion_slot
 

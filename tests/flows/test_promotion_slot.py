@@ -25,7 +25,7 @@ from prefect.variables import Variable
 
 from flows.cli_automations import ZOMBIE_AUTOMATION, apply_automations, load_automations
 from nluflow.errors import ConfigError, DataError
-from tasks.promotion import (
+from tasks.slot import (
     LEASE_ENV,
     STALE_GRACE_SECONDS,
     WAIT_LOG_SECONDS,

@@ -77,7 +77,7 @@ def scored_on(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(test_set.sha256())
         return real(test_set, *args, **kwargs)
 
-    monkeypatch.setattr("tasks.evaluation.evaluate", spy)
+    monkeypatch.setattr("nluflow.retrain.scoring.evaluate", spy)
     return seen
 
 

@@ -1,4 +1,4 @@
-"""nluflow.store.manage without Prefect: rollback, activate, forced promote and test-set reset on a local
+"""nluflow.retrain.manage without Prefect: rollback, activate, forced promote and test-set reset on a local
 store, each with its audit line; a platform that refuses puts the pointer back; a broken log refuses the
 change."""
 
@@ -10,7 +10,8 @@ import pytest
 
 from nluflow.data.schema import Dataset, Example
 from nluflow.errors import AuditError, ConfigError, StoreError
-from nluflow.store import Manifest, ModelStore, manage
+from nluflow.retrain import manage
+from nluflow.store import Manifest, ModelStore
 from nluflow.store.audit_log import AuditLog
 from nluflow.store.testsets import TestSetStore
 
@@ -124,3 +125,20 @@ def test_audit_logs_finds_one_or_every_project(tmp_path: Path) -> None:
     manage.rollback(store, log, PROJECT)
     (found,) = manage.audit_logs(store, None)
     assert found.project == PROJECT and found.verify().ok and found.verify().lines == 1
+
+
+def test_a_rollback_to_a_rejected_candidate_needs_a_reason_and_lines_name_the_cli(tmp_path: Path) -> None:
+    """Ported from the use-case branch's own copy of this module (dropped: one implementation is kept)."""
+    store = _store(tmp_path)
+    log, _ = manage.prepare_change(store, PROJECT)
+    with pytest.raises(ConfigError, match="gates rejected"):
+        manage.rollback(store, log, PROJECT, to="m3")
+    assert store.active(PROJECT) is not None and store.active(PROJECT).model_id == "m2"  # type: ignore[union-attr]
+    change = manage.rollback(store, log, PROJECT)
+    assert change.line is not None
+    assert (change.line["decision"], change.line["model_id"], change.line["previous_model_id"]) == (
+        "rollback",
+        "m1",
+        "m2",
+    )
+    assert change.line["promoted"] is True and change.line["actor"] == "cli" and log.verify().ok
