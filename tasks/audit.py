@@ -14,6 +14,7 @@ from nluflow.audit import error_summary
 from nluflow.notify import DecisionNotice
 from nluflow.recovery import EarlierRun, pending_intents, recover_promotions, release_promotion_lock
 from nluflow.retrain import promote
+from nluflow.store import layout
 from nluflow.store.audit_log import AuditLog
 from tasks.common import StoreSpec, crash_point, run_logger
 from tasks.crashed_runs import earlier_retrain_runs
@@ -110,7 +111,7 @@ def upload_audit(store: StoreSpec, project: str) -> None:
     """A remote store's audit log is written as a local file (see ``StoreSpec.audit_path``) and uploaded after
     each line: runs that end before ``sync-run-to-store`` (blocked, failed) upload it here."""
     if not store.is_local():
-        store.build(create=True).fs.put_file(store.audit_path(project), f"{project}/audit.jsonl")
+        store.build(create=True).fs.put_file(store.audit_path(project), layout(project).audit)
 
 
 @task(name="notify", cache_policy=NO_CACHE)

@@ -25,7 +25,7 @@ from nluflow.backends.local import LocalBackend
 from nluflow.errors import ConfigError, TransientBackendError
 from nluflow.hashing import sha256_json
 from nluflow.pipeline import CODE_VERSION, Workspace
-from nluflow.store import ModelStore
+from nluflow.store import ModelStore, layout
 from nluflow.store.audit_log import refresh_audit_copy
 
 # Retry delays (seconds) for stages that talk to a backend: transient errors only.
@@ -149,13 +149,13 @@ class StoreSpec(BaseModel):
         if self.block:
             block = load_block(self.block, "model store")
             if isinstance(block, LocalModelStore):
-                return Path(block.path) / project / "audit.jsonl"
+                return Path(block.path) / layout(project).audit
             assert self.workspace is not None
-            copy = Path(self.workspace) / "audit" / project / "audit.jsonl"
+            copy = Path(self.workspace) / "audit" / layout(project).audit
             refresh_audit_copy(block.get_store().fs, project, copy)  # lines the CLI wrote in the store
             return copy
         assert self.path is not None
-        return Path(self.path) / project / "audit.jsonl"
+        return Path(self.path) / layout(project).audit
 
     def is_local(self) -> bool:
         return not self.block or isinstance(load_block(self.block, "model store"), LocalModelStore)

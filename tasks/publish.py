@@ -29,6 +29,7 @@ from nluflow.evaluation.report import error_rows, per_intent_rows
 from nluflow.hashing import sha256_json
 from nluflow.outcome import RUN_TAG, RunOutcome
 from nluflow.report import FIGURE_TITLES, ReportInputs, render_run_report, run_metrics
+from nluflow.store import layout
 from nluflow.store.s3 import sync_folder
 from tasks.common import StoreSpec, artifact_key, cache_key, cache_policy, crash_point
 
@@ -139,9 +140,9 @@ def sync_run_to_store(store: StoreSpec, project: str, run_id: str, outdir: str, 
     """Copy the run's report, figures and metrics under ``<project>/runs/<run id>/`` in the store, and for a
     remote store also the audit log (kept as a local file, uploaded after each line)."""
     model_store = store.build(create=True)
-    keys = sync_folder(model_store.fs, Path(outdir), f"{project}/runs/{run_id}")
+    keys = sync_folder(model_store.fs, Path(outdir), layout(project).run(run_id))
     if not store.is_local():
-        model_store.fs.put_file(Path(audit_path), f"{project}/audit.jsonl")
-        keys.append(f"{project}/audit.jsonl")
+        model_store.fs.put_file(Path(audit_path), layout(project).audit)
+        keys.append(layout(project).audit)
     crash_point("sync")
     return keys

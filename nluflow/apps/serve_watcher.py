@@ -26,7 +26,7 @@ from nluflow.backends.base import Parse
 from nluflow.errors import ConfigError, IntegrityError, StoreError
 from nluflow.hashing import sha256_file
 from nluflow.models.nlu import NLUModel
-from nluflow.store import MANIFEST_NAME, MODELS_DIR, ActivePointer, Manifest, ModelStore, check_id
+from nluflow.store import MANIFEST_NAME, ActivePointer, Manifest, ModelStore, check_id, layout
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class ActiveModelWatcher:
                 raise IntegrityError(
                     f"{manifest_path}: unreadable or not a manifest ({exc}); the model is refused"
                 ) from None
-            where = f"{project}/{MODELS_DIR}/{model_id}/{MANIFEST_NAME}"
+            where = layout(project).manifest(model_id)
             if (manifest.project, manifest.model_id) != (project, model_id):
                 raise IntegrityError(
                     f"{where}: describes model {manifest.model_id!r} of project {manifest.project!r}, "
@@ -281,7 +281,7 @@ class ActiveModelWatcher:
         return ServedModel(
             model_id=model_id,
             manifest_sha256=pointer.manifest_sha256,
-            model_file=f"{project}/{MODELS_DIR}/{model_id}",
+            model_file=layout(project).model(model_id),
             activated_at=pointer.activated_at,
             loaded_at=_utc_iso(),
             parser=parser,
