@@ -20,7 +20,7 @@ ifeq ($(PREFECT_API_URL),)
   endif
 endif
 
-.PHONY: install run test lint typecheck unit server blocks bench clean
+.PHONY: install run test lint typecheck unit browser server blocks bench clean
 
 # Two stamps: `make run` installs what the demo needs (`.`: no torch, no test tools); `make test` and the
 # other developer targets install everything (`.[dev]`), which also satisfies the demo's stamp.
@@ -43,7 +43,7 @@ run: $(RUN_STAMP)
 	$(BIN)/nluflow models show --project $(DEMO)
 	$(BIN)/nluflow audit verify --project $(DEMO)
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck browser
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -53,8 +53,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The fast tier: every test not marked `slow` (no Prefect server, no model trained on a benchmark set).
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit -q
+	$(BIN)/python -m pytest -m "not slow" -q
+
+# Debian's chromium for the Label Studio UI test (tests/e2e): installed here, never from a test fixture.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  test "$$(id -u)" = 0 || { echo "make browser: chromium is missing; run 'sudo apt-get install chromium'" >&2; exit 1; }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -20,17 +20,17 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["NLUFLOW_HOME"] = str(_SESSION_HOME / "nluflow")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 DEMO_DATA = REPO / "examples" / "snips-demo"
 
 
 @pytest.fixture(scope="session")
-def shared_datasets() -> Path:
-    if not SHARED_DATASETS.is_dir():
-        pytest.skip(
-            f"shared datasets not found at {SHARED_DATASETS} (CI clones the repo with shared/ beside it)"
-        )
-    return SHARED_DATASETS
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The benchmark datasets that travel with the repository (``data/``, see its README), unpacked once per
+    session: ``datasets / "banking77" / "train.jsonl"``, ``datasets / "rasa_financial_demo" / "raw" / ...``.
+    A missing archive fails the test that asks (``DatasetsMissing`` names the folder); nothing skips."""
+    from bench.common import unpack_datasets
+
+    return unpack_datasets(tmp_path_factory.mktemp("datasets"))
 
 
 @pytest.fixture(scope="session")

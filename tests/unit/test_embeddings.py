@@ -35,8 +35,6 @@ from nluflow.models.embeddings import (
 from nluflow.models.intent import IntentClassifier
 from nluflow.models.nlu import META_FILE, NLUModel
 
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
 needs_extra = pytest.mark.skipif(
     not embeddings_available(),
     reason="the 'embeddings' extra is not installed (pip install 'nluflow[embeddings]': "
@@ -318,14 +316,12 @@ def test_loading_an_embedding_model_without_the_extra_is_a_clear_error(
 
 @needs_extra
 @pytest.mark.slow
-def test_embeddings_improve_accuracy_on_a_banking77_subset(tmp_path: Path) -> None:
+def test_embeddings_improve_accuracy_on_a_banking77_subset(tmp_path: Path, datasets: Path) -> None:
     """10 intents, 10 training texts each: the embedding block beats TF-IDF alone on their 400 test texts.
 
     Measured: TF-IDF alone 0.943, with embeddings 0.988.
     """
-    folder = DATASETS / "banking77"
-    if not folder.is_dir():
-        pytest.skip(f"shared datasets not found at {DATASETS} (CI clones them beside the repo)")
+    folder = datasets / "banking77"
     train_x, train_y = _read(folder / "train.jsonl")
     test_x, test_y = _read(folder / "test.jsonl")
     intents = sorted(set(train_y))[:10]
