@@ -50,3 +50,22 @@ def prefect_api() -> Iterator[str]:
         url = PREFECT_API_URL.value()
         assert url
         yield str(url)
+
+
+# ------------------------------------------------------------------------------------------- the fast tier
+
+# `make unit` runs `pytest -m "not slow"`. Besides the tests marked `slow` by hand (measured: several seconds
+# each), two kinds are slow by what they need, and are marked here so that no new test of those kinds has to
+# remember it: everything in tests/e2e (real servers, a worker, a browser), and every test that asks for the
+# session's Prefect API (a cold Prefect server costs 8-35 s on 2 cores, and each flow run a few seconds).
+SLOW_FIXTURES = frozenset({"prefect_api"})
+SLOW_FOLDERS = frozenset({"e2e"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        folder = path.relative_to(tests).parts[0] if path.is_relative_to(tests) else ""
+        if folder in SLOW_FOLDERS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
