@@ -43,8 +43,15 @@ run: $(RUN_STAMP)
 	$(BIN)/nluflow models show --project $(DEMO)
 	$(BIN)/nluflow audit verify --project $(DEMO)
 
+# The whole suite, on 2 worker processes (pytest-xdist; a test file stays on one worker, so its module
+# fixtures are made once), in the random order of seed TEST_SEED (pytest-randomly prints it). A fixed seed
+# keeps CI reproducible: a failure replays with the same order, and the order is still not the file order.
+# `make test TEST_SEED=default` draws a new order, TEST_SEED=last replays the last one; TEST_JOBS=0 runs in
+# one process.
+TEST_SEED ?= 16
+TEST_JOBS ?= 2
 test: $(STAMP) lint typecheck browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -p randomly --randomly-seed=$(TEST_SEED) -n $(TEST_JOBS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -53,9 +60,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The fast tier: every test not marked `slow` (no Prefect server, no model trained on a benchmark set).
+# The fast tier (under a minute on 2 cores): every test not marked `slow`, i.e. no Prefect server, no real
+# S3 server, no fuzzing, no subprocess-heavy or benchmark-sized test (tests/conftest.py says which kinds).
 unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_JOBS)
 
 # Debian's chromium for the Label Studio UI test (tests/e2e): installed here, never from a test fixture.
 browser:

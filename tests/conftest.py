@@ -54,18 +54,33 @@ def prefect_api() -> Iterator[str]:
 
 # ------------------------------------------------------------------------------------------- the fast tier
 
-# `make unit` runs `pytest -m "not slow"`. Besides the tests marked `slow` by hand (measured: several seconds
-# each), two kinds are slow by what they need, and are marked here so that no new test of those kinds has to
-# remember it: everything in tests/e2e (real servers, a worker, a browser), and every test that asks for the
-# session's Prefect API (a cold Prefect server costs 8-35 s on 2 cores, and each flow run a few seconds).
-SLOW_FIXTURES = frozenset({"prefect_api"})
-SLOW_FOLDERS = frozenset({"e2e"})
+# `make unit` runs `pytest -m "not slow"`. Besides the tests marked `slow` by hand (the measured top of the
+# fast tier: subprocesses, the real embedding model, benchmark-sized data), some kinds are slow by what they
+# need, and are marked here so that no new test of those kinds has to remember it: everything in tests/e2e
+# (real servers, a worker, a browser) and tests/fuzz (hypothesis at full size, large files, slow clients),
+# every test that asks for the session's Prefect API (a cold Prefect server costs 8-35 s on 2 cores, and each
+# flow run a few seconds), and every test on moto's S3 server (the same tests run on the local store).
+# The store suites ask for moto by request.getfixturevalue in a fixture parametrized local/s3, so their S3
+# variant is known by its parameter.
+SLOW_FIXTURES = frozenset({"prefect_api", "moto_s3"})
+SLOW_PARAMS = frozenset({"s3"})
+SLOW_FOLDERS = frozenset({"e2e", "fuzz"})
+
+
+def _is_slow(item: pytest.Item, tests: Path) -> bool:
+    path = Path(str(item.path)).resolve()
+    folder = path.relative_to(tests).parts[0] if path.is_relative_to(tests) else ""
+    callspec = getattr(item, "callspec", None)
+    params = {v for v in callspec.params.values() if isinstance(v, str)} if callspec else set()
+    return bool(
+        folder in SLOW_FOLDERS
+        or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+        or SLOW_PARAMS & params
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tests = Path(__file__).resolve().parent
     for item in items:
-        path = Path(str(item.path)).resolve()
-        folder = path.relative_to(tests).parts[0] if path.is_relative_to(tests) else ""
-        if folder in SLOW_FOLDERS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if _is_slow(item, tests):
             item.add_marker(pytest.mark.slow)

@@ -76,6 +76,7 @@ def tiny(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_accuracy_run_writes_rows_tables_and_json(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = tiny / "results"
     payload = accuracy.run(
@@ -216,6 +217,7 @@ def test_overhead_summary_uses_paired_ratios_and_judges_goals() -> None:
     assert "1.100×" in table and "missed" in table and "met" in table
 
 
+@pytest.mark.slow
 def test_bare_retrain_does_the_flows_work_without_prefect(tiny: Path, tmp_path: Path) -> None:
     from nluflow.audit import AuditLog
     from nluflow.registry import ModelStore

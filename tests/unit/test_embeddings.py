@@ -87,6 +87,7 @@ def _refuse_to_encode(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 # -- without the extra ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_importing_nluflow_does_not_import_torch_or_sentence_transformers() -> None:
     code = (
         "import sys\n"
@@ -193,6 +194,7 @@ def test_offline_load_with_hf_hub_offline_and_no_network(tmp_path: Path) -> None
 
 
 @needs_extra
+@pytest.mark.slow
 def test_transform_gives_unit_vectors_that_capture_meaning(embedder: SentenceEmbedder) -> None:
     vectors = embedder.transform(["I lost my card", "my card went missing", "what's the weather like"])
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
@@ -203,6 +205,7 @@ def test_transform_gives_unit_vectors_that_capture_meaning(embedder: SentenceEmb
 
 
 @needs_extra
+@pytest.mark.slow
 def test_unchanged_texts_are_read_from_the_cache(
     embedder: SentenceEmbedder, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,6 +227,7 @@ def test_unchanged_texts_are_read_from_the_cache(
 
 
 @needs_extra
+@pytest.mark.slow
 def test_cached_and_fresh_vectors_agree(embedder: SentenceEmbedder, tmp_path: Path) -> None:
     cached = embedder.transform(TEXTS)
     fresh = SentenceEmbedder(use_cache=False).fit(TEXTS).transform(TEXTS)
@@ -231,6 +235,7 @@ def test_cached_and_fresh_vectors_agree(embedder: SentenceEmbedder, tmp_path: Pa
 
 
 @needs_extra
+@pytest.mark.slow
 def test_small_calls_bypass_the_cache(embedder: SentenceEmbedder, cache_dir: Path) -> None:
     embedder.transform(TEXTS[: CACHE_MIN_TEXTS - 1])  # a serving-sized call
     assert not cache_dir.exists()
@@ -239,6 +244,7 @@ def test_small_calls_bypass_the_cache(embedder: SentenceEmbedder, cache_dir: Pat
 
 
 @needs_extra
+@pytest.mark.slow
 def test_default_cache_folder_is_under_nluflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NLUFLOW_HOME", str(tmp_path / "home"))
     embedder = SentenceEmbedder().fit(TEXTS)
@@ -251,6 +257,7 @@ def test_default_cache_folder_is_under_nluflow_home(tmp_path: Path, monkeypatch:
 
 
 @needs_extra
+@pytest.mark.slow
 def test_embedder_estimator_contract(embedder: SentenceEmbedder) -> None:
     assert not [k for k in vars(SentenceEmbedder()) if k.endswith("_")]
     with pytest.raises(NotFittedError, match="not fitted"):
@@ -261,6 +268,7 @@ def test_embedder_estimator_contract(embedder: SentenceEmbedder) -> None:
 
 
 @needs_extra
+@pytest.mark.slow
 def test_intent_classifier_with_embeddings(cache_dir: Path) -> None:
     clf = IntentClassifier(embeddings=True, embedding_cache_dir=str(cache_dir), random_state=0)
     clf.fit(TRAIN_TEXTS, TRAIN_LABELS)
@@ -275,6 +283,7 @@ def test_intent_classifier_with_embeddings(cache_dir: Path) -> None:
 
 
 @needs_extra
+@pytest.mark.slow
 def test_nlu_model_with_embeddings_saves_loads_and_trains_on_the_local_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

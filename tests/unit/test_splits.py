@@ -97,6 +97,7 @@ def test_empty_dataset_gives_empty_parts() -> None:
     assert len(train) == len(test) == 0
 
 
+@pytest.mark.slow
 def test_banking77_train_split_is_stratified(datasets: Path) -> None:
     path = datasets / "banking77" / "train.jsonl"
     data = load_file(path)

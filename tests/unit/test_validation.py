@@ -377,6 +377,7 @@ def test_validate_never_raises_on_degenerate_input() -> None:
 
 
 @pytest.mark.parametrize("name", ["banking77", "hwu64", "snips2017"])
+@pytest.mark.slow
 def test_official_splits_have_no_blocking_finding_under_defaults(name: str, datasets: Path) -> None:
     folder = datasets / name
     train, test = load_file(folder / "train.jsonl"), load_file(folder / "test.jsonl")
