@@ -61,9 +61,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The fast tier (under a minute on 2 cores): every test not marked `slow`, i.e. no Prefect server, no real
-# S3 server, no fuzzing, no subprocess-heavy or benchmark-sized test (tests/conftest.py says which kinds).
+# S3 server, no fuzzing, no subprocess-heavy or benchmark-sized test (tests/conftest.py says which kinds),
+# in a new random order each time (the header prints the seed: `pytest -p randomly --randomly-seed=N`).
 unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_JOBS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_JOBS)
 
 # Debian's chromium for the Label Studio UI test (tests/e2e): installed here, never from a test fixture.
 browser:
