@@ -20,7 +20,7 @@ ifeq ($(PREFECT_API_URL),)
   endif
 endif
 
-.PHONY: install run test lint typecheck unit server blocks bench clean
+.PHONY: install run test lint typecheck unit browser server blocks bench clean
 
 # Two stamps: `make run` installs what the demo needs (`.`: no torch, no test tools); `make test` and the
 # other developer targets install everything (`.[dev]`), which also satisfies the demo's stamp.
@@ -43,8 +43,15 @@ run: $(RUN_STAMP)
 	$(BIN)/nluflow models show --project $(DEMO)
 	$(BIN)/nluflow audit verify --project $(DEMO)
 
-test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest
+# The whole suite, on 2 worker processes (pytest-xdist; a test file stays on one worker, so its module
+# fixtures are made once), in the random order of seed TEST_SEED (pytest-randomly prints it). A fixed seed
+# keeps CI reproducible: a failure replays with the same order, and the order is still not the file order.
+# `make test TEST_SEED=default` draws a new order, TEST_SEED=last replays the last one; TEST_JOBS=0 runs in
+# one process.
+TEST_SEED ?= 16
+TEST_JOBS ?= 2
+test: $(STAMP) lint typecheck browser
+	$(BIN)/python -m pytest -p randomly --randomly-seed=$(TEST_SEED) -n $(TEST_JOBS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -53,8 +60,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The fast tier (under a minute on 2 cores): every test not marked `slow`, i.e. no Prefect server, no real
+# S3 server, no fuzzing, no subprocess-heavy or benchmark-sized test (tests/conftest.py says which kinds),
+# in a new random order each time (the header prints the seed: `pytest -p randomly --randomly-seed=N`).
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit -q
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_JOBS)
+
+# Debian's chromium for the Label Studio UI test (tests/e2e): installed here, never from a test fixture.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  test "$$(id -u)" = 0 || { echo "make browser: chromium is missing; run 'sudo apt-get install chromium'" >&2; exit 1; }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

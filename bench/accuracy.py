@@ -26,17 +26,17 @@ from typing import Any, Protocol
 
 from bench.common import (
     DATASETS,
+    DatasetsMissing,
     DatasetSpec,
-    SharedDataMissing,
     child_env,
     dataset_spec,
+    datasets_dir,
     format_table,
     num,
     pct,
     run_child,
     say,
     self_peak_rss_mb,
-    shared_datasets_dir,
     write_results,
 )
 from nluflow.backends.base import LocalModelOptions, Parse, TrainingConfig
@@ -445,7 +445,7 @@ def run(
     """Measure, print the tables, write ``accuracy.json``; returns the JSON payload.
 
     ``root`` and ``specs`` replace the shared datasets folder and its dataset list (tests use tiny ones)."""
-    root = root or shared_datasets_dir()
+    root = root or datasets_dir()
     if specs is None:
         specs = [dataset_spec(n) for n in dataset_names] if dataset_names else list(DATASETS)
     configs = [_config(n) for n in config_names] if config_names else list(CONFIGS.values())
@@ -517,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             isolate=not args.no_isolate,
             results_dir=args.results_dir,
         )
-    except SharedDataMissing as exc:
+    except DatasetsMissing as exc:
         say(f"accuracy: {exc}")
         return 2
     return 0

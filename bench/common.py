@@ -1,5 +1,5 @@
-"""What every benchmark shares: where the shared datasets are, child processes with their peak memory,
-plain-text tables, medians, and the JSON results with the machine they were measured on.
+"""What every benchmark shares: the datasets in ``data/`` (unpacked on first use), child processes with their
+peak memory, plain-text tables, medians, and the JSON results with the machine they were measured on.
 
 Benchmarks run from the repository root (``python -m bench.run_all``); results go to ``bench/results/``
 (git-ignored). Nothing here is imported by ``nluflow``.
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
+import lzma
 import os
 import platform
 import runpy
+import shutil
 import socket
 import statistics
 import subprocess
@@ -28,7 +31,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
-SHARED_ENV = "NLUFLOW_SHARED"
+DATA_DIR = REPO / "data"
+DATASETS_ENV = "NLUFLOW_DATASETS"
 PROGRESS_ENV = "NLUFLOW_BENCH_PROGRESS"
 SCHEMA_VERSION = 1
 _VERSIONED = ("nluflow", "prefect", "scikit-learn", "numpy", "scipy", "python-crfsuite")
@@ -37,8 +41,8 @@ _TAIL_CHARS = 2000
 _PEAK_FLAG = "--write-peak"
 
 
-class SharedDataMissing(RuntimeError):
-    """The shared benchmark datasets are not where the benchmark looks for them."""
+class DatasetsMissing(RuntimeError):
+    """The benchmark datasets are not where the benchmark looks for them."""
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -46,7 +50,7 @@ class SharedDataMissing(RuntimeError):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One shared dataset: its folder, training file and test files (label → file name)."""
+    """One benchmark dataset: its folder, training file and test files (label → file name)."""
 
     name: str
     train: str = "train.jsonl"
@@ -62,43 +66,72 @@ class DatasetSpec:
         return [p for p in (self.train_path(root), *self.test_paths(root).values()) if not p.is_file()]
 
 
-# The datasets of the accuracy table (README of /work/shared/datasets). rasa_demo is GPL-3.0: it is read from
-# the shared folder at run time and never copied into this repository.
+# The datasets of the accuracy table, vendored in data/ (each with its licence). rasa_demo is GPL-3.0 and is
+# never copied into this repository: it is known by name so that ``--datasets rasa_demo`` works on a folder
+# that holds it (NLUFLOW_DATASETS=/path/to/datasets), and is not in the default list.
 DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec("banking77"),
     DatasetSpec("hwu64"),
     DatasetSpec("snips2017"),
     DatasetSpec("rasa_financial_demo"),
+)
+EXTERNAL_DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec("rasa_demo", tests={"test": "test.jsonl", "test_unseen": "test_unseen.jsonl"}),
 )
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    for spec in DATASETS:
+    for spec in (*DATASETS, *EXTERNAL_DATASETS):
         if spec.name == name:
             return spec
-    known = ", ".join(s.name for s in DATASETS)
+    known = ", ".join(s.name for s in (*DATASETS, *EXTERNAL_DATASETS))
     raise SystemExit(f"unknown dataset {name!r}; expected one of: {known}")
 
 
-def shared_datasets_dir(env: Mapping[str, str] | None = None, beside_repo: Path | None = None) -> Path:
-    """``$NLUFLOW_SHARED`` (the ``shared`` folder or its ``datasets`` folder), else ``../shared/datasets``
-    beside the repository. Raises :class:`SharedDataMissing` with both places named when neither exists."""
+def unpack_datasets(dest: Path, source: Path = DATA_DIR) -> Path:
+    """The vendored datasets as plain files: a copy of ``source`` under ``dest/<digest>/`` with every
+    ``*.xz`` decompressed (``banking77/train.jsonl.xz`` → ``banking77/train.jsonl``; READMEs, ``raw/`` files
+    as they are). ``<digest>`` hashes the archives, so an updated archive is never shadowed by an old copy,
+    and a second call with the same ``dest`` reuses the first one's files. Raises :class:`DatasetsMissing`,
+    naming ``source``, when it holds no ``*/*.jsonl.xz``."""
+    archives = sorted(source.glob("*/*.jsonl.xz"))
+    if not archives:
+        raise DatasetsMissing(
+            f"{source}: no <dataset>/*.jsonl.xz files; expected the datasets that travel with the repository "
+            "(data/README.md lists them): this checkout is incomplete, nothing was run"
+        )
+    digest = hashlib.sha256()
+    for archive in archives:
+        digest.update(f"{archive.relative_to(source)}\0".encode())
+        digest.update(archive.read_bytes())
+    root = dest / digest.hexdigest()[:16]
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        rel = path.relative_to(source)
+        target = root / (rel.with_suffix("") if path.suffix == ".xz" else rel)
+        if target.is_file():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        with lzma.open(path) if path.suffix == ".xz" else path.open("rb") as src, partial.open("wb") as out:
+            shutil.copyfileobj(src, out)
+        os.replace(partial, target)  # atomic: a concurrent caller sees the whole file or none
+    return root
+
+
+def datasets_dir(env: Mapping[str, str] | None = None, cache: Path | None = None) -> Path:
+    """``$NLUFLOW_DATASETS`` (a folder of ``<dataset>/*.jsonl``, e.g. one that also holds the GPL rasa_demo),
+    else the vendored ``data/`` unpacked under ``cache`` (default ``bench/results/.datasets``, git-ignored).
+    Raises :class:`DatasetsMissing` saying where it looked."""
     env = os.environ if env is None else env
-    tried: list[Path] = []
-    if env.get(SHARED_ENV):
-        given = Path(env[SHARED_ENV]).expanduser().resolve()
-        tried += [given / "datasets", given]
-    tried.append(beside_repo or REPO.parent / "shared" / "datasets")
-    for candidate in tried:
-        if candidate.is_dir() and any(candidate.glob("*/*.jsonl")):
-            return candidate
-    raise SharedDataMissing(
-        "shared benchmark datasets not found (looked in "
-        + ", ".join(str(p) for p in tried)
-        + "); expected folders like banking77/train.jsonl. Clone the repo with shared/ beside it or set "
-        f"{SHARED_ENV}=/path/to/shared; no benchmark was run"
-    )
+    if env.get(DATASETS_ENV):
+        given = Path(env[DATASETS_ENV]).expanduser().resolve()
+        if given.is_dir() and any(given.glob("*/*.jsonl")):
+            return given
+        raise DatasetsMissing(
+            f"{DATASETS_ENV}={given}: no <dataset>/*.jsonl files there; expected folders like "
+            "banking77/train.jsonl (unset it to use the datasets in data/); no benchmark was run"
+        )
+    return unpack_datasets(cache or RESULTS_DIR / ".datasets")
 
 
 # ---------------------------------------------------------------------------------------------- child runs

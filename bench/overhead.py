@@ -40,16 +40,16 @@ from typing import Any
 from bench.common import (
     PROGRESS_ENV,
     REPO,
+    DatasetsMissing,
     ProgressRelay,
-    SharedDataMissing,
     child_env,
     dataset_spec,
+    datasets_dir,
     format_table,
     num,
     pct,
     run_child,
     say,
-    shared_datasets_dir,
     spread,
     write_results,
 )
@@ -411,7 +411,7 @@ def measure_dataset(name: str, train: Path, test: Path, reps: int, base: Path) -
 
 
 def _worker_main(args: argparse.Namespace) -> int:
-    root = shared_datasets_dir()
+    root = datasets_dir()
     results = []
     for name in args.datasets.split(","):
         spec = dataset_spec(name)
@@ -605,11 +605,11 @@ def run(
     results_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Start a server (unless given one), run the worker, print the table, write ``overhead.json``."""
-    root = shared_datasets_dir()
+    root = datasets_dir()
     for name in datasets:
         missing = dataset_spec(name).missing(root)
         if missing:
-            raise SharedDataMissing(f"{missing[0]} not found; the overhead bench needs it")
+            raise DatasetsMissing(f"{missing[0]} not found; the overhead bench needs it")
     with tempfile.TemporaryDirectory(prefix="nluflow-overhead-") as tmp:
         home = Path(tmp)
         out = home / "samples.json"
@@ -676,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             api_url=args.api_url,
             results_dir=args.results_dir,
         )
-    except SharedDataMissing as exc:
+    except DatasetsMissing as exc:
         say(f"overhead: {exc}")
         return 2
     return 0

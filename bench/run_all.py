@@ -5,7 +5,7 @@ other engineers' benchmarks when present (``bench/serve_bench.py``, ``bench/swee
 
 Every table is printed as it is measured and once more at the end; results go to ``bench/results/*.json``
 and the tables to ``bench/results/summary.md``. A benchmark that fails is reported and the others still run;
-the exit code is then 1 (2 when the shared datasets are missing).
+the exit code is then 1 (2 when the datasets are missing).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench import accuracy, overhead, scale
-from bench.common import REPO, RESULTS_DIR, SharedDataMissing, child_env, say, shared_datasets_dir
+from bench.common import REPO, RESULTS_DIR, DatasetsMissing, child_env, datasets_dir, say
 
 STEPS = ("accuracy", "overhead", "scale")
 OTHER_BENCHES = ("serve_bench", "sweep_bench")  # other engineers' modules, run as they are when present
@@ -65,7 +65,7 @@ def _csv(value: str | None) -> list[str] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(STEPS + OTHER_BENCHES))
-    parser.add_argument("--datasets", help="accuracy: datasets (default: all shared ones)")
+    parser.add_argument("--datasets", help="accuracy: datasets (default: the four in data/)")
     parser.add_argument("--configs", help="accuracy: configurations (default: all in CONFIGS)")
     parser.add_argument(
         "--overhead-datasets", help=f"overhead: datasets (default: {','.join(overhead.DEFAULT_DATASETS)})"
@@ -83,11 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"unknown benchmark(s) {', '.join(unknown)}; expected: {', '.join(STEPS + OTHER_BENCHES)}"
         )
     try:
-        datasets = shared_datasets_dir()
-    except SharedDataMissing as exc:
+        datasets = datasets_dir()
+    except DatasetsMissing as exc:
         say(f"bench: {exc}")
         return 2
-    say(f"bench: shared datasets in {datasets}; results go to {args.results_dir}")
+    say(f"bench: datasets in {datasets}; results go to {args.results_dir}")
 
     tables: list[str] = []
     failures: list[str] = []

@@ -26,15 +26,15 @@ from typing import Any
 
 from bench.common import (
     RESULTS_DIR,
-    SharedDataMissing,
+    DatasetsMissing,
     child_env,
     dataset_spec,
+    datasets_dir,
     format_table,
     num,
     run_child,
     say,
     self_peak_rss_mb,
-    shared_datasets_dir,
     write_results,
 )
 from nluflow.data.schema import Dataset, Entity, Example
@@ -398,7 +398,7 @@ def run(
     ``pool`` replaces the shared datasets (tests use a tiny one)."""
     given = pool is not None
     if pool is None:
-        pool = load_pool(shared_datasets_dir())
+        pool = load_pool(datasets_dir())
     folder = results_dir or RESULTS_DIR
     with tempfile.TemporaryDirectory(prefix="nluflow-scale-") as tmp:
         points = measure(pool, sizes, budget_seconds, Path(tmp), part=part)
@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results_dir=args.results_dir,
             part=args.part,
         )
-    except SharedDataMissing as exc:
+    except DatasetsMissing as exc:
         say(f"scale: {exc}")
         return 2
     return 0

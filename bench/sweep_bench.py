@@ -47,12 +47,12 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 
 from bench.common import (  # noqa: E402
-    SharedDataMissing,
+    DatasetsMissing,
+    datasets_dir,
     format_table,
     num,
     pct,
     say,
-    shared_datasets_dir,
     spread,
     write_results,
 )
@@ -136,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--configs must be 2..{len(CANDIDATES)}")
 
     try:
-        root = shared_datasets_dir()
-    except SharedDataMissing as exc:
+        root = datasets_dir()
+    except DatasetsMissing as exc:
         say(str(exc))
         return 2
     train_file = root / args.dataset / "train.jsonl"
     if not train_file.is_file():
-        say(f"{train_file}: not found; expected a shared dataset with a train.jsonl; no benchmark was run")
+        say(f"{train_file}: not found; expected a dataset with a train.jsonl; no benchmark was run")
         return 2
 
     import distributed

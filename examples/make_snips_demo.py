@@ -1,4 +1,4 @@
-"""Rebuild examples/snips-demo from the Snips 2017 benchmark (CC0) in ../shared/datasets/snips2017.
+"""Rebuild examples/snips-demo from the Snips 2017 benchmark (CC0) vendored in data/snips2017.
 
 The demo tells the story of a bot whose annotators keep sending batches:
 
@@ -10,12 +10,13 @@ The demo tells the story of a bot whose annotators keep sending batches:
 - test.jsonl: 50 utterances per intent from the benchmark's held-out set, the frozen test set;
 - must-pass.jsonl: a few plain utterances (written for this demo) the bot must always get right.
 
-Run: python examples/make_snips_demo.py [path/to/shared/datasets/snips2017]
+Run: python examples/make_snips_demo.py [folder with train.jsonl[.xz] and test.jsonl[.xz]]
 """
 
 from __future__ import annotations
 
 import json
+import lzma
 import random
 import sys
 from collections import defaultdict
@@ -42,7 +43,10 @@ MUST_PASS = [
 
 
 def read(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The rows of ``path``, or of ``path.xz`` (how data/ keeps them) when there is no plain file."""
+    packed = path.with_name(path.name + ".xz")
+    raw = path.read_bytes() if path.is_file() else lzma.decompress(packed.read_bytes())
+    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
 
 
 def by_intent(rows: list[dict[str, object]]) -> dict[str, list[dict[str, object]]]:
@@ -60,11 +64,7 @@ def write(name: str, rows: list[dict[str, object]]) -> None:
 
 
 def main() -> None:
-    src = (
-        Path(sys.argv[1])
-        if len(sys.argv) > 1
-        else Path(__file__).resolve().parents[2] / "shared/datasets/snips2017"
-    )
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "data/snips2017"
     rng = random.Random(SEED)
     train = by_intent(read(src / "train.jsonl"))
     test = by_intent(read(src / "test.jsonl"))

@@ -20,17 +20,17 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["NLUFLOW_HOME"] = str(_SESSION_HOME / "nluflow")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 DEMO_DATA = REPO / "examples" / "snips-demo"
 
 
 @pytest.fixture(scope="session")
-def shared_datasets() -> Path:
-    if not SHARED_DATASETS.is_dir():
-        pytest.skip(
-            f"shared datasets not found at {SHARED_DATASETS} (CI clones the repo with shared/ beside it)"
-        )
-    return SHARED_DATASETS
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The benchmark datasets that travel with the repository (``data/``, see its README), unpacked once per
+    session: ``datasets / "banking77" / "train.jsonl"``, ``datasets / "rasa_financial_demo" / "raw" / ...``.
+    A missing archive fails the test that asks (``DatasetsMissing`` names the folder); nothing skips."""
+    from bench.common import unpack_datasets
+
+    return unpack_datasets(tmp_path_factory.mktemp("datasets"))
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +50,37 @@ def prefect_api() -> Iterator[str]:
         url = PREFECT_API_URL.value()
         assert url
         yield str(url)
+
+
+# ------------------------------------------------------------------------------------------- the fast tier
+
+# `make unit` runs `pytest -m "not slow"`. Besides the tests marked `slow` by hand (the measured top of the
+# fast tier: subprocesses, the real embedding model, benchmark-sized data), some kinds are slow by what they
+# need, and are marked here so that no new test of those kinds has to remember it: everything in tests/e2e
+# (real servers, a worker, a browser) and tests/fuzz (hypothesis at full size, large files, slow clients),
+# every test that asks for the session's Prefect API (a cold Prefect server costs 8-35 s on 2 cores, and each
+# flow run a few seconds), and every test on moto's S3 server (the same tests run on the local store).
+# The store suites ask for moto by request.getfixturevalue in a fixture parametrized local/s3, so their S3
+# variant is known by its parameter.
+SLOW_FIXTURES = frozenset({"prefect_api", "moto_s3"})
+SLOW_PARAMS = frozenset({"s3"})
+SLOW_FOLDERS = frozenset({"e2e", "fuzz"})
+
+
+def _is_slow(item: pytest.Item, tests: Path) -> bool:
+    path = Path(str(item.path)).resolve()
+    folder = path.relative_to(tests).parts[0] if path.is_relative_to(tests) else ""
+    callspec = getattr(item, "callspec", None)
+    params = {v for v in callspec.params.values() if isinstance(v, str)} if callspec else set()
+    return bool(
+        folder in SLOW_FOLDERS
+        or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+        or SLOW_PARAMS & params
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        if _is_slow(item, tests):
+            item.add_marker(pytest.mark.slow)

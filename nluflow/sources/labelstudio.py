@@ -13,7 +13,7 @@ Shapes and behaviour follow a real Label Studio 1.23.2 (captured in ``tests/fixt
   not accepted as a bearer. :class:`PersonalAccessTokenAuth` exchanges it on first use, again shortly before
   the access token's ``exp``, and once more after a 401.
 
-Requests go through nluflow's one HTTP layer (:mod:`nluflow.backends._http`): explicit timeouts, retries on
+Requests go through nluflow's one HTTP layer (:mod:`nluflow.backends.http`): explicit timeouts, retries on
 408/429/5xx and transport errors only, secrets redacted from every message. Its errors are turned into
 :class:`~nluflow.errors.SourceError` (or :class:`~nluflow.errors.TransientSourceError`, worth retrying) that
 name the project and server and say what happens next; never the token.

@@ -199,6 +199,7 @@ def test_rasa_lost_answer_is_found_in_the_models_folder_without_a_loaded_model(
         ).read_bytes()
 
 
+@pytest.mark.slow
 def test_rasa_lost_answer_without_the_models_folder_is_not_resent_and_not_retried(
     tmp_path: Path, model_kw: dict[str, Any]
 ) -> None:
@@ -220,6 +221,7 @@ def test_rasa_lost_answer_without_the_models_folder_is_not_resent_and_not_retrie
         assert r.jobs_started == 2
 
 
+@pytest.mark.slow
 def test_rasa_training_that_never_ends_is_never_resent(tmp_path: Path, model_kw: dict[str, Any]) -> None:
     with rig("rasa", tmp_path, model_kw, preload=variant(32), train_timeout=1.0, idle_wait=1.0) as r:
         r.emulator.outcome = JobOutcome.NEVER_FINISH

@@ -590,47 +590,20 @@ def _chromium_binary() -> str | None:
     return None
 
 
-def _apt_install(packages: list[str], progress: Reporter) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    update = subprocess.run(
-        ["apt-get", "update", "-q"], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    if update.returncode != 0:
-        return update
-    progress(f"apt-get install -y {' '.join(packages)}")
-    return subprocess.run(
-        ["apt-get", "install", "-y", "-q", *packages],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="session")
 def chromium(progress: Reporter) -> str:
-    """Debian's chromium, installed with apt-get when missing (CI runs as root).
+    """Debian's chromium, which ``make test`` installs (``make browser``: apt-get when it is missing).
 
     No emoji font is installed on purpose: the report's marks are plain words (PASS/FAIL), and the
     screenshots show what a browser without emoji fonts shows.
     """
     binary = _chromium_binary()
-    apt = shutil.which("apt-get")
-    if binary is None and apt is not None and os.geteuid() == 0:
-        result = _apt_install(["chromium"], progress)
-        if result.returncode != 0:
-            pytest.fail(
-                f"apt-get could not install chromium (exit {result.returncode}):\n{result.stderr[-2000:]}"
-            )
-        binary = _chromium_binary()
     if binary is None:
-        why = (
-            "apt-get is not available"
-            if apt is None
-            else "installing it needs root (apt-get install chromium)"
+        pytest.fail(
+            "headless Chromium is not installed (looked for chromium and chromium-browser on PATH); the "
+            "Label Studio UI check needs Debian's chromium: run `make browser` (apt-get install chromium, as "
+            "root) and run the test again"
         )
-        pytest.skip(f"headless Chromium is not installed and {why}; the UI check needs Debian's chromium")
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60, check=False)
     progress(f"browser: {version.stdout.strip() or binary}")
     return binary

@@ -1,8 +1,6 @@
-"""Fixtures of the events suite: Label Studio captures, local HTTP servers, one Prefect test harness.
+"""Fixtures of the events suite: Label Studio captures and local HTTP servers.
 
-The harness is package-scoped (this folder is a package for that reason): it starts once, for the tests
-that ask for ``prefect_api``, and stops when this folder is done, before ``tests/flows`` opens its own, so
-the two never nest (nested harnesses would share Prefect's events and log workers).
+Tests that need a Prefect API ask for ``prefect_api``: the session's one harness (tests/conftest.py).
 """
 
 from __future__ import annotations

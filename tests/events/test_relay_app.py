@@ -1144,6 +1144,7 @@ def _recording_app(into: list[dict[str, Any]]) -> Any:
     return Starlette(routes=[Route("/", record, methods=["POST"])])
 
 
+@pytest.mark.slow
 def test_the_relay_command_logs_emissions_at_info_without_prefect_warnings(
     label_studio: Path, tmp_path: Path, receiver: tuple[Receiver, str]
 ) -> None:

@@ -1,7 +1,8 @@
 """The retrain flow under prefect_test_harness: promote, reject, cached rerun, failed promotion, artifacts.
 
-The tests share one project history (they run in file order, each building on the last), as a bot's
-retrains do.
+A bot's history (first model, a better one, an unchanged rerun, a mislabelled batch) is made once per module
+by the ``history`` fixture, which records the store and the audit log after each run; the tests only read
+that record, so each one runs alone or in any order. Every other test has a project (or a home) of its own.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -56,6 +58,59 @@ def store(home: Path) -> ModelStore:
 
 def audit_lines(home: Path, project: str = PROJECT) -> list[dict[str, Any]]:
     return AuditLog(home / "store" / project / "audit.jsonl").records()
+
+
+# The history's runs: each step's data files, in the order a bot's annotators sent them.
+HISTORY = {
+    "first": ["batch-1.jsonl"],
+    "second": ["batch-1.jsonl", "batch-2.jsonl"],
+    "rerun": ["batch-1.jsonl", "batch-2.jsonl"],
+    "mislabelled": ["batch-1.jsonl", "batch-2.jsonl", "batch-3-mislabelled.jsonl"],
+}
+
+
+@dataclass
+class Snapshot:
+    """The project's store and audit log at one point of the history."""
+
+    active: Any  # the ActivePointer, or None before the first promotion
+    models: list[str]
+    rejected: list[str]
+    audit: list[dict[str, Any]]
+
+
+@dataclass
+class History:
+    """Each run's result, and the snapshot before it (``before[step]``) and after it (``after[step]``)."""
+
+    home: Path
+    results: dict[str, RetrainResult] = field(default_factory=dict)
+    before: dict[str, Snapshot] = field(default_factory=dict)
+    after: dict[str, Snapshot] = field(default_factory=dict)
+
+
+def snapshot(home: Path) -> Snapshot:
+    if not (home / "store").exists():  # before the first run: the run creates the store
+        return Snapshot(active=None, models=[], rejected=[], audit=[])
+    models = store(home)
+    return Snapshot(
+        active=models.active(PROJECT),
+        models=[m.model_id for m in models.list_models(PROJECT)],
+        rejected=[e.model_id for e in models.rejected(PROJECT)],
+        audit=audit_lines(home) if (home / "store" / PROJECT / "audit.jsonl").exists() else [],
+    )
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> History:
+    """The four runs of the history, in order, in a home of their own (no other test writes there)."""
+    home = tmp_path_factory.mktemp("retrain-history")
+    made = History(home)
+    for step, files in HISTORY.items():
+        made.before[step] = snapshot(home)
+        made.results[step] = retrain(params(home, demo_data, files))
+        made.after[step] = snapshot(home)
+    return made
 
 
 async def _read_task_runs(flow_run_id: str) -> list[Any]:
@@ -126,8 +181,9 @@ def artifacts_of(flow_run_id: str) -> dict[str, Any]:
     return {a.key: a for a in found if a.key}
 
 
-def test_first_run_promotes_the_first_model(home: Path, demo_data: Path) -> None:
-    result = retrain(params(home, demo_data, ["batch-1.jsonl"]))
+def test_first_run_promotes_the_first_model(history: History) -> None:
+    home, result, after = history.home, history.results["first"], history.after["first"]
+    assert history.before["first"].active is None and history.before["first"].audit == []
     assert isinstance(result, RetrainResult)
     assert result.promoted and result.decision.first_model
     assert result.outcome == "promoted"
@@ -136,13 +192,13 @@ def test_first_run_promotes_the_first_model(home: Path, demo_data: Path) -> None
     run = assert_run_says(str(result.flow_run_id), "promoted", result.message, result.candidate_id)
     assert run.state.is_completed()
     assert result.previous_active is None and result.active == result.candidate_id
-    pointer = store(home).active(PROJECT)
+    pointer = after.active
     assert pointer is not None and pointer.model_id == result.candidate_id
     manifest = store(home).verify(PROJECT, result.candidate_id)
     for metric in ("intent_accuracy", "macro_f1", "entity_f1"):
         assert 0.0 < manifest.metrics[metric] <= 1.0
     # Exactly two lines: the intent before the pointer switch, then the run's line after it, completing it.
-    intent, line = audit_lines(home)
+    intent, line = after.audit
     assert intent["decision"] == "promote-intent" and intent["model_id"] == result.candidate_id
     assert intent["previous_model_id"] is None and intent["run_id"] == result.flow_run_id
     assert intent["flow_run_id"] is None  # the run's own line is the completion line
@@ -151,20 +207,20 @@ def test_first_run_promotes_the_first_model(home: Path, demo_data: Path) -> None
     assert line["manifest_sha256"] == manifest.sha256() and "recovered" not in line
 
 
-def test_larger_batch_beats_the_active_model_and_is_promoted(home: Path, demo_data: Path) -> None:
-    first = store(home).active(PROJECT)
+def test_larger_batch_beats_the_active_model_and_is_promoted(history: History) -> None:
+    first = history.before["second"].active
     assert first is not None
-    result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]))
+    result = history.results["second"]
     assert result.previous_active == first.model_id
     assert result.promoted, result.decision.reasons
     assert result.deltas["macro_f1"] > 0
     assert result.outcome == "promoted"
     assert result.message.startswith(f"promoted {result.candidate_id}: beats active by +"), result.message
     assert_run_says(str(result.flow_run_id), "promoted", result.message, result.candidate_id)
-    pointer = store(home).active(PROJECT)
+    pointer = history.after["second"].active
     assert pointer is not None and pointer.model_id == result.candidate_id
     assert pointer.history[0].model_id == first.model_id
-    lines = audit_lines(home)
+    lines = history.after["second"].audit
     assert [(x["decision"], x.get("intent_seq")) for x in lines] == [
         ("promote-intent", None),
         ("promote", 1),
@@ -174,8 +230,8 @@ def test_larger_batch_beats_the_active_model_and_is_promoted(home: Path, demo_da
     assert lines[2]["previous_model_id"] == first.model_id == lines[3]["previous_model_id"]
 
 
-def test_artifacts_are_published_with_stable_keys(home: Path) -> None:
-    line = audit_lines(home)[-1]
+def test_artifacts_are_published_with_stable_keys(history: History) -> None:
+    line = history.after["second"].audit[-1]  # the second promotion's line
     found = artifacts_of(line["flow_run_id"])
     for key in (
         f"{PROJECT}-validation",
@@ -216,17 +272,17 @@ def test_artifacts_are_published_with_stable_keys(home: Path) -> None:
     assert progress[0].data == 100.0
 
 
-def test_unchanged_rerun_is_served_from_cache_and_adds_no_model(home: Path, demo_data: Path) -> None:
-    before = [m.model_id for m in store(home).list_models(PROJECT)]
-    active_before = store(home).active(PROJECT)
-    result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"]))
+def test_unchanged_rerun_is_served_from_cache_and_adds_no_model(history: History) -> None:
+    before = history.before["rerun"].models
+    active_before = history.before["rerun"].active
+    result = history.results["rerun"]
     states = task_states(str(result.flow_run_id))
     assert states["submit-training"] == ["Cached"], sorted(states.items())
     assert states["wait-for-training"] == ["Cached"], states
     assert set(states["evaluate-model"]) == {"Cached"}, states
     assert not result.promoted  # the same model is already active
-    assert [m.model_id for m in store(home).list_models(PROJECT)] == before
-    assert store(home).active(PROJECT) == active_before
+    assert history.after["rerun"].models == before
+    assert history.after["rerun"].active == active_before
     # The run says so: not "promoted, beats active by +0.000", not "rejected, does not beat the active model".
     assert active_before is not None and result.candidate_id == active_before.model_id
     assert result.outcome == "unchanged"
@@ -235,7 +291,7 @@ def test_unchanged_rerun_is_served_from_cache_and_adds_no_model(home: Path, demo
         == f"unchanged: nothing new to train: candidate {result.candidate_id} is the active model"
     )
     assert_run_says(str(result.flow_run_id), "unchanged", result.message, result.candidate_id)
-    line = audit_lines(home)[-1]
+    line = history.after["rerun"].audit[-1]
     assert line["flow_run_id"] == result.flow_run_id
     assert line["decision"] == "unchanged" and line["promoted"] is False
     assert line["reasons"] == [f"nothing new to train: candidate {result.candidate_id} is the active model"]
@@ -245,17 +301,18 @@ def test_unchanged_rerun_is_served_from_cache_and_adds_no_model(home: Path, demo
     assert "does not beat" not in markdown and "+0.000" not in markdown.split("## Metrics")[0]
 
 
-def test_mislabelled_batch_is_rejected_and_active_model_stays(home: Path, demo_data: Path) -> None:
-    active_before = store(home).active(PROJECT)
+def test_mislabelled_batch_is_rejected_and_active_model_stays(history: History) -> None:
+    home = history.home
+    active_before = history.before["mislabelled"].active
     assert active_before is not None
-    result = retrain(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl", "batch-3-mislabelled.jsonl"]))
+    result = history.results["mislabelled"]
     assert not result.promoted
     assert result.decision.reasons
-    assert store(home).active(PROJECT) == active_before
+    assert history.after["mislabelled"].active == active_before
     # Kept in the store, not active, so a person can still force it (`nluflow models promote`).
     assert store(home).has_model(PROJECT, result.candidate_id)
-    assert [e.model_id for e in store(home).rejected(PROJECT)] == [result.candidate_id]
-    line = audit_lines(home)[-1]
+    assert history.after["mislabelled"].rejected == [result.candidate_id]
+    line = history.after["mislabelled"].audit[-1]
     assert line["decision"] == "reject" and line["promoted"] is False
     assert line["manifest_sha256"] == store(home).manifest(PROJECT, result.candidate_id).sha256()
     assert line["reasons"] == result.decision.reasons
@@ -343,19 +400,10 @@ def test_a_kept_rejected_candidate_that_a_later_run_promotes_leaves_the_rejected
     assert store(tmp_path).rejected(project) == []  # not listed as rejected, so never pruned as one
 
 
-def test_audit_chain_of_the_whole_history_verifies(tmp_path: Path, demo_data: Path) -> None:
-    """The history this file's first tests build, made again in this test's own home (it runs alone)."""
-    outcomes = [
-        retrain(params(tmp_path, demo_data, files)).outcome
-        for files in (
-            ["batch-1.jsonl"],
-            ["batch-1.jsonl", "batch-2.jsonl"],
-            ["batch-1.jsonl", "batch-2.jsonl"],
-            ["batch-1.jsonl", "batch-2.jsonl", "batch-3-mislabelled.jsonl"],
-        )
-    ]
+def test_audit_chain_of_the_whole_history_verifies(history: History) -> None:
+    outcomes = [history.results[step].outcome for step in HISTORY]
     assert outcomes == ["promoted", "promoted", "unchanged", "rejected"]
-    log = AuditLog(tmp_path / "store" / PROJECT / "audit.jsonl")
+    log = AuditLog(history.home / "store" / PROJECT / "audit.jsonl")
     result = log.verify()
     assert result.ok and result.lines == 6  # two promotions (intent + completion each), unchanged, reject
     assert [x["decision"] for x in log.records()] == [

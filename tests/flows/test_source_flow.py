@@ -1,8 +1,10 @@
 """Retrains whose data is a LabelStudioSource, against the Label Studio emulator, under the session harness.
 
-The tests share one emulator and one project history (they run in file order): the first run trains on the
-exported annotations, more annotations make the next run train again on a new dataset, and an unchanged
-export is served from the cache.
+One emulator per module, and one project history made once by the ``history`` fixture: the first run trains
+on the exported annotations, more annotations make the next run train again on a new dataset, an unchanged
+export is served from the cache, deletions leave the next dataset, and webhooks through the relay start a run.
+The fixture records each run's result and the audit log around it; the tests only read that record, so each
+one runs alone or in any order.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -111,10 +114,62 @@ def snapshot_texts(home: Path, sha: str) -> set[str]:
     return {e["text"] for e in _examples(path)}
 
 
+@dataclass
+class History:
+    """Each step's result, the audit log before and after it, and what the step changed in Label Studio."""
+
+    home: Path
+    results: dict[str, RetrainResult] = field(default_factory=dict)
+    before: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    after: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    new: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # annotated before the step
+    exports: dict[str, tuple[int, int]] = field(default_factory=dict)  # export count before, after
+    gone: tuple[dict[str, Any], dict[str, Any]] | None = None  # the deleted annotation's task, deleted task
+    events: list[dict[str, Any]] = field(default_factory=list)  # what the relay emitted
+
+
+@pytest.fixture(scope="module")
+def history(home: Path, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator) -> History:
+    """The project's five runs, in order, on the module's emulator (the steps' tests only read the record)."""
+    from nluflow.apps.relay import LabelStudioRoute, RelayConfig, create_app
+    from nluflow.testing.emulators._serving import serve
+
+    made = History(home)
+
+    def run(step: str, data: list[str] | None = None, project: str = PROJECT) -> None:
+        made.before[step] = audit(home) if (home / "store" / PROJECT / "audit.jsonl").exists() else []
+        exports = emulator.exports
+        made.results[step] = retrain(params(home, demo_data, data or [REF], project=project))
+        made.exports[step] = (exports, emulator.exports)
+        made.after[step] = audit(home)
+
+    run("first")
+    made.new["more"] = _examples(demo_data / "batch-2.jsonl")[:70]
+    _annotate(emulator, made.new["more"])
+    run("more")
+    run("unchanged")
+    tasks = emulator.projects[1]
+    made.gone = (tasks[0], tasks[1])  # ANNOTATIONS_DELETED, TASKS_DELETED in Label Studio
+    emulator.delete_annotation(tasks[0]["annotations"][0]["id"])
+    emulator.delete_task(tasks[1]["id"])
+    run("deleted")
+    secret = "relay-secret-for-flow-tests-1234"
+    config = RelayConfig(secret=secret, label_studio={"1": LabelStudioRoute(project=PROJECT, source=BLOCK)})
+    made.new["webhooks"] = _examples(demo_data / "batch-2.jsonl")[200:209]  # 9 new annotations
+    with serve(create_app(config, made.events.append)) as relay:
+        emulator.add_webhook(f"{relay}/hooks/label-studio", {"X-Relay-Secret": secret})
+        _annotate(emulator, made.new["webhooks"])
+    emulator.webhooks.clear()
+    payload = made.events[0]["payload"] if made.events else {}  # what prefect.yaml's trigger templates
+    run("webhooks", [payload.get("data", REF)], payload.get("project", PROJECT))
+    return made
+
+
 def test_a_label_studio_source_trains_on_the_exported_annotations(
-    home: Path, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator
+    history: History, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator
 ) -> None:
-    result = retrain(params(home, demo_data, [REF]))
+    home, result = history.home, history.results["first"]
+    assert history.before["first"] == []
 
     assert isinstance(result, RetrainResult) and result.promoted
     [source] = result.data_info["data_sources"]
@@ -124,7 +179,7 @@ def test_a_label_studio_source_trains_on_the_exported_annotations(
     assert (source["cancelled"], source["skipped_tasks"], source["unannotated_tasks"]) == (1, 1, 1)
     assert result.data_info["train_examples"] == 140
     assert emulator.refreshes >= 1  # the PAT was exchanged for an access token
-    intent, line = audit(home)  # a promotion: its intent line, then the run's line
+    intent, line = history.after["first"]  # a promotion: its intent line, then the run's line
     assert intent["decision"] == "promote-intent" and line["intent_seq"] == intent["seq"]
     assert line["data_sources"][0]["tasks"] == 142
     assert snapshot_texts(home, line["dataset_sha256"]) == {
@@ -141,16 +196,11 @@ def test_a_label_studio_source_trains_on_the_exported_annotations(
     assert all(o[0].startswith(f"{served.url}/projects/1/data?task=") and o[1] is None for o in origins)
 
 
-def test_new_annotations_give_a_new_dataset_and_train_again(
-    home: Path, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator
-) -> None:
-    before = audit(home)[-1]
-    new = _examples(demo_data / "batch-2.jsonl")[:70]
-    _annotate(emulator, new)
+def test_new_annotations_give_a_new_dataset_and_train_again(history: History) -> None:
+    home, before, new = history.home, history.before["more"][-1], history.new["more"]
+    result = history.results["more"]
 
-    result = retrain(params(home, demo_data, [REF]))
-
-    line = audit(home)[-1]
+    line = history.after["more"][-1]
     assert line["dataset_sha256"] != before["dataset_sha256"]
     assert result.candidate_id != before["model_id"]
     assert {e["text"] for e in new} <= snapshot_texts(home, line["dataset_sha256"])
@@ -160,16 +210,12 @@ def test_new_annotations_give_a_new_dataset_and_train_again(
     assert states["submit-training"] == ["Completed"], states
 
 
-def test_an_unchanged_export_is_a_cache_hit(
-    home: Path, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator
-) -> None:
-    before = audit(home)[-1]
-    exports = emulator.exports
+def test_an_unchanged_export_is_a_cache_hit(history: History) -> None:
+    before, result = history.before["unchanged"][-1], history.results["unchanged"]
+    exports, exports_after = history.exports["unchanged"]
 
-    result = retrain(params(home, demo_data, [REF]))
-
-    assert emulator.exports == exports + 1  # the source was pulled again, not trusted from the cache
-    line = audit(home)[-1]
+    assert exports_after == exports + 1  # the source was pulled again, not trusted from the cache
+    line = history.after["unchanged"][-1]
     assert line["dataset_sha256"] == before["dataset_sha256"]
     assert result.candidate_id == before["model_id"]
     states = task_states(str(result.flow_run_id))
@@ -177,49 +223,30 @@ def test_an_unchanged_export_is_a_cache_hit(
     assert states["submit-training"] == ["Cached"], states
 
 
-def test_deleted_annotations_and_tasks_leave_the_next_dataset(
-    home: Path, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator
-) -> None:
-    before = audit(home)[-1]
-    tasks = emulator.projects[1]
-    gone_annotation, gone_task = tasks[0], tasks[1]  # ANNOTATIONS_DELETED, TASKS_DELETED in Label Studio
-    emulator.delete_annotation(gone_annotation["annotations"][0]["id"])
-    emulator.delete_task(gone_task["id"])
+def test_deleted_annotations_and_tasks_leave_the_next_dataset(history: History) -> None:
+    before, result = history.before["deleted"][-1], history.results["deleted"]
+    assert history.gone is not None
+    gone_annotation, gone_task = history.gone  # ANNOTATIONS_DELETED, TASKS_DELETED in Label Studio
 
-    result = retrain(params(home, demo_data, [REF]))
-
-    line = audit(home)[-1]
+    line = history.after["deleted"][-1]
     assert line["dataset_sha256"] != before["dataset_sha256"]
-    texts = snapshot_texts(home, line["dataset_sha256"])
+    texts = snapshot_texts(history.home, line["dataset_sha256"])
     assert gone_annotation["data"]["text"] not in texts and gone_task["data"]["text"] not in texts
     source = result.data_info["data_sources"][0]
     assert (source["tasks"], source["used_annotations"], source["unannotated_tasks"]) == (211, 208, 2)
 
 
-def test_webhooks_through_the_relay_start_a_run_that_pulls_the_new_annotations(
-    home: Path, demo_data: Path, served: ServedApp, emulator: LabelStudioEmulator
-) -> None:
+def test_webhooks_through_the_relay_start_a_run_that_pulls_the_new_annotations(history: History) -> None:
     """Label Studio → webhook → relay → event → the trigger's parameters → a run that exports the project."""
-    from nluflow.apps.relay import LabelStudioRoute, RelayConfig, create_app
-    from nluflow.testing.emulators._serving import serve
-
-    secret = "relay-secret-for-flow-tests-1234"
-    events: list[dict[str, Any]] = []
-    config = RelayConfig(secret=secret, label_studio={"1": LabelStudioRoute(project=PROJECT, source=BLOCK)})
-    before = audit(home)[-1]
-    new = _examples(demo_data / "batch-2.jsonl")[200:209]  # 9 new annotations
-    with serve(create_app(config, events.append)) as relay:
-        emulator.add_webhook(f"{relay}/hooks/label-studio", {"X-Relay-Secret": secret})
-        _annotate(emulator, new)
-    emulator.webhooks.clear()
+    events, before, new = history.events, history.before["webhooks"][-1], history.new["webhooks"]
     assert len(events) == 9 and {e["payload"]["data"] for e in events} == {REF}
-
     payload = events[0]["payload"]  # what prefect.yaml's trigger templates into params
-    result = retrain(params(home, demo_data, [payload["data"]], project=payload["project"]))
+    assert (payload["data"], payload["project"]) == (REF, PROJECT)  # the run the fixture made from it
+    result = history.results["webhooks"]
 
-    line = audit(home)[-1]
+    line = history.after["webhooks"][-1]
     assert line["dataset_sha256"] != before["dataset_sha256"]
-    assert {e["text"] for e in new} <= snapshot_texts(home, line["dataset_sha256"])
+    assert {e["text"] for e in new} <= snapshot_texts(history.home, line["dataset_sha256"])
     assert result.data_info["data_sources"][0]["used_annotations"] == 208 + 9
 
 

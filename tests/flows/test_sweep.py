@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -273,10 +274,20 @@ def cv_states(result: SweepResult) -> list[str]:
     return sorted(r.state.name for r in runs if r.name.startswith("cv-score-"))
 
 
-@pytest.mark.slow
-def test_sweep_on_a_dask_local_cluster_promotes_the_configuration_cv_chose(
-    home: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@dataclass
+class DaskSweep:
+    """The sweep on a 2-worker Dask cluster, and what it left: submissions, the workers' notes, the store."""
+
+    result: SweepResult
+    submitted: list[tuple[str, int]]
+    notes: list[dict[str, Any]]
+    active: Any  # the pointer right after the sweep
+    audit: list[dict[str, Any]]  # the audit log right after the sweep
+
+
+@pytest.fixture(scope="module")
+def dask_sweep(home: Path, demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> DaskSweep:
+    """The project's first sweep, on Dask, made once per module; the cached rerun's test builds on it."""
     from prefect_dask.task_runners import DaskTaskRunner
 
     submitted: list[tuple[str, int]] = []
@@ -288,7 +299,7 @@ def test_sweep_on_a_dask_local_cluster_promotes_the_configuration_cv_chose(
 
     # The task's function travels to the workers by value, this spy with it: it notes, in the worker
     # process, what it was asked to score.
-    spy_log = tmp_path / "scored.jsonl"
+    spy_log = tmp_path_factory.mktemp("sweep-spy") / "scored.jsonl"
     real = cross_validate_config
 
     def spy(dataset: Dataset, *args: Any, **kwargs: Any) -> CVScore:
@@ -296,23 +307,34 @@ def test_sweep_on_a_dask_local_cluster_promotes_the_configuration_cv_chose(
             fh.write(json.dumps({"pid": os.getpid(), "sha": dataset.sha256(), "texts": dataset.texts}) + "\n")
         return real(dataset, *args, **kwargs)
 
-    monkeypatch.setattr(DaskTaskRunner, "submit", spy_submit)
-    monkeypatch.setattr("flows.sweep.cross_validate_config", spy)
-    result = sweep(
-        params(
-            home,
-            demo_data,
-            ["batch-1.jsonl", "batch-2.jsonl"],
-            configs=CONFIGS,
-            cv_folds=3,
-            task_runner="dask",
-            n_workers=2,
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(DaskTaskRunner, "submit", spy_submit)
+        monkeypatch.setattr("flows.sweep.cross_validate_config", spy)
+        result = sweep(
+            params(
+                home,
+                demo_data,
+                ["batch-1.jsonl", "batch-2.jsonl"],
+                configs=CONFIGS,
+                cv_folds=3,
+                task_runner="dask",
+                n_workers=2,
+            )
         )
-    )
+    notes = [json.loads(x) for x in spy_log.read_text(encoding="utf-8").splitlines()]
+    active = ModelStore.local(home / "store").active(PROJECT)
+    audit = AuditLog(home / "store" / PROJECT / "audit.jsonl").records()
+    return DaskSweep(result, submitted, notes, active, audit)
+
+
+@pytest.mark.slow
+def test_sweep_on_a_dask_local_cluster_promotes_the_configuration_cv_chose(
+    home: Path, demo_data: Path, dask_sweep: DaskSweep
+) -> None:
+    result, submitted, notes = dask_sweep.result, dask_sweep.submitted, dask_sweep.notes
     assert isinstance(result, SweepResult)
     # Every configuration was submitted to the 2-worker cluster and scored in a worker process.
     assert submitted == [("cv-score-config", 2)] * len(CONFIGS)
-    notes = [json.loads(x) for x in spy_log.read_text(encoding="utf-8").splitlines()]
     assert len(notes) == len(CONFIGS)
     assert os.getpid() not in {n["pid"] for n in notes} and len({n["pid"] for n in notes}) <= 2
     # The best is the one the documented rule picks from the CV scores, and the table says so.
@@ -327,11 +349,11 @@ def test_sweep_on_a_dask_local_cluster_promotes_the_configuration_cv_chose(
     retrained = result.retrain
     assert retrained.promoted and retrained.decision.first_model
     store = ModelStore.local(home / "store")
-    pointer = store.active(PROJECT)
+    pointer = dask_sweep.active
     assert pointer is not None and pointer.model_id == retrained.candidate_id
     manifest = store.verify(PROJECT, retrained.candidate_id)
     assert TrainingConfig.model_validate(manifest.config) == result.best_config
-    intent, line = AuditLog(home / "store" / PROJECT / "audit.jsonl").records()
+    intent, line = dask_sweep.audit
     assert intent["decision"] == "promote-intent" and line["intent_seq"] == intent["seq"]
     assert line["config"] == result.best_config.model_dump(mode="json")
     # Training data only: what the workers hashed is the retrain's training set, which lacks the test set.
@@ -350,14 +372,14 @@ def test_sweep_on_a_dask_local_cluster_promotes_the_configuration_cv_chose(
     assert cv_states(result) == ["Completed"] * len(CONFIGS)
 
 
+@pytest.mark.slow  # it reruns the Dask sweep (dask_sweep), which it makes first when no test has
 def test_unchanged_sweep_on_the_default_runner_is_served_from_the_cache(
-    home: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+    home: Path, demo_data: Path, monkeypatch: pytest.MonkeyPatch, dask_sweep: DaskSweep
 ) -> None:
     calls: list[str] = []
     monkeypatch.setattr("flows.sweep.cross_validate_config", lambda *a, **k: calls.append("scored"))
     active = ModelStore.local(home / "store").active(PROJECT)
-    if active is None:
-        pytest.skip("reruns the sweep of the Dask test, which did not run (deselected as slow?)")
+    assert active is not None and active.model_id == dask_sweep.result.retrain.candidate_id
     result = sweep(params(home, demo_data, ["batch-1.jsonl", "batch-2.jsonl"], configs=CONFIGS, cv_folds=3))
     assert calls == []  # every configuration's score came from the cache (same data, config, folds, code)
     assert cv_states(result) == ["Cached"] * len(CONFIGS)

@@ -281,6 +281,7 @@ def _append_many(path: str, worker: int, count: int, start: Any) -> None:
         log.append({"worker": worker, "i": i, "payload": "x" * 200})
 
 
+@pytest.mark.slow
 def test_concurrent_appends_from_several_processes_keep_the_chain(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     workers, per_worker = 4, 25

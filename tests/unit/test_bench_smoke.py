@@ -4,6 +4,7 @@ data. No timing is asserted: only what the benchmarks compute and write."""
 from __future__ import annotations
 
 import json
+import lzma
 import random
 import sys
 from pathlib import Path
@@ -17,11 +18,13 @@ if str(REPO) not in sys.path:  # bench/ is not an installed package; it runs fro
 
 from bench import accuracy, overhead, scale  # noqa: E402
 from bench.common import (  # noqa: E402
+    DATASETS,
+    DatasetsMissing,
     DatasetSpec,
-    SharedDataMissing,
+    datasets_dir,
     format_table,
     run_child,
-    shared_datasets_dir,
+    unpack_datasets,
 )
 from nluflow.data.schema import Dataset, Entity, Example  # noqa: E402
 
@@ -64,7 +67,7 @@ def _examples() -> list[Example]:
 
 @pytest.fixture()
 def tiny(tmp_path: Path) -> Path:
-    """A shared-datasets-like folder with one dataset, ``tiny``, that a model separates perfectly."""
+    """A datasets-like folder with one dataset, ``tiny``, that a model separates perfectly."""
     examples = _examples()  # 16 per intent: 12 train (validation wants 10), 4 test
     train = [e for k, e in enumerate(examples) if (k // 3) % 4 != 0]
     test = [e for k, e in enumerate(examples) if (k // 3) % 4 == 0]
@@ -73,6 +76,7 @@ def tiny(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_accuracy_run_writes_rows_tables_and_json(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = tiny / "results"
     payload = accuracy.run(
@@ -109,15 +113,41 @@ def test_accuracy_lists_missing_files_and_unavailable_configs_as_skipped(tiny: P
     assert "needs no_such_mod_x" in table
 
 
-def test_shared_datasets_dir_prefers_env_then_beside_repo_and_says_where_it_looked(
+def test_datasets_dir_prefers_the_env_folder_then_unpacks_the_vendored_data_and_says_where_it_looked(
     tiny: Path, tmp_path: Path
 ) -> None:
-    beside = tmp_path / "beside"
-    assert shared_datasets_dir({"NLUFLOW_SHARED": str(tiny)}, beside_repo=beside) == tiny.resolve()
-    assert shared_datasets_dir({}, beside_repo=tiny) == tiny
-    with pytest.raises(SharedDataMissing) as missing:
-        shared_datasets_dir({"NLUFLOW_SHARED": str(tmp_path / "nowhere")}, beside_repo=beside)
-    assert "nowhere" in str(missing.value) and str(beside) in str(missing.value)
+    assert datasets_dir({"NLUFLOW_DATASETS": str(tiny)}) == tiny.resolve()
+    with pytest.raises(DatasetsMissing) as missing:
+        datasets_dir({"NLUFLOW_DATASETS": str(tmp_path / "nowhere")})
+    assert "nowhere" in str(missing.value) and "no benchmark was run" in str(missing.value)
+
+    unpacked = datasets_dir({}, cache=tmp_path / "cache")  # the repository's data/, decompressed
+    assert unpacked.parent == tmp_path / "cache"
+    assert {spec.name for spec in DATASETS} <= {p.name for p in unpacked.iterdir()}
+    for spec in DATASETS:
+        assert spec.missing(unpacked) == []
+    assert "rasa_demo" not in {p.name for p in unpacked.iterdir()}  # GPL-3.0: never vendored
+
+
+def test_unpack_datasets_decompresses_copies_the_rest_and_reuses_its_copy(tmp_path: Path) -> None:
+    source = tmp_path / "data"
+    (source / "tiny" / "raw").mkdir(parents=True)
+    rows = b'{"text": "hi", "intent": "greet", "entities": []}\n'
+    (source / "tiny" / "train.jsonl.xz").write_bytes(lzma.compress(rows))
+    (source / "tiny" / "raw" / "nlu.yml").write_text("nlu: []\n", encoding="utf-8")
+    root = unpack_datasets(tmp_path / "out", source)
+    assert (root / "tiny" / "train.jsonl").read_bytes() == rows
+    assert (root / "tiny" / "raw" / "nlu.yml").read_text(encoding="utf-8") == "nlu: []\n"
+    assert not list(root.rglob("*.xz")) and not list(root.rglob("*.partial"))
+    assert unpack_datasets(tmp_path / "out", source) == root  # the same archives: the same copy
+
+    (source / "tiny" / "train.jsonl.xz").write_bytes(lzma.compress(rows * 2))
+    again = unpack_datasets(tmp_path / "out", source)
+    assert again != root and (again / "tiny" / "train.jsonl").read_bytes() == rows * 2  # never stale
+
+    with pytest.raises(DatasetsMissing) as missing:
+        unpack_datasets(tmp_path / "out", tmp_path / "empty")
+    assert str(tmp_path / "empty") in str(missing.value) and "data/README.md" in str(missing.value)
 
 
 def test_run_child_accounts_peak_memory_of_that_child_alone() -> None:
@@ -187,6 +217,7 @@ def test_overhead_summary_uses_paired_ratios_and_judges_goals() -> None:
     assert "1.100×" in table and "missed" in table and "met" in table
 
 
+@pytest.mark.slow
 def test_bare_retrain_does_the_flows_work_without_prefect(tiny: Path, tmp_path: Path) -> None:
     from nluflow.store import ModelStore
     from nluflow.store.audit_log import AuditLog

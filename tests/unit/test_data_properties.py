@@ -140,6 +140,7 @@ def render(fmt: str, rows: list[dict[str, Any]], dict_style: bool) -> str:
     rows=st.lists(examples(), min_size=1, max_size=8),
     dict_style=st.booleans(),
 )
+@pytest.mark.slow
 def test_valid_files_round_trip(
     workdir: Path, fmt: str, rows: list[dict[str, Any]], dict_style: bool
 ) -> None:
@@ -208,6 +209,7 @@ def apply(data: bytes, edits: list[tuple[str, int, bytes]]) -> bytes:
     dict_style=st.booleans(),
     edits=damage,
 )
+@pytest.mark.slow
 def test_damaged_files_give_a_dataset_or_a_located_data_error(
     workdir: Path,
     fmt: str,

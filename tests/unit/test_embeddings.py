@@ -35,8 +35,6 @@ from nluflow.models.embeddings import (
 from nluflow.models.intent import IntentClassifier
 from nluflow.models.nlu import META_FILE, NLUModel
 
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
 needs_extra = pytest.mark.skipif(
     not embeddings_available(),
     reason="the 'embeddings' extra is not installed (pip install 'nluflow[embeddings]': "
@@ -89,6 +87,7 @@ def _refuse_to_encode(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 # -- without the extra ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_importing_nluflow_does_not_import_torch_or_sentence_transformers() -> None:
     code = (
         "import sys\n"
@@ -195,6 +194,7 @@ def test_offline_load_with_hf_hub_offline_and_no_network(tmp_path: Path) -> None
 
 
 @needs_extra
+@pytest.mark.slow
 def test_transform_gives_unit_vectors_that_capture_meaning(embedder: SentenceEmbedder) -> None:
     vectors = embedder.transform(["I lost my card", "my card went missing", "what's the weather like"])
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
@@ -205,6 +205,7 @@ def test_transform_gives_unit_vectors_that_capture_meaning(embedder: SentenceEmb
 
 
 @needs_extra
+@pytest.mark.slow
 def test_unchanged_texts_are_read_from_the_cache(
     embedder: SentenceEmbedder, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,6 +227,7 @@ def test_unchanged_texts_are_read_from_the_cache(
 
 
 @needs_extra
+@pytest.mark.slow
 def test_cached_and_fresh_vectors_agree(embedder: SentenceEmbedder, tmp_path: Path) -> None:
     cached = embedder.transform(TEXTS)
     fresh = SentenceEmbedder(use_cache=False).fit(TEXTS).transform(TEXTS)
@@ -233,6 +235,7 @@ def test_cached_and_fresh_vectors_agree(embedder: SentenceEmbedder, tmp_path: Pa
 
 
 @needs_extra
+@pytest.mark.slow
 def test_small_calls_bypass_the_cache(embedder: SentenceEmbedder, cache_dir: Path) -> None:
     embedder.transform(TEXTS[: CACHE_MIN_TEXTS - 1])  # a serving-sized call
     assert not cache_dir.exists()
@@ -241,6 +244,7 @@ def test_small_calls_bypass_the_cache(embedder: SentenceEmbedder, cache_dir: Pat
 
 
 @needs_extra
+@pytest.mark.slow
 def test_default_cache_folder_is_under_nluflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NLUFLOW_HOME", str(tmp_path / "home"))
     embedder = SentenceEmbedder().fit(TEXTS)
@@ -253,6 +257,7 @@ def test_default_cache_folder_is_under_nluflow_home(tmp_path: Path, monkeypatch:
 
 
 @needs_extra
+@pytest.mark.slow
 def test_embedder_estimator_contract(embedder: SentenceEmbedder) -> None:
     assert not [k for k in vars(SentenceEmbedder()) if k.endswith("_")]
     with pytest.raises(NotFittedError, match="not fitted"):
@@ -263,6 +268,7 @@ def test_embedder_estimator_contract(embedder: SentenceEmbedder) -> None:
 
 
 @needs_extra
+@pytest.mark.slow
 def test_intent_classifier_with_embeddings(cache_dir: Path) -> None:
     clf = IntentClassifier(embeddings=True, embedding_cache_dir=str(cache_dir), random_state=0)
     clf.fit(TRAIN_TEXTS, TRAIN_LABELS)
@@ -277,6 +283,7 @@ def test_intent_classifier_with_embeddings(cache_dir: Path) -> None:
 
 
 @needs_extra
+@pytest.mark.slow
 def test_nlu_model_with_embeddings_saves_loads_and_trains_on_the_local_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -316,14 +323,12 @@ def test_loading_an_embedding_model_without_the_extra_is_a_clear_error(
 
 @needs_extra
 @pytest.mark.slow
-def test_embeddings_improve_accuracy_on_a_banking77_subset(tmp_path: Path) -> None:
+def test_embeddings_improve_accuracy_on_a_banking77_subset(tmp_path: Path, datasets: Path) -> None:
     """10 intents, 10 training texts each: the embedding block beats TF-IDF alone on their 400 test texts.
 
     Measured: TF-IDF alone 0.943, with embeddings 0.988.
     """
-    folder = DATASETS / "banking77"
-    if not folder.is_dir():
-        pytest.skip(f"shared datasets not found at {DATASETS} (CI clones them beside the repo)")
+    folder = datasets / "banking77"
     train_x, train_y = _read(folder / "train.jsonl")
     test_x, test_y = _read(folder / "test.jsonl")
     intents = sorted(set(train_y))[:10]

@@ -27,8 +27,6 @@ from nluflow.models.entities import (
 from nluflow.models.nlu import NLUModel
 from nluflow.models.tokenize import tokenize
 
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
 CITIES = [
     "Paris",
     "Berlin",
@@ -318,15 +316,13 @@ def test_bad_inputs_are_refused() -> None:
         CRFEntityExtractor().fit(["a", "b"], [[]])
 
 
-# -- accuracy on the shared benchmark ------------------------------------------------------------------------
+# -- accuracy on the vendored benchmark ----------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_snips_entity_exact_span_f1_with_default_options() -> None:
+def test_snips_entity_exact_span_f1_with_default_options(datasets: Path) -> None:
     """End to end (entities use *predicted* intents): fit NLUModel with defaults, parse the SNIPS test set."""
-    folder = DATASETS / "snips2017"
-    if not folder.is_dir():
-        pytest.skip(f"shared datasets not found at {DATASETS} (CI clones them beside the repo)")
+    folder = datasets / "snips2017"
     train = _read_jsonl(folder / "train.jsonl")
     test = _read_jsonl(folder / "test.jsonl")
     model = NLUModel(LocalModelOptions(), random_state=42).fit(train)

@@ -15,8 +15,6 @@ from nluflow.backends.base import LocalModelOptions
 from nluflow.errors import NotFittedError
 from nluflow.models.intent import IntentClassifier, TemperatureScaledSVC, WordPairs
 
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
 TRAIN = {
     "greet": ["hi", "hello there", "hey", "good morning", "hello friend", "hi bot", "greetings", "howdy"],
     "goodbye": ["bye", "goodbye", "see you later", "bye bye", "farewell", "good night", "so long", "later"],
@@ -197,10 +195,8 @@ def test_from_options_takes_the_local_options() -> None:
 
 
 @pytest.mark.slow
-def test_banking77_accuracy_with_default_options() -> None:
-    folder = DATASETS / "banking77"
-    if not folder.is_dir():
-        pytest.skip(f"shared datasets not found at {DATASETS} (CI clones them beside the repo)")
+def test_banking77_accuracy_with_default_options(datasets: Path) -> None:
+    folder = datasets / "banking77"
     train_x, train_y = _read_jsonl(folder / "train.jsonl")
     test_x, test_y = _read_jsonl(folder / "test.jsonl")
     clf = IntentClassifier.from_options(LocalModelOptions(), seed=42).fit(train_x, train_y)

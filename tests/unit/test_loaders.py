@@ -1,4 +1,4 @@
-"""Loaders: every format, file:line on every example and every error, the shared benchmark raw files."""
+"""Loaders: every format, file:line on every example and every error, the vendored benchmark raw files."""
 
 from __future__ import annotations
 
@@ -24,14 +24,6 @@ from nluflow.data.schema import Dataset, Example
 from nluflow.errors import DataError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
-
-def shared(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared datasets not found at {path} (CI clones the repo with shared/ beside it)")
-    return path
 
 
 def spans(example: Example) -> list[tuple[int, int, str, str]]:
@@ -304,9 +296,9 @@ def test_rasa_yaml_with_only_lookups_has_no_examples(tmp_path: Path) -> None:
     assert_data_error(info.value, path, None, "no examples found", "only 1 lookup items")
 
 
-def test_rasa_financial_demo_raw_yaml_matches_its_converted_jsonl() -> None:
-    raw = load_file(shared("rasa_financial_demo", "raw", "data", "nlu", "nlu.yml"))
-    converted = load_file(shared("rasa_financial_demo", "all.jsonl"))
+def test_rasa_financial_demo_raw_yaml_matches_its_converted_jsonl(datasets: Path) -> None:
+    raw = load_file(datasets.joinpath("rasa_financial_demo", "raw", "data", "nlu", "nlu.yml"))
+    converted = load_file(datasets.joinpath("rasa_financial_demo", "all.jsonl"))
     assert len(raw) == len(converted) == 578
     assert Counter(map(content_key, raw)) == Counter(map(content_key, converted))
     assert raw.skipped["synonym"] == 3
@@ -316,11 +308,6 @@ def test_rasa_financial_demo_raw_yaml_matches_its_converted_jsonl() -> None:
 @pytest.mark.parametrize(
     ("raw", "converted"),
     [
-        (
-            ("rasa_demo", "raw", "data", "nlu"),
-            ("rasa_demo", "train.jsonl"),
-        ),  # GPL: read in place, never copied
-        (("rasa_demo", "raw", "tests", "test_nlu.yml"), ("rasa_demo", "test.jsonl")),
         (
             ("rasa_examples", "raw", "examples", "formbot", "data", "nlu.yml"),
             ("rasa_examples", "formbot.jsonl"),
@@ -332,15 +319,39 @@ def test_rasa_financial_demo_raw_yaml_matches_its_converted_jsonl() -> None:
     ],
 )
 def test_other_raw_rasa_files_match_their_converted_jsonl(
-    raw: tuple[str, ...], converted: tuple[str, ...]
+    raw: tuple[str, ...], converted: tuple[str, ...], datasets: Path
 ) -> None:
-    loaded = load_paths([shared(*raw)])
-    assert Counter(map(content_key, loaded)) == Counter(map(content_key, load_file(shared(*converted))))
+    loaded = load_paths([datasets.joinpath(*raw)])
+    expected = load_file(datasets.joinpath(*converted))
+    assert Counter(map(content_key, loaded)) == Counter(map(content_key, expected))
 
 
-def test_rasa_example_lines_point_at_the_raw_line() -> None:
-    root = shared("rasa_financial_demo", "raw")
-    for path in [*sorted(root.rglob("*.yml")), *sorted(shared("rasa_examples", "raw").rglob("*.yml"))]:
+def test_a_folder_of_raw_rasa_files_matches_their_converted_jsonl(datasets: Path, tmp_path: Path) -> None:
+    """A folder of several YAML files, one in a subfolder, with synonym and regex blocks beside the intents
+    (the shape of a Rasa project's data/nlu/; it replaces the GPL rasa_demo folder, never copied here)."""
+    raw = {
+        "formbot.yml": ("rasa_examples", "raw", "examples", "formbot", "data", "nlu.yml"),
+        "demo-rasa.yml": ("rasa_examples", "raw", "data", "examples", "rasa", "demo-rasa.yml"),
+        "more/financial.yml": ("rasa_financial_demo", "raw", "data", "nlu", "nlu.yml"),
+    }
+    for name, parts in raw.items():
+        (tmp_path / "nlu" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "nlu" / name).write_bytes(datasets.joinpath(*parts).read_bytes())
+    loaded = load_paths([tmp_path / "nlu"])
+    converted = [
+        datasets / "rasa_examples" / "formbot.jsonl",
+        datasets / "rasa_examples" / "demo_rasa.jsonl",
+        datasets / "rasa_financial_demo" / "all.jsonl",
+    ]
+    expected = [example for path in converted for example in load_file(path)]
+    assert len(loaded) == len(expected) == 289 + 46 + 578
+    assert Counter(map(content_key, loaded)) == Counter(map(content_key, expected))
+    assert {e.origin.path for e in loaded if e.origin} == {str(tmp_path / "nlu" / name) for name in raw}
+
+
+def test_rasa_example_lines_point_at_the_raw_line(datasets: Path) -> None:
+    root = datasets / "rasa_financial_demo" / "raw"
+    for path in [*sorted(root.rglob("*.yml")), *sorted((datasets / "rasa_examples" / "raw").rglob("*.yml"))]:
         lines = path.read_text(encoding="utf-8").split("\n")
         for example in load_file(path):
             assert example.origin is not None and example.origin.line is not None

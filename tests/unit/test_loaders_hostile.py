@@ -223,6 +223,7 @@ def test_hostile_values_give_a_dataset_or_a_located_data_error(tmp_path: Path, f
 
 @settings(max_examples=3000, deadline=None)
 @given(st.text(alphabet="[](){}:a\n", max_size=24))
+@pytest.mark.slow
 def test_the_linear_annotation_scan_finds_what_the_pattern_finds(raw: str) -> None:
     expected = [(m.start(), m.end(), m.groupdict()) for m in ANNOTATION.finditer(raw)]
     assert [(m.start(), m.end(), m.groupdict()) for m in find_annotations(raw)] == expected

@@ -23,8 +23,6 @@ from nluflow.evaluation import (
     threshold_for_precision,
 )
 
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
 
 def _dataset(rows: list[tuple[str, str]], entities: dict[int, tuple[Entity, ...]] | None = None) -> Dataset:
     entities = entities or {}
@@ -314,10 +312,8 @@ def test_metrics_table_markdown_with_and_without_active(small: EvaluationResult)
     assert "| confidence threshold | 0.900 | 0.950 | — |" in table
 
 
-def test_gold_labels_as_predictions_on_snips_score_perfectly() -> None:
-    path = DATASETS / "snips2017" / "test.jsonl"
-    if not path.exists():
-        pytest.skip(f"shared benchmark data not found at {path} (CI clones shared/ beside the repo)")
+def test_gold_labels_as_predictions_on_snips_score_perfectly(datasets: Path) -> None:
+    path = datasets / "snips2017" / "test.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     test = Dataset.of(
         Example(text=r["text"], intent=r["intent"], entities=tuple(Entity(**e) for e in r["entities"]))

@@ -60,6 +60,7 @@ def banking77_like() -> EvaluationResult:
     return evaluate(test, parses)
 
 
+@pytest.mark.slow
 def test_banking77_sized_figures_are_valid_readable_pngs(
     banking77_like: EvaluationResult, tmp_path: Path
 ) -> None:
@@ -108,6 +109,7 @@ def test_png_data_uri_round_trips(tmp_path: Path) -> None:
     assert base64.b64decode(uri.split(",", 1)[1]) == path.read_bytes()
 
 
+@pytest.mark.slow
 def test_rendering_uses_neither_pyplot_nor_prefect(tmp_path: Path) -> None:
     code = (
         "import sys\n"

@@ -114,6 +114,7 @@ def _hold_then_wait(audit_path: str, held: Any, done: Any) -> None:
     release_promotion_lock(audit_path, "run run-live")
 
 
+@pytest.mark.slow
 def test_a_live_promotion_is_not_recovered_while_its_lock_is_held(tmp_path: Path) -> None:
     store = _store(tmp_path, "m-new")
     log = _log(tmp_path)

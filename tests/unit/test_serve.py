@@ -422,6 +422,7 @@ def test_run_refuses_bad_settings_before_serving(tmp_path: Path, store: ModelSto
         run("127.0.0.1", 0, PROJECT, tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_run_serves_logs_the_model_and_keeps_tokens_out_of_the_access_log(store: ModelStore) -> None:
     root = store.fs.local_path("")  # type: ignore[attr-defined]
     with socket.socket() as probe:
@@ -673,6 +674,7 @@ class ServerThread:
         self.sock.close()
 
 
+@pytest.mark.slow
 def test_a_promoted_model_is_swapped_in_under_load_without_a_failed_request(
     tmp_path: Path, model_a: Path, demo_data: Path
 ) -> None:

@@ -13,8 +13,6 @@ from nluflow.data.splits import stratified_split
 from nluflow.data.validation import normalize_text
 from nluflow.errors import ConfigError
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
 
 def make(counts: dict[str, int], prefix: str = "") -> Dataset:
     return Dataset.of(
@@ -99,10 +97,9 @@ def test_empty_dataset_gives_empty_parts() -> None:
     assert len(train) == len(test) == 0
 
 
-def test_banking77_train_split_is_stratified() -> None:
-    path = SHARED / "banking77" / "train.jsonl"
-    if not path.exists():
-        pytest.skip(f"shared datasets not found at {path} (CI clones the repo with shared/ beside it)")
+@pytest.mark.slow
+def test_banking77_train_split_is_stratified(datasets: Path) -> None:
+    path = datasets / "banking77" / "train.jsonl"
     data = load_file(path)
     train, test = stratified_split(data, 0.2, seed=42)
     assert abs(len(test) - 0.2 * len(data)) < 0.01 * len(data)

@@ -1,4 +1,4 @@
-"""Validation rules, severities, grouping, the report's outputs, and the shared benchmark splits."""
+"""Validation rules, severities, grouping, the report's outputs, and the vendored benchmark splits."""
 
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ from nluflow.data.validation import (
     validate,
 )
 from nluflow.errors import ConfigError, DataError
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo"]
 
@@ -379,10 +377,9 @@ def test_validate_never_raises_on_degenerate_input() -> None:
 
 
 @pytest.mark.parametrize("name", ["banking77", "hwu64", "snips2017"])
-def test_official_splits_have_no_blocking_finding_under_defaults(name: str) -> None:
-    folder = SHARED / name
-    if not folder.exists():
-        pytest.skip(f"shared datasets not found at {folder} (CI clones the repo with shared/ beside it)")
+@pytest.mark.slow
+def test_official_splits_have_no_blocking_finding_under_defaults(name: str, datasets: Path) -> None:
+    folder = datasets / name
     train, test = load_file(folder / "train.jsonl"), load_file(folder / "test.jsonl")
     report = validate(train, test)
     assert report.blocking == [], report.to_markdown()
