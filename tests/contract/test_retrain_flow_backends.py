@@ -1,9 +1,9 @@
 """The retrain flow end to end against each remote-backend emulator (issue 5, must-show 1).
 
 For every backend, one emulator serves on 127.0.0.1 and one block document points at it; the flow runs with
-``RetrainParams.backend = "<block-type-slug>/<name>"`` exactly as a deployment would. The tests of a backend
-share its emulator, store and workspace and run in file order, each building on the last, as a bot's retrains
-do:
+``RetrainParams.backend = "<block-type-slug>/<name>"`` exactly as a deployment would. The steps of a backend
+share its emulator, store and workspace and run in this order, each building on the last, as a bot's retrains
+do (one test a backend runs them, so the module runs in any order):
 
 1. first run (batch-1) → promoted; the store's active pointer and the platform's served model name it;
 2. second run (batch-1 + batch-2) → candidate and active model evaluated on the same frozen test set and
@@ -268,10 +268,14 @@ def _assert_agree(p: Platform, model_id: str | None) -> None:
     assert p.serving() == model_id, f"{p.kind} serves {p.serving()}, the store's active model is {model_id}"
 
 
-# -------------------------------------------------------------------------------------------------- tests
+# -------------------------------------------------------------------------------------------------- steps
+# A bot's history on one platform is a story: each step builds on the one before (the first promotion, the
+# second run judged against it, the faults, the rerun without training, the rollback, the job count). So it
+# is one test a platform that runs the steps in order (below, after the steps), and the module's tests run
+# alone and in any order; each step keeps its own assertions, and a failure names the step.
 
 
-def test_first_run_promotes_and_the_platform_serves_it(
+def step_first_run_promotes_and_the_platform_serves_it(
     platform: Platform, decide_calls: list[DecideCall]
 ) -> None:
     p = platform
@@ -293,7 +297,7 @@ def test_first_run_promotes_and_the_platform_serves_it(
     assert p.emulator.jobs_started == 1
 
 
-def test_second_run_is_decided_by_the_shared_gates_on_the_same_test_set(
+def step_second_run_is_decided_by_the_shared_gates_on_the_same_test_set(
     platform: Platform, decide_calls: list[DecideCall]
 ) -> None:
     p = platform
@@ -385,7 +389,7 @@ def _hook_add_model(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]) -
     return added
 
 
-def test_refused_activation_fails_the_run_and_changes_nothing(
+def step_refused_activation_fails_the_run_and_changes_nothing(
     platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = platform
@@ -418,7 +422,7 @@ def test_refused_activation_fails_the_run_and_changes_nothing(
     assert p.serving() == served_before, f"{p.kind} serves {p.serving()} after a failed promotion"
 
 
-def test_activation_that_fails_after_the_platform_switched_is_undone(
+def step_activation_that_fails_after_the_platform_switched_is_undone(
     platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The platform switched to the candidate, then the activation call failed: the task serves the previous
@@ -453,7 +457,7 @@ def test_activation_that_fails_after_the_platform_switched_is_undone(
     assert p.emulator.jobs_started == 3
 
 
-def test_failed_pointer_switch_rolls_the_platform_back(
+def step_failed_pointer_switch_rolls_the_platform_back(
     platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = platform
@@ -488,7 +492,7 @@ def test_failed_pointer_switch_rolls_the_platform_back(
     assert p.audit().verify().ok
 
 
-def test_rerun_after_the_faults_promotes_without_training_again(platform: Platform) -> None:
+def step_rerun_after_the_faults_promotes_without_training_again(platform: Platform) -> None:
     p = platform
     before = p.pointer()
     assert before is not None
@@ -501,7 +505,7 @@ def test_rerun_after_the_faults_promotes_without_training_again(platform: Platfo
     assert p.emulator.jobs_started == 3, "the candidate trained by the failed runs was reused"
 
 
-def test_rollback_returns_store_and_platform_to_the_previous_model(platform: Platform) -> None:
+def step_rollback_returns_store_and_platform_to_the_previous_model(platform: Platform) -> None:
     p = platform
     current = p.pointer()
     assert current is not None and current.model_id == p.results["third"].candidate_id
@@ -533,7 +537,7 @@ def test_rollback_returns_store_and_platform_to_the_previous_model(platform: Pla
     assert p.emulator.jobs_started == jobs
 
 
-def test_every_distinct_training_set_was_trained_exactly_once(platform: Platform) -> None:
+def step_every_distinct_training_set_was_trained_exactly_once(platform: Platform) -> None:
     p = platform
     trained = p.trained_sets()
     assert len(trained) == p.emulator.jobs_started == 3
@@ -559,9 +563,7 @@ def test_every_distinct_training_set_was_trained_exactly_once(platform: Platform
     ], decisions
 
 
-def test_uncached_evaluation_of_the_active_model_does_not_train_twice(
-    platform: Platform, request: pytest.FixtureRequest
-) -> None:
+def step_uncached_evaluation_of_the_active_model_does_not_train_twice(platform: Platform) -> None:
     """A new target precision changes the evaluation cache key, so the active model is evaluated on the
     platform again (as on a worker without the result cache). Still one training for the one new data set."""
     p = platform
@@ -575,3 +577,28 @@ def test_uncached_evaluation_of_the_active_model_does_not_train_twice(
     trained = p.trained_sets()
     assert len(set(trained)) == len(trained), f"{p.kind} trained the same data twice: {trained}"
     assert p.emulator.jobs_started == jobs + 1
+
+
+# -------------------------------------------------------------------------------------------------- tests
+
+
+def test_a_bots_history_on_the_platform(platform: Platform, decide_calls: list[DecideCall]) -> None:
+    """The steps above, in order, on one platform (a fresh emulator, store and workspace per platform)."""
+    p = platform
+    for step in (
+        step_first_run_promotes_and_the_platform_serves_it,
+        step_second_run_is_decided_by_the_shared_gates_on_the_same_test_set,
+    ):
+        decide_calls.clear()  # each step sees only the decide() calls of its own run
+        step(p, decide_calls)
+    for faulty in (
+        step_refused_activation_fails_the_run_and_changes_nothing,
+        step_activation_that_fails_after_the_platform_switched_is_undone,
+        step_failed_pointer_switch_rolls_the_platform_back,
+    ):
+        with pytest.MonkeyPatch.context() as mp:  # each step's faults end with the step
+            faulty(p, mp)
+    step_rerun_after_the_faults_promotes_without_training_again(p)
+    step_rollback_returns_store_and_platform_to_the_previous_model(p)
+    step_every_distinct_training_set_was_trained_exactly_once(p)
+    step_uncached_evaluation_of_the_active_model_does_not_train_twice(p)
