@@ -15,7 +15,7 @@ from nluflow.data.loaders import load_paths
 from nluflow.errors import DataError
 from nluflow.sources.labelstudio import export_counts
 
-EXPORT = Path(__file__).resolve().parents[1] / "fixtures" / "label-studio" / "export.json"
+EXPORT = Path(__file__).resolve().parents[2] / "fixtures" / "label-studio" / "export.json"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from nluflow.data.schema import Dataset, Example
 from nluflow.evaluation import EvaluationResult, evaluate, png_data_uri, render_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 WORDS = [
     "card",
     "payment",

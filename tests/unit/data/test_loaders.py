@@ -23,7 +23,7 @@ from nluflow.data.loaders import (
 from nluflow.data.schema import Dataset, Example
 from nluflow.errors import DataError
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "data"
 
 
 def spans(example: Example) -> list[tuple[int, int, str, str]]:
