@@ -1,5 +1,6 @@
-"""Helpers both store test modules share (tests/stores/test_store_suite.py, tests/unit/store/test_registry.py): a
-clock that ticks, the files of a model, a tree snapshot, and the ``src``/``add``/``corrupt`` of an env."""
+"""Helpers both store test modules share (tests/stores/test_store_suite.py,
+tests/unit/store/test_registry.py): a clock that ticks, the files of a model, a tree snapshot, and the
+``src``/``add``/``corrupt`` of an env."""
 
 from __future__ import annotations
 
